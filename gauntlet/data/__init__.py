@@ -1,0 +1,1 @@
+"""Demonstration datasets: collection, HDF5 import, format, statistics and loaders."""

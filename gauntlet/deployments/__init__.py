@@ -1,0 +1,1 @@
+"""Ray Serve deployments and ingress (HTTP, gRPC, openpi WebSocket) for policies."""

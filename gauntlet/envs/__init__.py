@@ -1,0 +1,1 @@
+"""Simulated tasks, scripted experts, error injection and the error-recovery scene database."""

@@ -1,0 +1,314 @@
+"""`GauntletEnv`: a robosuite task with lazy rendering, exact state capture and fingerprints.
+
+robosuite computes every observable (cameras included) on every physics sub-step. Gauntlet's
+policies ask for observations only every H control steps (action chunking), so this wrapper turns
+robosuite's observables off and reads what it needs straight from MuJoCo when it is asked: state
+vectors are cheap, images are rendered only by `observe(images=True)`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gauntlet.envs.errors import UnknownTaskError
+from gauntlet.envs.rendering import configure_gl, egl_device_id
+from gauntlet.envs.rotations import quat_wxyz_to_xyzw, quat_xyzw_to_axis_angle
+from gauntlet.envs.tasks import TaskSpec, check_variant, get_task
+
+configure_gl()
+
+# GL contexts must be freed before EGL shuts down at interpreter exit, or MuJoCo's finalisers
+# print EGL_NOT_INITIALIZED tracebacks into every job log.
+_LIVE_ENVS: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_renderers() -> None:
+    for env in list(_LIVE_ENVS):
+        env.close_renderer()
+
+CAMERA_KEYS = {"agentview": "observation/image", "robot0_eye_in_hand": "observation/wrist_image"}
+STATE_DIM = 8  # eef position (3) + eef axis-angle (3) + gripper finger joints (2)
+ACTION_DIM = 7  # OSC delta position (3) + delta axis-angle (3) + gripper (-1 open, +1 close)
+ENV_SCHEMA = 1  # bump when observation layout or stepping semantics change (enters the fingerprint)
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Everything that decides an env's dynamics and observations."""
+
+    task: str  # a key of gauntlet.envs.tasks.TASKS
+    variant: str = "D0"  # placement distribution: D0 (narrow) or D1 (wide)
+    image_size: int = 128  # height = width of rendered camera images, pixels
+    cameras: tuple[str, ...] = ("agentview", "robot0_eye_in_hand")  # cameras `observe` renders
+    control_freq: int = 20  # policy steps per simulated second
+    robot: str = "Panda"  # robosuite robot model
+
+    def __post_init__(self) -> None:
+        get_task(self.task)
+        check_variant(self.variant)
+        if self.image_size < 8 or self.image_size > 1024:
+            raise ValueError(f"image_size must be in [8, 1024], got {self.image_size}")
+        for cam in self.cameras:
+            if cam not in CAMERA_KEYS:
+                raise UnknownTaskError("camera", cam, sorted(CAMERA_KEYS))
+        if self.control_freq <= 0:
+            raise ValueError(f"control_freq must be positive, got {self.control_freq}")
+
+    @property
+    def spec(self) -> TaskSpec:
+        return get_task(self.task)
+
+    def dynamics_settings(self) -> dict[str, Any]:
+        """The settings that enter the fingerprint: those that change dynamics or observations.
+
+        The variant is not among them: it only changes where objects start, which a restored scene
+        overrides anyway.
+        """
+        return {
+            "env_schema": ENV_SCHEMA,
+            "task": self.task,
+            "robot": self.robot,
+            "control_freq": self.control_freq,
+            "cameras": list(self.cameras),
+            "image_size": self.image_size,
+        }
+
+
+@dataclass
+class _Counters:
+    steps: int = 0  # control steps since the last reset/restore
+    renders: int = 0  # camera images rendered since construction
+    observe_calls: int = 0
+
+
+@dataclass
+class _Disturbances:
+    """Env-level effects an injected error leaves behind (part of the captured state)."""
+
+    gripper_stall_steps: int = 0  # control steps the gripper still ignores its command
+    gripper_stall_command: float = 0.0  # the command the stalled gripper keeps executing
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class GauntletEnv:
+    """One robosuite task instance. Not thread-safe; one per rollout worker."""
+
+    def __init__(self, config: EnvConfig):
+        import robosuite
+
+        self.config = config
+        self.spec = config.spec
+        self._renderer: Any = None
+        self.counters = _Counters()
+        self.disturbances = _Disturbances()
+        _LIVE_ENVS.add(self)
+        self.raw = robosuite.make(
+            self.spec.robosuite_env,
+            robots=config.robot,
+            has_renderer=False,
+            # Images come from our own lazily created mujoco.Renderer, never from robosuite's.
+            has_offscreen_renderer=False,
+            use_camera_obs=False,
+            use_object_obs=True,
+            reward_shaping=False,
+            control_freq=config.control_freq,
+            ignore_done=True,
+            hard_reset=False,
+            render_gpu_device_id=egl_device_id(),
+            seed=0,
+            **dict(self.spec.env_kwargs),
+        )
+        # Observables would be recomputed on every physics sub-step; nothing here reads them.
+        for name in list(self.raw._observables):
+            self.raw.modify_observable(name, "enabled", False)
+        self._apply_variant()
+        m = self.raw.sim.model
+        self._object_ids = [m.body_name2id(b) for b in self.spec.objects]
+        self._object_joint_adr = {b: self._free_joint_adr(b) for b in self.spec.objects}
+        self._eef_site = self.raw.robots[0].eef_site_id["right"]
+        self._gripper_qpos_idx = list(self.raw.robots[0]._ref_gripper_joint_pos_indexes["right"])
+        self._arm_qvel_idx = list(self.raw.robots[0]._ref_joint_vel_indexes)
+        self._fingerprint: str | None = None
+        self._target = np.zeros(3)
+        self.reset(seed=0)
+
+    # ----------------------------------------------------------------------------------- setup
+    def _apply_variant(self) -> None:
+        """Widens or narrows robosuite's placement samplers to the variant's ranges."""
+        sampler_root = self.raw.placement_initializer
+        for rng in self.spec.variants[self.config.variant]:
+            sampler = sampler_root.samplers[rng.sampler] if rng.sampler else sampler_root
+            sampler.x_range = list(rng.x_range)
+            sampler.y_range = list(rng.y_range)
+            sampler.rotation = rng.rotation if rng.rotation is None else list(rng.rotation)
+
+    def _free_joint_adr(self, body: str) -> tuple[int, int]:
+        """(qpos address, qvel address) of the free joint that carries `body`."""
+        m = self.raw.sim.model._model
+        bid = self.raw.sim.model.body_name2id(body)
+        jnt = int(m.body_jntadr[bid])
+        return int(m.jnt_qposadr[jnt]), int(m.jnt_dofadr[jnt])
+
+    def _reseed(self, seed: int) -> None:
+        """Points robosuite's env, robot and samplers at one fresh generator seeded by `seed`."""
+        rng = np.random.default_rng(seed)
+        self.raw.rng = rng
+        root = self.raw.placement_initializer
+        root.rng = rng
+        for sampler in getattr(root, "samplers", {}).values():
+            sampler.rng = rng
+
+    # ------------------------------------------------------------------------------- episodes
+    def reset(self, seed: int) -> None:
+        """Starts an episode; the same seed always gives the same initial state, bit for bit."""
+        self._reseed(int(seed))
+        self.raw.reset()
+        self.counters.steps = 0
+        self.disturbances = _Disturbances()
+        self._target = self._compute_target()
+
+    def step(self, action: np.ndarray) -> bool:
+        """Applies one 7-D action; returns whether the task is solved afterwards."""
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        if a.shape != (ACTION_DIM,):
+            raise ValueError(f"action must have {ACTION_DIM} values, got shape {np.shape(action)}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError("action contains NaN or inf")
+        a = np.clip(a, -1.0, 1.0)
+        if self.disturbances.gripper_stall_steps > 0:
+            a[6] = self.disturbances.gripper_stall_command
+            self.disturbances.gripper_stall_steps -= 1
+        self.raw.step(a)
+        self.counters.steps += 1
+        return self.success()
+
+    # ---------------------------------------------------------------------------- observation
+    @property
+    def sim(self) -> Any:
+        return self.raw.sim
+
+    @property
+    def eef_pos(self) -> np.ndarray:
+        return np.array(self.sim.data.site_xpos[self._eef_site])
+
+    @property
+    def eef_quat_xyzw(self) -> np.ndarray:
+        mat = self.sim.data.site_xmat[self._eef_site].reshape(3, 3)
+        import mujoco
+
+        q = np.zeros(4)
+        mujoco.mju_mat2Quat(q, mat.reshape(-1))
+        return quat_wxyz_to_xyzw(q)
+
+    @property
+    def gripper_qpos(self) -> np.ndarray:
+        return np.array(self.sim.data.qpos[self._gripper_qpos_idx])
+
+    def object_pose(self, body: str) -> tuple[np.ndarray, np.ndarray]:
+        """(position (3,), quaternion (w, x, y, z)) of an object from its free joint."""
+        qadr, _ = self._object_joint_adr[body]
+        q = self.sim.data.qpos[qadr : qadr + 7]
+        return np.array(q[:3]), np.array(q[3:7])
+
+    @property
+    def target_pos(self) -> np.ndarray:
+        """Where the manipulated object should end up (task-specific)."""
+        if self.spec.name == "stack":
+            return self.object_pose("cubeB_main")[0] + np.array([0.0, 0.0, 0.045])
+        return self._target.copy()
+
+    def _compute_target(self) -> np.ndarray:
+        raw = self.raw
+        if self.spec.name == "lift":
+            pos = self.object_pose("cube_main")[0]
+            return np.array([pos[0], pos[1], raw.table_offset[2] + 0.1])
+        if self.spec.name == "square":
+            return np.array(self.sim.data.body_xpos[raw.peg1_body_id])
+        if self.spec.name == "pick_place_can":
+            return np.array(raw.target_bin_placements[raw.object_to_id["can"]])
+        return np.zeros(3)
+
+    def proprio_state(self) -> np.ndarray:
+        """(8,) float32: eef position, eef axis-angle, gripper finger positions."""
+        return np.concatenate(
+            [self.eef_pos, quat_xyzw_to_axis_angle(self.eef_quat_xyzw), self.gripper_qpos]
+        ).astype(np.float32)
+
+    def object_state(self) -> np.ndarray:
+        """(7 * n_objects + 3,) float32: each object's position and xyzw quaternion, then the target."""
+        parts = []
+        for body in self.spec.objects:
+            pos, quat = self.object_pose(body)
+            parts += [pos, quat_wxyz_to_xyzw(quat)]
+        parts.append(self.target_pos)
+        return np.concatenate(parts).astype(np.float32)
+
+    def render(self, camera: str) -> np.ndarray:
+        """(H, W, 3) uint8 image from `camera`. Creates the GL context on first use."""
+        import mujoco
+
+        size = self.config.image_size
+        if self._renderer is None:
+            self._renderer = mujoco.Renderer(self.sim.model._model, height=size, width=size)
+        self._renderer.update_scene(self.sim.data._data, camera=camera)
+        self.counters.renders += 1
+        return self._renderer.render().copy()
+
+    def observe(self, images: bool = True) -> dict[str, Any]:
+        """One observation with openpi's key names; images only when asked for."""
+        self.counters.observe_calls += 1
+        obs: dict[str, Any] = {
+            "observation/state": self.proprio_state(),
+            "observation/object_state": self.object_state(),
+            "prompt": self.spec.instruction,
+        }
+        if images:
+            for cam in self.config.cameras:
+                obs[CAMERA_KEYS[cam]] = self.render(cam)
+        return obs
+
+    def success(self) -> bool:
+        from gauntlet.envs.success import task_success
+
+        return task_success(self)
+
+    # ----------------------------------------------------------------------- state & identity
+    def get_state(self) -> dict[str, np.ndarray]:
+        from gauntlet.envs.sim_state import capture_state
+
+        return capture_state(self)
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        from gauntlet.envs.sim_state import restore_state
+
+        restore_state(self, state)
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            from gauntlet.envs.fingerprint import env_fingerprint
+
+            self._fingerprint = env_fingerprint(self)
+        return self._fingerprint
+
+    def close_renderer(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
+    def close(self) -> None:
+        self.close_renderer()
+        self.raw.close()
+
+
+def make_env(task: str, variant: str = "D0", **kwargs: Any) -> GauntletEnv:
+    """Builds a task env; `kwargs` are other `EnvConfig` fields (image_size, cameras, ...)."""
+    if "cameras" in kwargs:
+        kwargs["cameras"] = tuple(kwargs["cameras"])
+    return GauntletEnv(EnvConfig(task=task, variant=variant, **kwargs))

@@ -1,0 +1,110 @@
+"""Exact capture and restore of an env's state.
+
+robosuite's flattened state holds only time/qpos/qvel. The next step also depends on MuJoCo's
+actuator activations, controls, applied forces and solver warm start, on the arm controller's
+goal and interpolation state, on the gripper's integrated command, and on the env's own counters.
+All of it goes into one flat `{name: ndarray}` dict (what a scene stores with
+`np.savez(allow_pickle=False)`), so a restored scene continues exactly as the original would have.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from gauntlet.envs.env import GauntletEnv
+
+STATE_FORMAT = 1
+_NONE = "__none__"  # marks an attribute that was None (e.g. OSC's goal before the first action)
+
+
+def _stateful_objects(env: GauntletEnv) -> dict[str, Any]:
+    robot = env.raw.robots[0]
+    objs: dict[str, Any] = {}
+    for name, ctrl in robot.part_controllers.items():
+        objs[f"ctrl/{name}"] = ctrl
+    for arm, gripper in robot.gripper.items():
+        objs[f"gripper/{arm}"] = gripper
+    objs["composite"] = robot.composite_controller
+    return objs
+
+
+def _plain_attributes(obj: Any) -> dict[str, Any]:
+    """The numeric state of a controller-like object: arrays, scalars and None-valued slots."""
+    out: dict[str, Any] = {}
+    for key, value in vars(obj).items():
+        if key.startswith("__"):
+            continue
+        if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+            out[key] = value
+        elif isinstance(value, (bool, int, float, np.number)) and not isinstance(value, type):
+            out[key] = value
+        elif value is None:
+            out[key] = None
+    return out
+
+
+def capture_state(env: GauntletEnv) -> dict[str, np.ndarray]:
+    import mujoco
+
+    m, d = env.sim.model._model, env.sim.data._data
+    spec = mujoco.mjtState.mjSTATE_INTEGRATION
+    mj_state = np.empty(mujoco.mj_stateSize(m, spec))
+    mujoco.mj_getState(m, d, mj_state, spec)
+    state: dict[str, np.ndarray] = {
+        "format": np.array(STATE_FORMAT),
+        "mj_state": mj_state,
+        "env/timestep": np.array(env.raw.timestep),
+        "env/cur_time": np.array(env.raw.cur_time),
+        "env/steps": np.array(env.counters.steps),
+        "env/target": env._target.copy(),
+        "dist/gripper_stall_steps": np.array(env.disturbances.gripper_stall_steps),
+        "dist/gripper_stall_command": np.array(env.disturbances.gripper_stall_command),
+    }
+    for prefix, obj in _stateful_objects(env).items():
+        for key, value in _plain_attributes(obj).items():
+            name = f"{prefix}/{key}"
+            if value is None:
+                state[name] = np.array(_NONE)
+            else:
+                state[name] = np.array(value, copy=True)
+    return state
+
+
+def restore_state(env: GauntletEnv, state: dict[str, np.ndarray]) -> None:
+    """Puts `env` exactly where `capture_state` found it (same env config required)."""
+    import mujoco
+
+    if int(state.get("format", -1)) != STATE_FORMAT:
+        raise ValueError(f"state format {state.get('format')} is not {STATE_FORMAT}")
+    for prefix, obj in _stateful_objects(env).items():
+        for key, current in _plain_attributes(obj).items():
+            name = f"{prefix}/{key}"
+            if name not in state:
+                continue
+            saved = state[name]
+            if saved.dtype.kind == "U" and str(saved) == _NONE:
+                setattr(obj, key, None)
+            elif isinstance(current, np.ndarray) and current.shape == saved.shape and current.flags.writeable:
+                # In place, so views other objects hold onto stay valid.
+                np.copyto(current, saved, casting="unsafe")
+            elif isinstance(current, np.ndarray) or current is None:
+                setattr(obj, key, np.array(saved, copy=True))
+            else:
+                setattr(obj, key, type(current)(saved.item()))
+    m, d = env.sim.model._model, env.sim.data._data
+    spec = mujoco.mjtState.mjSTATE_INTEGRATION
+    mj_state = np.asarray(state["mj_state"], dtype=np.float64)
+    if mj_state.shape != (mujoco.mj_stateSize(m, spec),):
+        raise ValueError(f"mj_state has {mj_state.shape} values, this model needs {mujoco.mj_stateSize(m, spec)}")
+    mujoco.mj_setState(m, d, mj_state, spec)
+    mujoco.mj_forward(m, d)
+    env.raw.timestep = int(state["env/timestep"])
+    env.raw.cur_time = float(state["env/cur_time"])
+    env.raw.done = False
+    env.counters.steps = int(state["env/steps"])
+    env._target = np.array(state["env/target"], dtype=np.float64)
+    env.disturbances.gripper_stall_steps = int(state["dist/gripper_stall_steps"])
+    env.disturbances.gripper_stall_command = float(state["dist/gripper_stall_command"])

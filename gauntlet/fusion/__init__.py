@@ -1,0 +1,1 @@
+"""Spatial-omics fusion methods, their data and metrics (stands alone: imports nothing else here)."""

@@ -1,0 +1,1 @@
+"""The Ray runtime: evaluation, results, reports, training and sweeps, and the `gauntlet` CLI."""

@@ -1,0 +1,64 @@
+"""The `gauntlet` console script: one entry point, sub-commands dispatched lazily.
+
+Each sub-command lives in its own module with `main(argv) -> int`, so it is also runnable as
+`python -m MODULE ...` (what `ray job submit` needs). Modules are imported only when their command
+runs, which keeps `gauntlet --help` fast and free of JAX/torch/robosuite imports.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# (words, module, one-line summary). The words are the contract in DESIGN.md's CLI surface.
+COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
+    (("demo",), "gauntlet.platform.demo", "run the main job on an embedded local Ray"),
+    (("scenes", "generate"), "gauntlet.envs.scenes_cli", "build an error-recovery scene database"),
+    (("scenes", "check"), "gauntlet.envs.scenes_cli", "pre-flight: which scenes match the current code"),
+    (("scenes", "show"), "gauntlet.envs.scenes_cli", "print one scene's metadata"),
+    (("serve",), "gauntlet.deployments.serve_cli", "serve policies on Ray Serve (HTTP, gRPC, WebSocket)"),
+    (("eval",), "gauntlet.platform.eval", "evaluate policies over a scene database"),
+    (("report",), "gauntlet.platform.report", "turn an evaluation run into tables, plots and HTML"),
+    (("data", "collect"), "gauntlet.data.collect", "record scripted-expert demonstrations"),
+    (("data", "import-hdf5"), "gauntlet.data.import_hdf5", "import robomimic/MimicGen HDF5 demos"),
+    (("data", "stats"), "gauntlet.data.stats", "normalisation statistics of a dataset"),
+    (("train",), "gauntlet.platform.train", "fine-tune a policy on Ray Train (LoRA or full)"),
+    (("sweep", "fusion"), "gauntlet.platform.sweep_fusion", "Ray Tune sweep over fusion methods"),
+    (("sweep", "throughput"), "gauntlet.platform.sweep_throughput", "Ray Tune throughput sweep"),
+]
+
+
+def _usage() -> str:
+    lines = ["usage: gauntlet COMMAND [ARGS...]", "", "commands:"]
+    for words, _, summary in COMMANDS:
+        lines.append(f"  {' '.join(words):<20} {summary}")
+    lines.append("")
+    lines.append("Run `gauntlet COMMAND --help` for a command's flags.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage(), flush=True)
+        return 0
+    # Longest match first so `scenes generate` wins over a hypothetical `scenes`.
+    for words, module, _ in sorted(COMMANDS, key=lambda c: -len(c[0])):
+        if tuple(argv[: len(words)]) == words:
+            try:
+                mod = importlib.import_module(module)
+            except ModuleNotFoundError as exc:
+                if exc.name and exc.name.startswith("gauntlet"):
+                    print(f"gauntlet: `{' '.join(words)}` is not available in this version", file=sys.stderr)
+                    return 2
+                raise
+            rest = argv[len(words):]
+            if len(words) > 1 and words[0] == "scenes":
+                rest = [words[1], *rest]  # scenes_cli dispatches its own verbs
+            return int(mod.main(rest) or 0)
+    print(f"gauntlet: unknown command {' '.join(argv[:2])!r}\n\n{_usage()}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

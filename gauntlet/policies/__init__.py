@@ -1,0 +1,1 @@
+"""The Policy contract and its implementations (random, scripted oracle, BC-RNN, VLA)."""
