@@ -24,13 +24,18 @@ configure_gl()
 
 # GL contexts must be freed before EGL shuts down at interpreter exit, or MuJoCo's finalisers
 # print EGL_NOT_INITIALIZED tracebacks into every job log.
+# The hook is registered after MuJoCo's EGL module (which terminates the display at exit) so that,
+# atexit being LIFO, it runs first.
 _LIVE_ENVS: weakref.WeakSet = weakref.WeakSet()
+_EXIT_HOOK_REGISTERED = False
 
 
-@atexit.register
 def _close_renderers() -> None:
     for env in list(_LIVE_ENVS):
-        env.close_renderer()
+        try:
+            env.close_renderer()
+        except Exception:  # noqa: BLE001 - best effort at interpreter exit
+            pass
 
 CAMERA_KEYS = {"agentview": "observation/image", "robot0_eye_in_hand": "observation/wrist_image"}
 STATE_DIM = 8  # eef position (3) + eef axis-angle (3) + gripper finger joints (2)
@@ -147,6 +152,7 @@ class GauntletEnv:
             sampler.x_range = list(rng.x_range)
             sampler.y_range = list(rng.y_range)
             sampler.rotation = rng.rotation if rng.rotation is None else list(rng.rotation)
+            sampler.ensure_valid_placement = rng.ensure_valid_placement
 
     def _free_joint_adr(self, body: str) -> tuple[int, int]:
         """(qpos address, qvel address) of the free joint that carries `body`."""
@@ -255,7 +261,11 @@ class GauntletEnv:
 
         size = self.config.image_size
         if self._renderer is None:
+            global _EXIT_HOOK_REGISTERED
             self._renderer = mujoco.Renderer(self.sim.model._model, height=size, width=size)
+            if not _EXIT_HOOK_REGISTERED:
+                atexit.register(_close_renderers)
+                _EXIT_HOOK_REGISTERED = True
         self._renderer.update_scene(self.sim.data._data, camera=camera)
         self.counters.renders += 1
         return self._renderer.render().copy()

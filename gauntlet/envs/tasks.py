@@ -23,6 +23,9 @@ class PlacementRange:
     x_range: tuple[float, float]  # (low, high) along the table's x axis
     y_range: tuple[float, float]  # (low, high) along the table's y axis
     rotation: tuple[float, float] | None = None  # yaw range in radians; None = uniform in [0, 2pi)
+    # PickPlaceCan samples all four objects and then removes all but the can: letting the unused
+    # ones overlap is what makes a narrow can range possible at all.
+    ensure_valid_placement: bool = True
 
 
 @dataclass(frozen=True)
@@ -84,8 +87,8 @@ TASKS: dict[str, TaskSpec] = {
         objects=("Can_main",),
         manipulated="Can_main",
         variants={
-            "D0": (PlacementRange("CollisionObjectSampler", (-0.06, 0.06), (-0.08, 0.08)),),
-            "D1": (PlacementRange("CollisionObjectSampler", (-0.145, 0.145), (-0.195, 0.195)),),
+            "D0": (PlacementRange("CollisionObjectSampler", (-0.06, 0.06), (-0.08, 0.08), None, False),),
+            "D1": (PlacementRange("CollisionObjectSampler", (-0.145, 0.145), (-0.195, 0.195), None, False),),
         },
     ),
 }

@@ -40,6 +40,9 @@ class FusionConfig:
     n_heads: int = 4
     # softmax temperature of the contrastive losses (basic_contrastive, staig)
     temperature: float = 0.2
+    # basic_contrastive: feature dropout on both inputs in training; without it the encoders
+    # memorise each spot's noise (hundreds of dims, a few hundred spots) instead of aligning layers
+    input_dropout: float = 0.5
     # probability that attention drops one modality's token of a spot during training
     modality_dropout: float = 0.3
     # qformer: learned query tokens

@@ -44,7 +44,12 @@ class BasicContrastive(LearnedFusionMethod):
             return F.normalize(model["expression"](expr), dim=1), F.normalize(model["image"](image), dim=1)
 
         def loss() -> torch.Tensor:
-            z_e, z_i = embed_pair()
+            # Feature dropout on both inputs: without it the encoders memorise each spot's noise
+            # (a few hundred spots, hundreds of dims) instead of aligning on shared structure.
+            keep_e = torch.rand(expr.shape, device=expr.device, generator=generator) >= cfg.input_dropout
+            keep_i = torch.rand(image.shape, device=expr.device, generator=generator) >= cfg.input_dropout
+            z_e = F.normalize(model["expression"](expr * keep_e), dim=1)
+            z_i = F.normalize(model["image"](image * keep_i), dim=1)
             return clip_loss(z_e, z_i, cfg.temperature)
 
         return model, loss, lambda: torch.cat(embed_pair(), dim=1)  # (N, 2 * out_dim)

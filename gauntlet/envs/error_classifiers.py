@@ -1,0 +1,120 @@
+"""Three independent rule-based error classifiers.
+
+Each reads a different slice of the recorded trajectory (see trajectory.SIGNALS), the way three
+annotators with different instruments would, and names the error it thinks happened (an error type,
+or "none"). Evaluation reports measure how much they agree (Fleiss' / Cohen's kappa); they are not
+meant to be perfect, and none of them is given the true label.
+
+- motion:  positions only (end effector, object, target, fingers): what a tracker on video sees.
+- grasp:   grasp contacts, finger opening and the object's pose in the hand and its velocity.
+- command: what the controller was told versus what it executed, and joint/object velocities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+NONE = "none"
+
+
+def _split(traj: dict[str, np.ndarray], key: str) -> tuple[np.ndarray, np.ndarray]:
+    i = int(traj["traj/inject_index"])
+    arr = np.asarray(traj[f"traj/{key}"])
+    return arr[:i], arr[i:]
+
+
+def classify_motion(traj: dict[str, np.ndarray]) -> str:
+    eef_pre, eef_post = _split(traj, "eef_pos")
+    obj_pre, obj_post = _split(traj, "obj_pos")
+    tgt_pre, tgt_post = _split(traj, "target_pos")
+    fin_pre, fin_post = _split(traj, "gripper_qpos")
+    if len(obj_pre) == 0 or len(obj_post) == 0:
+        return NONE
+    if np.linalg.norm(tgt_post[0] - tgt_pre[-1]) > 0.02:
+        return "target_shift"
+    jump = obj_post[0] - obj_pre[-1]  # no time passes between these two frames
+    in_hand = np.linalg.norm(obj_pre[-1] - eef_pre[-1]) < 0.05
+    if np.linalg.norm(jump) > 0.005:
+        if jump[2] < -0.005 and np.linalg.norm(jump[:2]) < 0.005 and in_hand:
+            return "grasp_slip"
+        opening_pre = fin_pre[-1, 0] - fin_pre[-1, 1]
+        opening_end = fin_post[-1, 0] - fin_post[-1, 1]
+        return "missed_grasp" if opening_end < opening_pre - 0.005 else "object_pose_perturb"
+    if in_hand and obj_post[-1, 2] < obj_pre[-1, 2] - 0.02 and eef_post[-1, 2] > eef_pre[-1, 2] - 0.02:
+        return "drop"
+    eef_move = eef_post[min(3, len(eef_post) - 1)] - eef_post[0]
+    obj_move = obj_post[-1] - obj_post[0]
+    if not in_hand and np.linalg.norm(obj_move[:2]) > 0.02:
+        return "object_push"
+    if np.linalg.norm(eef_move) > 0.03:
+        horizontal = np.linalg.norm(eef_move[:2]) / (np.linalg.norm(eef_move) + 1e-9)
+        return "collision_nudge" if horizontal > 0.9 else "robot_joint_push"
+    return NONE
+
+
+def classify_grasp(traj: dict[str, np.ndarray]) -> str:
+    g_pre, g_post = _split(traj, "grasped")
+    fin_pre, fin_post = _split(traj, "gripper_qpos")
+    obj_pre, obj_post = _split(traj, "obj_pos")
+    eef_pre, eef_post = _split(traj, "eef_pos")
+    vel_pre, vel_post = _split(traj, "obj_vel")
+    tgt_pre, tgt_post = _split(traj, "target_pos")
+    if len(g_pre) == 0 or len(g_post) == 0:
+        return NONE
+    held_before = bool(g_pre[-1])
+    opening = fin_post[:, 0] - fin_post[:, 1]  # (T_post,) finger gap
+    rel_pre = obj_pre[-1] - eef_pre[-1]
+    rel_post = obj_post[0] - eef_post[0]
+    if held_before and rel_post[2] < rel_pre[2] - 0.008:
+        return "grasp_slip"
+    if held_before and not bool(g_post[-1]) and opening[-1] > opening[0] + 0.005:
+        return "drop"
+    if np.linalg.norm(tgt_post[-1] - tgt_pre[-1]) > 0.02:
+        return "target_shift"
+    if not held_before and not bool(g_post[-1]) and opening[-1] < 0.012 and opening[-1] < opening[0]:
+        return "missed_grasp"
+    if not held_before and np.abs(vel_post[0, :2]).max() > 0.2 and np.abs(vel_pre[-1, :2]).max() < 0.1:
+        return "object_push"
+    if np.linalg.norm(rel_post - rel_pre) > 0.01 and not held_before:
+        return "object_pose_perturb"
+    if np.ptp(opening) < 1e-3 and held_before == bool(g_post[-1]) and np.ptp(fin_pre[:, 0]) > 2e-3:
+        return "gripper_stall"
+    if np.linalg.norm(eef_post[-1] - eef_post[0]) > 0.03:
+        return "robot_joint_push"
+    return NONE
+
+
+def classify_command(traj: dict[str, np.ndarray]) -> str:
+    cmd_pre, cmd_post = _split(traj, "gripper_cmd")
+    app_pre, app_post = _split(traj, "gripper_applied")
+    qv_pre, qv_post = _split(traj, "arm_qvel")
+    vel_pre, vel_post = _split(traj, "obj_vel")
+    if len(cmd_post) == 0 or len(cmd_pre) == 0:
+        return NONE
+    overridden = cmd_post != app_post  # (T_post,) the controller did not do what it was told
+    if overridden.any():
+        forced = app_post[overridden]
+        told = cmd_post[overridden]
+        if np.all(forced < 0) and np.all(told > 0):
+            return "drop"
+        if np.all(forced > 0) and overridden.sum() >= 6 and np.abs(vel_post[0] - vel_pre[-1]).max() < 0.05:
+            return "gripper_stall"
+        if np.all(forced > 0):
+            return "missed_grasp"
+        return "gripper_stall"
+    dq = np.linalg.norm(qv_post[0] - qv_pre[-1])
+    if dq > 0.25:
+        return "robot_joint_push"
+    dv = np.linalg.norm(vel_post[0, :2] - vel_pre[-1, :2])
+    if dv > 0.2:
+        return "object_push"
+    return NONE
+
+
+CLASSIFIERS: dict[str, Callable[[dict[str, np.ndarray]], str]] = {
+    "motion": classify_motion,
+    "grasp": classify_grasp,
+    "command": classify_command,
+}

@@ -1,0 +1,420 @@
+"""Scripted experts: reactive waypoint controllers on privileged state, one per task.
+
+Every `act()` re-reads the simulator (object pose, grasp contacts, finger opening, target) and
+picks its phase from that state alone, so the same expert that collects demonstrations also
+recovers from injected errors: started from any mid-task state it carries on from there. The only
+memory is a few short timers where physics needs time (fingers closing or opening) and a retry
+counter for grasps that closed on nothing.
+
+The expert controls the *object*, not the end effector, once it holds something: the eef goal is
+`eef + (object goal - object)`, so an off-centre grasp (the square nut is held by its handle, a
+cube may slip in the fingers) or a grasp that moved does not bias where the object ends up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from gauntlet.envs.success import is_grasped
+
+if TYPE_CHECKING:
+    from gauntlet.envs.env import GauntletEnv
+
+PHASES = ("approach", "descend", "grasp", "lift", "transport", "place", "release", "retreat", "done")
+
+POS_SCALE_M = 0.05  # OSC maps action 1.0 to this position delta per step (robosuite default_panda)
+ROT_SCALE_RAD = 0.5  # and to this axis-angle delta per step
+FINGER_OPEN_M = 0.070  # finger gap (qpos[0] - qpos[1]) above which the gripper counts as open
+FINGER_EMPTY_M = 0.008  # gap below which a closed gripper holds nothing
+GRIPPER_CLOSE_STEPS = 8  # control steps the fingers need to close on an object from fully open
+GRASP_TIMEOUT_STEPS = 14  # closing longer than this without a grasp means the grasp missed
+RELEASE_STEPS = 6  # steps to open before moving away, so the object is not dragged along
+HOVER_M = 0.08  # approach height above the grasp point: clears a cube, nut or can rim
+
+
+@dataclass(frozen=True)
+class TaskGeometry:
+    """Per-task constants of the script (metres, object-centre heights unless said otherwise)."""
+
+    yaw_period: float  # gripper yaw symmetry of the grasp: pi/2 cube, pi nut handle, 0 = any (can)
+    grasp_dz: float  # eef height relative to the grasp point when the fingers close
+    carry_clearance: float  # object-centre height above the place target while transporting
+    release_dz: float  # object-centre height above its resting target at which it is let go
+    place_xy_tol: float  # object xy error under which the final descent may start
+    release_xy_tol: float  # object xy error under which it may be released
+
+
+GEOMETRY: dict[str, TaskGeometry] = {
+    # Cubes are symmetric under 90 deg yaw; grasped at their centre.
+    "lift": TaskGeometry(np.pi / 2, 0.0, 0.10, 0.0, 0.02, 0.02),
+    "stack": TaskGeometry(np.pi / 2, 0.0, 0.06, 0.008, 0.006, 0.012),
+    # The nut is held by its handle with the fingers across the handle's narrow side; it must be
+    # lowered over the 20 cm peg (top 10 cm above its base), hence the large clearance.
+    "square": TaskGeometry(np.pi, 0.0, 0.17, 0.04, 0.004, 0.008),
+    # The can is round: any yaw grasps it. It must clear the bin walls (5 cm above the floor top).
+    "pick_place_can": TaskGeometry(0.0, 0.0, 0.14, 0.03, 0.03, 0.06),
+}
+
+
+# ------------------------------------------------------------------------------------ geometry
+def quat_wxyz_to_mat(q: np.ndarray) -> np.ndarray:
+    w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def mat_to_axis_angle(r: np.ndarray) -> np.ndarray:
+    """Axis-angle vector of a rotation matrix; robust near 0 and pi (where the OSC error lives)."""
+    cos = np.clip((np.trace(r) - 1.0) / 2.0, -1.0, 1.0)
+    angle = float(np.arccos(cos))
+    if angle < 1e-6:
+        return np.zeros(3)
+    if angle > np.pi - 1e-3:
+        # sin(angle) ~ 0: read the axis from the symmetric part instead.
+        axis = np.sqrt(np.maximum((np.diag(r) + 1.0) / 2.0, 0.0))
+        k = int(np.argmax(axis))
+        signs = np.sign(r[k] + r[:, k])
+        signs[k] = 1.0
+        axis = axis * signs
+        return axis / np.linalg.norm(axis) * angle
+    axis = np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]]) / (2.0 * np.sin(angle))
+    return axis * angle
+
+
+def down_rotation(yaw: float) -> np.ndarray:
+    """Eef orientation pointing straight down with the finger-closing axis (eef x) at `yaw`.
+
+    On the Panda the fingers slide along the eef site's x axis and its z axis points out of the
+    palm, so a top-down grasp is z = -world z, x = (cos yaw, sin yaw, 0), y = z cross x.
+    """
+    x = np.array([np.cos(yaw), np.sin(yaw), 0.0])
+    z = np.array([0.0, 0.0, -1.0])
+    return np.stack([x, np.cross(z, x), z], axis=1)
+
+
+def gripper_yaw(eef_rot: np.ndarray) -> float:
+    """Heading of the finger-closing axis in the table plane."""
+    return float(np.arctan2(eef_rot[1, 0], eef_rot[0, 0]))
+
+
+def wrap_angle(a: float, period: float = 2 * np.pi) -> float:
+    """`a` mapped into [-period/2, period/2): the smallest rotation equivalent under the symmetry."""
+    return float((a + period / 2) % period - period / 2)
+
+
+def object_yaw(quat_wxyz: np.ndarray) -> float:
+    """Heading of an object's local x axis (valid while it rests flat)."""
+    r = quat_wxyz_to_mat(quat_wxyz)
+    return float(np.arctan2(r[1, 0], r[0, 0]))
+
+
+def finger_gap(env: GauntletEnv) -> float:
+    q = env.gripper_qpos
+    return float(q[0] - q[1])
+
+
+def grasp_point(env: GauntletEnv) -> np.ndarray:
+    """Where the fingertips' centre should be to grasp the manipulated object.
+
+    Cubes and the can are grasped at their centre (the can's centre is at mid-height, so the
+    fingers hold it below its centre of mass-free top and it does not tip). The square nut is grasped by its
+    handle: its ring is wider than the open gripper.
+    """
+    pos, quat = env.object_pose(env.spec.manipulated)
+    if env.spec.name == "square":
+        # Handle centre: 5.4 cm along the nut's local x axis (robosuite's SquareNut handle site).
+        return pos + quat_wxyz_to_mat(quat) @ np.array([0.054, 0.0, 0.0])
+    return pos
+
+
+def grasp_yaw(env: GauntletEnv, current_yaw: float) -> float:
+    """Gripper yaw for grasping, the one nearest `current_yaw` among the object's symmetries.
+
+    Choosing the nearest equivalent keeps wrist rotations under 45 deg (cube) / 90 deg (nut), away
+    from joint 7's limits, and makes the choice continuous as the object turns.
+    """
+    name = env.spec.name
+    pos, quat = env.object_pose(env.spec.manipulated)
+    geo = GEOMETRY[name]
+    if name == "pick_place_can":
+        r = quat_wxyz_to_mat(quat)
+        axis = r[:, 2]
+        if abs(axis[2]) < 0.7:
+            # A fallen can lies on its side: close the fingers across it, not along its axis.
+            base = float(np.arctan2(axis[1], axis[0])) + np.pi / 2
+            return current_yaw + wrap_angle(base - current_yaw, np.pi)
+        # An upright can: any yaw works; stay where the wrist is, snapped to the bin walls so the
+        # fingers slide along a nearby wall instead of into it.
+        return current_yaw + wrap_angle(0.0 - current_yaw, np.pi / 2) if _near_bin_wall(env, pos) else current_yaw
+    base = object_yaw(quat)
+    if name == "square":
+        base += np.pi / 2  # fingers across the handle, i.e. along the nut's local y axis
+    cand = current_yaw + wrap_angle(base - current_yaw, geo.yaw_period)
+    if name == "stack":
+        cand = _yaw_away_from(env, pos, cand, current_yaw, env.object_pose("cubeB_main")[0])
+    return cand
+
+
+def _yaw_away_from(env: GauntletEnv, pos: np.ndarray, yaw: float, current: float, obstacle: np.ndarray) -> float:
+    """Of the two cube-aligned closing axes, the one whose fingers stay clear of a nearby cube."""
+    d = obstacle[:2] - pos[:2]
+    dist = float(np.linalg.norm(d))
+    if dist > 0.11:
+        return yaw
+    other = current + wrap_angle(yaw + np.pi / 2 - current, np.pi)
+    # |cos| of the angle between closing axis and the direction to the obstacle: smaller is better.
+    def along(y: float) -> float:
+        return abs(np.cos(y) * d[0] + np.sin(y) * d[1]) / dist
+
+    return other if along(other) < along(yaw) - 0.2 else yaw
+
+
+def _near_bin_wall(env: GauntletEnv, pos: np.ndarray) -> bool:
+    raw = env.raw
+    rel = np.abs(pos[:2] - np.asarray(raw.bin1_pos)[:2])
+    half = np.asarray(raw.bin_size)[:2] / 2
+    return bool(np.any(half - rel < 0.09))
+
+
+def place_target(env: GauntletEnv) -> np.ndarray:
+    """Where the manipulated object's centre should rest when the task is solved."""
+    name = env.spec.name
+    raw = env.raw
+    if name == "lift":
+        pos = env.object_pose("cube_main")[0]
+        return np.array([pos[0], pos[1], env.target_pos[2]])
+    if name == "stack":
+        return env.target_pos  # cube B's centre + both half sizes
+    if name == "square":
+        peg = np.array(env.sim.data.body_xpos[raw.peg1_body_id])
+        # Nut resting on the table around the peg: table top + half the nut's 2 cm thickness.
+        return np.array([peg[0], peg[1], float(raw.table_offset[2]) + 0.01])
+    if name == "pick_place_can":
+        t = env.target_pos
+        # Can centre 4 cm above the bin floor's top (floor: 2 cm slab centred on bin2_pos).
+        return np.array([t[0], t[1], float(raw.bin2_pos[2]) + 0.02 + 0.04])
+    raise AssertionError(name)
+
+
+def object_placed(env: GauntletEnv) -> bool:
+    """The object already sits where the task wants it, whether or not the gripper let go."""
+    name = env.spec.name
+    pos = env.object_pose(env.spec.manipulated)[0]
+    if name == "lift":
+        return False
+    if name == "stack":
+        b = env.object_pose("cubeB_main")[0]
+        return bool(np.linalg.norm(pos[:2] - b[:2]) < 0.02 and 0.035 < pos[2] - b[2] < 0.06)
+    if name == "square":
+        peg = np.array(env.sim.data.body_xpos[env.raw.peg1_body_id])
+        # Below the peg's top (peg: 10 cm half height centred on its body) and around it.
+        return bool(np.linalg.norm(pos[:2] - peg[:2]) < 0.02 and pos[2] < peg[2] + 0.09)
+    if name == "pick_place_can":
+        raw = env.raw
+        rel = np.abs(pos[:2] - np.asarray(raw.bin2_pos)[:2])
+        inside = bool(np.all(rel < np.asarray(raw.bin_size)[:2] / 2 - 0.01))
+        return inside and pos[2] < raw.bin2_pos[2] + 0.1
+    raise AssertionError(name)
+
+
+def _limit(v: np.ndarray, max_norm: float) -> np.ndarray:
+    """Scales a command down to `max_norm`, keeping its direction (per-axis clipping would bend
+    straight-line motions into dog-legs)."""
+    n = float(np.linalg.norm(v))
+    return v * (max_norm / n) if n > max_norm else v
+
+
+# ------------------------------------------------------------------------------------ expert
+@dataclass
+class ExpertResult:
+    success: bool  # the task predicate held at the last step
+    steps: int  # control steps taken (the rollout stops at the first success)
+    phases: list[str] = field(default_factory=list)  # the expert's phase at every step
+
+
+class ScriptedExpert:
+    """A reactive pick-and-place script for one env (see the module docstring)."""
+
+    pos_gain = 1.5  # action per (position error / POS_SCALE_M); > 1 compensates the OSC's lag
+    rot_gain = 1.0  # action per (orientation error / ROT_SCALE_RAD)
+
+    def __init__(self, env: GauntletEnv, seed: int = 0, noise_std: float = 0.0):
+        if noise_std < 0:
+            raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+        self.env = env
+        self.seed = int(seed)
+        self.noise_std = float(noise_std)
+        self.geo = GEOMETRY[env.spec.name]
+        self.reset()
+
+    def reset(self) -> None:
+        """Forgets timers and re-seeds the noise, so a rollout replays bit for bit."""
+        self._rng = np.random.default_rng(self.seed)
+        self._phase = "approach"
+        self._grasp_steps = 0  # consecutive steps spent closing at the grasp pose
+        self._release_steps = 0  # consecutive steps spent opening after placing
+        self._placing = False  # hysteresis: inside the final descent
+        self._target_yaw: float | None = None  # grasp yaw, latched while descending and grasping
+
+    @property
+    def phase(self) -> str:
+        return self._phase
+
+    # --------------------------------------------------------------------------------- policy
+    def act(self) -> np.ndarray:
+        env = self.env
+        eef = env.eef_pos
+        rot = quat_wxyz_to_mat(np.roll(env.eef_quat_xyzw, 1))
+        yaw = gripper_yaw(rot)
+        obj = env.object_pose(env.spec.manipulated)[0]
+        gp = grasp_point(env)
+        gap = finger_gap(env)
+        grasped = is_grasped(env) and float(np.linalg.norm(gp - eef)) < 0.04
+
+        move = np.zeros(3)  # desired eef displacement this step (metres)
+        speed = 1.0  # cap on the position action's norm
+        target_yaw = yaw
+        grip = -1.0
+
+        if env.success() and (env.spec.name != "lift" or grasped):
+            phase = "done"
+            grip = 1.0 if env.spec.name == "lift" else -1.0
+            if env.spec.name != "lift":
+                move = np.array([0.0, 0.0, 0.02])  # drift up, clear of the object
+                speed = 0.3
+        elif grasped and not self._release_steps:
+            phase, move, speed, target_yaw, grip = self._holding(eef, obj, yaw)
+        elif object_placed(env):
+            # Placed but the task is not solved yet: open the fingers, then lift away.
+            self._placing = False
+            if self._release_steps < RELEASE_STEPS or gap < FINGER_OPEN_M * 0.6:
+                phase = "release"
+                self._release_steps += 1
+            else:
+                phase = "retreat"
+                move = np.array([0.0, 0.0, 0.1])
+                speed = 0.5
+        else:
+            self._release_steps = 0
+            self._placing = False
+            phase, move, speed, target_yaw, grip = self._reaching(eef, gp, yaw, gap)
+        if phase != "grasp":
+            self._grasp_steps = 0
+
+        action = np.zeros(7)
+        action[:3] = _limit(self.pos_gain * move / POS_SCALE_M, speed)
+        err = mat_to_axis_angle(down_rotation(target_yaw) @ rot.T)
+        action[3:6] = _limit(self.rot_gain * err / ROT_SCALE_RAD, 1.0)
+        action[6] = grip
+        if self.noise_std > 0:
+            action[:6] += self._rng.normal(0.0, self.noise_std, 6)
+        self._phase = phase
+        return np.clip(action, -1.0, 1.0)
+
+    def _reaching(
+        self, eef: np.ndarray, gp: np.ndarray, yaw: float, gap: float
+    ) -> tuple[str, np.ndarray, float, float, float]:
+        """Not holding the object: approach above it, descend, close."""
+        geo = self.geo
+        target_yaw = grasp_yaw(self.env, yaw)
+        grasp_pos = gp + np.array([0.0, 0.0, geo.grasp_dz])
+        hover = grasp_pos + np.array([0.0, 0.0, HOVER_M])
+        xy_err = float(np.linalg.norm(grasp_pos[:2] - eef[:2]))
+        yaw_err = abs(wrap_angle(target_yaw - yaw))
+        z_err = eef[2] - grasp_pos[2]
+
+        if self._grasp_steps:
+            # Closing: keep the pose until the fingers have had time to close on the object.
+            if self._grasp_steps < GRASP_TIMEOUT_STEPS and gap > FINGER_EMPTY_M:
+                self._grasp_steps += 1
+                return "grasp", grasp_pos - eef, 0.3, target_yaw, 1.0
+            # Closed on nothing (or it slipped out): open and go round again from the hover pose.
+            self._grasp_steps = 0
+        if xy_err < 0.012 and yaw_err < 0.1 and z_err < 0.012 and gap > FINGER_OPEN_M * 0.85:
+            self._grasp_steps = 1
+            return "grasp", grasp_pos - eef, 0.3, target_yaw, 1.0
+        if xy_err < 0.02 and yaw_err < 0.15 and gap > FINGER_OPEN_M * 0.85 and z_err < HOVER_M + 0.03:
+            # Slow near the object so the fingers do not knock it; keep correcting xy on the way.
+            return "descend", grasp_pos - eef, 0.5, target_yaw, -1.0
+        # Approach: rise before travelling if low (a sideways sweep would push objects around).
+        if xy_err > 0.03 and eef[2] < hover[2] - 0.03:
+            goal = np.array([eef[0], eef[1], hover[2]])
+            if eef[2] > gp[2] + 0.04:
+                goal[:2] = eef[:2] + 0.3 * (hover[:2] - eef[:2])
+            return "approach", goal - eef, 1.0, target_yaw, -1.0
+        return "approach", hover - eef, 1.0, target_yaw, -1.0
+
+    def _holding(self, eef: np.ndarray, obj: np.ndarray, yaw: float) -> tuple[str, np.ndarray, float, float, float]:
+        """Holding the object: lift, carry over the target, lower, and hand over to release."""
+        env = self.env
+        geo = self.geo
+        self._grasp_steps = 0
+        target = place_target(env)
+        carry_z = target[2] + geo.carry_clearance
+        target_yaw = yaw
+        if env.spec.name == "square":
+            # Turn the nut so its square hole lines up with the (axis-aligned) peg.
+            nut_yaw = object_yaw(env.object_pose("SquareNut_main")[1])
+            target_yaw = yaw + wrap_angle(0.0 - nut_yaw, np.pi / 2)
+        xy_err = float(np.linalg.norm(target[:2] - obj[:2]))
+        if env.spec.name == "lift":
+            return "lift", target - obj, 0.6, target_yaw, 1.0
+
+        if self._placing and xy_err > geo.place_xy_tol * 3 + 0.01:
+            self._placing = False
+        if not self._placing and xy_err < geo.place_xy_tol and obj[2] > carry_z - 0.03:
+            self._placing = True
+        if self._placing:
+            release_z = target[2] + geo.release_dz
+            if obj[2] < release_z + 0.006 and xy_err < geo.release_xy_tol:
+                self._release_steps = 1
+                return "release", np.zeros(3), 0.0, target_yaw, -1.0
+            goal = np.array([target[0], target[1], release_z])
+            return "place", goal - obj, 0.4, target_yaw, 1.0
+        if obj[2] < carry_z - 0.03 and xy_err > geo.place_xy_tol:
+            # Straight up first so the object clears bin walls, the peg and the other cube.
+            goal = np.array([obj[0], obj[1], carry_z])
+            if obj[2] > carry_z - 0.08:
+                goal[:2] = obj[:2] + 0.3 * (target[:2] - obj[:2])
+            return "lift", goal - obj, 0.8, target_yaw, 1.0
+        goal = np.array([target[0], target[1], carry_z])
+        # Slow down close to the target so the object does not swing past it.
+        return "transport", goal - obj, 0.8 if xy_err > 0.05 else 0.4, target_yaw, 1.0
+
+
+def make_expert(env: GauntletEnv, seed: int = 0, noise_std: float = 0.0) -> ScriptedExpert:
+    """The scripted expert for `env`'s task."""
+    return ScriptedExpert(env, seed=seed, noise_std=noise_std)
+
+
+def rollout_expert(
+    env: GauntletEnv, seed: int, horizon: int, expert: ScriptedExpert | None = None, reset: bool = True
+) -> ExpertResult:
+    """Runs the expert for at most `horizon` steps, stopping at the first success.
+
+    With `reset=True` the env is reset to `seed` and the expert (made with `seed` when not given)
+    is reset too; with `reset=False` both carry on from their current state, which is how
+    recovery from an injected error is tested.
+    """
+    if reset:
+        env.reset(seed)
+    if expert is None:
+        expert = make_expert(env, seed=seed)
+    elif reset:
+        expert.reset()
+    phases: list[str] = []
+    success = env.success()
+    steps = 0
+    while not success and steps < horizon:
+        success = env.step(expert.act())
+        phases.append(expert.phase)
+        steps += 1
+    return ExpertResult(success=bool(success), steps=steps, phases=phases)

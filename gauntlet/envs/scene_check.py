@@ -1,0 +1,90 @@
+"""Pre-flight: which scenes of a database can the current code replay?
+
+Fingerprints are computed once per distinct env configuration (a handful per database), not once
+per scene, so checking thousands of scenes takes seconds. A scene is compatible when its
+fingerprint matches the current env's and its array file is present.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from gauntlet.envs.env import EnvConfig, GauntletEnv
+from gauntlet.envs.errors import GauntletEnvError
+from gauntlet.envs.scene_db import SceneDB
+
+
+def current_fingerprints(env_configs: list[str]) -> dict[str, str]:
+    """{env_config JSON: fingerprint of that env under the current code, or 'error: ...'}."""
+    out: dict[str, str] = {}
+    for cfg_json in env_configs:
+        try:
+            cfg = json.loads(cfg_json)
+            cfg["cameras"] = tuple(cfg.get("cameras", ()))
+            env = GauntletEnv(EnvConfig(**cfg))
+            out[cfg_json] = env.fingerprint
+            env.close()
+        except (GauntletEnvError, TypeError, ValueError, json.JSONDecodeError) as exc:
+            # An env the current code cannot build: every scene that needs it is incompatible.
+            out[cfg_json] = f"error: {exc}"
+    return out
+
+
+def compatibility(db: SceneDB) -> Any:
+    """The metadata frame with `compatible` (bool) and `incompatible_reason` (str) columns added."""
+    frame = db.metadata().copy()
+    fps = current_fingerprints(sorted(frame["env_config"].unique()))
+    current = frame["env_config"].map(fps)
+    has_arrays = frame["scene_id"].map(lambda sid: db.arrays_path(sid).is_file())
+    match = current == frame["fingerprint"]
+    frame["compatible"] = (match & has_arrays).astype(bool)
+    reason = []
+    for ok, fp_now, fp_then, arrays in zip(match, current, frame["fingerprint"], has_arrays, strict=True):
+        if not arrays:
+            reason.append("array file missing")
+        elif ok:
+            reason.append("")
+        elif str(fp_now).startswith("error:"):
+            reason.append(str(fp_now))
+        else:
+            reason.append(f"fingerprint mismatch: scene {fp_then[:12]} vs env {fp_now[:12]}")
+    frame["incompatible_reason"] = reason
+    return frame
+
+
+def _group_counts(frame: Any, by: str) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for key, grp in frame.groupby(by, sort=True):
+        total = len(grp)
+        compatible = int(grp["compatible"].sum())
+        recoverable = int((grp["recoverable"] & grp["compatible"]).sum())
+        out[str(key)] = {
+            "total": total,
+            "compatible": compatible,
+            "incompatible": total - compatible,
+            "recoverable": recoverable,
+            "recoverable_fraction": round(recoverable / compatible, 4) if compatible else None,
+        }
+    return out
+
+
+def check_report(db: SceneDB) -> dict[str, Any]:
+    """The JSON-able pre-flight summary `gauntlet scenes check --json` prints."""
+    frame = compatibility(db)
+    total = len(frame)
+    compatible = int(frame["compatible"].sum()) if total else 0
+    recoverable = int((frame["recoverable"] & frame["compatible"]).sum()) if total else 0
+    reasons = frame.loc[~frame["compatible"], "incompatible_reason"].value_counts().to_dict() if total else {}
+    return {
+        "db": str(db.root),
+        "total": total,
+        "compatible": compatible,
+        "incompatible": total - compatible,
+        "recoverable": recoverable,
+        "recoverable_fraction": round(recoverable / compatible, 4) if compatible else None,
+        "by_error_type": _group_counts(frame, "error_type") if total else {},
+        "by_category": _group_counts(frame, "category") if total else {},
+        "by_task": _group_counts(frame, "task") if total else {},
+        "incompatible_reasons": {str(k): int(v) for k, v in reasons.items()},
+    }

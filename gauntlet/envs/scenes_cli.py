@@ -1,0 +1,200 @@
+"""`gauntlet scenes generate|check|show`: build, pre-flight and inspect scene databases."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from multiprocessing import get_context
+
+from gauntlet.platform.config_args import option, parse_config
+
+ALL_TASKS = "lift,stack,square,pick_place_can"
+
+
+def _split_list(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Builds an error-recovery scene database from scripted-expert rollouts with injected errors."""
+
+    out: str = option(help="scene database directory (created, or appended to if it exists)")
+    tasks: str = option(ALL_TASKS, help="comma-separated tasks")
+    variants: str = option("D0,D1", help="comma-separated placement variants")
+    error_types: str = option("all", help="'all' or comma-separated error types")
+    per_combo: int = option(1, help="scenes per task x variant x error type")
+    seed: int = option(0, help="base seed; scene seeds derive from it and the scene id")
+    image_size: int = option(128, help="camera image size of the envs the scenes are for (pixels)")
+    workers: int = option(2, help="simulation processes")
+    approach_horizon: int = option(300, help="steps the expert may take to reach the injection phase")
+    recovery_horizon: int = option(300, help="steps the expert gets to recover (oracle validation)")
+    max_attempts: int = option(4, help="seeds tried per scene before it is reported as not generated")
+    validate: bool = option(True, help="tag each scene recoverable or not by letting the expert recover")
+
+    def __post_init__(self) -> None:
+        from gauntlet.envs.injectors import ERROR_TYPES, get_spec
+        from gauntlet.envs.tasks import check_variant, get_task
+
+        for t in self.task_list:
+            get_task(t)
+        for v in self.variant_list:
+            check_variant(v)
+        for e in self.error_type_list:
+            get_spec(e)
+        if not self.task_list or not self.variant_list:
+            raise ValueError("tasks and variants must not be empty")
+        if self.per_combo < 1:
+            raise ValueError(f"per_combo must be >= 1, got {self.per_combo}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        del ERROR_TYPES
+
+    @property
+    def task_list(self) -> tuple[str, ...]:
+        return _split_list(self.tasks)
+
+    @property
+    def variant_list(self) -> tuple[str, ...]:
+        return _split_list(self.variants)
+
+    @property
+    def error_type_list(self) -> tuple[str, ...]:
+        from gauntlet.envs.injectors import ERROR_TYPES
+
+        return ERROR_TYPES if self.error_types == "all" else _split_list(self.error_types)
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """Pre-flight: counts compatible/incompatible/recoverable scenes against the current code."""
+
+    db: str = option(help="scene database directory", positional=True)
+    json: bool = option(False, help="print the report as one JSON object")
+
+
+@dataclass(frozen=True)
+class ShowConfig:
+    """Prints one scene's metadata."""
+
+    db: str = option(help="scene database directory", positional=True)
+    scene_id: str = option(help="the scene's id", positional=True)
+    arrays: bool = option(False, help="also list the scene's arrays with their shapes")
+
+
+def jobs_for(cfg: GenerateConfig) -> list:
+    from gauntlet.envs.injectors import SPECS
+    from gauntlet.envs.scene_generation import SceneJob
+
+    jobs = []
+    for task in cfg.task_list:
+        for variant in cfg.variant_list:
+            for error_type in cfg.error_type_list:
+                if not SPECS[error_type].applies_to(task):
+                    continue
+                for k in range(cfg.per_combo):
+                    jobs.append(SceneJob(task, variant, error_type, k, cfg.seed, cfg.image_size,
+                                         cfg.approach_horizon, cfg.recovery_horizon, cfg.max_attempts,
+                                         cfg.validate))
+    return jobs
+
+
+def generate(cfg: GenerateConfig, batch_size: int = 8) -> dict:
+    """Generates into `cfg.out`; writes in batches so a crash loses at most one batch."""
+    from gauntlet.envs.scene_db import SceneDB
+    from gauntlet.envs.scene_generation import _worker_init, generate_scene
+    from gauntlet.progress import Progress
+
+    db = SceneDB.create(cfg.out)
+    existing = set(db.metadata()["scene_id"])
+    jobs = [j for j in jobs_for(cfg) if j.scene_id not in existing]
+    print(f"[scenes] generating {len(jobs)} scenes into {cfg.out} with {cfg.workers} workers "
+          f"({len(existing)} already there)", flush=True)
+    progress = Progress(len(jobs), "scenes generate", unit="scenes")
+    pending, failed, written = [], [], 0
+    start = time.monotonic()
+    with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=get_context("spawn"),
+                             initializer=_worker_init) as pool:
+        futures = {pool.submit(generate_scene, j): j for j in jobs}
+        for fut in as_completed(futures):
+            job = futures[fut]
+            try:
+                record, reason = fut.result()
+            except Exception as exc:  # noqa: BLE001 - one bad scene never stops the database
+                record, reason = None, f"{type(exc).__name__}: {exc}"
+            if record is None:
+                failed.append({"scene_id": job.scene_id, "reason": reason})
+                print(f"[scenes] not generated: {job.scene_id}: {reason}", flush=True)
+            else:
+                pending.append(record)
+            if len(pending) >= batch_size:
+                written += db.add(pending)
+                pending = []
+            progress.update(extra=f"written={written + len(pending)} failed={len(failed)}")
+    written += db.add(pending)
+    summary = {"db": cfg.out, "written": written, "failed": failed, "total_in_db": len(db),
+               "seconds": round(time.monotonic() - start, 1)}
+    print(f"[scenes] wrote {written} scenes ({len(failed)} not generated) in {summary['seconds']} s; "
+          f"database now holds {summary['total_in_db']}", flush=True)
+    return summary
+
+
+def print_check(report: dict) -> None:
+    print(f"scene database {report['db']}: {report['total']} scenes, {report['compatible']} compatible, "
+          f"{report['incompatible']} incompatible, {report['recoverable']} recoverable", flush=True)
+    for title, key in (("error type", "by_error_type"), ("category", "by_category"), ("task", "by_task")):
+        print(f"\n{'by ' + title:<22}{'total':>7}{'compat':>8}{'incompat':>10}{'recov %':>9}")
+        for name, c in report[key].items():
+            frac = "-" if c["recoverable_fraction"] is None else f"{100 * c['recoverable_fraction']:.0f}"
+            print(f"  {name:<20}{c['total']:>7}{c['compatible']:>8}{c['incompatible']:>10}{frac:>9}")
+    for reason, n in report["incompatible_reasons"].items():
+        print(f"incompatible: {n} x {reason}")
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gauntlet.envs.errors import GauntletEnvError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbs = {"generate": GenerateConfig, "check": CheckConfig, "show": ShowConfig}
+    if not argv or argv[0] not in verbs:
+        print("usage: gauntlet scenes {generate,check,show} ...", file=sys.stderr)
+        return 2
+    verb, rest = argv[0], argv[1:]
+    cfg = parse_config(verbs[verb], rest, prog=f"gauntlet scenes {verb}", description=verbs[verb].__doc__)
+    try:
+        if isinstance(cfg, GenerateConfig):
+            summary = generate(cfg)
+            return 0 if summary["written"] or not summary["failed"] else 1
+        from gauntlet.envs.scene_db import SceneDB
+
+        db = SceneDB.open(cfg.db)
+        if isinstance(cfg, CheckConfig):
+            from gauntlet.envs.scene_check import check_report
+
+            if len(db) == 0:
+                print(f"gauntlet scenes check: {db.table_path}: the database is empty", file=sys.stderr)
+                return 1
+            report = check_report(db)
+            if cfg.json:
+                print(json.dumps(report, indent=2), flush=True)
+            else:
+                print_check(report)
+            return 0
+        row = db.row(cfg.scene_id)
+        row["injection_params"] = json.loads(row["injection_params"])
+        row["env_config"] = json.loads(row["env_config"])
+        if cfg.arrays:
+            row["arrays"] = {k: list(v.shape) for k, v in db.load_arrays(cfg.scene_id).items()}
+        print(json.dumps(row, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o)), flush=True)
+        return 0
+    except GauntletEnvError as exc:
+        print(f"gauntlet scenes {verb}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
