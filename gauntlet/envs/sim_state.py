@@ -79,21 +79,23 @@ def restore_state(env: GauntletEnv, state: dict[str, np.ndarray]) -> None:
 
     if int(state.get("format", -1)) != STATE_FORMAT:
         raise ValueError(f"state format {state.get('format')} is not {STATE_FORMAT}")
-    for prefix, obj in _stateful_objects(env).items():
-        for key, current in _plain_attributes(obj).items():
-            name = f"{prefix}/{key}"
-            if name not in state:
-                continue
-            saved = state[name]
-            if saved.dtype.kind == "U" and str(saved) == _NONE:
-                setattr(obj, key, None)
-            elif isinstance(current, np.ndarray) and current.shape == saved.shape and current.flags.writeable:
-                # In place, so views other objects hold onto stay valid.
-                np.copyto(current, saved, casting="unsafe")
-            elif isinstance(current, np.ndarray) or current is None:
-                setattr(obj, key, np.array(saved, copy=True))
-            else:
-                setattr(obj, key, type(current)(saved.item()))
+    objects = _stateful_objects(env)
+    for name, saved in state.items():
+        prefix, _, key = name.rpartition("/")
+        obj = objects.get(prefix)
+        if obj is None:
+            continue
+        # Attributes created lazily (e.g. on the first control step) may not exist yet here.
+        current = getattr(obj, key, None)
+        if saved.dtype.kind == "U" and str(saved) == _NONE:
+            setattr(obj, key, None)
+        elif isinstance(current, (bool, int, float, np.number)) and saved.ndim == 0:
+            setattr(obj, key, type(current)(saved.item()))
+        else:
+            # A fresh copy, never in place: robosuite sometimes aliases one array under two names
+            # (e.g. a controller's initial and current joint positions), and an in-place write
+            # through one name would clobber the other.
+            setattr(obj, key, np.array(saved, copy=True))
     m, d = env.sim.model._model, env.sim.data._data
     spec = mujoco.mjtState.mjSTATE_INTEGRATION
     mj_state = np.asarray(state["mj_state"], dtype=np.float64)
