@@ -51,7 +51,10 @@ def cluster(
             return KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(x)
         if method == "gmm_eee":
             reduced = pca(x, GMM_MAX_DIMS).astype(np.float64)
-            gmm = GaussianMixture(n_components=n_clusters, covariance_type="tied", reg_covar=1e-5, random_state=seed)
+            # several k-means-initialised restarts: one EM run often stalls in a merged-layer optimum
+            gmm = GaussianMixture(
+                n_components=n_clusters, covariance_type="tied", reg_covar=1e-5, n_init=10, random_state=seed
+            )
             return gmm.fit_predict(reduced)
     except (ValueError, np.linalg.LinAlgError) as exc:
         raise ClusteringError(f"{what}: {method} failed ({exc})") from exc

@@ -63,7 +63,12 @@ def neighbour_tokens(
 
 def image_edge_distances(image: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
     """(E,) Euclidean distance between the image embeddings at both ends of each edge."""
-    return (image[edges[0]] - image[edges[1]]).norm(dim=1)
+    import torch
+
+    # index_select, not image[edges[0]]: on CPU it is several times faster than advanced indexing
+    diff = image.index_select(0, edges[0])
+    diff.sub_(image.index_select(0, edges[1]))  # in place: one (E, F) buffer instead of three
+    return torch.linalg.vector_norm(diff, dim=1)
 
 
 def image_edge_drop_probabilities(

@@ -1,9 +1,10 @@
 """msgpack with NumPy arrays, in openpi's wire convention, and never pickle.
 
 An array travels as `{"__ndarray__": True, "data": bytes, "dtype": str, "shape": [...]}` and a NumPy
-scalar as `{"__npgeneric__": True, "data": bytes, "dtype": str}` (what openpi-client sends). Only plain
-numeric, bool and fixed-width string dtypes are accepted on the way in: an object dtype would need
-pickle, so it is refused with a clear error instead.
+scalar as `{"__npgeneric__": True, "data": value, "dtype": str}`. openpi-client writes those marker
+keys as msgpack *bin* (Python bytes) and only recognises them in that form, so we write them the same
+way and read either form. Only plain numeric, bool and fixed-width string dtypes are accepted on the
+way in: an object dtype would need pickle, so it is refused with a clear error instead.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-_ALLOWED_KINDS = set("biufcU")  # bool, ints, floats, complex, unicode; never "O" (object) or "V"
+_ALLOWED_KINDS = set("biufU")  # bool, ints, floats, unicode; never "O" (object), "V" or complex
 
 
 class WireFormatError(ValueError):
@@ -35,19 +36,28 @@ def _encode(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         if obj.dtype.kind not in _ALLOWED_KINDS:
             raise WireFormatError(f"cannot send arrays of dtype {obj.dtype}")
-        return {"__ndarray__": True, "data": np.ascontiguousarray(obj).tobytes(), "dtype": obj.dtype.str,
-                "shape": list(obj.shape)}
+        return {b"__ndarray__": True, b"data": np.ascontiguousarray(obj).tobytes(), b"dtype": obj.dtype.str,
+                b"shape": list(obj.shape)}
     if isinstance(obj, np.generic):
-        return {"__npgeneric__": True, "data": obj.tobytes(), "dtype": obj.dtype.str}
+        if obj.dtype.kind not in _ALLOWED_KINDS:
+            raise WireFormatError(f"cannot send scalars of dtype {obj.dtype}")
+        return {b"__npgeneric__": True, b"data": obj.item(), b"dtype": obj.dtype.str}
     return obj
 
 
+def _get(obj: dict, key: str) -> Any:
+    """A marker map's field, whether its key arrived as str or as bytes (openpi)."""
+    if key in obj:
+        return obj[key]
+    return obj[key.encode()]
+
+
 def _decode(obj: dict) -> Any:
-    if obj.get("__ndarray__") is True:
+    if obj.get("__ndarray__", obj.get(b"__ndarray__")) is True:
         try:
-            dtype = _check_dtype(obj["dtype"])
-            shape = tuple(int(s) for s in obj["shape"])
-            data = obj["data"]
+            dtype = _check_dtype(_get(obj, "dtype"))
+            shape = tuple(int(s) for s in _get(obj, "shape"))
+            data = _get(obj, "data")
         except (KeyError, TypeError, ValueError) as exc:
             raise WireFormatError(f"malformed __ndarray__ map: {exc}") from None
         if not isinstance(data, (bytes, bytearray)):
@@ -56,11 +66,14 @@ def _decode(obj: dict) -> Any:
         if len(data) != expected:
             raise WireFormatError(f"__ndarray__ has {len(data)} bytes, shape {shape} of {dtype} needs {expected}")
         return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
-    if obj.get("__npgeneric__") is True:
+    if obj.get("__npgeneric__", obj.get(b"__npgeneric__")) is True:
         try:
-            dtype = _check_dtype(obj["dtype"])
-            return np.frombuffer(obj["data"], dtype=dtype)[0]
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            dtype = _check_dtype(_get(obj, "dtype"))
+            data = _get(obj, "data")
+            if isinstance(data, (bytes, bytearray)):
+                return np.frombuffer(data, dtype=dtype)[0]
+            return dtype.type(data)
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
             raise WireFormatError(f"malformed __npgeneric__ map: {exc}") from None
     return obj
 

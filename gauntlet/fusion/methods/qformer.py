@@ -22,41 +22,56 @@ if TYPE_CHECKING:
 
 
 def make_qformer(n_genes: int, image_dim: int, config: FusionConfig) -> torch.nn.Module:
-    """The Q-Former encoder: `embed_tokens` builds (B, L, d) tokens, `forward` pools them to (B, out)."""
+    """The Q-Former encoder: `embed_spots` (N, d) once per slide, `forward` pools neighbourhoods."""
     import torch
+    import torch.nn.functional as F
     from torch import nn
 
     d = config.hidden_dim
+    heads = config.n_heads
 
     class QFormer(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.embed_expression = nn.Linear(n_genes, d)
             self.embed_image = nn.Linear(image_dim, d)
-            self.embed_offset = nn.Sequential(nn.Linear(2, d), nn.GELU(), nn.Linear(d, d))
             self.queries = nn.Parameter(0.02 * torch.randn(config.n_queries, d))
-            self.cross = nn.MultiheadAttention(d, config.n_heads, batch_first=True)
+            self.to_q = nn.Linear(d, d)
+            # A token is (spot embedding) + (position embedding), both linear, so its key/value is
+            # kv(spot) + kv_offset(offset): each spot is projected once, then gathered into every
+            # neighbourhood, instead of re-projecting ~L copies of it.
+            self.to_kv = nn.Linear(d, 2 * d)
+            self.kv_offset = nn.Linear(2, 2 * d, bias=False)
+            self.cross_out = nn.Linear(d, d)
             self.norm_cross = nn.LayerNorm(d)
-            self.self_attn = nn.MultiheadAttention(d, config.n_heads, batch_first=True)
+            self.self_attn = nn.MultiheadAttention(d, heads, batch_first=True)
             self.norm_self = nn.LayerNorm(d)
             self.ff = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
             self.norm_ff = nn.LayerNorm(d)
             self.out = nn.Linear(d, config.out_dim)
 
-        def embed_tokens(self, expr, image, index, offset):
-            """Per-spot features (N, G), (N, F) + neighbour index/offset (B, L), (B, L, 2) -> (B, L, d)."""
-            per_spot = self.embed_expression(expr) + self.embed_image(image)  # (N, d), projected once
-            return per_spot[index] + self.embed_offset(offset)  # (B, L, d)
+        def embed_spots(self, expr, image):
+            """(N, G), (N, F) -> (N, d) one embedding per spot."""
+            return self.embed_expression(expr) + self.embed_image(image)
 
-        def forward(self, tokens, padding_mask=None):
-            """(B, L, d) tokens, (B, L) True-where-padding -> (B, out_dim)."""
-            q = self.queries.unsqueeze(0).expand(tokens.shape[0], -1, -1)  # (B, Q, d)
-            attended, _ = self.cross(q, tokens, tokens, key_padding_mask=padding_mask, need_weights=False)
-            q = self.norm_cross(q + attended)
-            mixed, _ = self.self_attn(q, q, q, need_weights=False)
-            q = self.norm_self(q + mixed)
-            q = self.norm_ff(q + self.ff(q))
-            return self.out(q.mean(dim=1))  # (B, out_dim)
+        def forward(self, spots, index, offset, padding_mask=None):
+            """Spots (N, d); each row of index (B, L) lists one neighbourhood, offset (B, L, 2) its
+            relative positions, padding_mask (B, L) True where there is no token -> (B, out_dim)."""
+            b, length = index.shape
+            dh = d // heads
+            kv = self.to_kv(spots).index_select(0, index.reshape(-1)).view(b, length, 2 * d)  # (B, L, 2d)
+            kv = kv + self.kv_offset(offset)
+            k, v = kv.view(b, length, 2, heads, dh).permute(2, 0, 3, 1, 4)  # 2 x (B, H, L, dh)
+            q = self.to_q(self.queries).view(1, -1, heads, dh).transpose(1, 2)  # (1, H, Q, dh), shared
+            q = q.expand(b, -1, -1, -1)
+            mask = None if padding_mask is None else (~padding_mask)[:, None, None, :]  # (B, 1, 1, L)
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, Q, dh)
+            attended = self.cross_out(attended.transpose(1, 2).reshape(b, -1, d))  # (B, Q, d)
+            h = self.norm_cross(self.queries + attended)
+            mixed, _ = self.self_attn(h, h, h, need_weights=False)
+            h = self.norm_self(h + mixed)
+            h = self.norm_ff(h + self.ff(h))
+            return self.out(h.mean(dim=1))  # (B, out_dim)
 
     return QFormer()
 
@@ -86,10 +101,10 @@ class QFormerFusion(LearnedFusionMethod):
             hide[:, 1:] = torch.rand(n, length - 1, device=device, generator=generator) < 0.1
             hidden = padding | hide
             hidden[:, 0] &= ~hidden.all(dim=1)  # never hide every token of a spot (attention -> NaN)
-            z = encoder(encoder.embed_tokens(expr, image, index, offset), hidden)
+            z = encoder(encoder.embed_spots(expr, image), index, offset, hidden)
             return reconstruction_loss(z, expr, image, decoders)
 
         def embed() -> torch.Tensor:
-            return encoder(encoder.embed_tokens(expr, image, index, offset), padding)
+            return encoder(encoder.embed_spots(expr, image), index, offset, padding)
 
         return model, loss, embed

@@ -1,0 +1,79 @@
+"""Typed app builders: policies -> `PolicyReplica` deployments behind one `Gateway` ingress."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from gauntlet.policies.registry import PolicyRef
+
+APP_NAME = "gauntlet"
+GRPC_SERVICER = "gauntlet.deployments.proto.policy_pb2_grpc.add_PolicyServiceServicer_to_server"
+
+
+@dataclass(frozen=True)
+class PolicyServing:
+    """How one policy is deployed."""
+
+    ref: PolicyRef  # which policy (and checkpoint)
+    replicas: int = 1  # Serve replicas
+    max_batch_size: int = 32  # largest batch one infer call sees
+    batch_wait_timeout_s: float = 0.005  # how long a partial batch waits for company
+    num_cpus: float = 1.0  # CPUs reserved per replica
+    num_gpus: float = 0.0  # GPUs per replica
+    policy_kwargs: dict[str, Any] = field(default_factory=dict)  # constructor arguments
+    adapters_dir: str | None = None  # directory of LoRA adapters (one sub-directory per adapter)
+
+    @property
+    def max_ongoing_requests(self) -> int:
+        # Serve's default (5) silently caps @serve.batch; leave room for a full batch in flight
+        # plus one queued behind it.
+        from gauntlet.deployments.policy_deployment import ONGOING_PER_BATCH_SLOT
+
+        return max(8, self.max_batch_size * ONGOING_PER_BATCH_SLOT)
+
+
+def build_app(policies: list[PolicyServing], api_key: str | None = None,
+              max_request_bytes: int = 16 * 2**20) -> Any:
+    """The Serve application (not yet running): `serve.run(build_app(...))`."""
+    from ray import serve
+
+    from gauntlet.deployments.ingress import Gateway
+    from gauntlet.deployments.policy_deployment import PolicyReplica
+
+    bound = {}
+    names = [p.ref.name for p in policies]
+    if len(set(names)) != len(names):
+        raise ValueError(f"each policy may be served once; got {names}")
+    for p in policies:
+        deployment = serve.deployment(
+            PolicyReplica,
+            name=f"policy-{p.ref.name}",
+            num_replicas=p.replicas,
+            max_ongoing_requests=p.max_ongoing_requests,
+            ray_actor_options={"num_cpus": p.num_cpus, "num_gpus": p.num_gpus},
+            user_config={"max_batch_size": p.max_batch_size, "batch_wait_timeout_s": p.batch_wait_timeout_s},
+            health_check_period_s=5,
+            health_check_timeout_s=60,
+        )
+        bound[p.ref.name] = deployment.bind(
+            policy=p.ref.name, checkpoint=p.ref.checkpoint, policy_kwargs=p.policy_kwargs,
+            adapters_dir=p.adapters_dir, max_batch_size=p.max_batch_size,
+            batch_wait_timeout_s=p.batch_wait_timeout_s,
+        )
+    gateway = serve.deployment(Gateway, name="gateway", num_replicas=1, max_ongoing_requests=1024,
+                               ray_actor_options={"num_cpus": 0})
+    return gateway.bind(bound, api_key=api_key or os.environ.get("GAUNTLET_API_KEY"),
+                        max_request_bytes=max_request_bytes)
+
+
+def start_serve(policies: list[PolicyServing], host: str = "127.0.0.1", http_port: int = 8000,
+                grpc_port: int | None = 9000, api_key: str | None = None, blocking: bool = False) -> Any:
+    """Starts Serve's proxies (HTTP on host:http_port, gRPC on grpc_port) and deploys the app."""
+    from ray import serve
+    from ray.serve.config import HTTPOptions, gRPCOptions
+
+    grpc_options = gRPCOptions(port=grpc_port, grpc_servicer_functions=[GRPC_SERVICER]) if grpc_port else None
+    serve.start(http_options=HTTPOptions(host=host, port=http_port), grpc_options=grpc_options)
+    return serve.run(build_app(policies, api_key=api_key), name=APP_NAME, route_prefix="/", blocking=blocking)

@@ -1,0 +1,182 @@
+"""The batched policy replica: many rollout actors' requests become one `policy.infer` call.
+
+Requests are validated one by one before they join a batch (a malformed one fails alone), grouped
+by LoRA adapter inside the batch, padded by the policy to its compiled bucket, and split back.
+`max_batch_size` and `batch_wait_timeout_s` change live through `reconfigure` (Serve's user_config).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from gauntlet.deployments.replica_stats import ReplicaStats
+from gauntlet.policies.base import stack_observations
+from gauntlet.policies.validation import ObservationError, validate_observation
+
+# Serve's own default max_ongoing_requests (5) would silently cap every batch at 5; the deployment
+# options set it to a multiple of the largest batch instead (see app.py).
+ONGOING_PER_BATCH_SLOT = 2
+
+
+class UnknownAdapterError(ValueError):
+    def __init__(self, adapter: str, known: list[str]):
+        super().__init__(f"unknown adapter {adapter!r}; available: {known or 'none'}")
+        self.adapter = adapter
+
+
+def error_value(kind: str, status: int, message: str, **extra: Any) -> dict[str, Any]:
+    return {"error": message, "status": status, "kind": kind, **extra}
+
+
+class PolicyError(RuntimeError):
+    """The policy itself failed on a batch (not the request's fault)."""
+
+
+@dataclass(frozen=True)
+class _Item:
+    obs: dict[str, Any]
+    adapter: str | None
+    enqueued: float
+
+
+class _AdapterRef:
+    """What `serve.multiplexed` caches: unloads the adapter from the shared base when evicted."""
+
+    def __init__(self, policy: Any, name: str):
+        self.policy = policy
+        self.name = name
+
+    def __del__(self) -> None:
+        unload = getattr(self.policy, "unload_adapter", None)
+        if unload is not None:
+            try:
+                unload(self.name)
+            except Exception:  # noqa: BLE001 - eviction must never take the replica down
+                pass
+
+
+class PolicyReplica:
+    """Deployment class (wrapped by `serve.deployment` in app.py)."""
+
+    def __init__(self, policy: str, checkpoint: str | None = None, policy_kwargs: dict | None = None,
+                 adapters_dir: str | None = None, max_batch_size: int = 32,
+                 batch_wait_timeout_s: float = 0.005):
+        from gauntlet.policies.registry import make_policy
+
+        self.name = policy
+        self.policy = make_policy(policy, checkpoint, **(policy_kwargs or {}))
+        self.spec = self.policy.metadata.observation_spec
+        self.adapters_dir = adapters_dir
+        self.stats = ReplicaStats(policy)
+        self._warm_buckets = 0
+        self._apply_batching(max_batch_size, batch_wait_timeout_s)
+
+    # ---------------------------------------------------------------------- configuration
+    def _apply_batching(self, max_batch_size: int, batch_wait_timeout_s: float) -> None:
+        if max_batch_size < 1 or batch_wait_timeout_s < 0:
+            raise ValueError("max_batch_size must be >= 1 and batch_wait_timeout_s >= 0")
+        # Compile every bucket up to the new maximum *before* the batch size grows, so no request
+        # ever waits on a compile (the constructor runs this before Serve reports the replica healthy).
+        warmup = getattr(self.policy, "warmup", None)
+        if warmup is not None and max_batch_size > self._warm_buckets:
+            warmup(max_batch_size)
+            self._warm_buckets = max_batch_size
+        self._infer_batch.set_max_batch_size(max_batch_size)
+        self._infer_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.max_batch_size = max_batch_size
+        self.batch_wait_timeout_s = batch_wait_timeout_s
+
+    def reconfigure(self, user_config: dict) -> None:
+        """Live batch settings: {"max_batch_size": N, "batch_wait_timeout_s": T}."""
+        self._apply_batching(int(user_config.get("max_batch_size", self.max_batch_size)),
+                             float(user_config.get("batch_wait_timeout_s", self.batch_wait_timeout_s)))
+
+    # ---------------------------------------------------------------------------- serving
+    def metadata(self) -> dict[str, Any]:
+        meta = self.policy.metadata.to_dict()
+        meta["serving"] = {"max_batch_size": self.max_batch_size,
+                           "batch_wait_timeout_s": self.batch_wait_timeout_s}
+        return meta
+
+    def get_stats(self) -> dict[str, Any]:
+        snap = self.stats.snapshot()
+        snap["max_batch_size"] = self.max_batch_size
+        snap["batch_wait_timeout_s"] = self.batch_wait_timeout_s
+        return snap
+
+    def reset_stats(self) -> None:
+        self.stats = ReplicaStats(self.name)
+
+    @serve.multiplexed(max_num_models_per_replica=8)
+    async def _load_adapter(self, adapter: str) -> _AdapterRef:
+        import os
+
+        loader = getattr(self.policy, "load_adapter", None)
+        path = os.path.join(self.adapters_dir, adapter) if self.adapters_dir else None
+        if loader is None or path is None or not os.path.isdir(path):
+            known = sorted(os.listdir(self.adapters_dir)) if self.adapters_dir and os.path.isdir(self.adapters_dir) else []
+            raise UnknownAdapterError(adapter, known)
+        await asyncio.get_running_loop().run_in_executor(None, loader, adapter, path)
+        return _AdapterRef(self.policy, adapter)
+
+    async def infer(self, obs: Any, adapter: str | None = None) -> dict[str, Any]:
+        """One observation -> {"actions": (H, D), "server_timing": {...}}, or an error *value*
+        `{"error": message, "status": http_status, "kind": ...}` for this caller only.
+
+        Errors travel as values, not exceptions: they are the client's answer, not a replica
+        failure, and typed exceptions do not survive Ray's cross-process serialisation intact.
+        """
+        try:
+            validated = validate_observation(obs, self.spec)
+        except ObservationError as exc:
+            self.stats.record_request("invalid")
+            return error_value("invalid_observation", 400, f"invalid observation: {exc}", field=exc.field)
+        if adapter:
+            try:
+                await self._load_adapter(adapter)
+            except UnknownAdapterError as exc:
+                self.stats.record_request("unknown_adapter")
+                return error_value("unknown_adapter", 404, str(exc))
+        result = await self._infer_batch(_Item(validated, adapter or None, time.perf_counter()))
+        if isinstance(result, Exception):
+            self.stats.record_request("error")
+            return error_value("policy_error", 500, str(result))
+        self.stats.record_request("ok")
+        return result
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _infer_batch(self, items: list[_Item]) -> list[Any]:
+        start = time.perf_counter()
+        results: list[Any] = [None] * len(items)
+        groups: dict[str | None, list[int]] = {}
+        for i, item in enumerate(items):
+            groups.setdefault(item.adapter, []).append(i)
+        for adapter, idx in groups.items():
+            batch = stack_observations([items[i].obs for i in idx])
+            try:
+                if adapter is None:
+                    out = self.policy.infer(batch)
+                else:
+                    out = self.policy.infer(batch, adapter=adapter)
+                actions = np.asarray(out["actions"], dtype=np.float32)  # (B, H, D)
+                if actions.shape[0] != len(idx):
+                    raise PolicyError(f"policy returned {actions.shape[0]} action chunks for {len(idx)} requests")
+            except Exception as exc:  # noqa: BLE001 - the group's callers each get the error
+                for i in idx:
+                    results[i] = PolicyError(f"{type(exc).__name__}: {exc}")
+                continue
+            for j, i in enumerate(idx):
+                results[i] = {"actions": actions[j]}
+        infer_ms = (time.perf_counter() - start) * 1e3
+        waits = [(start - it.enqueued) * 1e3 for it in items]
+        self.stats.record_batch(len(items), waits, infer_ms)
+        for r, w in zip(results, waits, strict=True):
+            if isinstance(r, dict):
+                r["server_timing"] = {"infer_ms": infer_ms, "queue_wait_ms": w, "batch_size": len(items)}
+        return results
