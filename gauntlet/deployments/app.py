@@ -77,3 +77,17 @@ def start_serve(policies: list[PolicyServing], host: str = "127.0.0.1", http_por
     grpc_options = gRPCOptions(port=grpc_port, grpc_servicer_functions=[GRPC_SERVICER]) if grpc_port else None
     serve.start(http_options=HTTPOptions(host=host, port=http_port), grpc_options=grpc_options)
     return serve.run(build_app(policies, api_key=api_key), name=APP_NAME, route_prefix="/", blocking=blocking)
+
+
+def app_from_args(args: dict[str, Any]) -> Any:
+    """Builder for `serve run`/`serve deploy` config files (`applications[].args`)."""
+    policies = args.get("policies") or ["random"]
+    specs = []
+    for text in policies:
+        ref = PolicyRef.parse(str(text))
+        kwargs = {"config_name": args.get("vla_size", "tiny")} if ref.name == "vla" and not ref.checkpoint else {}
+        specs.append(PolicyServing(ref=ref, replicas=int(args.get("replicas", 1)),
+                                   max_batch_size=int(args.get("max_batch_size", 32)),
+                                   batch_wait_timeout_s=float(args.get("batch_wait_timeout_s", 0.005)),
+                                   policy_kwargs=kwargs, adapters_dir=args.get("adapters_dir")))
+    return build_app(specs, api_key=args.get("api_key"))

@@ -13,12 +13,8 @@ from gauntlet.platform.config_args import parse_config
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+def local_ray(ray_session):  # the one Ray of this test session (tests/conftest.py)
+    yield ray_session
 
 
 def test_defaults_and_flag_checks():

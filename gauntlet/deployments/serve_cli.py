@@ -1,0 +1,78 @@
+"""`gauntlet serve`: policies on Ray Serve behind HTTP, gRPC and openpi WebSocket endpoints."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+from gauntlet.platform.config_args import option, parse_config
+
+
+@dataclass(frozen=True)
+class ServeCLIConfig:
+    """Serves one or more policies until interrupted (uses RAY_ADDRESS if set, else a local Ray)."""
+
+    policy: tuple[str, ...] = option(help="NAME[=CHECKPOINT], repeatable: random, scripted, bc_rnn, vla")
+    host: str = option("127.0.0.1", help="HTTP bind address (use 0.0.0.0 only on a trusted network)")
+    http_port: int = option(8000, help="HTTP/WebSocket port")
+    grpc_port: int = option(9000, help="gRPC port (0 disables gRPC)")
+    max_batch_size: int = option(32, help="largest batch one replica runs")
+    batch_wait_timeout_s: float = option(0.005, help="how long a partial batch waits for more requests")
+    replicas: int = option(1, help="replicas per policy")
+    num_gpus: float = option(0.0, help="GPUs per replica")
+    vla_size: str = option("tiny", help="VLA preset when no checkpoint is given")
+    adapters_dir: str | None = option(None, help="directory of LoRA adapters served by name (vla)")
+    api_key: str | None = option(None, help="require `Authorization: Api-Key KEY` (or set GAUNTLET_API_KEY)")
+
+    def __post_init__(self) -> None:
+        if not self.policy:
+            raise ValueError("policy: name at least one policy")
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.replicas < 1:
+            raise ValueError(f"replicas must be >= 1, got {self.replicas}")
+
+
+def serving_specs(cfg: ServeCLIConfig) -> list:
+    from gauntlet.deployments.app import PolicyServing
+    from gauntlet.policies.registry import PolicyRef
+
+    specs = []
+    for text in cfg.policy:
+        ref = PolicyRef.parse(text)
+        kwargs = {"config_name": cfg.vla_size} if ref.name == "vla" and not ref.checkpoint else {}
+        specs.append(PolicyServing(ref=ref, replicas=cfg.replicas, max_batch_size=cfg.max_batch_size,
+                                   batch_wait_timeout_s=cfg.batch_wait_timeout_s, num_gpus=cfg.num_gpus,
+                                   policy_kwargs=kwargs, adapters_dir=cfg.adapters_dir if ref.name == "vla" else None))
+    return specs
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(ServeCLIConfig, argv, prog="gauntlet serve", description=ServeCLIConfig.__doc__)
+    try:
+        specs = serving_specs(cfg)
+    except ValueError as exc:
+        print(f"gauntlet serve: {exc}", file=sys.stderr)
+        return 2
+    import ray
+
+    from gauntlet.deployments.app import start_serve
+
+    ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
+    start_serve(specs, host=cfg.host, http_port=cfg.http_port, grpc_port=cfg.grpc_port or None,
+                api_key=cfg.api_key)
+    names = ", ".join(s.ref.name for s in specs)
+    print(f"[serve] serving {names}: http://{cfg.host}:{cfg.http_port}/v1/policies/NAME/infer, "
+          f"ws://{cfg.host}:{cfg.http_port}/v1/policies/NAME/ws"
+          + (f", gRPC :{cfg.grpc_port}" if cfg.grpc_port else ""), flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
