@@ -20,8 +20,11 @@ def ray_session():
     """Ray starts once per test session (starting it per test costs seconds each on 2 cores)."""
     import ray
 
+    from gauntlet.deployments.grpc_bind import runtime_env
+
+    env = runtime_env("127.0.0.1")  # keeps Serve's gRPC proxy on loopback, as `gauntlet serve` does
+    env["env_vars"].update({"MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1"})
     if not ray.is_initialized():
-        ray.init(num_cpus=TEST_RAY_CPUS, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1"}})
+        ray.init(num_cpus=TEST_RAY_CPUS, include_dashboard=False, log_to_driver=False, runtime_env=env)
     yield ray
     ray.shutdown()

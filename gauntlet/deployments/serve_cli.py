@@ -59,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from gauntlet.deployments.app import start_serve
+    from gauntlet.deployments.grpc_bind import runtime_env
 
-    ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
+    ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, runtime_env=runtime_env(cfg.host))
     start_serve(specs, host=cfg.host, http_port=cfg.http_port, grpc_port=cfg.grpc_port or None,
                 api_key=cfg.api_key)
     names = ", ".join(s.ref.name for s in specs)

@@ -197,3 +197,12 @@ def test_live_reconfigure_changes_batch_size(served) -> None:
     assert stats["max_batch_size"] == 2 and stats["max_batch_size_seen"] <= 2
     meta = httpx.get(f"{BASE}/v1/policies/random/metadata").json()
     assert meta["serving"]["max_batch_size"] in (2, 16)  # the gateway may cache metadata
+
+
+def test_http_and_grpc_listen_on_loopback_only(served) -> None:
+    import psutil
+
+    listening = [c for c in psutil.net_connections(kind="tcp")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port in (HTTP_PORT, GRPC_PORT)]
+    assert {c.laddr.port for c in listening} == {HTTP_PORT, GRPC_PORT}
+    assert all(c.laddr.ip in ("127.0.0.1", "::ffff:127.0.0.1") for c in listening), listening

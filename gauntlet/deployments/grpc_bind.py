@@ -1,0 +1,39 @@
+"""Keeps Serve's gRPC proxy on the configured host instead of all interfaces.
+
+Ray Serve 2.60 binds its gRPC proxy to `[::]:PORT` and has no host option, while Gauntlet's servers
+bind to 127.0.0.1 unless configured otherwise. This module is installed as the job's
+`worker_process_setup_hook`, so it runs inside Serve's proxy actor before the gRPC server starts,
+and rewrites the wildcard address to `GAUNTLET_GRPC_HOST` (default 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import os
+
+HOST_ENV = "GAUNTLET_GRPC_HOST"
+
+
+def restrict_grpc_bind() -> None:
+    try:
+        from ray.serve._private import default_impl
+    except ImportError:  # not a Serve process
+        return
+    if getattr(default_impl.add_grpc_address, "_gauntlet", False):
+        return
+    original = default_impl.add_grpc_address
+
+    def add_grpc_address(grpc_server, server_address: str) -> None:
+        host = os.environ.get(HOST_ENV, "127.0.0.1")
+        if server_address.startswith("[::]:") and host not in ("", "0.0.0.0", "::"):
+            port = server_address.rsplit(":", 1)[1]
+            server_address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        original(grpc_server, server_address)
+
+    add_grpc_address._gauntlet = True  # type: ignore[attr-defined]
+    default_impl.add_grpc_address = add_grpc_address
+
+
+def runtime_env(host: str = "127.0.0.1") -> dict:
+    """The runtime_env for `ray.init` that applies the hook in every worker (incl. Serve's proxy)."""
+    return {"worker_process_setup_hook": "gauntlet.deployments.grpc_bind.restrict_grpc_bind",
+            "env_vars": {HOST_ENV: host}}
