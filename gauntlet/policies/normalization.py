@@ -26,8 +26,9 @@ NORM_STATS_VERSION = 1
 NormMode = Literal["zscore", "quantile"]
 NORM_MODES: tuple[str, ...] = ("zscore", "quantile")
 
-# Floors on the denominators: a constant dimension (std 0, q01 == q99) must map to a finite value,
-# not to inf/NaN that would poison a whole batch.
+# A dimension that never varied in the data (std 0, q01 == q99: e.g. an unused gripper joint) gets
+# unit scale instead of a tiny denominator: dividing by ~0 would turn any deviation at inference
+# into a huge input, or inf/NaN that poisons the whole batch.
 _EPS = 1e-6
 
 
@@ -94,21 +95,25 @@ class FieldStats:
             raise NormStatsError(f"missing statistics {missing}")
         return cls(**{k: np.asarray(data[k], dtype=np.float32) for k in ("mean", "std", "min", "max", "q01", "q99")})
 
+    def _scale(self, mode: NormMode) -> np.ndarray:
+        if mode == "zscore":
+            return np.where(self.std < _EPS, 1.0, self.std).astype(np.float32)
+        if mode == "quantile":
+            span = self.q99 - self.q01
+            return np.where(span < _EPS, 2.0, span).astype(np.float32)  # half-span 1: unit scale
+        raise NormStatsError(f"mode: expected one of {NORM_MODES}, got {mode!r}")
+
     def normalize(self, x: np.ndarray, mode: NormMode) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
         if mode == "zscore":
-            return (x - self.mean) / np.maximum(self.std, _EPS)
-        if mode == "quantile":
-            return 2.0 * (x - self.q01) / np.maximum(self.q99 - self.q01, _EPS) - 1.0
-        raise NormStatsError(f"mode: expected one of {NORM_MODES}, got {mode!r}")
+            return (x - self.mean) / self._scale(mode)
+        return 2.0 * (x - self.q01) / self._scale(mode) - 1.0
 
     def unnormalize(self, x: np.ndarray, mode: NormMode) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
         if mode == "zscore":
-            return x * np.maximum(self.std, _EPS) + self.mean
-        if mode == "quantile":
-            return (x + 1.0) * 0.5 * np.maximum(self.q99 - self.q01, _EPS) + self.q01
-        raise NormStatsError(f"mode: expected one of {NORM_MODES}, got {mode!r}")
+            return x * self._scale(mode) + self.mean
+        return (x + 1.0) * 0.5 * self._scale(mode) + self.q01
 
 
 @dataclass(frozen=True)

@@ -126,7 +126,7 @@ def test_norm_stats_round_trip_and_modes(tmp_path: Path):
         assert np.all(np.isfinite(normed)) and np.abs(normed[:, :7]).mean() < 1.5
         np.testing.assert_allclose(stats.unnormalize(STATE_KEY, normed, mode), state, rtol=1e-5, atol=1e-4)
         # A constant dimension is shifted, not divided by ~0: a small deviation stays small.
-        nearby = stats.normalize(STATE_KEY, np.full((1, 8), 100.0) + np.r_[np.zeros(7), 0.01], mode)
+        nearby = stats.normalize(STATE_KEY, state[:1] + np.r_[np.zeros(7), 0.01], mode)
         assert abs(nearby[0, 7] - stats.normalize(STATE_KEY, state[:1], mode)[0, 7]) < 0.02
     path = stats.save(tmp_path / "norm_stats.json")
     assert NormStats.load(path).allclose(stats)

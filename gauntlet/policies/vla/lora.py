@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gauntlet.policies.vla.config import VLAConfig
-from gauntlet.policies.vla.model import VLAModel, init_variables
+from gauntlet.policies.vla.model import init_variables_numpy, variable_shapes
 
 Tree = dict[str, Any]
 
@@ -74,12 +74,6 @@ def count_params(tree: Any) -> int:
     return int(sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(tree)))
 
 
-def variable_shapes(config: VLAConfig) -> dict[str, Any]:
-    """{"params": ..., "lora": ...} as jax.ShapeDtypeStruct trees, without allocating anything."""
-    model = VLAModel(config)
-    return jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))
-
-
 def param_counts(config: VLAConfig) -> dict[str, int]:
     """Trainable parameters: full fine-tuning (every base param) vs LoRA (adapter only)."""
     shapes = variable_shapes(config)
@@ -88,10 +82,8 @@ def param_counts(config: VLAConfig) -> dict[str, int]:
     return {"full": full, "lora": lora, "lora_fraction_ppm": int(round(1e6 * lora / full))}
 
 
-def init_adapter(config: VLAConfig, rng: jax.Array) -> Tree:
+def init_adapter(config: VLAConfig, seed: int = 0) -> Tree:
     """A fresh adapter (b = 0, so it leaves the base's outputs unchanged) of rank config.lora_rank."""
     if config.lora_rank <= 0:
         raise ValueError("lora_rank: must be > 0 to create an adapter")
-    model = VLAModel(config)
-    # jit + keeping only "lora" lets XLA drop the base init entirely: cheap even for the base preset.
-    return jax.jit(lambda key: init_variables(model, key)["lora"])(rng)
+    return init_variables_numpy(config, seed, collections=("lora",))["lora"]

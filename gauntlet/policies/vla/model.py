@@ -14,11 +14,13 @@ The trunk runs once per request; only the (smaller) action expert runs at each i
 from __future__ import annotations
 
 import math
+import zlib
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gauntlet.policies.vla.config import VLAConfig
 
@@ -223,32 +225,81 @@ def dummy_inputs(config: VLAConfig, batch_size: int = 1) -> dict[str, Array]:
 
 
 def init_variables(model: VLAModel, rng: Array) -> Variables:
-    """{"params": base, "lora": adapter} (no "lora" when config.lora_rank == 0)."""
+    """{"params": base, "lora": adapter} via flax init (no "lora" when config.lora_rank == 0).
+
+    Used for shapes (under jax.eval_shape); `init_variables_numpy` is what creates real weights.
+    """
     c = model.config
     x = dummy_inputs(c)
     noise = jnp.zeros((1, c.chunk_len, c.action_dim), jnp.float32)
     return dict(model.init({"params": rng}, x["images"], x["tokens"], x["token_mask"], x["state"], noise, jnp.zeros((1,))))
 
 
-def sample_noise(seed: Array, sample_seeds: Array, chunk_len: int, action_dim: int) -> Array:
-    """Per-sample Gaussian noise (B, H, D) keyed by (seed, sample_seed) only.
+def variable_shapes(config: VLAConfig) -> Variables:
+    """{"params": ..., "lora": ...} as jax.ShapeDtypeStruct trees, without allocating anything."""
+    return jax.eval_shape(lambda: init_variables(VLAModel(config), jax.random.key(0)))
+
+
+def _init_leaf(collection: str, path: tuple[str, ...], shape: tuple[int, ...], seed: int) -> np.ndarray:
+    name = path[-1]
+    # One generator per leaf, keyed by its path: a param's init never depends on which other
+    # params exist, so adding a layer does not reshuffle the rest.
+    rng = np.random.default_rng([seed, zlib.crc32("/".join((collection,) + path).encode())])
+    if collection == "lora":
+        if name == "b":
+            return np.zeros(shape, np.float32)  # zero b: a fresh adapter is exactly the base
+        return (rng.standard_normal(shape) / math.sqrt(shape[0])).astype(np.float32)
+    if name == "bias":
+        return np.zeros(shape, np.float32)
+    if name == "scale":
+        return np.ones(shape, np.float32)
+    if name == "kernel":
+        fan_in = int(np.prod(shape[:-1]))  # Dense (in, out) and Conv (kh, kw, cin, out) alike
+        return (rng.standard_normal(shape) / math.sqrt(fan_in)).astype(np.float32)
+    return (0.02 * rng.standard_normal(shape)).astype(np.float32)  # embeddings and position tables
+
+
+def init_variables_numpy(config: VLAConfig, seed: int, collections: tuple[str, ...] = ("params", "lora")) -> Variables:
+    """Real weights drawn with NumPy from the flax shapes (LeCun-normal kernels, zero biases,
+    0.02-normal embeddings, LoRA a ~ N(0, 1/in), b = 0).
+
+    Why not `jax.jit(model.init)`: compiling the init graph (threefry RNG for every leaf) takes
+    seconds on CPU and must be redone per config; this takes milliseconds and compiles nothing.
+    """
+    shapes = variable_shapes(config)
+    out: Variables = {}
+    for collection in collections:
+        if collection not in shapes:
+            continue
+        out[collection] = jax.tree_util.tree_map_with_path(
+            lambda path, s, col=collection: _init_leaf(col, tuple(str(p.key) for p in path), tuple(s.shape), seed),
+            shapes[collection],
+        )
+    return out
+
+
+def sample_noise(seed: int, noise_seeds: np.ndarray, chunk_len: int, action_dim: int) -> np.ndarray:
+    """Per-sample Gaussian noise (B, H, D) float32 keyed by (seed, noise_seed) only.
 
     Not by batch position or batch size: the same request gets the same actions whether it is
-    served alone, padded into a bucket, or batched with strangers.
+    served alone, padded into a bucket, or batched with strangers. Drawn on the host with NumPy
+    because threefry in the graph adds seconds of XLA compile per bucket for (B, 8, 7) numbers.
     """
-    key = jax.random.key(seed)
-    keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(sample_seeds)
-    return jax.vmap(lambda k: jax.random.normal(k, (chunk_len, action_dim), jnp.float32))(keys)
+    noise_seeds = np.asarray(noise_seeds, dtype=np.int64).reshape(-1)
+    out = np.empty((noise_seeds.shape[0], chunk_len, action_dim), np.float32)
+    for value in np.unique(noise_seeds):
+        draw = np.random.default_rng([int(seed) % 2**63, int(value) % 2**63]).standard_normal((chunk_len, action_dim))
+        out[noise_seeds == value] = draw.astype(np.float32)
+    return out
 
 
 def sample_actions(
     model: VLAModel, variables: Variables, images: Array, tokens: Array, token_mask: Array, state: Array,
-    seed: Array, sample_seeds: Array,
+    noise: Array,
 ) -> Array:
     """Normalised action chunk (B, H, D): Euler-integrate the velocity field from noise (t=1) to t=0."""
     c = model.config
     prefix, mask = model.apply(variables, images, tokens, token_mask, state, method=VLAModel.encode)
-    x = sample_noise(seed, sample_seeds, c.chunk_len, c.action_dim)  # (B, H, D)
     dt = -1.0 / c.flow_steps
     b = images.shape[0]
 
@@ -256,21 +307,31 @@ def sample_actions(
         t = jnp.full((b,), 1.0 + i * dt, jnp.float32)
         return x + dt * model.apply(variables, prefix, mask, x, t, method=VLAModel.velocity)
 
-    return jax.lax.fori_loop(0, c.flow_steps, step, x)
+    return jax.lax.fori_loop(0, c.flow_steps, step, noise.astype(jnp.float32))
 
 
-def flow_matching_loss(model: VLAModel, variables: Variables, batch: dict[str, Array], rng: Array) -> Array:
+def sample_flow_inputs(rng: np.random.Generator, batch_size: int, config: VLAConfig) -> dict[str, np.ndarray]:
+    """Training noise (B, H, D) and times t (B,) ~ Beta(a, b), drawn on the host.
+
+    Host-side for the same reason as `sample_noise`: in-graph threefry + Beta (a rejection-sampling
+    loop) multiply the train step's compile time, and (B, H, D) numbers cost nothing to transfer.
+    t is kept away from 0, where the target would be pure data and the velocity ill-defined.
+    """
+    noise = rng.standard_normal((batch_size, config.chunk_len, config.action_dim)).astype(np.float32)
+    t = rng.beta(config.time_beta_a, config.time_beta_b, size=(batch_size,)) * 0.999 + 0.001
+    return {"noise": noise, "t": t.astype(np.float32)}
+
+
+def flow_matching_loss(model: VLAModel, variables: Variables, batch: dict[str, Array]) -> Array:
     """Mean squared error between predicted and true velocity on normalised actions.
 
-    batch: images, tokens, token_mask, state (normalised), actions (B, H, D) normalised.
+    batch: images, tokens, token_mask, state (normalised), actions (B, H, D) normalised, and the
+    flow inputs noise (B, H, D), t (B,) from `sample_flow_inputs`.
     """
-    c = model.config
-    actions = batch["actions"].astype(jnp.float32)
-    noise_rng, time_rng = jax.random.split(rng)
-    noise = jax.random.normal(noise_rng, actions.shape, jnp.float32)
-    # Keep t away from 0 so the target is never pure data (the velocity there is ill-defined).
-    t = jax.random.beta(time_rng, c.time_beta_a, c.time_beta_b, (actions.shape[0],)) * 0.999 + 0.001  # (B,)
-    x_t = t[:, None, None] * noise + (1.0 - t[:, None, None]) * actions
+    actions = batch["actions"].astype(jnp.float32)  # (B, H, D)
+    noise = batch["noise"].astype(jnp.float32)  # (B, H, D)
+    t = batch["t"].astype(jnp.float32)[:, None, None]  # (B, 1, 1)
+    x_t = t * noise + (1.0 - t) * actions
     target = noise - actions
-    pred = model.apply(variables, batch["images"], batch["tokens"], batch["token_mask"], batch["state"], x_t, t)
+    pred = model.apply(variables, batch["images"], batch["tokens"], batch["token_mask"], batch["state"], x_t, batch["t"])
     return jnp.mean(jnp.square(pred - target))

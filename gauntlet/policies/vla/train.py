@@ -56,22 +56,24 @@ def init_train_state(variables: dict[str, Any], mode: TrainMode, optimizer: opta
 
 
 def make_train_step(model: VLAModel, optimizer: optax.GradientTransformation) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
-    """A jitted `(state, batch, rng) -> (state, {"loss", "grad_norm"})`; batch as for flow_matching_loss."""
+    """A jitted `(state, batch) -> (state, {"loss", "grad_norm"})`; batch as for flow_matching_loss
+    (noise and t included, see `sample_flow_inputs`)."""
 
-    def loss_fn(trainable: dict[str, Any], frozen: dict[str, Any], batch: dict[str, Any], rng: jax.Array) -> jax.Array:
-        return flow_matching_loss(model, {**frozen, **trainable}, batch, rng)
+    def loss_fn(trainable: dict[str, Any], frozen: dict[str, Any], batch: dict[str, Any]) -> jax.Array:
+        return flow_matching_loss(model, {**frozen, **trainable}, batch)
 
-    def step(state: TrainState, batch: dict[str, Any], rng: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+    def step(state: TrainState, batch: dict[str, Any]) -> tuple[TrainState, dict[str, jax.Array]]:
         # argnums=0: only the trainable tree is differentiated; the frozen base costs no gradient memory.
-        loss, grads = jax.value_and_grad(loss_fn)(state.trainable, state.frozen, batch, rng)
+        loss, grads = jax.value_and_grad(loss_fn)(state.trainable, state.frozen, batch)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
         trainable = optax.apply_updates(state.trainable, updates)
         new_state = state.replace(step=state.step + 1, trainable=trainable, opt_state=opt_state)
-        return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree_util.tree_leaves(grads)))
+        return new_state, {"loss": loss, "grad_norm": grad_norm}
 
     return jax.jit(step)
 
 
 def make_eval_loss(model: VLAModel) -> Callable[..., jax.Array]:
-    """A jitted `(variables, batch, rng) -> loss`."""
-    return jax.jit(lambda variables, batch, rng: flow_matching_loss(model, variables, batch, rng))
+    """A jitted `(variables, batch) -> loss`."""
+    return jax.jit(lambda variables, batch: flow_matching_loss(model, variables, batch))

@@ -1,0 +1,23 @@
+"""A compact pi0-style VLA in JAX/Flax with LoRA adapters.
+
+Importing this package does not import JAX; `VLAPolicy` (and everything under `model`, `lora`,
+`train`, `policy`) does, on first use, so registries can list the VLA without paying for JAX.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gauntlet.policies.vla.config import PRESETS, VLAConfig, get_config
+
+__all__ = ["PRESETS", "VLAConfig", "get_config", "VLAPolicy", "VLAAdapterView", "VLATrainer", "AdapterNotFoundError"]
+
+_LAZY = {"VLAPolicy", "VLAAdapterView", "VLATrainer", "AdapterNotFoundError"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from gauntlet.policies.vla import policy
+
+        return getattr(policy, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
