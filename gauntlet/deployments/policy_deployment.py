@@ -53,7 +53,7 @@ class _AdapterRef:
         self.name = name
 
     def __del__(self) -> None:
-        unload = getattr(self.policy, "unload_adapter", None)
+        unload = getattr(self.policy, "remove_adapter", None)
         if unload is not None:
             try:
                 unload(self.name)
@@ -108,6 +108,8 @@ class PolicyReplica:
         snap = self.stats.snapshot()
         snap["max_batch_size"] = self.max_batch_size
         snap["batch_wait_timeout_s"] = self.batch_wait_timeout_s
+        # JAX policies: compilations so far. Flat after start-up means no request waited on one.
+        snap["compile_count"] = int(getattr(self.policy, "compile_count", 0))
         return snap
 
     def reset_stats(self) -> None:
