@@ -119,6 +119,23 @@ def main() -> None:
     obs = make_obs(meta, np.random.default_rng(0))
     results = []
 
+    # The ceiling any server can reach here: in-process infer, no network, B=1 vs B=16.
+    from gauntlet.policies.base import stack_observations
+
+    if hasattr(policy, "warmup"):
+        policy.warmup(16)
+    ceiling = {}
+    for b in (1, 16):
+        batch = stack_observations([obs] * b)
+        policy.infer(batch)
+        n, t = 0, time.perf_counter()
+        while time.perf_counter() - t < min(args.seconds, 3.0):
+            policy.infer(batch)
+            n += b
+        ceiling[b] = n / (time.perf_counter() - t)
+    print(f"in-process ceiling: B=1 {ceiling[1]:.1f} obs/s, B=16 {ceiling[16]:.1f} obs/s "
+          f"({ceiling[16] / ceiling[1]:.2f}x from batching alone)", flush=True)
+
     stop, ready = threading.Event(), threading.Event()
     port = 18765
     thread = threading.Thread(target=serial_server, args=(policy, port, ready, stop), daemon=True)
@@ -157,6 +174,8 @@ def main() -> None:
         print(f"{r['server']:<10}{r['clients']:>4}{r['req_s']:>10.1f}{r['p50_ms']:>10.1f}{r['p99_ms']:>10.1f}"
               f"{r['mean_batch']:>12.2f}")
     pick = {(r["server"], r["clients"]): r["req_s"] for r in results}
+    print(f"in-process ceiling: B=1 {ceiling[1]:.1f} obs/s, B=16 {ceiling[16]:.1f} obs/s "
+          f"({ceiling[16] / ceiling[1]:.2f}x from batching alone)", flush=True)
     if ("gauntlet", 16) in pick and ("serial", 16) in pick:
         print(f"\n(b)/(a) at C=16: {pick[('gauntlet', 16)] / pick[('serial', 16)]:.2f}x "
               f"(vs serial at C=1: {pick[('gauntlet', 16)] / pick[('serial', 1)]:.2f}x)", flush=True)
