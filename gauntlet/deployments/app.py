@@ -79,15 +79,26 @@ def start_serve(policies: list[PolicyServing], host: str = "127.0.0.1", http_por
     return serve.run(build_app(policies, api_key=api_key), name=APP_NAME, route_prefix="/", blocking=blocking)
 
 
-def app_from_args(args: dict[str, Any]) -> Any:
-    """Builder for `serve run`/`serve deploy` config files (`applications[].args`)."""
-    policies = args.get("policies") or ["random"]
+def specs_from_names(policies: list[str], *, replicas: int = 1, max_batch_size: int = 32,
+                     batch_wait_timeout_s: float = 0.005, vla_size: str = "tiny",
+                     adapters_dir: str | None = None, num_gpus: float = 0.0) -> list[PolicyServing]:
+    """`NAME[=CHECKPOINT]` strings -> serving specs (shared by `gauntlet serve` and config files)."""
     specs = []
     for text in policies:
         ref = PolicyRef.parse(str(text))
-        kwargs = {"config_name": args.get("vla_size", "tiny")} if ref.name == "vla" and not ref.checkpoint else {}
-        specs.append(PolicyServing(ref=ref, replicas=int(args.get("replicas", 1)),
-                                   max_batch_size=int(args.get("max_batch_size", 32)),
-                                   batch_wait_timeout_s=float(args.get("batch_wait_timeout_s", 0.005)),
-                                   policy_kwargs=kwargs, adapters_dir=args.get("adapters_dir")))
+        kwargs = {"config_name": vla_size} if ref.name == "vla" and not ref.checkpoint else {}
+        specs.append(PolicyServing(ref=ref, replicas=replicas, max_batch_size=max_batch_size,
+                                   batch_wait_timeout_s=batch_wait_timeout_s, num_gpus=num_gpus,
+                                   policy_kwargs=kwargs, adapters_dir=adapters_dir if ref.name == "vla" else None))
+    return specs
+
+
+def app_from_args(args: dict[str, Any]) -> Any:
+    """Builder for `serve run`/`serve deploy` config files (`applications[].args`)."""
+    specs = specs_from_names(
+        args.get("policies") or ["random"], replicas=int(args.get("replicas", 1)),
+        max_batch_size=int(args.get("max_batch_size", 32)),
+        batch_wait_timeout_s=float(args.get("batch_wait_timeout_s", 0.005)),
+        vla_size=str(args.get("vla_size", "tiny")), adapters_dir=args.get("adapters_dir"),
+    )
     return build_app(specs, api_key=args.get("api_key"))

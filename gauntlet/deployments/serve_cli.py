@@ -36,17 +36,11 @@ class ServeCLIConfig:
 
 
 def serving_specs(cfg: ServeCLIConfig) -> list:
-    from gauntlet.deployments.app import PolicyServing
-    from gauntlet.policies.registry import PolicyRef
+    from gauntlet.deployments.app import specs_from_names
 
-    specs = []
-    for text in cfg.policy:
-        ref = PolicyRef.parse(text)
-        kwargs = {"config_name": cfg.vla_size} if ref.name == "vla" and not ref.checkpoint else {}
-        specs.append(PolicyServing(ref=ref, replicas=cfg.replicas, max_batch_size=cfg.max_batch_size,
-                                   batch_wait_timeout_s=cfg.batch_wait_timeout_s, num_gpus=cfg.num_gpus,
-                                   policy_kwargs=kwargs, adapters_dir=cfg.adapters_dir if ref.name == "vla" else None))
-    return specs
+    return specs_from_names(list(cfg.policy), replicas=cfg.replicas, max_batch_size=cfg.max_batch_size,
+                            batch_wait_timeout_s=cfg.batch_wait_timeout_s, vla_size=cfg.vla_size,
+                            adapters_dir=cfg.adapters_dir, num_gpus=cfg.num_gpus)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,39 @@
+"""The serve config file is valid for `serve run`/`serve deploy`, and `gauntlet serve` checks its flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gauntlet.deployments.app import app_from_args
+from gauntlet.deployments.serve_cli import ServeCLIConfig, serving_specs
+from gauntlet.platform.config_args import parse_config
+from gauntlet.policies.registry import UnknownPolicyError
+
+CONFIG = Path(__file__).resolve().parents[2] / "gauntlet" / "deployments" / "serve_config.yaml"
+
+
+def test_serve_config_matches_serves_schema_and_builds() -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    raw = yaml.safe_load(CONFIG.read_text())
+    schema = ServeDeploySchema.model_validate(raw) if hasattr(ServeDeploySchema, "model_validate") \
+        else ServeDeploySchema.parse_obj(raw)
+    assert schema.http_options.host == "127.0.0.1"
+    app = raw["applications"][0]
+    assert app["import_path"] == "gauntlet.deployments.app:app_from_args"
+    built = app_from_args(app["args"])
+    assert type(built).__name__ == "Application"
+
+
+def test_serve_flags_are_checked() -> None:
+    cfg = parse_config(ServeCLIConfig, ["--policy", "vla", "--policy", "random", "--max-batch-size", "8"], "p", "d")
+    specs = serving_specs(cfg)
+    assert [s.ref.name for s in specs] == ["vla", "random"]
+    assert specs[0].max_ongoing_requests >= 2 * 8  # never Serve's silent default of 5
+    with pytest.raises(SystemExit):
+        parse_config(ServeCLIConfig, ["--policy", "vla", "--max-batch-size", "0"], "p", "d")
+    with pytest.raises(UnknownPolicyError, match="unknown policy 'gpt'"):
+        serving_specs(parse_config(ServeCLIConfig, ["--policy", "gpt"], "p", "d"))
