@@ -16,6 +16,10 @@ OBJECT_STATE_KEY = "observation/object_state"
 IMAGE_KEY = "observation/image"
 WRIST_IMAGE_KEY = "observation/wrist_image"
 PROMPT_KEY = "prompt"
+# Optional per-request key: an episode's id, for policies with per-episode memory (e.g. BC-RNN).
+# Batched replicas serve many episodes at once, so memory cannot live "in the connection".
+EPISODE_ID_KEY = "episode_id"
+_OPTIONAL_STR_KEYS = (PROMPT_KEY, EPISODE_ID_KEY)
 
 
 @dataclass(frozen=True)
@@ -79,9 +83,12 @@ def stack_observations(observations: list[dict[str, Any]]) -> dict[str, np.ndarr
     """A list of single observations -> one batch (leading dim B). Keys must agree."""
     if not observations:
         raise ValueError("cannot stack an empty list of observations")
-    keys = observations[0].keys()
+    keys = list(dict.fromkeys(k for obs in observations for k in obs))
     batch: dict[str, np.ndarray] = {}
     for key in keys:
-        values = [obs[key] for obs in observations]
-        batch[key] = np.array(values) if key != PROMPT_KEY else np.array([str(v) for v in values])
+        if key in _OPTIONAL_STR_KEYS:
+            # A request without the key gets "" (no prompt / stateless) rather than failing its batch.
+            batch[key] = np.array([str(obs.get(key, "")) for obs in observations])
+        else:
+            batch[key] = np.array([obs[key] for obs in observations])
     return batch

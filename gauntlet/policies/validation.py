@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from gauntlet.policies.base import PROMPT_KEY, FieldSpec
+from gauntlet.policies.base import EPISODE_ID_KEY, PROMPT_KEY, FieldSpec
 
 MAX_PROMPT_CHARS = 2048
+MAX_EPISODE_ID_CHARS = 256
 
 
 class ObservationError(ValueError):
@@ -68,4 +69,10 @@ def validate_observation(obs: Any, spec: dict[str, FieldSpec]) -> dict[str, Any]
         out[key] = arr.astype(target, copy=False)
     if PROMPT_KEY in obs and PROMPT_KEY not in out and isinstance(obs[PROMPT_KEY], str):
         out[PROMPT_KEY] = obs[PROMPT_KEY][:MAX_PROMPT_CHARS]
+    # Optional: recurrent policies key their per-episode memory by it (see bc_rnn/policy.py).
+    if EPISODE_ID_KEY in obs:
+        episode = obs[EPISODE_ID_KEY]
+        if not isinstance(episode, str) or len(episode) > MAX_EPISODE_ID_CHARS:
+            raise ObservationError(EPISODE_ID_KEY, f"expected a string of at most {MAX_EPISODE_ID_CHARS} characters")
+        out[EPISODE_ID_KEY] = episode
     return out

@@ -1,0 +1,261 @@
+"""BCRNNPolicy: a robomimic-style LSTM policy on low-dimensional (privileged) state, behind the
+Policy protocol.
+
+- Raw in, raw out: observations are normalised and actions unnormalised inside `infer` with the
+  policy's NormStats (one entry per observation key, plus `actions`); actions are clipped to the
+  env's range.
+- Chunks: each call returns `chunk_len` actions; the LSTM is unrolled open-loop over the chunk with
+  the call's observation held (see BCRNNConfig). The hidden state assumes the client executes the
+  whole chunk before asking again, which is how Gauntlet's rollout actors use chunks.
+- Recurrent state per episode (an extension of the design's Policy contract): one replica serves
+  batches mixing many episodes, so it cannot hold "the" hidden state. A batch may carry an optional
+  `episode_id` key, a (B,) str array. Rows with an id continue that episode's hidden state (kept in
+  a bounded LRU dict, `max_episodes` entries, the least recently used evicted first) and store the
+  new one; rows without one (key absent, or "") start from a zero state and store nothing, i.e. the
+  policy is then stateless. One id may appear at most once per batch. As in robomimic's rollouts an
+  episode's state is reset to zero every `seq_len` steps (`seq_len / chunk_len` calls), the longest
+  memory the network was trained with. `reset()` forgets every episode, `end_episode(id)` one.
+  Clients should use a fresh id per episode (e.g. f"{run}/{scene}/{trial}").
+- Checkpoints: the pickle-free format of gauntlet.policies.checkpoints (torch state_dict tensors as
+  float32 arrays in params.npz, read with allow_pickle=False; config.json; norm_stats.json).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gauntlet.policies.base import EPISODE_ID_KEY, FieldSpec, PolicyMetadata
+from gauntlet.policies.bc_rnn.config import BCRNNConfig, config_for_task
+from gauntlet.policies.bc_rnn.model import BCRNN, build_model, param_shapes, state_dict_numpy
+from gauntlet.policies.checkpoints import (
+    CONFIG_FILE,
+    NORM_STATS_FILE,
+    CheckpointFormatError,
+    CheckpointMismatchError,
+    fingerprint,
+    load_checkpoint,
+    read_manifest,
+    save_checkpoint,
+)
+from gauntlet.policies.normalization import ACTIONS_KEY, FieldStats, NormStats, NormStatsError
+from gauntlet.policies.validation import ObservationError
+
+MODEL_NAME = "bc_rnn"
+
+
+@dataclass
+class _EpisodeMemory:
+    h: torch.Tensor  # (num_layers, hidden_size)
+    c: torch.Tensor  # (num_layers, hidden_size)
+    calls: int  # infer calls since the state was last zeroed
+
+
+def identity_norm_stats(config: BCRNNConfig) -> NormStats:
+    """Stats that leave inputs and outputs (almost) unchanged: for untrained policies."""
+    fields = {k: FieldStats.identity(d) for k, d in zip(config.obs_keys, config.obs_dims, strict=True)}
+    fields[ACTIONS_KEY] = FieldStats.identity(config.action_dim)
+    return NormStats(fields)
+
+
+class BCRNNPolicy:
+    def __init__(self, config: BCRNNConfig, model: BCRNN, norm_stats: NormStats | None = None, *,
+                 name: str = MODEL_NAME, version: str | None = None):
+        self.config = config
+        self.model = model
+        self.has_data_stats = norm_stats is not None  # False: identity stats, `fit` computes real ones
+        self.norm_stats = norm_stats if norm_stats is not None else identity_norm_stats(config)
+        self.norm_stats.check_dims(self._stat_dims())
+        self._name = name
+        self._version = version or "0"
+        self._episodes: OrderedDict[str, _EpisodeMemory] = OrderedDict()
+        self._lock = threading.Lock()  # one replica may be called from several threads
+        self.metadata = self._make_metadata()
+
+    # ---------------------------------------------------------------- construction
+
+    @classmethod
+    def create(cls, config: BCRNNConfig | None = None, *, task: str | None = None, seed: int = 0,
+               norm_stats: NormStats | None = None, name: str = MODEL_NAME, **config_overrides: Any) -> BCRNNPolicy:
+        """A randomly initialised policy. `task` sizes `observation/object_state` for that task;
+        `config_overrides` replace config fields."""
+        if config is None:
+            config = config_for_task(task, **config_overrides) if task else BCRNNConfig(**config_overrides)
+        elif config_overrides:
+            config = config.replace(**config_overrides)
+        return cls(config, build_model(config, seed), norm_stats, name=name)
+
+    @classmethod
+    def load(cls, checkpoint_dir: str | Path, *, name: str = MODEL_NAME) -> BCRNNPolicy:
+        """A checkpoint written by `save`; every file is validated (errors name the file)."""
+        checkpoint_dir = Path(checkpoint_dir)
+        cfg_file = checkpoint_dir / CONFIG_FILE
+        manifest = read_manifest(checkpoint_dir)
+        model_kind = manifest.get("extra", {}).get("model")
+        if model_kind != MODEL_NAME:
+            raise CheckpointMismatchError(cfg_file, f"is a {model_kind!r} checkpoint, not a {MODEL_NAME!r} one")
+        try:
+            config = BCRNNConfig.from_dict(dict(manifest["model_config"]))
+        except (TypeError, ValueError) as exc:
+            raise CheckpointMismatchError(cfg_file, f"invalid model_config ({exc})") from None
+        ckpt = load_checkpoint(checkpoint_dir, expected_kind="base", expected_shapes=param_shapes(config))
+        if fingerprint(config.architecture_dict(), ckpt.params) != ckpt.fingerprint:
+            # The digests prove the bytes are intact; this proves config.json still describes them
+            # (e.g. seq_len or norm_mode edited by hand keeps every shape but changes the function).
+            raise CheckpointFormatError(cfg_file, "fingerprint does not match model_config + params (edited by hand?)")
+        if ckpt.norm_stats is None:
+            raise CheckpointFormatError(checkpoint_dir / NORM_STATS_FILE, "missing: a BC-RNN checkpoint needs its statistics")
+        try:
+            ckpt.norm_stats.check_dims(_stat_dims(config))
+        except NormStatsError as exc:
+            raise CheckpointMismatchError(checkpoint_dir / NORM_STATS_FILE, exc.message) from None
+        model = build_model(config, params=ckpt.params)
+        return cls(config, model, ckpt.norm_stats, name=name, version=ckpt.extra.get("version"))
+
+    def save(self, checkpoint_dir: str | Path, *, extra: Mapping[str, Any] | None = None) -> Path:
+        """Write config, params and norm stats as a checkpoint directory (atomically)."""
+        params = self.params()
+        return save_checkpoint(
+            checkpoint_dir, kind="base", model_config=self.config.to_dict(), params=params,
+            norm_stats=self.norm_stats, fingerprint_value=fingerprint(self.config.architecture_dict(), params),
+            extra={**dict(extra or {}), "model": MODEL_NAME, "name": self._name, "version": self._version},
+        )
+
+    def params(self) -> dict[str, np.ndarray]:
+        """Parameters as float32 NumPy arrays keyed by torch's names."""
+        return state_dict_numpy(self.model)
+
+    @property
+    def fingerprint(self) -> str:
+        """Digest of architecture + current weights (changes when training changes a weight)."""
+        return fingerprint(self.config.architecture_dict(), self.params())
+
+    def set_norm_stats(self, norm_stats: NormStats) -> None:
+        norm_stats.check_dims(self._stat_dims())
+        self.norm_stats = norm_stats
+        self.has_data_stats = True
+
+    def set_version(self, version: str) -> None:
+        self._version = str(version)
+        self.metadata = self._make_metadata()
+
+    # ---------------------------------------------------------------- inference
+
+    def normalize_observations(self, batch: Mapping[str, Any]) -> np.ndarray:
+        """Raw batch -> (B, obs_dim) float32 normalised observation; ObservationError names a bad key."""
+        c = self.config
+        parts = []
+        b: int | None = None
+        for key, dim in zip(c.obs_keys, c.obs_dims, strict=True):
+            if key not in batch:
+                raise ObservationError(key, f"missing (required keys: {list(c.obs_keys)})")
+            try:
+                arr = np.asarray(batch[key], dtype=np.float32)
+            except (TypeError, ValueError) as exc:
+                raise ObservationError(key, f"not a float array ({exc})") from None
+            if arr.ndim != 2 or arr.shape[1] != dim or (b is not None and arr.shape[0] != b):
+                want = f"({b if b is not None else 'B'}, {dim})"
+                raise ObservationError(key, f"expected shape {want}, got {list(arr.shape)}")
+            if not np.all(np.isfinite(arr)):
+                raise ObservationError(key, "contains NaN or inf")
+            b = arr.shape[0]
+            parts.append(self.norm_stats.normalize(key, arr, c.norm_mode))
+        return np.concatenate(parts, axis=1).astype(np.float32)
+
+    def _episode_ids(self, batch: Mapping[str, Any], b: int) -> list[str] | None:
+        if EPISODE_ID_KEY not in batch:
+            return None
+        ids = np.asarray(batch[EPISODE_ID_KEY])
+        if ids.ndim == 0 and b == 1:
+            ids = ids.reshape(1)
+        if ids.shape != (b,):
+            raise ObservationError(EPISODE_ID_KEY, f"expected {b} ids, got shape {list(ids.shape)}")
+        out = [str(x) for x in ids.tolist()]
+        named = [x for x in out if x]
+        if len(set(named)) != len(named):
+            dup = next(x for x in named if named.count(x) > 1)
+            raise ObservationError(EPISODE_ID_KEY, f"{dup!r} appears more than once in one batch")
+        return out
+
+    def _gather(self, ids: list[str] | None, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h, c), each (num_layers, B, hidden): stored state for known ids, zeros otherwise."""
+        h, c = self.model.zero_state(b)
+        for i, eid in enumerate(ids or []):
+            mem = self._episodes.get(eid) if eid else None
+            if mem is not None and mem.calls < self.config.calls_per_memory:
+                h[:, i], c[:, i] = mem.h, mem.c
+        return h, c
+
+    def _scatter(self, ids: list[str], h: torch.Tensor, c: torch.Tensor) -> None:
+        for i, eid in enumerate(ids):
+            if not eid:
+                continue
+            old = self._episodes.pop(eid, None)
+            calls = 1 if old is None or old.calls >= self.config.calls_per_memory else old.calls + 1
+            self._episodes[eid] = _EpisodeMemory(h[:, i].clone(), c[:, i].clone(), calls)
+        while len(self._episodes) > self.config.max_episodes:
+            self._episodes.popitem(last=False)
+
+    def infer(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """Raw batch (B leading; optional `episode_id` (B,) str) -> {"actions": (B, H, D) float32}."""
+        c = self.config
+        obs = self.normalize_observations(batch)  # (B, obs_dim)
+        b = obs.shape[0]
+        ids = self._episode_ids(batch, b)
+        if b == 0:
+            return {"actions": np.zeros((0, c.chunk_len, c.action_dim), np.float32)}
+        with self._lock, torch.inference_mode():
+            state = self._gather(ids, b)
+            normed, (h, cell) = self.model.chunk(torch.from_numpy(obs), state)  # (B, H, D)
+            if ids is not None:
+                self._scatter(ids, h, cell)
+        actions = self.norm_stats.unnormalize(ACTIONS_KEY, normed.numpy(), c.norm_mode)
+        if c.action_clip:
+            actions = np.clip(actions, -c.action_clip, c.action_clip)
+        return {"actions": actions.astype(np.float32)}
+
+    def reset(self) -> None:
+        """Forgets every episode's hidden state."""
+        with self._lock:
+            self._episodes.clear()
+
+    def end_episode(self, episode_id: str) -> None:
+        """Forgets one episode's hidden state (frees its LRU slot early)."""
+        with self._lock:
+            self._episodes.pop(str(episode_id), None)
+
+    @property
+    def num_episodes(self) -> int:
+        """Episodes whose hidden state is held."""
+        return len(self._episodes)
+
+    # ---------------------------------------------------------------- metadata
+
+    def _stat_dims(self) -> dict[str, int]:
+        return _stat_dims(self.config)
+
+    def _make_metadata(self) -> PolicyMetadata:
+        c = self.config
+        spec = {k: FieldSpec((d,), "float32") for k, d in zip(c.obs_keys, c.obs_dims, strict=True)}
+        return PolicyMetadata(
+            name=self._name, version=self._version, action_dim=c.action_dim, chunk_len=c.chunk_len,
+            observation_spec=spec, needs_images=False, privileged=c.privileged,
+            extra={
+                "model": MODEL_NAME, "hidden_size": c.hidden_size, "num_layers": c.num_layers,
+                "norm_mode": c.norm_mode, "recurrent": True, "episode_id_key": EPISODE_ID_KEY,
+                "memory_steps": c.seq_len, "max_episodes": c.max_episodes,
+            },
+        )
+
+
+def _stat_dims(config: BCRNNConfig) -> dict[str, int]:
+    dims = dict(zip(config.obs_keys, config.obs_dims, strict=True))
+    dims[ACTIONS_KEY] = config.action_dim
+    return dims
