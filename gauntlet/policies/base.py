@@ -19,7 +19,7 @@ PROMPT_KEY = "prompt"
 # Optional per-request key: an episode's id, for policies with per-episode memory (e.g. BC-RNN).
 # Batched replicas serve many episodes at once, so memory cannot live "in the connection".
 EPISODE_ID_KEY = "episode_id"
-_OPTIONAL_STR_KEYS = (PROMPT_KEY, EPISODE_ID_KEY)
+_OPTIONAL_STR_KEYS = (PROMPT_KEY, EPISODE_ID_KEY, "task")
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,9 @@ def stack_observations(observations: list[dict[str, Any]]) -> dict[str, np.ndarr
     keys = list(dict.fromkeys(k for obs in observations for k in obs))
     batch: dict[str, np.ndarray] = {}
     for key in keys:
-        if key in _OPTIONAL_STR_KEYS:
+        if isinstance(observations[0].get(key), dict):
+            batch[key] = [obs[key] for obs in observations]  # maps (e.g. sim states) stay a list
+        elif key in _OPTIONAL_STR_KEYS:
             # A request without the key gets "" (no prompt / stateless) rather than failing its batch.
             batch[key] = np.array([str(obs.get(key, "")) for obs in observations])
         else:

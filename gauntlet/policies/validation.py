@@ -15,6 +15,9 @@ from gauntlet.policies.base import EPISODE_ID_KEY, PROMPT_KEY, FieldSpec
 
 MAX_PROMPT_CHARS = 2048
 MAX_EPISODE_ID_CHARS = 256
+MAX_STATE_ENTRIES = 512
+MAX_STATE_ELEMENTS = 100_000
+TASK_KEY = "task"
 
 
 class ObservationError(ValueError):
@@ -40,6 +43,9 @@ def validate_observation(obs: Any, spec: dict[str, FieldSpec]) -> dict[str, Any]
     out: dict[str, Any] = {}
     for key, field in spec.items():
         value = obs[key]
+        if field.dtype == "state_dict":
+            out[key] = _validate_state_dict(key, value)
+            continue
         if field.dtype == "str":
             if isinstance(value, np.ndarray) and value.ndim == 0:
                 value = value.item()
@@ -69,10 +75,38 @@ def validate_observation(obs: Any, spec: dict[str, FieldSpec]) -> dict[str, Any]
         out[key] = arr.astype(target, copy=False)
     if PROMPT_KEY in obs and PROMPT_KEY not in out and isinstance(obs[PROMPT_KEY], str):
         out[PROMPT_KEY] = obs[PROMPT_KEY][:MAX_PROMPT_CHARS]
-    # Optional: recurrent policies key their per-episode memory by it (see bc_rnn/policy.py).
-    if EPISODE_ID_KEY in obs:
-        episode = obs[EPISODE_ID_KEY]
-        if not isinstance(episode, str) or len(episode) > MAX_EPISODE_ID_CHARS:
-            raise ObservationError(EPISODE_ID_KEY, f"expected a string of at most {MAX_EPISODE_ID_CHARS} characters")
-        out[EPISODE_ID_KEY] = episode
+    # Optional strings: recurrent policies key per-episode memory by `episode_id` (bc_rnn, scripted);
+    # `task` names the task where the prompt does not.
+    for key in (EPISODE_ID_KEY, TASK_KEY):
+        if key in obs and key not in out:
+            value = obs[key]
+            if not isinstance(value, str) or len(value) > MAX_EPISODE_ID_CHARS:
+                raise ObservationError(key, f"expected a string of at most {MAX_EPISODE_ID_CHARS} characters")
+            out[key] = value
+    return out
+
+
+def _validate_state_dict(key: str, value: Any) -> dict[str, np.ndarray]:
+    """A simulator state map {name: array} (the scripted oracle's privileged input)."""
+    if not isinstance(value, dict) or not value:
+        raise ObservationError(key, "expected a non-empty map of arrays (GauntletEnv.get_state())")
+    if len(value) > MAX_STATE_ENTRIES:
+        raise ObservationError(key, f"more than {MAX_STATE_ENTRIES} entries")
+    out: dict[str, np.ndarray] = {}
+    total = 0
+    for name, arr in value.items():
+        if not isinstance(name, str):
+            raise ObservationError(key, f"entry names must be strings, got {type(name).__name__}")
+        try:
+            a = np.asarray(arr)
+        except (ValueError, TypeError) as exc:
+            raise ObservationError(f"{key}/{name}", f"not an array ({exc})") from None
+        if a.dtype.kind not in "biufU":
+            raise ObservationError(f"{key}/{name}", f"dtype {a.dtype} is not allowed")
+        if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+            raise ObservationError(f"{key}/{name}", "contains NaN or inf")
+        total += a.size
+        out[name] = a
+    if total > MAX_STATE_ELEMENTS:
+        raise ObservationError(key, f"{total} values exceed the limit of {MAX_STATE_ELEMENTS}")
     return out
