@@ -206,3 +206,16 @@ def test_http_and_grpc_listen_on_loopback_only(served) -> None:
                  if c.status == psutil.CONN_LISTEN and c.laddr.port in (HTTP_PORT, GRPC_PORT)]
     assert {c.laddr.port for c in listening} == {HTTP_PORT, GRPC_PORT}
     assert all(c.laddr.ip in ("127.0.0.1", "::ffff:127.0.0.1") for c in listening), listening
+
+
+def test_malformed_protobuf_gets_an_error_and_serving_continues(served) -> None:
+    channel = grpc.insecure_channel(f"127.0.0.1:{GRPC_PORT}")
+    raw = channel.unary_unary("/gauntlet.v1.PolicyService/Infer",
+                              request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    with pytest.raises(grpc.RpcError) as info:
+        raw(b"\x0a\xff\xff\xff\xff\x0f garbage", metadata=(("application", "gauntlet"),), timeout=30)
+    assert info.value.code() != grpc.StatusCode.OK
+    channel.close()
+    client = PolicyGrpcClient(f"127.0.0.1:{GRPC_PORT}")
+    assert client.infer("random", {"observation/state": np.ones(8, np.float32)})["actions"].shape == (8, 7)
+    client.close()
