@@ -3,8 +3,8 @@
 Every `act()` re-reads the simulator (object pose, grasp contacts, finger opening, target) and
 picks its phase from that state alone, so the same expert that collects demonstrations also
 recovers from injected errors: started from any mid-task state it carries on from there. The only
-memory is a few short timers where physics needs time (fingers closing or opening) and a retry
-counter for grasps that closed on nothing.
+memory is two short timers where physics needs time (fingers closing on, or opening off, the
+object) and two hysteresis flags (inside the final descent; carrying vs lifting).
 
 The expert controls the *object*, not the end effector, once it holds something: the eef goal is
 `eef + (object goal - object)`, so an off-centre grasp (the square nut is held by its handle, a
@@ -29,9 +29,9 @@ POS_SCALE_M = 0.05  # OSC maps action 1.0 to this position delta per step (robos
 ROT_SCALE_RAD = 0.5  # and to this axis-angle delta per step
 FINGER_OPEN_M = 0.070  # finger gap (qpos[0] - qpos[1]) above which the gripper counts as open
 FINGER_EMPTY_M = 0.008  # gap below which a closed gripper holds nothing
-GRIPPER_CLOSE_STEPS = 8  # control steps the fingers need to close on an object from fully open
 GRASP_TIMEOUT_STEPS = 14  # closing longer than this without a grasp means the grasp missed
 RELEASE_STEPS = 6  # steps to open before moving away, so the object is not dragged along
+NOISE_AXIS_SCALE = np.array([1.0, 1.0, 1.0, 0.2, 0.2, 0.2])  # noise_std multiplier per action dim
 HOVER_M = 0.08  # approach height above the grasp point: clears a cube, nut or can rim
 
 
@@ -116,6 +116,11 @@ def object_yaw(quat_wxyz: np.ndarray) -> float:
     return float(np.arctan2(r[1, 0], r[0, 0]))
 
 
+def object_tilt(quat_wxyz: np.ndarray) -> float:
+    """Angle (rad) between an object's local z axis and world up."""
+    return float(np.arccos(np.clip(quat_wxyz_to_mat(quat_wxyz)[2, 2], -1.0, 1.0)))
+
+
 def finger_gap(env: GauntletEnv) -> float:
     q = env.gripper_qpos
     return float(q[0] - q[1])
@@ -124,9 +129,10 @@ def finger_gap(env: GauntletEnv) -> float:
 def grasp_point(env: GauntletEnv) -> np.ndarray:
     """Where the fingertips' centre should be to grasp the manipulated object.
 
-    Cubes and the can are grasped at their centre (the can's centre is at mid-height, so the
-    fingers hold it below its centre of mass-free top and it does not tip). The square nut is grasped by its
-    handle: its ring is wider than the open gripper.
+    Cubes and the can are grasped at their centre: the fingers then hold the can at mid-height,
+    level with its centre of mass, so it neither tips in the grasp nor leaves the fingertips to
+    hit the bin floor. The square nut is grasped by its handle: its ring is wider than the open
+    gripper.
     """
     pos, quat = env.object_pose(env.spec.manipulated)
     if env.spec.name == "square":
@@ -135,53 +141,75 @@ def grasp_point(env: GauntletEnv) -> np.ndarray:
     return pos
 
 
-def grasp_yaw(env: GauntletEnv, current_yaw: float) -> float:
-    """Gripper yaw for grasping, the one nearest `current_yaw` among the object's symmetries.
+Q7_SAFE_RAD = 2.6  # |wrist joint 7| kept under this (its limits are +-2.897 rad)
 
-    Choosing the nearest equivalent keeps wrist rotations under 45 deg (cube) / 90 deg (nut), away
-    from joint 7's limits, and makes the choice continuous as the object turns.
+
+def wrist_q7(env: GauntletEnv) -> float:
+    return float(env.sim.data.qpos[env.raw.robots[0]._ref_joint_pos_indexes[6]])
+
+
+def grasp_yaw(env: GauntletEnv, current_yaw: float) -> float:
+    """Gripper yaw for grasping: of the yaws the object's symmetry allows, the nearest one that
+    keeps wrist joint 7 inside its limits.
+
+    The nearest equivalent keeps wrist turns under 45 deg (cube) / 90 deg (nut) and makes the choice
+    continuous as the object turns; but a wrist already near its limit (after a shove, or many
+    regrasps one way) cannot turn further that way and stalls the whole OSC, so it turns the other
+    way round instead. Turning the gripper's yaw by d moves q7 by about -d (the eef points down).
     """
     name = env.spec.name
     pos, quat = env.object_pose(env.spec.manipulated)
-    geo = GEOMETRY[name]
-    if name == "pick_place_can":
-        r = quat_wxyz_to_mat(quat)
-        axis = r[:, 2]
-        if abs(axis[2]) < 0.7:
-            # A fallen can lies on its side: close the fingers across it, not along its axis.
-            base = float(np.arctan2(axis[1], axis[0])) + np.pi / 2
-            return current_yaw + wrap_angle(base - current_yaw, np.pi)
-        # An upright can: any yaw works; stay where the wrist is, snapped to the bin walls so the
-        # fingers slide along a nearby wall instead of into it.
-        return current_yaw + wrap_angle(0.0 - current_yaw, np.pi / 2) if _near_bin_wall(env, pos) else current_yaw
+    period = GEOMETRY[name].yaw_period
     base = object_yaw(quat)
     if name == "square":
         base += np.pi / 2  # fingers across the handle, i.e. along the nut's local y axis
-    cand = current_yaw + wrap_angle(base - current_yaw, geo.yaw_period)
-    if name == "stack":
-        cand = _yaw_away_from(env, pos, cand, current_yaw, env.object_pose("cubeB_main")[0])
-    return cand
+    elif name == "pick_place_can":
+        axis = quat_wxyz_to_mat(quat)[:, 2]
+        wall_yaw = _bin_wall_yaw(env, pos)
+        if abs(axis[2]) < 0.7:
+            # A fallen can lies on its side: close the fingers across it, not along its axis.
+            base, period = float(np.arctan2(axis[1], axis[0])) + np.pi / 2, np.pi
+        elif wall_yaw is not None:
+            # Upright near a bin wall: the fingers (and the hand, long along the closing axis)
+            # must run parallel to the wall.
+            base, period = wall_yaw, np.pi
+        else:
+            base, period = current_yaw, np.pi  # upright in the open: any yaw grasps a can
+    q7 = wrist_q7(env)
+    obstacle = env.object_pose("cubeB_main")[0] if name == "stack" else None
+    first = wrap_angle(base - current_yaw, period)
+    best, best_cost = first, np.inf
+    for k in range(-4, 5):
+        d = first + k * period
+        if abs(d) > np.pi + 1e-9:
+            continue
+        cost = abs(d) + (10.0 + abs(q7 - d) if abs(q7 - d) > Q7_SAFE_RAD else 0.0)
+        if obstacle is not None:
+            cost += 3.0 * _finger_towards(pos, current_yaw + d, obstacle)
+        if cost < best_cost:
+            best, best_cost = d, cost
+    return current_yaw + best
 
 
-def _yaw_away_from(env: GauntletEnv, pos: np.ndarray, yaw: float, current: float, obstacle: np.ndarray) -> float:
-    """Of the two cube-aligned closing axes, the one whose fingers stay clear of a nearby cube."""
+def _finger_towards(pos: np.ndarray, yaw: float, obstacle: np.ndarray) -> float:
+    """How much a closing axis at `yaw` points a finger at a cube less than 11 cm away: |cos| of
+    the angle between them, 0 when the obstacle is far. Stack's cubes may start side by side."""
     d = obstacle[:2] - pos[:2]
     dist = float(np.linalg.norm(d))
     if dist > 0.11:
-        return yaw
-    other = current + wrap_angle(yaw + np.pi / 2 - current, np.pi)
-    # |cos| of the angle between closing axis and the direction to the obstacle: smaller is better.
-    def along(y: float) -> float:
-        return abs(np.cos(y) * d[0] + np.sin(y) * d[1]) / dist
-
-    return other if along(other) < along(yaw) - 0.2 else yaw
+        return 0.0
+    return abs(np.cos(yaw) * d[0] + np.sin(yaw) * d[1]) / dist
 
 
-def _near_bin_wall(env: GauntletEnv, pos: np.ndarray) -> bool:
+def _bin_wall_yaw(env: GauntletEnv, pos: np.ndarray) -> float | None:
+    """Closing-axis yaw parallel to the nearest wall of bin 1, if one is within 9 cm of `pos`."""
     raw = env.raw
     rel = np.abs(pos[:2] - np.asarray(raw.bin1_pos)[:2])
-    half = np.asarray(raw.bin_size)[:2] / 2
-    return bool(np.any(half - rel < 0.09))
+    margin = np.asarray(raw.bin_size)[:2] / 2 - rel  # distance to the x walls, to the y walls
+    if float(margin.min()) > 0.09:
+        return None
+    # Near an x wall (normal along x) close along y, and the other way round.
+    return np.pi / 2 if margin[0] < margin[1] else 0.0
 
 
 def place_target(env: GauntletEnv) -> np.ndarray:
@@ -238,14 +266,14 @@ def nut_turn(env: GauntletEnv, nut_yaw: float, peg_xy: np.ndarray) -> float:
     eef 5 cm beyond the peg, past the Panda's reach. Turns that would run wrist joint 7 into its
     limits (+-2.9 rad; turning the gripper's yaw by d moves q7 by about -d) are ruled out.
     """
-    q7 = float(env.sim.data.qpos[env.raw.robots[0]._ref_joint_pos_indexes[6]])
+    q7 = wrist_q7(env)
     base_dir = robot_base_xy(env) - peg_xy
     base_dir = base_dir / max(float(np.linalg.norm(base_dir)), 1e-9)
     first = wrap_angle(0.0 - nut_yaw, np.pi / 2)
     best, best_cost = first, np.inf
     for k in (-2, -1, 0, 1, 2):
         d = first + k * np.pi / 2
-        if abs(q7 - d) > 2.6:
+        if abs(q7 - d) > Q7_SAFE_RAD:
             continue
         handle = nut_yaw + d
         away = -(np.cos(handle) * base_dir[0] + np.sin(handle) * base_dir[1])  # 1 = pointing away
@@ -276,6 +304,17 @@ def object_placed(env: GauntletEnv) -> bool:
     raise AssertionError(name)
 
 
+def _object_geoms(env: GauntletEnv) -> list[str]:
+    """Collision geoms of the manipulated object (the same sets `success.is_grasped` checks)."""
+    raw = env.raw
+    name = env.spec.name
+    if name == "square":
+        return list(raw.nuts[0].contact_geoms)
+    if name == "pick_place_can":
+        return list(raw.objects[raw.object_to_id["can"]].contact_geoms)
+    return list(raw.cube.contact_geoms if name == "lift" else raw.cubeA.contact_geoms)
+
+
 def _limit(v: np.ndarray, max_norm: float) -> np.ndarray:
     """Scales a command down to `max_norm`, keeping its direction (per-axis clipping would bend
     straight-line motions into dog-legs)."""
@@ -286,6 +325,8 @@ def _limit(v: np.ndarray, max_norm: float) -> np.ndarray:
 # ------------------------------------------------------------------------------------ expert
 @dataclass
 class ExpertResult:
+    """What one expert rollout did."""
+
     success: bool  # the task predicate held at the last step
     steps: int  # control steps taken (the rollout stops at the first success)
     phases: list[str] = field(default_factory=list)  # the expert's phase at every step
@@ -313,7 +354,6 @@ class ScriptedExpert:
         self._grasp_steps = 0  # consecutive steps spent closing at the grasp pose
         self._release_steps = 0  # consecutive steps spent opening after placing
         self._placing = False  # hysteresis: inside the final descent
-        self._target_yaw: float | None = None  # grasp yaw, latched while descending and grasping
 
     @property
     def phase(self) -> str:
@@ -338,8 +378,8 @@ class ScriptedExpert:
         if env.success() and (env.spec.name != "lift" or grasped):
             phase = "done"
             grip = 1.0 if env.spec.name == "lift" else -1.0
-            if env.spec.name != "lift":
-                move = np.array([0.0, 0.0, 0.02])  # drift up, clear of the object
+            if env.spec.name != "lift" and eef[2] < obj[2] + 0.12:
+                move = np.array([0.0, 0.0, 0.02])  # drift up, clear of the object, then wait
                 speed = 0.3
         elif grasped and not self._release_steps:
             phase, move, speed, target_yaw, grip = self._holding(eef, obj, yaw)
@@ -353,6 +393,14 @@ class ScriptedExpert:
                 phase = "retreat"
                 move = np.array([0.0, 0.0, 0.1])
                 speed = 0.5
+        elif self._entangled(eef, obj, grasped):
+            # Not grasped yet hanging off the hand (a finger went into the nut's hole, a can is
+            # wedged between open fingers): following it would only lift it further. Lower it
+            # onto the table with the fingers open; once it rests, the approach rises straight up
+            # and the hand slides out.
+            phase = "release"
+            move = np.array([0.0, 0.0, self._rest_z() - obj[2]])
+            speed = 0.4
         else:
             self._release_steps = 0
             self._placing = False
@@ -370,7 +418,9 @@ class ScriptedExpert:
         action[3:6] = _limit(self.rot_gain * err / ROT_SCALE_RAD, 1.0)
         action[6] = grip
         if self.noise_std > 0:
-            action[:6] += self._rng.normal(0.0, self.noise_std, 6)
+            # Rotation noise is scaled down: one action unit turns 0.5 rad but moves only 5 cm,
+            # and a wobbling wrist knocks objects far more than a wobbling position does.
+            action[:6] += self._rng.normal(0.0, self.noise_std, 6) * NOISE_AXIS_SCALE
         self._phase = phase
         return np.clip(action, -1.0, 1.0)
 
@@ -381,7 +431,9 @@ class ScriptedExpert:
         geo = self.geo
         target_yaw = grasp_yaw(self.env, yaw)
         grasp_pos = gp + np.array([0.0, 0.0, geo.grasp_dz])
+        # Capped: an object that rides up with the hand must not lead it up out of the workspace.
         hover = grasp_pos + np.array([0.0, 0.0, HOVER_M])
+        hover[2] = min(hover[2], self._travel_z() + 0.05)
         xy_err = float(np.linalg.norm(grasp_pos[:2] - eef[:2]))
         yaw_err = abs(wrap_angle(target_yaw - yaw))
         z_err = eef[2] - grasp_pos[2]
@@ -396,18 +448,60 @@ class ScriptedExpert:
         if xy_err < 0.012 and yaw_err < 0.1 and z_err < 0.012 and gap > FINGER_OPEN_M * 0.85:
             self._grasp_steps = 1
             return "grasp", grasp_pos - eef, 0.3, target_yaw, 1.0
-        if xy_err < 0.02 and yaw_err < 0.15 and gap > FINGER_OPEN_M * 0.85 and z_err < HOVER_M + 0.03:
-            # Slow near the object so the fingers do not knock it; keep correcting xy on the way.
-            return "descend", grasp_pos - eef, 0.5, target_yaw, -1.0
-        # Approach: rise before travelling if low (a sideways sweep would push objects around).
-        if xy_err > 0.03 and eef[2] < hover[2] - 0.03:
-            goal = np.array([eef[0], eef[1], hover[2]])
-            if eef[2] > gp[2] + 0.04:
-                goal[:2] = eef[:2] + 0.3 * (hover[:2] - eef[:2])
-            return "approach", goal - eef, 1.0, target_yaw, -1.0
-        return "approach", hover - eef, 1.0, target_yaw, -1.0
+        # Descend only when lined up (hysteresis: enter under 1 cm, leave over 2.5 cm of error).
+        lined_up = xy_err < (0.025 if self._phase in ("descend", "grasp") else 0.01) and yaw_err < 0.15
+        if lined_up and gap > FINGER_OPEN_M * 0.85 and z_err < HOVER_M + 0.03:
+            # A descent cone: the fingertips stay 4x the xy error above the grasp height, so an
+            # xy error left over is corrected before the fingers reach the object, never by
+            # pushing it (a nut knocked onto its edge can no longer go over the peg).
+            goal = grasp_pos + np.array([0.0, 0.0, min(HOVER_M, max(0.0, 4.0 * (xy_err - 0.004)))])
+            return "descend", goal - eef, 0.5, target_yaw, -1.0
+        # Approach: travel at a safe height and come down to the hover pose over the object.
+        travel_z = max(hover[2], self._travel_z()) if xy_err > 0.05 else hover[2]
+        goal = np.array([hover[0], hover[1], travel_z])
+        if eef[2] < travel_z - 0.03 and xy_err > 0.03:
+            # Low and far away: rise (nearly) straight up first, as a sideways sweep at object
+            # height would push objects around or catch the hand on the peg or a bin wall.
+            blend = 0.3 if eef[2] > travel_z - 0.06 else 0.0
+            goal[:2] = eef[:2] + blend * (hover[:2] - eef[:2])
+        return "approach", goal - eef, 1.0, target_yaw, -1.0
 
-    def _holding(self, eef: np.ndarray, obj: np.ndarray, yaw: float) -> tuple[str, np.ndarray, float, float, float]:
+    def _rest_z(self) -> float:
+        """Height of the manipulated object's centre when it stands on its support."""
+        raw = self.env.raw
+        name = self.env.spec.name
+        if name == "pick_place_can":
+            return float(raw.bin1_pos[2]) + 0.06  # 2 cm floor half-thickness + 4 cm half height
+        return float(raw.table_offset[2]) + (0.01 if name == "square" else 0.02)
+
+    def _entangled(self, eef: np.ndarray, obj: np.ndarray, grasped: bool) -> bool:
+        if grasped or obj[2] < self._rest_z() + 0.04:
+            return False
+        # Moving down means falling (just dropped) or already being lowered, not hanging.
+        _, vadr = self.env._object_joint_adr[self.env.spec.manipulated]
+        if float(self.env.sim.data.qvel[vadr + 2]) < -0.05:
+            return False
+        if float(np.linalg.norm(obj[:2] - eef[:2])) > 0.09 or abs(obj[2] - eef[2]) > 0.08:
+            return False
+        # Hanging means touching the hand; an object resting on a bin wall or the other cube is not.
+        raw = self.env.raw
+        gripper = raw.robots[0].gripper
+        gripper = gripper["right"] if isinstance(gripper, dict) else gripper
+        return bool(raw.check_contact(gripper, _object_geoms(self.env)))
+
+    def _travel_z(self) -> float:
+        """Lowest eef height for moving between places: clears the pegs (tops 10 cm above their
+        bases) with the hand, and the bin walls (5 cm above the floors) with the fingers."""
+        env = self.env
+        if env.spec.name == "square":
+            return float(env.sim.data.body_xpos[env.raw.peg1_body_id][2]) + 0.16
+        if env.spec.name == "pick_place_can":
+            return float(env.raw.bin1_pos[2]) + 0.17
+        return float(env.raw.table_offset[2]) + 0.12
+
+    def _holding(
+        self, eef: np.ndarray, obj: np.ndarray, yaw: float
+    ) -> tuple[str, np.ndarray, float, float, float]:
         """Holding the object: lift, carry over the target, lower, and hand over to release."""
         env = self.env
         geo = self.geo
@@ -420,6 +514,8 @@ class ScriptedExpert:
             nut_yaw = object_yaw(env.object_pose("SquareNut_main")[1])
             target_yaw = yaw + nut_turn(env, nut_yaw, target[:2])
         xy_err = float(np.linalg.norm(target[:2] - obj[:2]))
+        if env.spec.name == "square" and object_tilt(env.object_pose("SquareNut_main")[1]) > 0.25:
+            return self._set_down(obj, target, target_yaw)
         if env.spec.name == "lift":
             return "lift", target - obj, 0.6, target_yaw, 1.0
 
@@ -445,6 +541,24 @@ class ScriptedExpert:
         goal = np.array([target[0], target[1], carry_z])
         # Slow down close to the target so the object does not swing past it.
         return "transport", goal - obj, 0.8 if xy_err > 0.05 else 0.4, target_yaw, 1.0
+
+    def _set_down(
+        self, obj: np.ndarray, peg: np.ndarray, target_yaw: float
+    ) -> tuple[str, np.ndarray, float, float, float]:
+        """A nut held askew (grasped off its handle, knocked on its edge) never slides over the
+        peg: put it down clear of the peg and let go, so that it lies flat for a fresh grasp."""
+        self._placing = False
+        table_z = float(self.env.raw.table_offset[2])
+        away = obj[:2] - peg[:2]
+        dist = float(np.linalg.norm(away))
+        if dist < 0.12:
+            # Over or next to the peg: first carry it sideways at a height that clears the peg top.
+            direction = away / dist if dist > 1e-6 else np.array([-1.0, 0.0])
+            goal = np.array([*(peg[:2] + 0.14 * direction), max(obj[2], peg[2] + 0.17)])
+            return "transport", goal - obj, 0.6, target_yaw, 1.0
+        if obj[2] > table_z + 0.04:
+            return "place", np.array([obj[0], obj[1], table_z + 0.03]) - obj, 0.5, target_yaw, 1.0
+        return "release", np.zeros(3), 0.0, target_yaw, -1.0
 
 
 def make_expert(env: GauntletEnv, seed: int = 0, noise_std: float = 0.0) -> ScriptedExpert:
