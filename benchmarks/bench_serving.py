@@ -3,7 +3,8 @@
 (a) serial: an openpi-style WebSocket server that runs `policy.infer` on one request at a time in
     its event loop (today's usual set-up);
 (b) Gauntlet: the same policy behind Ray Serve's `@serve.batch` replica, reached over the same
-    WebSocket protocol.
+    WebSocket protocol through Serve's proxy ("gauntlet" rows), and through DeploymentHandles, the
+    in-cluster path rollout actors use ("handle" rows).
 Both are driven by C concurrent clients (C in --clients), each a real WebSocket connection sending
 observations and waiting for actions. Prints requests/s, p50/p99 latency and mean batch size per row,
 and the ratio (b)/(a) at C = 16.
@@ -163,6 +164,31 @@ def main() -> None:
         stats = handle.get_stats.remote().result()
         results.append(row("gauntlet", c, count, lat, args.seconds, stats["mean_batch_size"]))
         print(f"gauntlet C={c:<3} {results[-1]['req_s']:8.1f} req/s", flush=True)
+    # (c) the in-cluster path rollout actors use: DeploymentHandle calls, no HTTP proxy in between.
+    async def drive_handle(c: int) -> tuple[int, list[float]]:
+        lat: list[float] = []
+        count = 0
+        deadline = time.perf_counter() + args.seconds
+
+        async def one() -> None:
+            nonlocal count
+            while time.perf_counter() < deadline:
+                t = time.perf_counter()
+                out = await handle.infer.remote(obs)
+                if "error" in out:
+                    raise RuntimeError(out["error"])
+                lat.append((time.perf_counter() - t) * 1e3)
+                count += 1
+
+        await asyncio.gather(*(one() for _ in range(c)))
+        return count, lat
+
+    for c in clients:
+        handle.reset_stats.remote().result()
+        count, lat = asyncio.run(drive_handle(c))
+        stats = handle.get_stats.remote().result()
+        results.append(row("handle", c, count, lat, args.seconds, stats["mean_batch_size"]))
+        print(f"handle   C={c:<3} {results[-1]['req_s']:8.1f} req/s", flush=True)
     serve.shutdown()
     ray.shutdown()
 
@@ -177,8 +203,8 @@ def main() -> None:
     print(f"in-process ceiling: B=1 {ceiling[1]:.1f} obs/s, B=16 {ceiling[16]:.1f} obs/s "
           f"({ceiling[16] / ceiling[1]:.2f}x from batching alone)", flush=True)
     if ("gauntlet", 16) in pick and ("serial", 16) in pick:
-        print(f"\n(b)/(a) at C=16: {pick[('gauntlet', 16)] / pick[('serial', 16)]:.2f}x "
-              f"(vs serial at C=1: {pick[('gauntlet', 16)] / pick[('serial', 1)]:.2f}x)", flush=True)
+        print(f"\n(b)/(a) at C=16: {pick[('gauntlet', 16)] / pick[('serial', 16)]:.2f}x over WebSocket, "
+              f"{pick[('handle', 16)] / pick[('serial', 16)]:.2f}x through DeploymentHandles", flush=True)
 
 
 if __name__ == "__main__":
