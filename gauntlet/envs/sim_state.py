@@ -98,7 +98,9 @@ def restore_state(env: GauntletEnv, state: dict[str, np.ndarray]) -> None:
             setattr(obj, key, np.array(saved, copy=True))
     m, d = env.sim.model._model, env.sim.data._data
     spec = mujoco.mjtState.mjSTATE_INTEGRATION
-    mj_state = np.asarray(state["mj_state"], dtype=np.float64)
+    # A fresh contiguous copy: states that arrive through Ray are read-only views, which
+    # MuJoCo's bindings refuse.
+    mj_state = np.array(state["mj_state"], dtype=np.float64, copy=True)
     if mj_state.shape != (mujoco.mj_stateSize(m, spec),):
         raise ValueError(f"mj_state has {mj_state.shape} values, this model needs {mujoco.mj_stateSize(m, spec)}")
     mujoco.mj_setState(m, d, mj_state, spec)
