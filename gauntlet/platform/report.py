@@ -133,6 +133,19 @@ def load_results(run_dir: Path | str) -> pd.DataFrame:
     return frame
 
 
+def run_fields(run_config: dict[str, Any]) -> dict[str, Any]:
+    """run.json flattened for display and lookups (run_id, policy, scenes, trials, horizon, ...).
+
+    `gauntlet eval` writes {"identity": {...}, "config": {...}, "config_hash": ...}; a flat object is
+    accepted too. Identity wins over config over top level, since identity is what a resume checks.
+    """
+    fields: dict[str, Any] = {}
+    for source in (run_config, run_config.get("config"), run_config.get("identity")):
+        if isinstance(source, dict):
+            fields.update({k: v for k, v in source.items() if not isinstance(v, dict)})
+    return fields
+
+
 def load_run_config(run_dir: Path | str) -> tuple[dict[str, Any], str | None]:
     """(run.json as a dict, a note if it was missing or unreadable). The report works without it."""
     path = Path(run_dir) / "run.json"
@@ -175,7 +188,9 @@ def success_table(frame: pd.DataFrame, by: list[str], confidence: float = 0.95) 
 def _policy_order(frame: pd.DataFrame, run_config: dict[str, Any]) -> list[str]:
     """Policies in run.json's order (the order the user named them), then any others sorted."""
     present = set(frame["policy"])
-    named = [str(p) for p in run_config.get("policies", []) or [] if isinstance(p, str)]
+    fields = run_fields(run_config)
+    named_raw = fields.get("policy", fields.get("policies")) or []
+    named = [p for p in ([named_raw] if isinstance(named_raw, str) else named_raw) if isinstance(p, str)]
     ordered = [p for p in dict.fromkeys(named) if p in present]
     return ordered + sorted(present - set(ordered))
 
@@ -325,6 +340,13 @@ def build_report(run_dir: Path | str, confidence: float = 0.95) -> dict[str, Any
         "separability": separability_table(frame, policies),
     }
 
+    # Every table lists policies in the same (run.json) order as the side-by-side columns.
+    rank = {policy: i for i, policy in enumerate(policies)}
+    for name, table in tables.items():
+        if "policy" in table.columns:
+            tables[name] = table.sort_values("policy", key=lambda col: col.map(rank), kind="stable").reset_index(
+                drop=True)
+
     n_skipped = int(frame["skipped"].sum())
     if n_skipped:
         reasons = frame.loc[frame["skipped"], "skip_reason"].fillna("").replace("", "(no reason given)")
@@ -360,10 +382,14 @@ def _bar_panel(ax: Any, table: pd.DataFrame, x_col: str, x_values: list[str], po
         part = table[table["policy"] == policy].groupby(x_col, sort=False).first().reindex(x_values)
         rate = part["rate"].to_numpy(dtype=float)
         low, high = part["ci_low"].to_numpy(dtype=float), part["ci_high"].to_numpy(dtype=float)
-        # A cell with no episodes that ran gets no bar and no whisker rather than a fake 0.
-        yerr = np.clip(np.nan_to_num(np.vstack([rate - low, high - rate]), nan=0.0), 0.0, None)
-        ax.bar(x + (i - (len(policies) - 1) / 2) * width, np.nan_to_num(rate, nan=0.0), width, yerr=yerr,
-               capsize=2, label=policy, error_kw={"linewidth": 0.8})
+        pos = x + (i - (len(policies) - 1) / 2) * width
+        ax.bar(pos, np.nan_to_num(rate, nan=0.0), width, label=policy)
+        # A cell where nothing ran gets "n/a" instead of a whisker, so it never reads as a measured 0.
+        ok = ~np.isnan(rate)
+        yerr = np.clip(np.vstack([rate[ok] - low[ok], high[ok] - rate[ok]]), 0.0, None)
+        ax.errorbar(pos[ok], rate[ok], yerr=yerr, fmt="none", ecolor="black", capsize=2, linewidth=0.8)
+        for p in pos[~ok]:
+            ax.text(p, 0.01, "n/a", ha="center", va="bottom", fontsize=7, rotation=90, color="gray")
     ax.set_xticks(x, x_values, rotation=35, ha="right")
     ax.set_ylim(0.0, 1.05)
     ax.set_ylabel(f"success rate ({confidence:.0%} Wilson CI)")
@@ -440,7 +466,7 @@ def _html_table(frame: pd.DataFrame) -> str:
 def render_html(report: dict[str, Any], plots: list[Path]) -> str:
     """One self-contained page: no external scripts, styles or images (plots are data URIs)."""
     esc = html_lib.escape
-    tables, cfg = report["tables"], report["run_config"]
+    tables, cfg = report["tables"], run_fields(report["run_config"])
     run_id = str(cfg.get("run_id") or ", ".join(report["run_ids"]) or Path(report["run_dir"]).name)
     conf = f"{report['confidence']:.0%}"
     meta_rows = [("run directory", report["run_dir"]), ("episodes recorded", report["n_rows"]),
