@@ -25,6 +25,7 @@ def ray_session():
     env = runtime_env("127.0.0.1")  # keeps Serve's gRPC proxy on loopback, as `gauntlet serve` does
     env["env_vars"].update({"MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1"})
     if not ray.is_initialized():
-        ray.init(num_cpus=TEST_RAY_CPUS, include_dashboard=False, log_to_driver=False, runtime_env=env)
+        ray.init(address="local", num_cpus=TEST_RAY_CPUS, include_dashboard=False, log_to_driver=False,
+                 runtime_env=env)
     yield ray
     ray.shutdown()

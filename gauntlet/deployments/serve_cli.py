@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     from gauntlet.deployments.app import start_serve
     from gauntlet.deployments.grpc_bind import runtime_env
 
-    ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, runtime_env=runtime_env(cfg.host))
+    # "local": never silently join some other cluster a `ray start` left on this machine.
+    ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False, runtime_env=runtime_env(cfg.host))
     start_serve(specs, host=cfg.host, http_port=cfg.http_port, grpc_port=cfg.grpc_port or None,
                 api_key=cfg.api_key)
     names = ", ".join(s.ref.name for s in specs)

@@ -105,7 +105,13 @@ class GauntletEnv:
     """One robosuite task instance. Not thread-safe; one per rollout worker."""
 
     def __init__(self, config: EnvConfig):
+        import logging
+
         import robosuite
+
+        # robosuite logs one INFO line per env built ("Loading controller configuration"), which
+        # floods job logs with hundreds of envs; its own logger is configured at import time.
+        logging.getLogger("robosuite_logs").setLevel(logging.WARNING)
 
         self.config = config
         self.spec = config.spec

@@ -1,7 +1,10 @@
-"""`gauntlet demo`: the main job end to end on an embedded local Ray.
+"""`gauntlet demo`: the main job end to end on an embedded local Ray (or RAY_ADDRESS).
 
-Today it builds a scene database covering every task x variant x error type and runs the
-pre-flight check on it; serving and evaluation steps join as those subsystems land.
+1. builds a scene database covering every task x variant x error type, with oracle validation;
+2. runs the pre-flight check on it;
+3. serves the scripted oracle and the tiny VLA on Ray Serve and evaluates both over every scene
+   with several rollout actors;
+4. writes the report (tables, plots, one HTML page).
 """
 
 from __future__ import annotations
@@ -17,12 +20,15 @@ from gauntlet.platform.config_args import option, parse_config
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Runs the Gauntlet demo: scene database, pre-flight check (more stages as they land)."""
+    """Runs the Gauntlet demo: scenes, pre-flight, Serve + rollout actors, report."""
 
-    out: str = option("demo_out", help="output directory (scene DB, reports)")
+    out: str = option("demo_out", help="output directory (scene DB, run, report)")
     tasks: str = option("lift,stack,square,pick_place_can", help="comma-separated tasks")
     per_combo: int = option(1, help="scenes per task x variant x error type")
-    workers: int = option(2, help="simulation processes")
+    workers: int = option(2, help="simulation processes for scene generation")
+    actors: int = option(2, help="rollout actors for the evaluation")
+    horizon: int = option(200, help="steps per evaluation episode")
+    policies: str = option("scripted,vla", help="comma-separated policies to serve and evaluate")
     seed: int = option(0, help="base seed")
 
 
@@ -31,23 +37,35 @@ def main(argv: list[str] | None = None) -> int:
     from gauntlet.envs.scene_check import check_report
     from gauntlet.envs.scene_db import SceneDB
     from gauntlet.envs.scenes_cli import GenerateConfig, generate, print_check
+    from gauntlet.platform.eval import EvalConfig, run_eval
+    from gauntlet.platform.report import format_summary, write_report
 
     start = time.monotonic()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     db_path = out / "scenes"
-    print(f"[demo] 1/2 building the scene database at {db_path}", flush=True)
+    print(f"[demo] 1/4 building the scene database at {db_path}", flush=True)
     summary = generate(GenerateConfig(out=str(db_path), tasks=cfg.tasks, per_combo=cfg.per_combo,
                                       workers=cfg.workers, seed=cfg.seed))
-    print("[demo] 2/2 pre-flight check of the scene database", flush=True)
+    print("[demo] 2/4 pre-flight check of the scene database", flush=True)
     report = check_report(SceneDB.open(db_path))
     print_check(report)
     (out / "scenes_check.json").write_text(json.dumps(report, indent=2))
+    run_dir = out / "run"
+    policies = tuple(p.strip() for p in cfg.policies.split(",") if p.strip())
+    print(f"[demo] 3/4 evaluating {', '.join(policies)} over {report['total']} scenes with {cfg.actors} "
+          f"rollout actors (policies on Ray Serve)", flush=True)
+    result = run_eval(EvalConfig(scenes=str(db_path), policy=policies, out=str(run_dir), actors=cfg.actors,
+                                 horizon=cfg.horizon, resume=(run_dir / "run.json").exists()))
+    print("[demo] 4/4 writing the report", flush=True)
+    paths = write_report(run_dir, html=True)
+    from gauntlet.platform.report import build_report
+
+    print(format_summary(build_report(run_dir)), flush=True)
     print(f"[demo] done in {time.monotonic() - start:.0f} s: {report['total']} scenes "
-          f"({len(summary['failed'])} not generated), {report['compatible']} compatible, "
-          f"{report['recoverable']} recoverable by the oracle; report in {out / 'scenes_check.json'}",
-          flush=True)
-    return 0 if report["compatible"] > 0 else 1
+          f"({len(summary['failed'])} not generated), {result['total']} episodes; "
+          f"report: {paths.get('html', run_dir / 'report')}", flush=True)
+    return 0
 
 
 if __name__ == "__main__":

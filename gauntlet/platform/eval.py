@@ -49,7 +49,11 @@ class EvalConfig:
     replicas: int = option(1, help="Serve replicas per deployed policy")
     vla_size: str = option("tiny", help="VLA preset for `vla` without a checkpoint")
     actor_cpus: float = option(1.0, help="CPUs reserved per rollout actor")
+    actor_resource: str = option("", help="custom Ray resource each actor needs one unit of "
+                                          "(pins rollouts to the nodes that offer it)")
     write_every: int = option(8, help="episodes per results part file")
+    ping_timeout_s: float = option(30.0, help="an actor that does not answer a liveness ping for this "
+                                              "long is treated as dead and its items re-queued")
     run_id: str = option("", help="run id (default: derived from the run directory name)")
 
     def __post_init__(self) -> None:
@@ -217,9 +221,11 @@ class StatusLine:
 
     def emit(self, force: bool = False, state: str = "running") -> None:
         now = time.monotonic()
-        if not force and now - self._last < 2.0:
+        changed = self.done != getattr(self, "_last_done", -1)
+        if not force and (now - self._last < 2.0 or (not changed and now - self._last < 30.0)):
             return
         self._last = now
+        self._last_done = self.done
         elapsed = now - self.start
         new = self.done - self.started_with
         rate = new / elapsed * 60 if elapsed > 0 else 0.0
@@ -290,7 +296,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         env["env_vars"]["MUJOCO_GL"] = os.environ.get("MUJOCO_GL", "egl")
         address = os.environ.get("RAY_ADDRESS")
         cpus = None if address else max(os.cpu_count() or 1, int(cfg.actors * cfg.actor_cpus) + len(deploy))
-        ray.init(address=address, num_cpus=cpus, include_dashboard=False, runtime_env=env,
+        ray.init(address=address or "local", num_cpus=cpus, include_dashboard=False, runtime_env=env,
                  log_to_driver=False)
     try:
         if deploy:
@@ -325,44 +331,93 @@ def _drive(cfg: EvalConfig, db: Any, scenes: dict, targets: list, pending: deque
     shared_scenes = {k: v for k, v in scenes.items()}
 
     def new_actor() -> Any:
-        return RolloutActor.options(num_cpus=cfg.actor_cpus, max_restarts=0).remote(
+        resources = {cfg.actor_resource: 1} if cfg.actor_resource else None
+        return RolloutActor.options(num_cpus=cfg.actor_cpus, max_restarts=0, resources=resources).remote(
             str(Path(cfg.scenes).resolve()), targets, shared_scenes, version)
 
     actors = {i: new_actor() for i in range(min(cfg.actors, len(pending)))}
     in_flight: dict[Any, tuple[int, Any]] = {}  # ObjectRef -> (actor slot, item)
+    starting = {slot: actor.ready.remote() for slot, actor in actors.items()}  # slot -> ready ping
+    pings: dict[int, tuple[Any, float]] = {}  # busy slot -> (outstanding liveness ping, sent at)
     buffer: list[dict] = []
     ran = replaced = 0
+    last_ping = time.monotonic()
 
-    def feed(slot: int) -> None:
-        if pending:
-            item = pending.popleft()
-            in_flight[actors[slot].run.remote(item)] = (slot, item)
+    def fill() -> None:
+        """Gives every started, idle actor its next item (work is pulled, one item per actor)."""
+        busy = {s for s, _ in in_flight.values()}
+        for slot, actor in actors.items():
+            if pending and slot not in busy and slot not in starting:
+                item = pending.popleft()
+                in_flight[actor.run.remote(item)] = (slot, item)
 
-    for slot in actors:
-        feed(slot)
-    while in_flight:
+    def replace(slot: int, why: str) -> None:
+        nonlocal replaced
+        # The actor (or its node) is gone: its items go back to the queue, the slot gets a new actor,
+        # which receives work only once it has answered a ping (it may wait for resources).
+        lost = [ref for ref, (s, _) in in_flight.items() if s == slot]
+        for ref in lost:
+            pending.appendleft(in_flight.pop(ref)[1])
+        replaced += 1
+        pings.pop(slot, None)
+        print(f"[eval] actor {slot} lost ({why}); re-queued {len(lost)} item(s), starting a replacement", flush=True)
+        try:
+            ray.kill(actors[slot], no_restart=True)
+        except Exception:  # noqa: BLE001 - it may already be gone
+            pass
+        actors[slot] = new_actor()
+        starting[slot] = actors[slot].ready.remote()
+
+    while in_flight or pending:
+        for slot, ref in list(starting.items()):
+            done, _ = ray.wait([ref], timeout=0)
+            if done:
+                del starting[slot]
+                try:
+                    ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - could not even start: try again
+                    replace(slot, f"failed to start: {type(exc).__name__}")
+        fill()
+        if not in_flight:
+            time.sleep(0.5)  # every actor is still starting
+            continue
         ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=2.0)
         for ref in ready:
-            slot, item = in_flight.pop(ref)
+            if ref not in in_flight:
+                continue
+            slot, item = in_flight[ref]
             try:
                 row = ray.get(ref)
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                     ray.exceptions.NodeDiedError, ray.exceptions.ObjectLostError) as exc:
-                # The actor (or its node) died: the item goes back to the queue, the slot gets a new actor.
-                pending.appendleft(item)
-                replaced += 1
-                print(f"[eval] actor {slot} lost ({type(exc).__name__}); re-queued {item.scene_id}/{item.policy}/"
-                      f"{item.trial} and starting a replacement", flush=True)
-                actors[slot] = new_actor()
-                feed(slot)
+                replace(slot, type(exc).__name__)
                 continue
+            in_flight.pop(ref)
             buffer.append(row)
             status.add(row)
             ran += 1
             if len(buffer) >= cfg.write_every:
                 store.write(buffer)
                 buffer = []
-            feed(slot)
+        now = time.monotonic()
+        if now - last_ping > cfg.ping_timeout_s / 3:
+            # Liveness: a node can vanish without its tasks failing promptly; a ping that stays
+            # unanswered for ping_timeout_s marks the actor dead.
+            last_ping = now
+            for slot in {s for s, _ in in_flight.values()}:
+                ref, sent = pings.get(slot, (None, now))
+                if ref is None:
+                    pings[slot] = (actors[slot].ready.remote(), now)
+                    continue
+                done, _ = ray.wait([ref], timeout=0)
+                if done:
+                    try:
+                        ray.get(ref)
+                        pings.pop(slot)
+                    except Exception as exc:  # noqa: BLE001
+                        replace(slot, f"ping failed: {type(exc).__name__}")
+                elif now - sent > cfg.ping_timeout_s:
+                    replace(slot, f"no answer to a ping for {cfg.ping_timeout_s:.0f} s")
         status.emit()
     store.write(buffer)
     store.compact()

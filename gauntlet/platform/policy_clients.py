@@ -33,6 +33,9 @@ class _SourceBase:
     def _set_metadata(self, meta: dict[str, Any]) -> None:
         spec = meta.get("observation_spec", {})
         self.spec_keys = frozenset(spec)
+        # Image sizes the policy expects: the actor resizes its renders to them.
+        self.image_shapes = {k: tuple(v["shape"]) for k, v in spec.items()
+                             if isinstance(v, dict) and v.get("dtype") == "uint8" and len(v.get("shape", ())) == 3}
         self.needs_images = bool(meta.get("needs_images", False))
         self.needs_sim_state = SIM_STATE_KEY in spec
         self.chunk_len = int(meta.get("chunk_len", 1))

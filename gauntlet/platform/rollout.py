@@ -29,6 +29,7 @@ class ChunkSource(Protocol):
     needs_images: bool
     needs_sim_state: bool
     spec_keys: frozenset[str]
+    image_shapes: dict[str, tuple[int, ...]]
 
     def infer(self, obs: dict[str, Any]) -> np.ndarray:  # (H, D)
         ...
@@ -53,9 +54,21 @@ class WorkItem:
         return f"{self.run_id}/{self.scene_id}/{self.policy}/{self.trial}"
 
 
-def filter_obs(obs: dict[str, Any], keys: frozenset[str]) -> dict[str, Any]:
-    """Only what the policy declared (plus prompt/episode id): nothing else crosses the wire."""
-    return {k: v for k, v in obs.items() if k in keys or k in ("prompt", "episode_id")}
+def filter_obs(obs: dict[str, Any], keys: frozenset[str],
+               image_shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, Any]:
+    """Only what the policy declared (plus prompt/episode id): nothing else crosses the wire.
+
+    Camera images are resized to the size the policy declares (scenes are rendered at the scene's
+    own camera size, which is part of its fingerprint, and policies are trained at theirs).
+    """
+    out = {k: v for k, v in obs.items() if k in keys or k in ("prompt", "episode_id")}
+    for key, shape in (image_shapes or {}).items():
+        img = out.get(key)
+        if img is not None and img.shape != shape:
+            import cv2
+
+            out[key] = cv2.resize(img, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+    return out
 
 
 class EnvCache:
@@ -112,7 +125,7 @@ def run_episode(db: SceneDB, envs: EnvCache, item: WorkItem, scene: dict[str, An
                 obs[SIM_STATE_KEY] = env.get_state()
             obs["episode_id"] = item.episode_id
             t = time.perf_counter()
-            actions = policy.infer(filter_obs(obs, policy.spec_keys))  # (H, D)
+            actions = policy.infer(filter_obs(obs, policy.spec_keys, getattr(policy, "image_shapes", None)))  # (H, D)
             latencies.append((time.perf_counter() - t) * 1e3)
             chunk = list(np.asarray(actions, dtype=np.float64))
         if env.step(chunk.pop(0)):

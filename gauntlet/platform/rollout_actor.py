@@ -11,7 +11,9 @@ from gauntlet.platform.policy_clients import PolicyTarget, make_source
 from gauntlet.platform.rollout import EnvCache, WorkItem, run_episode
 
 
-@ray.remote(max_restarts=0)
+# max_concurrency=2: `ready()` must answer while `run()` is busy, so the driver's liveness ping
+# tells a busy actor from a dead one (e.g. on a node that vanished without notice).
+@ray.remote(max_restarts=0, max_concurrency=2)
 class RolloutActor:
     def __init__(self, db_path: str, targets: list[PolicyTarget], scenes: dict[str, dict[str, Any]],
                  code_version: str):

@@ -377,7 +377,7 @@ def _init_ray(config: SweepFusionConfig) -> bool:
     else:
         num_cpus = config.num_cpus or os.cpu_count() or 1
         _log(f"starting an embedded local Ray with {num_cpus} CPUs")
-        ray.init(num_cpus=num_cpus, include_dashboard=False)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
     return True
 
 
