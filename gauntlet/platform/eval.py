@@ -306,7 +306,13 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
             print(f"[eval] deploying {', '.join(s.ref.name for s in deploy)} on Serve", flush=True)
             serve.run(build_app([_eval_spec(s) for s in deploy]), name=app, route_prefix=None)
-        return _drive(cfg, db, scenes, targets, pending, store, status, version, run_dir)
+        summary = _drive(cfg, db, scenes, targets, pending, store, status, version, run_dir)
+        if deploy:
+            # What the replicas saw (batch sizes etc.): the evidence that actors shared batches.
+            summary["serving"] = {s.ref.name: serve.get_deployment_handle(f"policy-{s.ref.name}", app_name=app)
+                                  .get_stats.remote().result() for s in deploy}
+            (run_dir / "serving_stats.json").write_text(json.dumps(summary["serving"], indent=2))
+        return summary
     finally:
         if deploy:
             from ray import serve
@@ -336,6 +342,7 @@ def _drive(cfg: EvalConfig, db: Any, scenes: dict, targets: list, pending: deque
             str(Path(cfg.scenes).resolve()), targets, shared_scenes, version)
 
     actors = {i: new_actor() for i in range(min(cfg.actors, len(pending)))}
+    status.start = time.monotonic()  # rates from the first dispatch, not from Ray/Serve start-up
     in_flight: dict[Any, tuple[int, Any]] = {}  # ObjectRef -> (actor slot, item)
     starting = {slot: actor.ready.remote() for slot, actor in actors.items()}  # slot -> ready ping
     pings: dict[int, tuple[Any, float]] = {}  # busy slot -> (outstanding liveness ping, sent at)
