@@ -69,12 +69,16 @@ def test_ray_job_submit_end_to_end(small_db: Path, tmp_path: Path) -> None:
             time.sleep(2)
         else:
             pytest.fail("the Ray head did not come up")
-        submit = subprocess.run(
-            [f"{venv_bin}/ray", "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
-             "python", "-m", "gauntlet.platform.eval", "--scenes", str(small_db), "--policy", "scripted",
-             "--out", str(run), "--actors", "1", "--horizon", "60"],
-            env=env, capture_output=True, text=True, timeout=600, cwd=ROOT,
-        )
+        command = [f"{venv_bin}/ray", "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
+                   "python", "-m", "gauntlet.platform.eval", "--scenes", str(small_db), "--policy", "scripted",
+                   "--out", str(run), "--actors", "1", "--horizon", "60"]
+        deadline = time.monotonic() + 180
+        while True:
+            submit = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+            # The job API answers before the head's dashboard agent is ready on a loaded machine.
+            if "No available agent" not in submit.stderr + submit.stdout or time.monotonic() > deadline:
+                break
+            time.sleep(3)
         assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
         assert "[eval] finished" in submit.stdout  # the job's log streams back unbuffered
         frame = pd.read_parquet(run / "results.parquet")
