@@ -18,6 +18,18 @@ from gauntlet.platform.results_store import KEY
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for sock in socks:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in socks]
+    for sock in socks:
+        sock.close()
+    return ports
+
+
 @pytest.fixture(scope="module")
 def small_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from gauntlet.platform.cli import main as cli
@@ -52,10 +64,14 @@ def test_ray_job_submit_end_to_end(small_db: Path, tmp_path: Path) -> None:
     # Ray 2.60 turns token auth on by itself when ~/.ray/auth_token exists; this throwaway
     # loopback-only cluster states its mode explicitly so the test does not depend on that file.
     env["RAY_AUTH_MODE"] = "disabled"
-    gcs_port, dash_port = 6391, 8366
+    gcs_port, dash_port, agent_port, agent_grpc, metrics = _free_ports(5)
+    # Every port explicit and free: the test session's own Ray already holds the default dashboard
+    # agent port (52365), and a head whose agent cannot bind never accepts jobs.
     head = subprocess.Popen([f"{venv_bin}/ray", "start", "--head", "--block", f"--port={gcs_port}",
                              "--num-cpus=3", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                             f"--dashboard-port={dash_port}", "--disable-usage-stats"],
+                             f"--dashboard-port={dash_port}", f"--dashboard-agent-listen-port={agent_port}",
+                             f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+                             "--disable-usage-stats"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     run = tmp_path / "run"
     try:
