@@ -11,9 +11,11 @@ from gauntlet.platform.policy_clients import PolicyTarget, make_source
 from gauntlet.platform.rollout import EnvCache, WorkItem, run_episode
 
 
-# max_concurrency=2: `ready()` must answer while `run()` is busy, so the driver's liveness ping
-# tells a busy actor from a dead one (e.g. on a node that vanished without notice).
-@ray.remote(max_restarts=0, max_concurrency=2)
+# `ready()` has its own concurrency group so it answers while `run()` is busy: the driver's
+# liveness ping tells a busy actor from a dead one (e.g. on a node that vanished without notice).
+# `run()` stays in the default group, a single thread: an EGL context is current on one thread only,
+# and rendering from another thread fails with EGL_BAD_ACCESS.
+@ray.remote(max_restarts=0, concurrency_groups={"ping": 1})
 class RolloutActor:
     def __init__(self, db_path: str, targets: list[PolicyTarget], scenes: dict[str, dict[str, Any]],
                  code_version: str):
@@ -29,6 +31,7 @@ class RolloutActor:
         ctx = ray.get_runtime_context()
         self.name = f"{ctx.get_node_id()[:8]}/{ctx.get_actor_id()[:8]}"
 
+    @ray.method(concurrency_group="ping")
     def ready(self) -> str:
         return self.name
 

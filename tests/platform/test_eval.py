@@ -150,3 +150,18 @@ def test_bad_input_is_refused_before_any_work(scene_db: Path, tmp_path: Path, kw
     assert main(argv) == 2
     assert needle in capsys.readouterr().err
     assert not (tmp_path / "run" / "results").exists()
+
+
+def test_image_policy_renders_several_tasks_on_one_actor(ray_session, tmp_path: Path) -> None:
+    """One actor, envs of two tasks, camera images for the VLA: every render on the actor's one GL thread."""
+    from gauntlet.platform.cli import main as cli
+
+    db = tmp_path / "scenes"
+    assert cli(["scenes", "generate", "--out", str(db), "--tasks", "lift,stack", "--variants", "D0",
+                "--error-types", "object_pose_perturb,object_push", "--workers", "2", "--no-validate"]) == 0
+    run = tmp_path / "run"
+    summary = run_eval(_cfg(scenes=db, policy=["vla"], out=run, trials=2, actors=1, horizon=16))
+    frame = _keys_exactly_once(run)
+    assert len(frame) == 8 and not frame["skipped"].any(), frame["skip_reason"].tolist()
+    assert (frame["inference_calls"] == 2).all()  # 16 steps / chunk of 8: images rendered twice per episode
+    assert summary["serving"]["vla"]["requests"]["ok"] == 16
