@@ -22,6 +22,7 @@ import numpy as np
 from gauntlet.policies.base import STATE_KEY
 
 ACTIONS_KEY = "actions"
+ACTION_IS_PAD_KEY = "action_is_pad"  # (B, H) bool: chunk positions past the episode end (training batches)
 NORM_STATS_VERSION = 1
 NormMode = Literal["zscore", "quantile"]
 NORM_MODES: tuple[str, ...] = ("zscore", "quantile")

@@ -326,7 +326,8 @@ def flow_matching_loss(model: VLAModel, variables: Variables, batch: dict[str, A
     """Mean squared error between predicted and true velocity on normalised actions.
 
     batch: images, tokens, token_mask, state (normalised), actions (B, H, D) normalised, and the
-    flow inputs noise (B, H, D), t (B,) from `sample_flow_inputs`.
+    flow inputs noise (B, H, D), t (B,) from `sample_flow_inputs`; optional action_mask (B, H)
+    (True = a real action, False = padding past the episode end).
     """
     actions = batch["actions"].astype(jnp.float32)  # (B, H, D)
     noise = batch["noise"].astype(jnp.float32)  # (B, H, D)
@@ -334,4 +335,10 @@ def flow_matching_loss(model: VLAModel, variables: Variables, batch: dict[str, A
     x_t = t * noise + (1.0 - t) * actions
     target = noise - actions
     pred = model.apply(variables, batch["images"], batch["tokens"], batch["token_mask"], batch["state"], x_t, batch["t"])
-    return jnp.mean(jnp.square(pred - target))
+    sq = jnp.square(pred - target)  # (B, H, D)
+    if "action_mask" not in batch:
+        return jnp.mean(sq)
+    # Chunk positions past an episode's end are padding (the last action repeated): they carry no
+    # signal about what to do next, so they are left out of the mean rather than learned.
+    mask = batch["action_mask"].astype(jnp.float32)[:, :, None]  # (B, H, 1)
+    return jnp.sum(sq * mask) / jnp.maximum(jnp.sum(mask) * sq.shape[-1], 1.0)

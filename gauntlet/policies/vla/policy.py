@@ -46,7 +46,7 @@ from gauntlet.policies.checkpoints import (
     save_checkpoint,
     tree_shapes,
 )
-from gauntlet.policies.normalization import ACTIONS_KEY, NormStats
+from gauntlet.policies.normalization import ACTION_IS_PAD_KEY, ACTIONS_KEY, NormStats
 from gauntlet.policies.tokenizer import ByteTokenizer
 from gauntlet.policies.validation import ObservationError
 from gauntlet.policies.vla import lora as lora_lib
@@ -414,6 +414,11 @@ class VLAPolicy:
             if actions.shape != (b, c.chunk_len, c.action_dim):
                 raise ObservationError(ACTIONS_KEY, f"expected shape {[b, c.chunk_len, c.action_dim]}, got {list(actions.shape)}")
             out["actions"] = stats.normalize(ACTIONS_KEY, actions, c.norm_mode).astype(np.float32)
+            if ACTION_IS_PAD_KEY in batch:
+                is_pad = np.asarray(batch[ACTION_IS_PAD_KEY], dtype=bool)
+                if is_pad.shape != (b, c.chunk_len):
+                    raise ObservationError(ACTION_IS_PAD_KEY, f"expected shape {[b, c.chunk_len]}, got {list(is_pad.shape)}")
+                out["action_mask"] = ~is_pad
         return out
 
     def infer(self, batch: Mapping[str, Any], adapter: str | None = None, seed: int | None = None) -> dict[str, Any]:
