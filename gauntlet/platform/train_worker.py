@@ -77,10 +77,7 @@ def _batches(loader: Any, start_step: int) -> Iterator[dict[str, np.ndarray]]:
     """This worker's batch for every step from `start_step` on (the same batches an uninterrupted
     run draws at those steps)."""
     per_epoch = loader.batches_per_epoch
-    it = loader.iter_batches(start_epoch=start_step // per_epoch)
-    for _ in range(start_step % per_epoch):
-        next(it)
-    yield from it
+    yield from loader.iter_batches(start_epoch=start_step // per_epoch, start_batch=start_step % per_epoch)
 
 
 def train_loop(loop_config: dict[str, Any]) -> None:

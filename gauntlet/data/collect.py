@@ -1,0 +1,235 @@
+"""`gauntlet data collect`: scripted-expert demonstrations recorded into a dataset.
+
+Per control step it records what a policy would have seen and what was applied:
+- `observation.state`: `GauntletEnv.observe()["observation/state"]`, the very observation the
+  eval path (gauntlet.platform.rollout.run_episode) sends to policies;
+- with --cameras, `observation/image` and `observation/wrist_image` from the same `observe()`
+  rendered at --render-size (the scene databases' camera size) and resized to --image-size with
+  the eval path's resize (OpenCV INTER_AREA, as filter_obs does), so training images are exactly
+  what a policy is sent at evaluation;
+- `action`: the expert's action as the env applies it (clipped to [-1, 1], rounded to float32
+  before it is applied, so replaying the stored actions from the seed reproduces the episode);
+- the robomimic-style flattened MuJoCo state (time, qpos, qvel) before the action, plus the exact
+  initial state (gauntlet.envs.sim_state) under "init/..." in the episode's .npz.
+
+Only successful episodes are kept unless --keep-failures. Rendering is slow on a CPU (~10 steps/s
+with two cameras), so cameras are opt-in.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gauntlet.data.dataset_format import DatasetError, DatasetWriter, describe, open_dataset, resize_image
+from gauntlet.platform.config_args import option, parse_config
+from gauntlet.progress import Progress
+
+# observe() key -> dataset camera name
+OBS_IMAGE_KEYS: dict[str, str] = {"observation/image": "agentview", "observation/wrist_image": "wrist"}
+
+
+def _split_list(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """Records scripted-expert demonstrations (state, applied action, sim state, optional images)."""
+
+    out: str = option(help="dataset directory to create")
+    task: str = option("lift", help="task, or comma-separated tasks (each gets --episodes episodes)",
+                       aliases=("--tasks",))
+    variant: str = option("D0", help="placement variant (D0 or D1)")
+    episodes: int = option(10, help="episodes to record per task (successful ones unless --keep-failures)")
+    cameras: bool = option(False, help="also record agentview and wrist images (slow on a CPU)")
+    image_size: int = option(64, help="stored image size (pixels, square)")
+    render_size: int = option(128, help="camera render size (pixels); 128 matches `scenes generate`'s "
+                                        "default, so images equal what the eval path sends after resizing")
+    seed: int = option(0, help="first env seed; attempt k of a task resets with seed + k")
+    horizon: int = option(400, help="max control steps per episode (stops at the first success)")
+    keep_failures: bool = option(False, help="keep episodes that did not succeed (success=False)")
+    max_attempts: int = option(0, help="give up on a task after this many attempts (0 = 3 x episodes)")
+    noise_std: float = option(0.0, help="std of Gaussian noise the expert adds to its actions")
+    valid_fraction: float = option(0.0, help="fraction of each task's episodes (the last ones) put in the "
+                                             "'valid' split; the rest go to 'train'")
+    overwrite: bool = option(False, help="replace an existing dataset at --out")
+
+    def __post_init__(self) -> None:
+        from gauntlet.envs.tasks import check_variant, get_task
+
+        if not self.task_list:
+            raise ValueError("task: name at least one task")
+        for t in self.task_list:
+            get_task(t)
+        check_variant(self.variant)
+        for name in ("episodes", "horizon"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("image_size", "render_size"):
+            if not 8 <= getattr(self, name) <= 1024:
+                raise ValueError(f"{name} must be in [8, 1024], got {getattr(self, name)}")
+        if self.max_attempts < 0:
+            raise ValueError(f"max_attempts must be >= 0, got {self.max_attempts}")
+        if self.noise_std < 0:
+            raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
+        if not 0.0 <= self.valid_fraction < 1.0:
+            raise ValueError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
+
+    @property
+    def task_list(self) -> tuple[str, ...]:
+        return _split_list(self.task)
+
+    @property
+    def attempts_per_task(self) -> int:
+        return self.max_attempts or 3 * self.episodes
+
+
+@dataclass
+class Episode:
+    """One recorded expert rollout."""
+
+    states: np.ndarray  # (T, 8) float32 observation/state before each action
+    actions: np.ndarray  # (T, 7) float32 applied actions
+    sim_states: np.ndarray  # (T, S) float64 flattened MuJoCo state before each action
+    images: dict[str, np.ndarray]  # camera -> (T, H, W, 3) uint8 (empty without cameras)
+    success: bool  # task solved within the horizon
+    init_state: dict[str, np.ndarray]  # exact initial state (gauntlet.envs.sim_state.capture_state)
+
+
+def record_episode(env: Any, seed: int, horizon: int, cameras: bool, image_size: int,
+                   noise_std: float = 0.0) -> Episode:
+    """Resets `env` to `seed` and runs its scripted expert, recording every step."""
+    from gauntlet.envs.experts import make_expert
+
+    env.reset(seed)
+    expert = make_expert(env, seed=seed, noise_std=noise_std)
+    init_state = env.get_state()
+    states, actions, sims = [], [], []
+    images: dict[str, list[np.ndarray]] = {cam: [] for cam in OBS_IMAGE_KEYS.values()} if cameras else {}
+    success = env.success()
+    for _ in range(horizon):
+        if success:
+            break
+        obs = env.observe(images=cameras)  # the same call the eval path makes
+        states.append(obs["observation/state"])
+        sims.append(env.sim.get_state().flatten())
+        for key, cam in OBS_IMAGE_KEYS.items() if cameras else ():
+            images[cam].append(resize_image(obs[key], image_size))
+        # What env.step applies (clipped), rounded to the float32 the dataset stores, so that the
+        # stored actions replay the episode bit for bit.
+        action = np.clip(np.asarray(expert.act(), dtype=np.float64), -1.0, 1.0).astype(np.float32).astype(np.float64)
+        success = env.step(action)
+        actions.append(action)
+    if not states:
+        raise RuntimeError(f"seed {seed}: the task was already solved at reset; nothing to record")
+    return Episode(
+        states=np.stack(states).astype(np.float32), actions=np.stack(actions).astype(np.float32),
+        sim_states=np.stack(sims).astype(np.float64),
+        images={cam: np.stack(v) for cam, v in images.items()}, success=bool(success), init_state=init_state,
+    )
+
+
+def env_metadata(env: Any) -> dict[str, Any]:
+    """What rebuilds the env: gauntlet's EnvConfig, robosuite's env args (robomimic env_args style)."""
+    cfg = env.config
+    controller = getattr(env.raw.robots[0], "composite_controller_config", None)
+    env_kwargs = {"robots": [cfg.robot], "control_freq": cfg.control_freq, **dict(env.spec.env_kwargs)}
+    if isinstance(controller, dict):
+        env_kwargs["controller_configs"] = controller
+    return {
+        "env_name": env.spec.robosuite_env, "robot": cfg.robot, "control_freq": cfg.control_freq,
+        "env_config": {**asdict(cfg), "cameras": list(cfg.cameras)},
+        "env_args": {"env_name": env.spec.robosuite_env, "type": 1, "env_kwargs": _jsonable(env_kwargs)},
+        "fingerprint": env.fingerprint,
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def collect_demos(cfg: CollectConfig) -> Path:
+    """Collects `cfg.episodes` episodes per task into `cfg.out`; returns the dataset path.
+
+    Raises DatasetError if a task yields no episode to keep within its attempts.
+    """
+    from gauntlet.envs.env import make_env
+
+    source = {"kind": "collect", "expert": "gauntlet.envs.experts.ScriptedExpert", "seed": cfg.seed,
+              "horizon": cfg.horizon, "noise_std": cfg.noise_std, "keep_failures": cfg.keep_failures,
+              "render_size": cfg.render_size if cfg.cameras else None,
+              "image_size": cfg.image_size if cfg.cameras else None}
+    total = cfg.episodes * len(cfg.task_list)
+    progress = Progress(total, "data collect", unit="episodes")
+    print(f"[data collect] {total} episodes ({', '.join(cfg.task_list)} {cfg.variant}, cameras="
+          f"{'on' if cfg.cameras else 'off'}) -> {cfg.out}", flush=True)
+    frames = 0
+    start = time.monotonic()
+    with DatasetWriter(cfg.out, source=source, overwrite=cfg.overwrite) as writer:
+        for task in cfg.task_list:
+            env = make_env(task, cfg.variant, image_size=cfg.render_size)
+            try:
+                writer.register_env(task, env_metadata(env))
+                kept, attempts = 0, 0
+                n_valid = int(round(cfg.episodes * cfg.valid_fraction))
+                while kept < cfg.episodes and attempts < cfg.attempts_per_task:
+                    seed = cfg.seed + attempts
+                    attempts += 1
+                    ep = record_episode(env, seed, cfg.horizon, cfg.cameras, cfg.image_size, cfg.noise_std)
+                    if not ep.success and not cfg.keep_failures:
+                        print(f"[data collect] {task} seed {seed}: expert failed within {cfg.horizon} steps; "
+                              "not kept", flush=True)
+                        continue
+                    split = "valid" if kept >= cfg.episodes - n_valid else "train"
+                    writer.add_episode(
+                        ep.states, ep.actions, task=task, variant=cfg.variant, prompt=env.spec.instruction,
+                        success=ep.success, sim_states=ep.sim_states, model_xml=env.sim.model.get_xml(),
+                        images=ep.images or None, split=split, seed=seed, fingerprint=env.fingerprint,
+                        source_episode=f"{task}/{cfg.variant}/seed{seed}",
+                        sim_extra={f"init/{k}": v for k, v in ep.init_state.items()},
+                    )
+                    kept += 1
+                    frames += len(ep.states)
+                    elapsed = time.monotonic() - start
+                    progress.update(extra=f"{task}: attempts={attempts} frames={frames} "
+                                          f"({frames / max(elapsed, 1e-9):.1f} frames/s)")
+                if kept < cfg.episodes:
+                    raise DatasetError(cfg.out, f"task {task!r}: only {kept} of {cfg.episodes} episodes kept after "
+                                                f"{attempts} attempts (raise --max-attempts or --horizon, or "
+                                                "pass --keep-failures)")
+            finally:
+                env.close()
+        out = writer.finalize()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(CollectConfig, argv, prog="gauntlet data collect", description=CollectConfig.__doc__)
+    try:
+        out = collect_demos(cfg)
+    except DatasetError as exc:
+        print(f"gauntlet data collect: {exc}", file=sys.stderr, flush=True)
+        return 1
+    print(f"[data collect] wrote {describe(open_dataset(out))}", flush=True)
+    print(f"[data collect] next: gauntlet data stats {out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

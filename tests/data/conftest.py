@@ -1,0 +1,64 @@
+"""Shared builders for the data tests: small real datasets written with the real writer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gauntlet.data.dataset_format import DatasetWriter
+
+
+def known_action(episode: int, frame: int) -> float:
+    """The value every dimension of (episode, frame)'s action holds in `build_dataset` datasets."""
+    return episode * 1000.0 + frame
+
+
+def write_dataset(
+    root: Path,
+    lengths: Sequence[int],
+    *,
+    image_size: int | None = None,
+    cameras: Sequence[str] = ("agentview", "wrist"),
+    sim: bool = False,
+    splits: Sequence[str] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Writes a dataset whose actions encode (episode, frame) (see `known_action`) and whose states
+    are random; returns what was written so tests can compare."""
+    rng = np.random.default_rng(seed)
+    written: dict[str, Any] = {"states": [], "actions": [], "images": [], "sim": [], "prompts": []}
+    with DatasetWriter(root, source={"kind": "test"}) as writer:
+        for ep, n in enumerate(lengths):
+            states = rng.normal(size=(n, 8)).astype(np.float32)
+            actions = np.repeat(np.array([known_action(ep, t) for t in range(n)], dtype=np.float32)[:, None], 7, 1)
+            images = None
+            if image_size:
+                images = {cam: rng.integers(0, 256, size=(n, image_size, image_size, 3), dtype=np.uint8)
+                          for cam in cameras}
+            sim_states = rng.normal(size=(n, 12)) if sim else None
+            prompt = f"task {ep % 2}"
+            writer.add_episode(states, actions, task="lift", variant="D0", prompt=prompt, success=ep % 3 != 2,
+                               sim_states=sim_states, model_xml="<mujoco model='t'/>" if sim else None,
+                               images=images, split=(splits[ep] if splits else "train"), seed=ep)
+            written["states"].append(states)
+            written["actions"].append(actions)
+            written["images"].append(images)
+            written["sim"].append(sim_states)
+            written["prompts"].append(prompt)
+    return written
+
+
+@pytest.fixture
+def make_dataset(tmp_path: Path) -> Callable[..., tuple[Path, dict[str, Any]]]:
+    """`make_dataset([5, 3, 7], image_size=16, ...)` -> (dataset path, what was written)."""
+    counter = iter(range(1000))
+
+    def build(lengths: Sequence[int], **kwargs: Any) -> tuple[Path, dict[str, Any]]:
+        root = tmp_path / f"ds{next(counter)}"
+        return root, write_dataset(root, lengths, **kwargs)
+
+    return build
