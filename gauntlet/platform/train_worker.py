@@ -35,7 +35,7 @@ def _setup_distributed(rank: int, world: int, single_node: bool) -> None:
     import ray.train
     from ray.train.collective import broadcast_from_rank_zero
 
-    if world <= 1 or jax.process_count() == world:
+    if world <= 1 or jax.distributed.is_initialized():
         return
     address = None
     if rank == 0:

@@ -17,7 +17,14 @@ import pytest
 from gauntlet.data.dataset_format import DatasetWriter
 from gauntlet.data.stats import main as stats_main
 from gauntlet.platform import memory_plan as mp
-from gauntlet.platform.train import TrainConfig, TrainConfigError, main, preflight, run_train
+from gauntlet.platform.train import (
+    TrainConfig,
+    TrainConfigError,
+    main,
+    preflight,
+    registered_checkpoint_steps,
+    run_train,
+)
 
 IMAGE_SIZE = 32  # the tiny VLA's image size
 
@@ -166,7 +173,7 @@ def test_resume_continues_the_same_loss_trajectory(ray_session, dataset: Path, t
 
 def test_killed_worker_recovers_from_the_latest_checkpoint(ray_session, dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "killed"
-    cfg = _cfg(dataset, out, mode="full", steps=60, workers=2, checkpoint_every=3, report_every=1)
+    cfg = _cfg(dataset, out, mode="full", steps=30, workers=2, checkpoint_every=3, report_every=3)
     result: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: result.update(run_train(cfg)), daemon=True)
     thread.start()
@@ -176,7 +183,10 @@ def test_killed_worker_recovers_from_the_latest_checkpoint(ray_session, dataset:
     while time.monotonic() < deadline and thread.is_alive():
         if metrics.exists() and pid_file.exists():
             steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines() if line.strip()]
-            if steps and steps[-1] >= 4:
+            registered = registered_checkpoint_steps(out / "train")
+            # Kill once a checkpoint is registered and the run has moved past it: the restarted
+            # group must pick that checkpoint up and redo only the steps after it.
+            if registered and steps and steps[-1] > registered[-1]:
                 killed_pid = json.loads(pid_file.read_text())["pid"]
                 os.kill(killed_pid, signal.SIGKILL)
                 break
@@ -184,12 +194,14 @@ def test_killed_worker_recovers_from_the_latest_checkpoint(ray_session, dataset:
     assert killed_pid is not None, "the run ended before a worker could be killed"
     thread.join(timeout=400)
     assert not thread.is_alive()
-    assert result["steps"] == 60, result
+    assert result["steps"] == 30, result
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
-    assert [r["step"] for r in rows] == list(range(1, 61))
+    assert [r["step"] for r in rows] == list(range(1, 31))
     assert any(r.get("resumed") for r in rows), "the restarted group resumed from a checkpoint"
     assert json.loads(pid_file.read_text())["pid"] != killed_pid, "rank 1 is a new process"
     assert all(r["workers"] == 2 for r in rows)
+    ckpts = sorted(p.name for p in (out / "train" / "ray_train").glob("checkpoint_*") if p.is_dir())
+    assert len(ckpts) <= cfg.keep_checkpoints, ckpts  # keep K, orphans of the killed attempt removed
 
 
 def test_lora_adapter_is_served_and_answers(ray_session, dataset: Path, base_ckpt: Path, tmp_path: Path) -> None:
