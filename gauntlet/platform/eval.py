@@ -31,7 +31,8 @@ class EvalConfig:
     """Evaluates policies over a scene database on Ray (RAY_ADDRESS, else an embedded local Ray)."""
 
     scenes: str = option(help="scene database directory")
-    policy: tuple[str, ...] = option(help="NAME[=CHECKPOINT] (deployed on Serve by this job), "
+    policy: tuple[str, ...] = option(help="NAME[=CHECKPOINT] (deployed on Serve by this job; vla=BASE@ADAPTER_DIR "
+                                          "for a LoRA adapter on that base), "
                                           "remote=URL (ws:// or http:// endpoint), or serve=NAME "
                                           "(an already running `gauntlet serve` app); repeatable")
     out: str = option(help="run directory (results, status, report)")
@@ -140,12 +141,21 @@ class _SubsetDB:
 
 
 def policy_targets(cfg: EvalConfig, app: str) -> tuple[list, list]:
-    """(targets for the actors, serving specs this job must deploy)."""
+    """(targets for the actors, serving specs this job must deploy).
+
+    `vla=BASE@ADAPTER_DIR` evaluates a LoRA adapter: the base is deployed once, with the adapter's
+    parent directory as its adapters directory, and requests name the adapter (Serve multiplexing),
+    so `--policy vla=BASE --policy vla=BASE@adapters/d1` compares a base and its fine-tune on one
+    replica. The adapter's label is `vla@d1`.
+    """
+    from dataclasses import replace
+
     from gauntlet.deployments.app import specs_from_names
     from gauntlet.platform.policy_clients import PolicyTarget
     from gauntlet.policies.registry import PolicyRef
 
-    targets, deploy, seen = [], [], set()
+    targets, seen = [], set()
+    deploy: dict[str, Any] = {}  # policy name -> spec (one deployment per policy name)
     for text in cfg.policy:
         kind, _, rest = text.partition("=")
         if kind == "remote":
@@ -154,24 +164,46 @@ def policy_targets(cfg: EvalConfig, app: str) -> tuple[list, list]:
             label = f"remote:{rest}"
             targets.append(PolicyTarget(label=label, kind="remote", url=rest))
         elif kind == "serve":
-            PolicyRef.parse(rest)
+            name, _, adapter = rest.partition("@")
+            PolicyRef.parse(name)
             label = rest
-            targets.append(PolicyTarget(label=label, kind="serve", app="gauntlet", deployment=f"policy-{rest}"))
+            targets.append(PolicyTarget(label=label, kind="serve", app="gauntlet", deployment=f"policy-{name}",
+                                        adapter=adapter))
         else:
+            base_text, _, adapter_path = text.partition("@")
             try:
-                spec = specs_from_names([text], replicas=cfg.replicas, max_batch_size=cfg.max_batch_size,
+                spec = specs_from_names([base_text], replicas=cfg.replicas, max_batch_size=cfg.max_batch_size,
                                         batch_wait_timeout_s=cfg.batch_wait_timeout_s, vla_size=cfg.vla_size)[0]
             except ValueError as exc:
                 raise EvalConfigError(str(exc)) from None
             if spec.ref.checkpoint and not Path(spec.ref.checkpoint).exists():
                 raise EvalConfigError(f"{text}: checkpoint {spec.ref.checkpoint} does not exist")
-            label = spec.ref.name
-            deploy.append(spec)
-            targets.append(PolicyTarget(label=label, kind="serve", app=app, deployment=f"policy-{spec.ref.name}"))
+            adapter = ""
+            if adapter_path:
+                adapter_dir = Path(adapter_path).resolve()
+                if spec.ref.name != "vla":
+                    raise EvalConfigError(f"{text}: adapters are for the vla policy")
+                if not (adapter_dir / "config.json").is_file():
+                    raise EvalConfigError(f"{text}: {adapter_path} is not an adapter checkpoint directory")
+                adapter = adapter_dir.name
+                spec = replace(spec, adapters_dir=str(adapter_dir.parent))
+            previous = deploy.get(spec.ref.name)
+            if previous is not None:
+                if previous.ref != spec.ref:
+                    raise EvalConfigError(f"{text}: policy {spec.ref.name!r} is already deployed from "
+                                          f"{previous.ref.checkpoint or 'a fresh preset'}; one base per policy name")
+                if spec.adapters_dir and previous.adapters_dir and spec.adapters_dir != previous.adapters_dir:
+                    raise EvalConfigError(f"{text}: adapters of one base must share a parent directory "
+                                          f"({previous.adapters_dir} vs {spec.adapters_dir})")
+                spec = replace(previous, adapters_dir=previous.adapters_dir or spec.adapters_dir)
+            deploy[spec.ref.name] = spec
+            label = f"{spec.ref.name}@{adapter}" if adapter else spec.ref.name
+            targets.append(PolicyTarget(label=label, kind="serve", app=app, deployment=f"policy-{spec.ref.name}",
+                                        adapter=adapter))
         if label in seen:
             raise EvalConfigError(f"policy {label!r} is named twice")
         seen.add(label)
-    return targets, deploy
+    return targets, list(deploy.values())
 
 
 def prepare_run_dir(cfg: EvalConfig) -> Path:
@@ -317,7 +349,10 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         if deploy:
             from ray import serve
 
-            serve.delete(app)
+            try:
+                serve.delete(app)
+            except Exception as exc:  # noqa: BLE001 - never hide the error that got us here
+                print(f"[eval] could not delete Serve app {app!r}: {exc}", file=sys.stderr, flush=True)
         if owns_ray:
             ray.shutdown()
 

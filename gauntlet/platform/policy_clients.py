@@ -27,6 +27,7 @@ class PolicyTarget:
     url: str = ""  # endpoint (kind=remote)
     name: str = ""  # registry name (kind=local)
     checkpoint: str | None = None  # checkpoint (kind=local)
+    adapter: str = ""  # LoRA adapter the deployment serves by name (kind=serve; "" = the base)
 
 
 class _SourceBase:
@@ -42,10 +43,13 @@ class _SourceBase:
 
 
 class ServeSource(_SourceBase):
-    def __init__(self, app: str, deployment: str, retry_s: float = 120.0):
+    def __init__(self, app: str, deployment: str, retry_s: float = 120.0, adapter: str = ""):
         from ray import serve
 
         self.handle = serve.get_deployment_handle(deployment, app_name=app)
+        self.adapter = adapter or None
+        # Multiplexed id: Serve routes an adapter's requests to replicas that already hold it.
+        self._infer_handle = self.handle.options(multiplexed_model_id=adapter) if adapter else self.handle
         self.retry_s = retry_s
         self._set_metadata(self._call(lambda: self.handle.metadata.remote().result()))
 
@@ -62,7 +66,7 @@ class ServeSource(_SourceBase):
                 delay = min(delay * 2, 5.0)
 
     def infer(self, obs: dict[str, Any]) -> np.ndarray:
-        out = self._call(lambda: self.handle.infer.remote(obs).result())
+        out = self._call(lambda: self._infer_handle.infer.remote(obs, self.adapter).result())
         if "error" in out:
             raise PolicyUnavailableError(f"policy answered an error: {out['error']}")
         return np.asarray(out["actions"])
@@ -95,7 +99,7 @@ class LocalSource(_SourceBase):
 
 def make_source(target: PolicyTarget) -> Any:
     if target.kind == "serve":
-        return ServeSource(target.app, target.deployment)
+        return ServeSource(target.app, target.deployment, adapter=target.adapter)
     if target.kind == "remote":
         return RemoteSource(target.url)
     if target.kind == "local":

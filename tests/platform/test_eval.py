@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import psutil
 import pytest
@@ -165,3 +166,29 @@ def test_image_policy_renders_several_tasks_on_one_actor(ray_session, tmp_path: 
     assert len(frame) == 8 and not frame["skipped"].any(), frame["skip_reason"].tolist()
     assert (frame["inference_calls"] == 2).all()  # 16 steps / chunk of 8: images rendered twice per episode
     assert summary["serving"]["vla"]["requests"]["ok"] == 16
+
+
+def test_base_and_its_adapter_are_evaluated_on_one_deployment(ray_session, scene_db: Path, tmp_path: Path) -> None:
+    """`vla=BASE` and `vla=BASE@ADAPTER`: one deployment serves both, and rows are labelled apart."""
+    import jax
+
+    from gauntlet.policies.vla.policy import VLAPolicy
+
+    base = VLAPolicy.create("tiny", seed=1)
+    base.save(tmp_path / "base")
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map(lambda p: np.asarray(p) + rng.normal(0, 0.5, np.shape(p)).astype(np.float32),
+                                    base.init_adapter(0))
+    base.add_adapter("d1", params)
+    base.save_adapter("d1", tmp_path / "adapters" / "d1")
+    run = tmp_path / "run"
+    summary = run_eval(_cfg(scenes=scene_db, policy=[f"vla={tmp_path / 'base'}",
+                                                     f"vla={tmp_path / 'base'}@{tmp_path / 'adapters' / 'd1'}"],
+                            out=run, trials=1, actors=1, horizon=16, variants="D1", limit=2))
+    frame = _keys_exactly_once(run)
+    assert sorted(frame["policy"].unique()) == ["vla", "vla@d1"]
+    assert not frame["skipped"].any(), frame["skip_reason"].tolist()
+    assert summary["serving"]["vla"]["requests"]["ok"] == 8  # 2 scenes x 2 policies x 2 chunks, one deployment
+    with pytest.raises(EvalConfigError, match="not an adapter checkpoint"):
+        run_eval(_cfg(scenes=scene_db, policy=[f"vla={tmp_path / 'base'}@{tmp_path / 'nowhere'}"],
+                      out=tmp_path / "bad", horizon=16))
