@@ -35,8 +35,8 @@ from gauntlet.data.dataset_format import (
     DatasetWriter,
     open_dataset,
 )
+from gauntlet.data.normalization import NormStats
 from gauntlet.data.stats import main as stats_main
-from gauntlet.policies.normalization import NormStats
 
 
 def build(root: Path, frames: int, episodes: int, seed: int = 0) -> None:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gauntlet.config_args import parse_config
 from gauntlet.platform import sweep_throughput
-from gauntlet.platform.config_args import parse_config
 from gauntlet.platform.sweep_search import GridPlan, LadderPlan, summarise_plan
 from gauntlet.platform.throughput_trials import RealLoaderFactory, measure_loader
 

@@ -8,12 +8,15 @@ The format (gauntlet.data.dataset_format) is LeRobot-style Parquet readable with
 simulator states per frame; gauntlet.data.loader turns a dataset into training batches.
 """
 
-from gauntlet.data.dataset_format import (
-    Dataset,
-    DatasetError,
-    DatasetWriter,
-    open_dataset,
-    validate,
-)
+from typing import Any
 
 __all__ = ["Dataset", "DatasetError", "DatasetWriter", "open_dataset", "validate"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: the policies import gauntlet.data.normalization, and should not pay for pyarrow/pandas.
+    if name in __all__:
+        from gauntlet.data import dataset_format
+
+        return getattr(dataset_format, name)
+    raise AttributeError(f"module 'gauntlet.data' has no attribute {name!r}")

@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 if TYPE_CHECKING:
     import pandas as pd
 
-    from gauntlet.policies.normalization import NormStats
+    from gauntlet.data.normalization import NormStats
 
 FORMAT_NAME = "gauntlet-dataset"
 FORMAT_VERSION = 1
@@ -771,7 +771,7 @@ class Dataset:
     # -------------------------------------------------------------------------------- stats
     def load_norm_stats(self) -> NormStats:
         """The dataset's normalisation statistics (meta/stats.json, NormStats format)."""
-        from gauntlet.policies.normalization import NormStats, NormStatsError
+        from gauntlet.data.normalization import NormStats, NormStatsError
 
         if not self.stats_path.is_file():
             raise DatasetError(self.stats_path, f"missing normalisation statistics; run "

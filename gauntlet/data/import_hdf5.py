@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from gauntlet.config_args import option, parse_config
 from gauntlet.data.dataset_format import DatasetError, DatasetWriter, describe, open_dataset, resize_image
-from gauntlet.platform.config_args import option, parse_config
 from gauntlet.progress import Progress
 
 # robomimic camera observation key -> dataset camera name

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from gauntlet.config_args import option
 from gauntlet.data.dataset_format import (
     ACTION_FEATURE,
     STATE_FEATURE,
@@ -43,7 +44,6 @@ from gauntlet.data.dataset_format import (
     decode_png,
     resize_image,
 )
-from gauntlet.platform.config_args import option
 
 # dataset camera -> the policy's observation key
 CAMERA_KEYS: dict[str, str] = {"agentview": "observation/image", "wrist": "observation/wrist_image"}

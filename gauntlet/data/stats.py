@@ -1,6 +1,6 @@
 """`gauntlet data stats DS`: normalisation statistics of a dataset, streamed and vectorised.
 
-Writes DS/meta/stats.json in gauntlet.policies.normalization.NormStats format (keys
+Writes DS/meta/stats.json in gauntlet.data.normalization.NormStats format (keys
 "observation/state" and "actions"), which policies load with `NormStats.load`.
 
 Episode files are read in chunks of whole episodes (threads, pyarrow) and reduced with NumPy on
@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from gauntlet.config_args import option, parse_config
 from gauntlet.data.dataset_format import ACTION_FEATURE, STATE_FEATURE, Dataset, DatasetError, describe
-from gauntlet.platform.config_args import option, parse_config
 from gauntlet.progress import Progress
 
 if TYPE_CHECKING:
-    from gauntlet.policies.normalization import NormStats
+    from gauntlet.data.normalization import NormStats
 
 # dataset column -> NormStats key (the policy's raw key names)
 STATS_KEYS: dict[str, str] = {STATE_FEATURE: "observation/state", ACTION_FEATURE: "actions"}
@@ -148,7 +148,7 @@ def compute_stats(
     progress: bool = True,
 ) -> tuple[NormStats, StatsReport]:
     """Statistics of "observation.state" and "action" over the dataset (or one split)."""
-    from gauntlet.policies.normalization import FieldStats, NormStats
+    from gauntlet.data.normalization import FieldStats, NormStats
 
     ds = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
     episodes = ds.split(split) if split else np.arange(ds.num_episodes)

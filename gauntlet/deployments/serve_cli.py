@@ -7,7 +7,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from gauntlet.platform.config_args import option, parse_config
+from gauntlet.config_args import option, parse_config
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
 
-from gauntlet.platform.config_args import option, parse_config
+from gauntlet.config_args import option, parse_config
 
 ALL_TASKS = "lift,stack,square,pick_place_can"
 

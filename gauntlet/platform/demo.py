@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gauntlet.platform.config_args import option, parse_config
+from gauntlet.config_args import option, parse_config
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gauntlet.config_args import option, parse_config
 from gauntlet.fusion.methods import METHOD_NAMES
-from gauntlet.platform.config_args import option, parse_config
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gauntlet.platform.config_args import option, parse_config
+from gauntlet.config_args import option, parse_config
 from gauntlet.platform.ram_floor import GB, MB
 from gauntlet.platform.sweep_search import (
     GridPlan,

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gauntlet.platform.config_args import option, parse_config
+from gauntlet.config_args import option, parse_config
 
 TRAIN_DIR = "train"  # run state inside --out
 RAY_RUN_NAME = "ray_train"  # Ray Train's run name under TRAIN_DIR (what --resume finds)
@@ -171,8 +171,8 @@ def _model_config(cfg: TrainConfig) -> tuple[Any, str]:
 
 def preflight(cfg: TrainConfig, *, workers_per_node: int | None = None) -> Preflight:
     from gauntlet.data.dataset_format import DatasetError, validate
+    from gauntlet.data.normalization import NormStatsError
     from gauntlet.platform import memory_plan as mp
-    from gauntlet.policies.normalization import NormStatsError
 
     config, base_fp = _model_config(cfg)
     try:
@@ -258,8 +258,8 @@ def publish_checkpoint(src: Path, out: Path) -> None:
 def write_artifact(cfg: TrainConfig, pre: Preflight, state_dir: Path) -> Path:
     """The trained adapter (lora) or model (full) with the dataset's statistics, from the final
     training checkpoint."""
+    from gauntlet.data.normalization import NormStats
     from gauntlet.platform.train_state_io import load_train_state
-    from gauntlet.policies.normalization import NormStats
     from gauntlet.policies.vla.config import VLAConfig
     from gauntlet.policies.vla.policy import VLAPolicy
 

@@ -102,6 +102,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     from gauntlet.data.loader import DatasetLoader, LoaderConfig
+    from gauntlet.data.normalization import NormStats
     from gauntlet.platform.train_state_io import (
         SavedState,
         check_compatible,
@@ -109,7 +110,6 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         save_train_state,
     )
     from gauntlet.policies.checkpoints import tree_shapes
-    from gauntlet.policies.normalization import NormStats
     from gauntlet.policies.vla.config import VLAConfig
     from gauntlet.policies.vla.model import init_variables_numpy
     from gauntlet.policies.vla.policy import VLAPolicy

@@ -11,7 +11,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-STATE_KEY = "observation/state"
+from gauntlet.data.normalization import STATE_KEY  # noqa: E402 - defined with the statistics
+
 OBJECT_STATE_KEY = "observation/object_state"
 IMAGE_KEY = "observation/image"
 WRIST_IMAGE_KEY = "observation/wrist_image"

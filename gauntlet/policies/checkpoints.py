@@ -10,7 +10,7 @@ A checkpoint is a directory:
                       "files": {"params.npz": {"blake2b": ..., "bytes": ...}, ...}, "extra": {...}}
     params.npz        the parameter tree flattened to "a/b/c" keys, written by np.savez and read with
                       allow_pickle=False (plain .npy members: readable by any NumPy, no code runs)
-    norm_stats.json   optional normalisation statistics (see gauntlet.policies.normalization)
+    norm_stats.json   optional normalisation statistics (see gauntlet.data.normalization)
 
 Loading checks the format and version, each file's digest (so truncation and bit rot are caught
 and named), that every expected key is present with the right shape, and for adapters that the base
@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from gauntlet.policies.normalization import NormStats, NormStatsError
+from gauntlet.data.normalization import NormStats, NormStatsError
 
 FORMAT_NAME = "gauntlet-checkpoint"
 FORMAT_VERSION = 1

@@ -21,7 +21,7 @@ from gauntlet.data.dataset_format import (
     open_dataset,
     validate,
 )
-from gauntlet.policies.normalization import NormStats
+from gauntlet.data.normalization import NormStats
 
 
 def _edit_info(root: Path, edit) -> None:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from gauntlet.data.dataset_format import DatasetWriter, open_dataset
+from gauntlet.data.normalization import FieldStats, NormStats
 from gauntlet.data.stats import compute_stats
 from gauntlet.platform.cli import main as cli
-from gauntlet.policies.normalization import FieldStats, NormStats
 
 
 def _skewed_dataset(root: Path, episodes: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

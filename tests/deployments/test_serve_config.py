@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gauntlet.config_args import parse_config
 from gauntlet.deployments.app import app_from_args
 from gauntlet.deployments.serve_cli import ServeCLIConfig, serving_specs
-from gauntlet.platform.config_args import parse_config
 from gauntlet.policies.registry import UnknownPolicyError
 
 CONFIG = Path(__file__).resolve().parents[2] / "gauntlet" / "deployments" / "serve_config.yaml"

@@ -17,7 +17,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from gauntlet.platform.config_args import parse_config
+from gauntlet.config_args import parse_config
 from gauntlet.platform.eval import EvalConfig, EvalConfigError, run_eval
 from gauntlet.platform.results_store import KEY, ResultsStore
 

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from gauntlet.config_args import parse_config
 from gauntlet.fusion.anndata_io import write_h5ad
 from gauntlet.fusion.methods import METHOD_NAMES
 from gauntlet.platform import sweep_fusion
-from gauntlet.platform.config_args import parse_config
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,8 @@ import psutil
 import pytest
 import ray.cloudpickle
 
+from gauntlet.config_args import parse_config
 from gauntlet.platform import sweep_throughput
-from gauntlet.platform.config_args import parse_config
 from gauntlet.platform.ram_floor import GB, MB
 from gauntlet.platform.sweep_search import GridPlan, KnobError, LadderPlan, parse_baseline, parse_knobs
 from gauntlet.platform.sweep_throughput import KNOB_SPECS, SweepThroughputConfig, run_sweep

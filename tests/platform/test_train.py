@@ -164,7 +164,7 @@ def test_resume_continues_the_same_loss_trajectory(ray_session, dataset: Path, t
         assert all(np.isfinite(r[key]) for r in rows), key
     assert (first / "train" / "loss.png").stat().st_size > 1000
     # The artifact is a base checkpoint the policy loads, carrying the dataset's statistics.
-    from gauntlet.policies.normalization import NormStats
+    from gauntlet.data.normalization import NormStats
     from gauntlet.policies.vla.policy import VLAPolicy
 
     policy = VLAPolicy.load(first)

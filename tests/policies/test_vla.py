@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gauntlet.data.normalization import ACTIONS_KEY, FieldStats, NormStats, NormStatsError
 from gauntlet.policies.base import IMAGE_KEY, PROMPT_KEY, STATE_KEY, WRIST_IMAGE_KEY, Policy
 from gauntlet.policies.checkpoints import (
     AdapterBaseMismatchError,
@@ -21,7 +22,6 @@ from gauntlet.policies.checkpoints import (
     load_checkpoint,
     unflatten_tree,
 )
-from gauntlet.policies.normalization import ACTIONS_KEY, FieldStats, NormStats, NormStatsError
 from gauntlet.policies.tokenizer import BOS_ID, EOS_ID, PAD_ID, ByteTokenizer
 from gauntlet.policies.validation import ObservationError
 from gauntlet.policies.vla.config import VLAConfig, get_config
@@ -72,7 +72,7 @@ def trained(vla):
 
 
 def test_policy_modules_do_not_import_jax():
-    code = ("import sys, gauntlet.policies, gauntlet.policies.normalization, gauntlet.policies.checkpoints, "
+    code = ("import sys, gauntlet.policies, gauntlet.data.normalization, gauntlet.policies.checkpoints, "
             "gauntlet.policies.tokenizer, gauntlet.policies.vla, gauntlet.policies.vla.config; "
             "assert 'jax' not in sys.modules, 'jax imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gauntlet.data.normalization import ACTIONS_KEY, FieldStats, NormStats, NormStatsError
 from gauntlet.policies.base import EPISODE_ID_KEY, FieldSpec, PolicyMetadata
 from gauntlet.policies.bc_rnn.config import BCRNNConfig, config_for_task
 from gauntlet.policies.bc_rnn.model import BCRNN, build_model, param_shapes, state_dict_numpy
@@ -45,7 +46,6 @@ from gauntlet.policies.checkpoints import (
     read_manifest,
     save_checkpoint,
 )
-from gauntlet.policies.normalization import ACTIONS_KEY, FieldStats, NormStats, NormStatsError
 from gauntlet.policies.validation import ObservationError
 
 MODEL_NAME = "bc_rnn"

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gauntlet.data.normalization import ACTIONS_KEY, NormStats
 from gauntlet.policies.base import OBJECT_STATE_KEY, STATE_KEY
 from gauntlet.policies.bc_rnn.config import BCRNNConfig
-from gauntlet.policies.normalization import ACTIONS_KEY, NormStats
 
 if TYPE_CHECKING:
     from gauntlet.policies.bc_rnn.policy import BCRNNPolicy

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from gauntlet.policies.normalization import NORM_MODES
+from gauntlet.data.normalization import NORM_MODES
 from gauntlet.policies.tokenizer import VOCAB_SIZE
 
 # Fields that do not change the parameter tree or what the base computes: an adapter may be

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gauntlet.data.normalization import ACTION_IS_PAD_KEY, ACTIONS_KEY, NormStats
 from gauntlet.policies.base import (
     IMAGE_KEY,
     PROMPT_KEY,
@@ -46,7 +47,6 @@ from gauntlet.policies.checkpoints import (
     save_checkpoint,
     tree_shapes,
 )
-from gauntlet.policies.normalization import ACTION_IS_PAD_KEY, ACTIONS_KEY, NormStats
 from gauntlet.policies.tokenizer import ByteTokenizer
 from gauntlet.policies.validation import ObservationError
 from gauntlet.policies.vla import lora as lora_lib

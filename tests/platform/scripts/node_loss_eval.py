@@ -14,7 +14,7 @@ import ray
 from ray._private import ray_constants
 from ray.cluster_utils import Cluster
 
-from gauntlet.platform.config_args import parse_config
+from gauntlet.config_args import parse_config
 from gauntlet.platform.eval import EvalConfig, run_eval
 
 

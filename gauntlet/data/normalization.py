@@ -19,7 +19,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from gauntlet.policies.base import STATE_KEY
+# The policies' observation key for proprioception (gauntlet.policies.base re-exports it): statistics
+# are a data product, so the key is defined here, below the policies that consume it.
+STATE_KEY = "observation/state"
 
 ACTIONS_KEY = "actions"
 ACTION_IS_PAD_KEY = "action_is_pad"  # (B, H) bool: chunk positions past the episode end (training batches)
