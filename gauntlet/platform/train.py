@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from gauntlet.config_args import option, parse_config
 
 TRAIN_DIR = "train"  # run state inside --out
@@ -48,7 +50,9 @@ class TrainConfig:
 
     dataset: str = option(help="dataset directory (gauntlet data collect / import-hdf5; run `gauntlet data stats` first)")
     out: str = option(help="output checkpoint directory (adapter for lora, base checkpoint for full)")
-    policy: str = option("vla", help="policy to train", choices=("vla",))
+    policy: str = option("vla", help="policy to train: vla (JAX, JaxTrainer, LoRA or full) or bc_rnn (torch, "
+                                     "TorchTrainer with DDP, full only; reads observation/state)",
+                         choices=("vla", "bc_rnn"))
     base: str = option("", help="base checkpoint to fine-tune (required for lora; full without it starts "
                                 "from a fresh --preset model)")
     preset: str = option("tiny", help="VLA preset for a fresh model (full mode without --base)")
@@ -169,19 +173,44 @@ def _model_config(cfg: TrainConfig) -> tuple[Any, str]:
     return config, fp
 
 
+def _bc_rnn_config(cfg: TrainConfig) -> tuple[Any, str]:
+    from gauntlet.data.normalization import STATE_KEY
+    from gauntlet.policies.bc_rnn.config import BCRNNConfig
+    from gauntlet.policies.checkpoints import CheckpointError, read_manifest
+
+    if cfg.mode == "lora":
+        raise TrainConfigError("--mode lora: bc_rnn has no adapters; use --mode full (or auto)")
+    if not cfg.base:
+        # Datasets carry the robot state, not the privileged object state: a state-only BC-RNN.
+        return BCRNNConfig(obs_keys=(STATE_KEY,), obs_dims=(8,)), f"fresh-seed-{cfg.seed}"
+    try:
+        manifest = read_manifest(cfg.base)
+        config = BCRNNConfig.from_dict(dict(manifest["model_config"]))
+    except (CheckpointError, TypeError, ValueError) as exc:
+        raise TrainConfigError(f"--base {cfg.base}: not a bc_rnn checkpoint ({exc})") from None
+    if manifest.get("extra", {}).get("model") != "bc_rnn":
+        raise TrainConfigError(f"--base {cfg.base}: is a {manifest.get('extra', {}).get('model')!r} checkpoint, "
+                               "not bc_rnn")
+    if tuple(config.obs_keys) != (STATE_KEY,):
+        raise TrainConfigError(f"--base {cfg.base}: reads {list(config.obs_keys)}, but datasets provide only "
+                               f"{STATE_KEY!r}")
+    return config, str(manifest["fingerprint"])
+
+
 def preflight(cfg: TrainConfig, *, workers_per_node: int | None = None) -> Preflight:
     from gauntlet.data.dataset_format import DatasetError, validate
     from gauntlet.data.normalization import NormStatsError
     from gauntlet.platform import memory_plan as mp
 
-    config, base_fp = _model_config(cfg)
+    config, base_fp = _bc_rnn_config(cfg) if cfg.policy == "bc_rnn" else _model_config(cfg)
     try:
-        ds = validate(cfg.dataset, expected_action_dim=config.action_dim, expected_state_dim=config.state_dim,
+        state_dim = config.obs_dims[0] if cfg.policy == "bc_rnn" else config.state_dim
+        ds = validate(cfg.dataset, expected_action_dim=config.action_dim, expected_state_dim=state_dim,
                       split=cfg.split, require_stats=True)
         stats = ds.load_norm_stats()
     except (DatasetError, NormStatsError) as exc:
         raise TrainConfigError(f"--dataset: {exc}") from None
-    wanted = ["agentview", "wrist"][: config.num_cameras]
+    wanted = ["agentview", "wrist"][: config.num_cameras] if cfg.policy == "vla" else []
     missing = [c for c in wanted if c not in ds.cameras]
     if missing:
         raise TrainConfigError(f"--dataset {cfg.dataset}: has no {missing} images, which the VLA reads "
@@ -191,6 +220,20 @@ def preflight(cfg: TrainConfig, *, workers_per_node: int | None = None) -> Prefl
         raise TrainConfigError(f"--batch-size {cfg.batch_size}: split {cfg.split!r} of {cfg.dataset} has only "
                                f"{frames} frames")
     del stats
+    if cfg.policy == "bc_rnn":
+        if len(ds.split(cfg.split)) < cfg.workers:
+            raise TrainConfigError(f"--workers {cfg.workers}: split {cfg.split!r} has only "
+                                   f"{len(ds.split(cfg.split))} episodes to share out")
+        from gauntlet.policies.bc_rnn.model import param_shapes
+
+        count = int(sum(np.prod(s) for s in param_shapes(config).values()))
+        plan_dict = {"requested_mode": cfg.mode, "mode": "full", "batch_per_device": cfg.batch_per_worker,
+                     "device_bytes": 0, "device_source": "not planned (small torch model)", "full": None,
+                     "lora": None, "trainable_params": count}
+        identity = {"policy": "bc_rnn", "dataset": str(Path(cfg.dataset).resolve()), "dataset_frames": frames,
+                    "split": cfg.split, "base_fingerprint": base_fp, "mode": "full", "batch_size": cfg.batch_size,
+                    "seed": cfg.seed, "model": config.architecture_dict()}
+        return Preflight(config.to_dict(), base_fp, "full", plan_dict, str(ds.stats_path), frames, identity)
     device_bytes, source = mp.device_memory(cfg.device_memory_gb, workers_per_node or cfg.workers)
     lora_cmd = _command_with(cfg, mode="lora")
     try:
@@ -330,21 +373,26 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.v2.jax import JaxConfig, JaxTrainer
 
-    from gauntlet.platform.train_worker import train_loop
-
     loop_config = {"config": asdict(cfg), "preflight": asdict(pre), "train_dir": str(cfg.train_dir)}
-    trainer = JaxTrainer(
-        train_loop,
-        train_loop_config=loop_config,
-        jax_config=JaxConfig(use_gpu=cfg.use_gpu),
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}),
-        run_config=RunConfig(
-            name=RAY_RUN_NAME, storage_path=str(cfg.train_dir),
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-        ),
+    scaling = ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
+                            resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})})
+    run_config = RunConfig(
+        name=RAY_RUN_NAME, storage_path=str(cfg.train_dir),
+        failure_config=FailureConfig(max_failures=cfg.max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
     )
+    if cfg.policy == "bc_rnn":
+        from ray.train.torch import TorchTrainer
+
+        from gauntlet.platform.train_torch_worker import train_loop_torch
+
+        trainer: Any = TorchTrainer(train_loop_torch, train_loop_config=loop_config, scaling_config=scaling,
+                                    run_config=run_config)
+    else:
+        from gauntlet.platform.train_worker import train_loop
+
+        trainer = JaxTrainer(train_loop, train_loop_config=loop_config, jax_config=JaxConfig(use_gpu=cfg.use_gpu),
+                             scaling_config=scaling, run_config=run_config)
     print(f"[train] {pre.mode} fine-tuning on {cfg.workers} worker(s), {cfg.steps} steps, global batch "
           f"{cfg.batch_size}; run state in {cfg.train_dir}", flush=True)
     try:
@@ -356,10 +404,22 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         raise TrainRunError("training finished without a checkpoint")
     _remove_orphan_checkpoints(cfg.train_dir / RAY_RUN_NAME)
     with result.checkpoint.as_directory() as state_dir:
-        from gauntlet.platform.train_state_io import load_train_state
+        if cfg.policy == "bc_rnn":
+            from gauntlet.platform.train_torch_worker import HISTORY_FILE, POLICY_DIR
 
-        history = load_train_state(state_dir).history
-        out = write_artifact(cfg, pre, Path(state_dir))
+            history = json.loads((Path(state_dir) / HISTORY_FILE).read_text())
+            out = Path(cfg.out).resolve()
+            tmp = out.parent / f".{out.name}.artifact-{uuid.uuid4().hex[:8]}"
+            shutil.copytree(Path(state_dir) / POLICY_DIR, tmp)
+            try:
+                publish_checkpoint(tmp, out)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            from gauntlet.platform.train_state_io import load_train_state
+
+            history = load_train_state(state_dir).history
+            out = write_artifact(cfg, pre, Path(state_dir))
     plot = plot_loss(history, cfg.train_dir / "loss.png", f"{pre.mode} fine-tuning ({Path(cfg.dataset).name})")
     summary = {
         "out": str(out), "mode": pre.mode, "steps": history[-1]["step"] if history else 0,
@@ -401,6 +461,8 @@ class TrainRunError(RuntimeError):
 
 
 def _serve_hint(cfg: TrainConfig, pre: Preflight, out: Path) -> str:
+    if cfg.policy == "bc_rnn":
+        return f"gauntlet serve --policy bc_rnn={out}"
     if pre.mode == "lora":
         return (f"gauntlet serve --policy vla={cfg.base} --adapters-dir {out.parent}  "
                 f"(then infer with ?adapter={out.name})")
@@ -411,6 +473,8 @@ def _plan_text(pre: Preflight) -> str:
     from gauntlet.platform.memory_plan import MemoryBreakdown, fmt_bytes
 
     p = pre.plan
+    if p.get("full") is None:
+        return f"[train] {pre.mode} training, {p.get('trainable_params', 0):,} trainable parameters ({p['device_source']})"
     lines = [f"[train] memory plan per device (batch {p['batch_per_device']}, device {fmt_bytes(p['device_bytes'])} "
              f"from {p['device_source']}); requested {p['requested_mode']}, running {p['mode']}"]
     for key in ("full", "lora"):

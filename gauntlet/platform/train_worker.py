@@ -58,7 +58,7 @@ def _lr_schedule(cfg: dict[str, Any]) -> Any:
     return optax.join_schedules(parts, [max(warmup, 1)])
 
 
-def _peak_memory_mb() -> float:
+def peak_memory_mb() -> float:
     """Peak accelerator bytes in use when there is one, else this process's peak RSS."""
     try:
         import jax
@@ -176,7 +176,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     start = int(resumed_from or 0)
     total = int(cfg["steps"])
     if rank == 0:
-        _rewrite_metrics(train_dir / "metrics.jsonl", history)
+        rewrite_metrics(train_dir / "metrics.jsonl", history)
         where = f"resuming from step {start}" if resumed_from is not None else "starting"
         print(f"[train] rank 0/{world} {where}; {total} steps, batch {cfg['batch_size']} "
               f"({cfg['batch_size'] // world}/worker), mode {mode}", flush=True)
@@ -202,7 +202,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 "learning_rate": float(schedule(step)), "steps_per_s": steps_since / max(now - t_last, 1e-9),
                 "samples_per_s": steps_since * cfg["batch_size"] / max(now - t_last, 1e-9),
                 "samples_per_s_per_worker": steps_since * cfg["batch_size"] / world / max(now - t_last, 1e-9),
-                "peak_memory_mb": _peak_memory_mb(), "workers": world,
+                "peak_memory_mb": peak_memory_mb(), "workers": world,
             }
             if step == start and resumed_from is not None:
                 record["resumed"] = True
@@ -250,7 +250,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                     shutil.rmtree(ckpt_dir, ignore_errors=True)
 
 
-def _rewrite_metrics(path: Path, history: list[dict[str, Any]]) -> None:
+def rewrite_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     """metrics.jsonl = the checkpoint's history: steps after the checkpoint (lost with the failed
     attempt) are dropped, so the file never shows a step twice."""
     tmp = path.with_name(f".{path.name}.tmp")

@@ -243,3 +243,21 @@ def test_lora_adapter_is_served_and_answers(ray_session, dataset: Path, base_ckp
         np.testing.assert_allclose(b, base.infer(batch, adapter="d1")["actions"][0], atol=1e-4)
     finally:
         serve.shutdown()
+
+
+def test_torch_policy_trains_on_torch_trainer_with_two_workers(ray_session, dataset: Path, tmp_path: Path) -> None:
+    """`--policy bc_rnn`: TorchTrainer + DDP over two workers; the artifact is a BC-RNN checkpoint."""
+    from gauntlet.policies.bc_rnn.policy import BCRNNPolicy
+
+    with pytest.raises(TrainConfigError, match="bc_rnn has no adapters"):
+        preflight(_cfg(dataset, tmp_path / "x", policy="bc_rnn", mode="lora"))
+    out = tmp_path / "bc"
+    summary = run_train(_cfg(dataset, out, policy="bc_rnn", mode="auto", steps=6, workers=2, checkpoint_every=3,
+                             report_every=3))
+    assert summary["mode"] == "full" and summary["steps"] == 6
+    assert len(_losses(out)) == 6
+    policy = BCRNNPolicy.load(out)
+    rng = np.random.default_rng(0)
+    batch = {"observation/state": rng.normal(size=(2, 8)).astype(np.float32), "episode_id": np.array(["a", "b"])}
+    actions = policy.infer(batch)["actions"]
+    assert actions.shape == (2, policy.config.chunk_len, 7) and np.isfinite(actions).all()
