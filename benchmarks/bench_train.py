@@ -11,9 +11,12 @@ Part 1, LoRA vs full, in this process, per preset (--presets; default tiny and s
   XLA                     the real jitted train step (`make_train_step`) lowered and compiled for
                           this batch; `compiled.memory_analysis()` gives argument, output, temp and
                           alias bytes, and peak = argument + output + temp - alias (the step does not
-                          donate its state, so the old and the new state are both live).
-  samples/s               the compiled step run on one prepared batch, timed over --seconds after
-                          two warm-up steps (no data loading, no host-side batch preparation).
+                          donate its state, so the old and the new state are both live). XLA's own
+                          `peak_memory_in_bytes`, where this jax has it, is printed too; on CPU it
+                          leaves out temp (it equals argument + output).
+  samples/s               the compiled step run on one prepared batch after a warm-up step, for
+                          --seconds per mode split into three rounds that alternate full and LoRA
+                          (no data loading, no host-side batch preparation).
 Then the LoRA/full ratios of each, and the planner's numbers alone for the `base` preset at batch 32
 (shapes only, nothing compiled), the GPU-scale picture.
 
@@ -43,10 +46,12 @@ import json
 import logging
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +123,8 @@ def timed_rate(fn: Any, batch: int, seconds: float, min_steps: int = 3, max_step
 # Part 1: LoRA vs full in this process
 
 
-def mode_row(policy: Any, mode: str, batch: int, seconds: float) -> dict[str, Any]:
+def compile_mode(policy: Any, mode: str, batch: int) -> dict[str, Any]:
+    """Lower + compile the real train step for `mode`; the memory numbers and a blocking step."""
     import jax
 
     from gauntlet.policies.vla.lora import param_counts
@@ -142,23 +148,38 @@ def mode_row(policy: Any, mode: str, batch: int, seconds: float) -> dict[str, An
         holder["state"], metrics = compiled(holder["state"], x)
         jax.block_until_ready(metrics["loss"])
 
-    rate, steps = timed_rate(one, batch, seconds)
+    one()  # warm-up
     return {
         "mode": mode, "trainable": plan.trainable_params, "total_params": plan.total_params, "plan": plan,
         "opt_state_bytes": tree_bytes(state.opt_state), "xla_arg": arg, "xla_out": out, "xla_temp": temp,
         "xla_alias": alias, "xla_peak": arg + out + temp - alias, "xla_reported_peak": get("peak_memory_in_bytes"),
-        "compile_s": compile_s, "samples_s": rate, "timed_steps": steps,
+        "compile_s": compile_s, "step": one, "timed_steps": 0, "timed_s": 0.0,
     }
 
 
-def run_modes(preset: str, batch: int, seconds: float) -> list[dict[str, Any]]:
+def run_modes(preset: str, batch: int, seconds: float, rounds: int = 3) -> list[dict[str, Any]]:
+    """Both modes compiled, then timed in alternating rounds (a shared, noisy host drifts over
+    time; alternating gives both modes the same conditions)."""
     from gauntlet.policies.vla.policy import VLAPolicy
 
     policy = VLAPolicy.create(preset)
     rows = []
     for mode in ("full", "lora"):
-        print(f"  {preset}: compiling and timing {mode} (batch {batch}) ...", flush=True)
-        rows.append(mode_row(policy, mode, batch, seconds))
+        print(f"  {preset}: compiling {mode} (batch {batch}) ...", flush=True)
+        rows.append(compile_mode(policy, mode, batch))
+    print(f"  {preset}: timing full and lora in {rounds} alternating rounds ...", flush=True)
+    for _ in range(rounds):
+        for r in rows:
+            t0 = time.perf_counter()
+            n = 0
+            while n < 1 or (time.perf_counter() - t0 < seconds / rounds and n < 500):
+                r["step"]()
+                n += 1
+            r["timed_steps"] += n
+            r["timed_s"] += time.perf_counter() - t0
+    for r in rows:
+        r["samples_s"] = r["timed_steps"] * batch / r["timed_s"]
+        del r["step"]
     return rows
 
 
@@ -177,7 +198,8 @@ def print_modes(preset: str, batch: int, rows: list[dict[str, Any]]) -> None:
         print(f"  {r['mode']:<4} XLA memory_analysis: argument {fmt(r['xla_arg'])} + output {fmt(r['xla_out'])} + "
               f"temp {fmt(r['xla_temp'])} - alias {fmt(r['xla_alias'])}"
               + (f" (XLA's own peak_memory_in_bytes: {fmt(r['xla_reported_peak'])})" if r["xla_reported_peak"] else "")
-              + f"; planner/XLA = {r['plan'].total / max(r['xla_peak'], 1):.2f}; timed {r['timed_steps']} steps")
+              + f"; planner/XLA = {r['plan'].total / max(r['xla_peak'], 1):.2f}; timed {r['timed_steps']} steps "
+              f"in {r['timed_s']:.1f} s")
     pf, pl = full["plan"], lora["plan"]
     print(f"  LoRA/full: trainable params {ratio(lora['trainable'], full['trainable'])} "
           f"({lora['trainable'] / full['trainable'] * 100:.2f}%), planner grads+optimizer "
@@ -317,6 +339,8 @@ def run_ray(args: argparse.Namespace) -> None:
     finally:
         if started:
             ray.shutdown()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
     print("  in-process baselines (no Ray, CPU) ...", flush=True)
     single = {b: loop_rate("tiny", args.ray_mode, b, args.seconds, cpu=True)
               for b in sorted({args.ray_batch} | {args.ray_batch // w for w in workers_list})}
@@ -354,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", default="tiny,small", help="presets compiled and timed, LoRA vs full")
     parser.add_argument("--batch", type=int, default=8, help="per-device batch of the LoRA-vs-full comparison")
-    parser.add_argument("--seconds", type=float, default=3.0, help="timing window per measurement")
+    parser.add_argument("--seconds", type=float, default=4.0, help="timing window per measurement")
     parser.add_argument("--planner-preset", default="base", help="preset shown with planner numbers only ('' = none)")
     parser.add_argument("--planner-batch", type=int, default=32, help="batch of the planner-only preset")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray Train part")
@@ -364,10 +388,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ray-batch", type=int, default=32, help="global batch of the Ray Train runs")
     parser.add_argument("--ray-cpus", type=int, default=4, help="num_cpus of the local Ray started here")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per Ray Train worker")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (dataset, run outputs)")
     parser.add_argument("--skip-steps", type=int, default=5, help="first steps left out of the steady state")
     parser.add_argument("--device-note", default="", help="free text appended to the device line (e.g. GPU model)")
     args = parser.parse_args(argv)
 
+    # Ray starts its processes with fork+exec after JAX's threads exist; the exec makes that safe.
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
     import jax
 
     t_start = time.perf_counter()
