@@ -25,10 +25,9 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import uuid
 import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from gauntlet.atomic_files import atomic_write
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -88,20 +89,6 @@ class DatasetError(ValueError):
 
 
 # ------------------------------------------------------------------------------------ helpers
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """`write(tmp_path)` then rename onto `path`: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 

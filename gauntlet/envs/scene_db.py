@@ -13,8 +13,6 @@ damages what was already there.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gauntlet.atomic_files import atomic_write
 from gauntlet.envs.errors import EnvironmentMismatchError, GauntletEnvError
 
 if TYPE_CHECKING:
@@ -74,17 +73,6 @@ class SceneRecord:
     arrays: dict[str, np.ndarray]
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class SceneDB:
@@ -148,7 +136,7 @@ class SceneDB:
 
         info = {"format": FORMAT_NAME, "schema_version": SCHEMA_VERSION, "num_scenes": count,
                 "gauntlet_version": __version__}
-        _atomic_write(self.manifest_path, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
+        atomic_write(self.manifest_path, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
 
     # -------------------------------------------------------------------------------- reading
     def metadata(self) -> pd.DataFrame:
@@ -239,11 +227,11 @@ class SceneDB:
                 with open(tmp, "wb") as fh:
                     np.savez_compressed(fh, **arrays)
 
-            _atomic_write(self.arrays_path(rec.row["scene_id"]), write)
+            atomic_write(self.arrays_path(rec.row["scene_id"]), write)
         new = pd.DataFrame([{c: r.row[c] for c in SCENE_COLUMNS} for r in records]).astype(SCENE_COLUMNS)
         frame = pd.concat([existing, new], ignore_index=True) if len(existing) else new
         table = pa.Table.from_pandas(frame, preserve_index=False)
-        _atomic_write(self.table_path, lambda tmp: pq.write_table(table, tmp))
+        atomic_write(self.table_path, lambda tmp: pq.write_table(table, tmp))
         self._meta = frame
         self._write_manifest(len(frame))
         return len(records)
