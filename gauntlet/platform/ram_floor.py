@@ -112,9 +112,36 @@ def tree_rss_bytes(processes: Iterable[psutil.Process]) -> int:
     return total
 
 
+# Ray's own daemons. A driver that started Ray (`ray.init()` in a script, a test session) is their
+# parent, so they sit in its process tree; killing them would take down the very cluster a RAM floor
+# is there to protect, so they are never victims.
+RAY_DAEMONS = frozenset({"gcs_server", "raylet", "plasma_store", "redis-server", "dashboard_agent",
+                         "runtime_env_agent", "log_monitor", "monitor", "dashboard"})
+
+
+def _is_ray_daemon(proc: psutil.Process) -> bool:
+    try:
+        name = proc.name()
+        cmd = " ".join(proc.cmdline()[:2])
+    except psutil.Error:
+        return False
+    return name in RAY_DAEMONS or any(f"ray/{d}" in cmd or f"/{d}.py" in cmd for d in RAY_DAEMONS)
+
+
 def kill_tree(pids: Iterable[int], spare: int | None = None) -> int:
-    """SIGKILLs `pids` and their descendants, except `spare` (the caller's own process). Returns the count."""
-    victims = [p for p in process_tree(pids) if p.pid != spare]
+    """SIGKILLs `pids` and their descendants, except `spare` (the caller's own process) and Ray's
+    daemons. Returns the count."""
+    tree = process_tree(pids)
+    # Ray's daemons and everything under them (its workers, actors, replicas) belong to Ray.
+    protected: set[int] = set()
+    for proc in tree:
+        if _is_ray_daemon(proc):
+            protected.add(proc.pid)
+            try:
+                protected.update(c.pid for c in proc.children(recursive=True))
+            except psutil.Error:
+                pass
+    victims = [p for p in tree if p.pid != spare and p.pid not in protected]
     count = len(victims)
     for proc in victims:
         try:

@@ -6,6 +6,7 @@ test allocates more than 600 MB, whatever the watcher does.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -53,7 +54,8 @@ def test_stops_a_subprocess_that_allocates_past_the_floor() -> None:
 def test_interrupts_work_in_the_entering_thread() -> None:
     floor = _available() - 300 * MB
     held: list[bytes] = []
-    with pytest.raises(RamFloorExceeded) as info, RamFloorWatcher(floor, interval_s=0.05):
+    # kill=False: the tree here is the test process's, whose children may be a test session's Ray.
+    with pytest.raises(RamFloorExceeded) as info, RamFloorWatcher(floor, interval_s=0.05, kill=False):
         for _ in range(LIMIT_MB // STEP_MB):
             held.append(b"x" * (STEP_MB * MB))
             time.sleep(0.03)
@@ -80,6 +82,22 @@ def test_work_that_stays_clear_of_the_floor_is_left_alone() -> None:
     assert watcher.stats.min_available_bytes > floor
     row = watcher.stats.as_row()
     assert row["peak_tree_rss_mb"] >= 10 and row["min_available_mb"] > floor / MB
+
+
+def test_ray_daemons_are_never_killed(ray_session) -> None:
+    """A driver's tree includes the Ray it started: a breach must not take the cluster down."""
+    from gauntlet.platform.ram_floor import kill_tree
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    daemons = [p for p in psutil.Process().children(recursive=True) if p.name() in ("gcs_server", "raylet")]
+    assert daemons, "the session's Ray daemons are children of this process"
+    killed = kill_tree([os.getpid()], spare=os.getpid())  # this process's whole tree, as a trial's would be
+    child.wait(timeout=10)
+    assert child.returncode == -9 and killed >= 1
+    assert all(p.is_running() for p in daemons)
+    import ray
+
+    assert ray.get(ray.put(1)) == 1  # the cluster still answers
 
 
 def test_bad_arguments_are_refused() -> None:
