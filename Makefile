@@ -16,3 +16,7 @@ lint: install
 bench: install
 	MUJOCO_GL=egl .venv/bin/python benchmarks/bench_env_steps.py
 	MUJOCO_GL=egl .venv/bin/python benchmarks/bench_experts.py
+
+.PHONY: closed-loop
+closed-loop: install
+	bash scripts/closed_loop.sh closed_loop_out
