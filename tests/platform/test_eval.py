@@ -104,6 +104,13 @@ def test_driver_killed_mid_run_then_resumed_holds_every_key_once(ray_session, sc
     pd.testing.assert_series_equal(before["steps"], after["steps"])  # finished episodes were not rerun
 
 
+def _cmdline(proc: psutil.Process) -> list[str]:
+    try:
+        return proc.cmdline()
+    except psutil.Error:
+        return []
+
+
 def test_a_killed_actor_is_replaced_and_its_item_rerun(ray_session, scene_db: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     killed: list[int] = []
@@ -112,7 +119,9 @@ def test_a_killed_actor_is_replaced_and_its_item_rerun(ray_session, scene_db: Pa
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not killed:
             done = len(list((run / "results").glob("part-*.parquet"))) if (run / "results").exists() else 0
-            actors = [p for p in psutil.process_iter(["cmdline"]) if "RolloutActor" in " ".join(p.info["cmdline"] or [])]
+            # Only this session's actors (descendants of this process's Ray), never another cluster's.
+            ours = psutil.Process().children(recursive=True)
+            actors = [p for p in ours if "RolloutActor" in " ".join(_cmdline(p))]
             if done >= 2 and actors:
                 actors[0].send_signal(signal.SIGKILL)
                 killed.append(actors[0].pid)
