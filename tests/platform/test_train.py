@@ -223,6 +223,7 @@ def test_lora_adapter_is_served_and_answers(ray_session, dataset: Path, base_ckp
     port = 18523
     spec = PolicyServing(ref=PolicyRef("vla", str(base_ckpt)), max_batch_size=4, num_cpus=0.5,
                          adapters_dir=str(adapters))
+    serve.shutdown()  # a Serve left running by an earlier test keeps its own HTTP port
     start_serve([spec], http_port=port, grpc_port=None)
     try:
         url = f"http://127.0.0.1:{port}/v1/policies/vla/infer"
