@@ -177,8 +177,9 @@ def collect_demos(cfg: CollectConfig) -> Path:
               "image_size": cfg.image_size if cfg.cameras else None}
     total = cfg.episodes * len(cfg.task_list)
     progress = Progress(total, "data collect", unit="episodes")
-    print(f"[data collect] {total} episodes ({', '.join(cfg.task_list)} {cfg.variant}, cameras="
-          f"{'on' if cfg.cameras else 'off'}) -> {cfg.out}", flush=True)
+    message = (f"[data collect] {total} episodes ({', '.join(cfg.task_list)} {cfg.variant}, cameras="
+               f"{'on' if cfg.cameras else 'off'}) -> {cfg.out}")
+    print(message, flush=True)
     frames = 0
     start = time.monotonic()
     with DatasetWriter(cfg.out, source=source, overwrite=cfg.overwrite) as writer:
@@ -193,8 +194,9 @@ def collect_demos(cfg: CollectConfig) -> Path:
                     attempts += 1
                     ep = record_episode(env, seed, cfg.horizon, cfg.cameras, cfg.image_size, cfg.noise_std)
                     if not ep.success and not cfg.keep_failures:
-                        print(f"[data collect] {task} seed {seed}: expert failed within {cfg.horizon} steps; "
-                              "not kept", flush=True)
+                        message = (f"[data collect] {task} seed {seed}: expert failed within {cfg.horizon} steps; "
+                                   "not kept")
+                        print(message, flush=True)
                         continue
                     split = "valid" if kept >= cfg.episodes - n_valid else "train"
                     writer.add_episode(

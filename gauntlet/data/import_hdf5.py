@@ -224,8 +224,9 @@ def import_hdf5(cfg: ImportConfig) -> Path:
         progress = Progress(len(demos), "data import-hdf5", unit="demos")
         frames = 0
         start = time.monotonic()
-        print(f"[data import-hdf5] {file}: {len(demos)} demos of {env_args['env_name']} -> {cfg.out} "
-              f"(task={task}, variant={variant})", flush=True)
+        message = (f"[data import-hdf5] {file}: {len(demos)} demos of {env_args['env_name']} -> {cfg.out} "
+                   f"(task={task}, variant={variant})")
+        print(message, flush=True)
         with DatasetWriter(cfg.out, source=source, fps=fps, robot=robot, envs=envs,
                            overwrite=cfg.overwrite) as writer:
             for demo in demos:

@@ -230,9 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetError as exc:
         print(f"gauntlet data stats: {exc}", file=sys.stderr, flush=True)
         return 1
-    print(f"[data stats] {report.frames} frames of {report.episodes} episodes in {report.seconds:.2f} s "
-          f"({report.frames_per_s:,.0f} frames/s, quantiles: {report.quantile_method}); wrote {report.path}",
-          flush=True)
+    message = (f"[data stats] {report.frames} frames of {report.episodes} episodes in {report.seconds:.2f} s "
+               f"({report.frames_per_s:,.0f} frames/s, quantiles: {report.quantile_method}); wrote {report.path}")
+    print(message, flush=True)
     return 0
 
 

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         specs = serving_specs(cfg)
     except ValueError as exc:
-        print(f"gauntlet serve: {exc}", file=sys.stderr)
+        print(f"gauntlet serve: {exc}", file=sys.stderr, flush=True)
         return 2
     import ray
 
@@ -60,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     start_serve(specs, host=cfg.host, http_port=cfg.http_port, grpc_port=cfg.grpc_port or None,
                 api_key=cfg.api_key)
     names = ", ".join(s.ref.name for s in specs)
-    print(f"[serve] serving {names}: http://{cfg.host}:{cfg.http_port}/v1/policies/NAME/infer, "
-          f"ws://{cfg.host}:{cfg.http_port}/v1/policies/NAME/ws"
-          + (f", gRPC :{cfg.grpc_port}" if cfg.grpc_port else ""), flush=True)
+    message = (f"[serve] serving {names}: http://{cfg.host}:{cfg.http_port}/v1/policies/NAME/infer, "
+               f"ws://{cfg.host}:{cfg.http_port}/v1/policies/NAME/ws"
+               + (f", gRPC :{cfg.grpc_port}" if cfg.grpc_port else ""))
+    print(message, flush=True)
     try:
         while True:
             time.sleep(3600)

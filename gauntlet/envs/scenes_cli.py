@@ -111,8 +111,9 @@ def generate(cfg: GenerateConfig, batch_size: int = 8) -> dict:
     db = SceneDB.create(cfg.out)
     existing = set(db.metadata()["scene_id"])
     jobs = [j for j in jobs_for(cfg) if j.scene_id not in existing]
-    print(f"[scenes] generating {len(jobs)} scenes into {cfg.out} with {cfg.workers} workers "
-          f"({len(existing)} already there)", flush=True)
+    message = (f"[scenes] generating {len(jobs)} scenes into {cfg.out} with {cfg.workers} workers "
+               f"({len(existing)} already there)")
+    print(message, flush=True)
     progress = Progress(len(jobs), "scenes generate", unit="scenes")
     pending, failed, written = [], [], 0
     start = time.monotonic()
@@ -137,22 +138,23 @@ def generate(cfg: GenerateConfig, batch_size: int = 8) -> dict:
     written += db.add(pending)
     summary = {"db": cfg.out, "written": written, "failed": failed, "total_in_db": len(db),
                "seconds": round(time.monotonic() - start, 1)}
-    print(f"[scenes] wrote {written} scenes ({len(failed)} not generated) in {summary['seconds']} s; "
-          f"database now holds {summary['total_in_db']}", flush=True)
+    message = (f"[scenes] wrote {written} scenes ({len(failed)} not generated) in {summary['seconds']} s; "
+               f"database now holds {summary['total_in_db']}")
+    print(message, flush=True)
     return summary
 
 
 def print_check(report: dict) -> None:
-    print(f"scene database {report['db']}: {report['total']} scenes, {report['compatible']} compatible, "
-          f"{report['incompatible']} incompatible, {report['recoverable']} recoverable", flush=True)
+    message = (f"scene database {report['db']}: {report['total']} scenes, {report['compatible']} compatible, "
+               f"{report['incompatible']} incompatible, {report['recoverable']} recoverable")
+    print(message, flush=True)
     for title, key in (("error type", "by_error_type"), ("category", "by_category"), ("task", "by_task")):
-        print(f"\n{'by ' + title:<22}{'total':>7}{'compat':>8}{'incompat':>10}{'recov %':>9}")
+        print(f"\n{'by ' + title:<22}{'total':>7}{'compat':>8}{'incompat':>10}{'recov %':>9}", flush=True)
         for name, c in report[key].items():
             frac = "-" if c["recoverable_fraction"] is None else f"{100 * c['recoverable_fraction']:.0f}"
-            print(f"  {name:<20}{c['total']:>7}{c['compatible']:>8}{c['incompatible']:>10}{frac:>9}")
+            print(f"  {name:<20}{c['total']:>7}{c['compatible']:>8}{c['incompatible']:>10}{frac:>9}", flush=True)
     for reason, n in report["incompatible_reasons"].items():
-        print(f"incompatible: {n} x {reason}")
-    sys.stdout.flush()
+        print(f"incompatible: {n} x {reason}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verbs = {"generate": GenerateConfig, "check": CheckConfig, "show": ShowConfig}
     if not argv or argv[0] not in verbs:
-        print("usage: gauntlet scenes {generate,check,show} ...", file=sys.stderr)
+        print("usage: gauntlet scenes {generate,check,show} ...", file=sys.stderr, flush=True)
         return 2
     verb, rest = argv[0], argv[1:]
     cfg = parse_config(verbs[verb], rest, prog=f"gauntlet scenes {verb}", description=verbs[verb].__doc__)
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             from gauntlet.envs.scene_check import check_report
 
             if len(db) == 0:
-                print(f"gauntlet scenes check: {db.table_path}: the database is empty", file=sys.stderr)
+                print(f"gauntlet scenes check: {db.table_path}: the database is empty", file=sys.stderr, flush=True)
                 return 1
             report = check_report(db)
             if cfg.json:
@@ -192,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o)), flush=True)
         return 0
     except GauntletEnvError as exc:
-        print(f"gauntlet scenes {verb}: {exc}", file=sys.stderr)
+        print(f"gauntlet scenes {verb}: {exc}", file=sys.stderr, flush=True)
         return 1
 
 

@@ -49,14 +49,14 @@ def main(argv: list[str] | None = None) -> int:
                 mod = importlib.import_module(module)
             except ModuleNotFoundError as exc:
                 if exc.name and exc.name.startswith("gauntlet"):
-                    print(f"gauntlet: `{' '.join(words)}` is not available in this version", file=sys.stderr)
+                    print(f"gauntlet: `{' '.join(words)}` is not available in this version", file=sys.stderr, flush=True)
                     return 2
                 raise
             rest = argv[len(words):]
             if len(words) > 1 and words[0] == "scenes":
                 rest = [words[1], *rest]  # scenes_cli dispatches its own verbs
             return int(mod.main(rest) or 0)
-    print(f"gauntlet: unknown command {' '.join(argv[:2])!r}\n\n{_usage()}", file=sys.stderr)
+    print(f"gauntlet: unknown command {' '.join(argv[:2])!r}\n\n{_usage()}", file=sys.stderr, flush=True)
     return 2
 
 

@@ -53,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     (out / "scenes_check.json").write_text(json.dumps(report, indent=2))
     run_dir = out / "run"
     policies = tuple(p.strip() for p in cfg.policies.split(",") if p.strip())
-    print(f"[demo] 3/4 evaluating {', '.join(policies)} over {report['total']} scenes with {cfg.actors} "
-          f"rollout actors (policies on Ray Serve)", flush=True)
+    message = (f"[demo] 3/4 evaluating {', '.join(policies)} over {report['total']} scenes with {cfg.actors} "
+               f"rollout actors (policies on Ray Serve)")
+    print(message, flush=True)
     result = run_eval(EvalConfig(scenes=str(db_path), policy=policies, out=str(run_dir), actors=cfg.actors,
                                  horizon=cfg.horizon, resume=(run_dir / "run.json").exists()))
     print("[demo] 4/4 writing the report", flush=True)
@@ -62,9 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     from gauntlet.platform.report import build_report
 
     print(format_summary(build_report(run_dir)), flush=True)
-    print(f"[demo] done in {time.monotonic() - start:.0f} s: {report['total']} scenes "
-          f"({len(summary['failed'])} not generated), {result['total']} episodes; "
-          f"report: {paths.get('html', run_dir / 'report')}", flush=True)
+    message = (f"[demo] done in {time.monotonic() - start:.0f} s: {report['total']} scenes "
+               f"({len(summary['failed'])} not generated), {result['total']} episodes; "
+               f"report: {paths.get('html', run_dir / 'report')}")
+    print(message, flush=True)
     return 0
 
 

@@ -265,8 +265,9 @@ class StatusLine:
         sr = self.successes / self.ran if self.ran else float("nan")
         from gauntlet.progress import format_duration
 
-        print(f"[eval] {self.done}/{self.total} episodes, {self.skipped} skipped, success {sr:.1%} so far, "
-              f"{rate:.1f} episodes/min, ETA {format_duration(eta_s)}", flush=True)
+        message = (f"[eval] {self.done}/{self.total} episodes, {self.skipped} skipped, success {sr:.1%} so far, "
+                   f"{rate:.1f} episodes/min, ETA {format_duration(eta_s)}")
+        print(message, flush=True)
         status = {"state": state, "done": self.done, "total": self.total, "skipped": self.skipped,
                   "success_rate": None if sr != sr else sr, "episodes_per_min": rate,
                   "eta_s": None if eta_s == float("inf") else eta_s, "elapsed_s": elapsed}
@@ -312,8 +313,9 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         for row in skip_rows:
             status.add(row)
         print(f"[eval] pre-flight: {len(skip_rows)} episodes skipped (scenes incompatible with this code)", flush=True)
-    print(f"[eval] run {run_id}: {len(scenes)} scenes x {len(targets)} policies x {cfg.trials} trials = {total} "
-          f"episodes; {len(done)} already done, {len(pending)} to run on {cfg.actors} actors", flush=True)
+    message = (f"[eval] run {run_id}: {len(scenes)} scenes x {len(targets)} policies x {cfg.trials} trials = {total} "
+               f"episodes; {len(done)} already done, {len(pending)} to run on {cfg.actors} actors")
+    print(message, flush=True)
     status.emit(force=True)
     if not pending:
         store.compact()
@@ -475,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = run_eval(cfg)
     except (EvalConfigError, ValueError) as exc:  # ValueError: e.g. UnknownPolicyError from parsing
-        print(f"gauntlet eval: {exc}", file=sys.stderr)
+        print(f"gauntlet eval: {exc}", file=sys.stderr, flush=True)
         return 2
     print(f"[eval] finished: {json.dumps(summary)}", flush=True)
     return 0

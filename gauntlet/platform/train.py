@@ -393,8 +393,9 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
 
         trainer = JaxTrainer(train_loop, train_loop_config=loop_config, jax_config=JaxConfig(use_gpu=cfg.use_gpu),
                              scaling_config=scaling, run_config=run_config)
-    print(f"[train] {pre.mode} fine-tuning on {cfg.workers} worker(s), {cfg.steps} steps, global batch "
-          f"{cfg.batch_size}; run state in {cfg.train_dir}", flush=True)
+    message = (f"[train] {pre.mode} fine-tuning on {cfg.workers} worker(s), {cfg.steps} steps, global batch "
+               f"{cfg.batch_size}; run state in {cfg.train_dir}")
+    print(message, flush=True)
     try:
         result = trainer.fit()
     except Exception as exc:  # noqa: BLE001 - Ray wraps worker errors; show the cause, keep checkpoints
@@ -428,8 +429,9 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         "serve": _serve_hint(cfg, pre, out),
     }
     (cfg.train_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    print(f"[train] done: {summary['steps']} steps, loss {summary['first_loss']} -> {summary['final_loss']}; "
-          f"artifact {out}", flush=True)
+    message = (f"[train] done: {summary['steps']} steps, loss {summary['first_loss']} -> {summary['final_loss']}; "
+               f"artifact {out}")
+    print(message, flush=True)
     print(f"[train] serve it: {summary['serve']}", flush=True)
     return summary
 

@@ -114,8 +114,9 @@ def train_loop_torch(loop_config: dict[str, Any]) -> None:
     model.train()
     if rank == 0:
         rewrite_metrics(train_dir / "metrics.jsonl", history)
-        print(f"[train] rank 0/{world} {f'resuming from step {start}' if resumed else 'starting'}; "
-              f"{cfg['steps']} steps, bc_rnn, batch {cfg['batch_size']}", flush=True)
+        message = (f"[train] rank 0/{world} {f'resuming from step {start}' if resumed else 'starting'}; "
+                   f"{cfg['steps']} steps, bc_rnn, batch {cfg['batch_size']}")
+        print(message, flush=True)
     per_worker = cfg["batch_size"] // world
     t_last = t_start = time.perf_counter()
     unreported: list[dict[str, Any]] = []
@@ -150,8 +151,9 @@ def train_loop_torch(loop_config: dict[str, Any]) -> None:
                 f.write(json.dumps(record) + "\n")
             if (step + 1) % cfg["log_every"] == 0 or step + 1 == cfg["steps"]:
                 rate = (step + 1 - start) / max(now - t_start, 1e-9)
-                print(f"[train] step {step + 1}/{cfg['steps']} loss {record['loss']:.4f} | {rate:.1f} steps/s, "
-                      f"{rate * per_worker:.0f} samples/s/worker", flush=True)
+                message = (f"[train] step {step + 1}/{cfg['steps']} loss {record['loss']:.4f} | {rate:.1f} steps/s, "
+                           f"{rate * per_worker:.0f} samples/s/worker")
+                print(message, flush=True)
         due = (step + 1) % cfg["checkpoint_every"] == 0 or step + 1 == cfg["steps"]
         if not due and len(unreported) < cfg["report_every"]:
             continue

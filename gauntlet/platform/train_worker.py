@@ -178,8 +178,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     if rank == 0:
         rewrite_metrics(train_dir / "metrics.jsonl", history)
         where = f"resuming from step {start}" if resumed_from is not None else "starting"
-        print(f"[train] rank 0/{world} {where}; {total} steps, batch {cfg['batch_size']} "
-              f"({cfg['batch_size'] // world}/worker), mode {mode}", flush=True)
+        message = (f"[train] rank 0/{world} {where}; {total} steps, batch {cfg['batch_size']} "
+                   f"({cfg['batch_size'] // world}/worker), mode {mode}")
+        print(message, flush=True)
     t_start = time.perf_counter()
     t_last, steps_since = t_start, 0
     unreported: list[dict[str, Any]] = []
@@ -217,9 +218,10 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                     elapsed = now - t_start
                     rate = (step + 1 - start) / max(elapsed, 1e-9)
                     eta = (total - step - 1) / rate if rate > 0 else float("inf")
-                    print(f"[train] step {step + 1}/{total} ({100 * (step + 1) / total:.0f}%) loss {loss:.4f} | "
-                          f"{rate:.2f} steps/s, {rate * cfg['batch_size'] / world:.1f} samples/s/worker | "
-                          f"lr {record['learning_rate']:.2e} | ETA {eta:.0f}s", flush=True)
+                    message = (f"[train] step {step + 1}/{total} ({100 * (step + 1) / total:.0f}%) loss {loss:.4f} | "
+                               f"{rate:.2f} steps/s, {rate * cfg['batch_size'] / world:.1f} samples/s/worker | "
+                               f"lr {record['learning_rate']:.2e} | ETA {eta:.0f}s")
+                    print(message, flush=True)
             unreported.append({k: v for k, v in record.items() if not isinstance(v, bool)})
             due = (step + 1) % cfg["checkpoint_every"] == 0 or step + 1 == total
             if not due and len(unreported) < cfg["report_every"]:
