@@ -298,34 +298,40 @@ def publish_checkpoint(src: Path, out: Path) -> None:
     os.replace(src / "config.json", out / "config.json")
 
 
-def write_artifact(cfg: TrainConfig, pre: Preflight, state_dir: Path) -> Path:
-    """The trained adapter (lora) or model (full) with the dataset's statistics, from the final
-    training checkpoint."""
-    from gauntlet.data.normalization import NormStats
-    from gauntlet.platform.train_state_io import load_train_state
-    from gauntlet.policies.vla.config import VLAConfig
-    from gauntlet.policies.vla.policy import VLAPolicy
-
-    saved = load_train_state(state_dir)
-    weights = saved.ema if saved.ema is not None else saved.trainable
-    config = VLAConfig.from_dict(pre.model_config)
-    stats = NormStats.load(pre.stats_path)
+def write_artifact(cfg: TrainConfig, pre: Preflight, state_dir: Path) -> tuple[Path, list[dict[str, Any]]]:
+    """(artifact, loss history) from the final training checkpoint. The artifact is the trained
+    adapter (lora) or model (full) with the dataset's statistics; for bc_rnn the checkpoint already
+    holds a servable policy."""
     out = Path(cfg.out).resolve()
     tmp = out.parent / f".{out.name}.artifact-{uuid.uuid4().hex[:8]}"
-    extra = {"trained_steps": saved.step, "dataset": str(Path(cfg.dataset).resolve()), "mode": pre.mode,
-             "final_loss": saved.history[-1]["loss"] if saved.history else None, "ema": saved.ema is not None}
     try:
-        if pre.mode == "lora":
-            base = VLAPolicy.load(cfg.base)
-            base.add_adapter(cfg.name, weights["lora"], norm_stats=stats)
-            base.save_adapter(cfg.name, tmp, extra=extra)
+        if cfg.policy == "bc_rnn":
+            from gauntlet.platform.train_torch_worker import HISTORY_FILE, POLICY_DIR
+
+            history = json.loads((state_dir / HISTORY_FILE).read_text())
+            shutil.copytree(state_dir / POLICY_DIR, tmp)
         else:
-            policy = VLAPolicy(config, weights["params"], stats, name="vla")
-            policy.save(tmp)
+            from gauntlet.data.normalization import NormStats
+            from gauntlet.platform.train_state_io import load_train_state
+            from gauntlet.policies.vla.config import VLAConfig
+            from gauntlet.policies.vla.policy import VLAPolicy
+
+            saved = load_train_state(state_dir)
+            history = saved.history
+            weights = saved.ema if saved.ema is not None else saved.trainable
+            stats = NormStats.load(pre.stats_path)
+            extra = {"trained_steps": saved.step, "dataset": str(Path(cfg.dataset).resolve()), "mode": pre.mode,
+                     "final_loss": history[-1]["loss"] if history else None, "ema": saved.ema is not None}
+            if pre.mode == "lora":
+                base = VLAPolicy.load(cfg.base)
+                base.add_adapter(cfg.name, weights["lora"], norm_stats=stats)
+                base.save_adapter(cfg.name, tmp, extra=extra)
+            else:
+                VLAPolicy(VLAConfig.from_dict(pre.model_config), weights["params"], stats, name="vla").save(tmp)
         publish_checkpoint(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return out, history
 
 
 def plot_loss(history: list[dict[str, Any]], path: Path, title: str) -> Path | None:
@@ -405,22 +411,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         raise TrainRunError("training finished without a checkpoint")
     _remove_orphan_checkpoints(cfg.train_dir / RAY_RUN_NAME)
     with result.checkpoint.as_directory() as state_dir:
-        if cfg.policy == "bc_rnn":
-            from gauntlet.platform.train_torch_worker import HISTORY_FILE, POLICY_DIR
-
-            history = json.loads((Path(state_dir) / HISTORY_FILE).read_text())
-            out = Path(cfg.out).resolve()
-            tmp = out.parent / f".{out.name}.artifact-{uuid.uuid4().hex[:8]}"
-            shutil.copytree(Path(state_dir) / POLICY_DIR, tmp)
-            try:
-                publish_checkpoint(tmp, out)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            from gauntlet.platform.train_state_io import load_train_state
-
-            history = load_train_state(state_dir).history
-            out = write_artifact(cfg, pre, Path(state_dir))
+        out, history = write_artifact(cfg, pre, Path(state_dir))
     plot = plot_loss(history, cfg.train_dir / "loss.png", f"{pre.mode} fine-tuning ({Path(cfg.dataset).name})")
     summary = {
         "out": str(out), "mode": pre.mode, "steps": history[-1]["step"] if history else 0,
@@ -436,13 +427,19 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     return summary
 
 
+def _registered_checkpoints(run_dir: Path) -> list[dict[str, Any]]:
+    """Ray Train's records of the checkpoints it registered for a run ([] before the first)."""
+    try:
+        return list(json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())["checkpoint_results"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
 def _remove_orphan_checkpoints(run_dir: Path) -> None:
     """Delete checkpoint directories Ray Train never registered (written by a worker group that died
     before the controller recorded them): they are not in the snapshot, so keep-K never prunes them."""
-    snapshot = run_dir / "checkpoint_manager_snapshot.json"
-    try:
-        listed = {r["checkpoint_dir_name"] for r in json.loads(snapshot.read_text())["checkpoint_results"]}
-    except (OSError, ValueError, KeyError, TypeError):
+    listed = {r.get("checkpoint_dir_name") for r in _registered_checkpoints(run_dir)}
+    if not listed:
         return
     for path in run_dir.glob("checkpoint_*"):
         if path.is_dir() and path.name not in listed:
@@ -451,11 +448,7 @@ def _remove_orphan_checkpoints(run_dir: Path) -> None:
 
 def registered_checkpoint_steps(train_dir: Path) -> list[int]:
     """Steps of the checkpoints Ray Train has registered for a run (what a restart resumes from)."""
-    snapshot = Path(train_dir) / RAY_RUN_NAME / "checkpoint_manager_snapshot.json"
-    try:
-        return sorted(int(r["metrics"]["step"]) for r in json.loads(snapshot.read_text())["checkpoint_results"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
+    return sorted(int(r["metrics"]["step"]) for r in _registered_checkpoints(Path(train_dir) / RAY_RUN_NAME))
 
 
 class TrainRunError(RuntimeError):

@@ -15,8 +15,6 @@ exactly where the checkpoint left it.
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from gauntlet.atomic_files import atomic_write
 from gauntlet.policies.checkpoints import flatten_tree, unflatten_tree
 
 STATE_FILE = "state.npz"
@@ -52,19 +51,6 @@ class SavedState:
     identity: dict[str, Any] = field(default_factory=dict)  # what must match to resume
 
 
-def _atomic_write_bytes(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        with tmp.open("wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def save_train_state(directory: str | Path, state: SavedState) -> Path:
     """Write `state` into `directory` (created). meta.json is written last and names the arrays,
     so a directory without it, or whose arrays disagree with it, is refused on load."""
@@ -76,15 +62,20 @@ def save_train_state(directory: str | Path, state: SavedState) -> Path:
         arrays.update(flatten_tree({"ema": state.ema}))
     for i, leaf in enumerate(state.opt_leaves):
         arrays[f"opt/{i:05d}"] = np.asarray(leaf)
-    _atomic_write_bytes(directory / STATE_FILE, lambda f: np.savez(f, **arrays))
+    atomic_write(directory / STATE_FILE, lambda tmp: _savez(tmp, arrays))
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "step": int(state.step),
         "arrays": {k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in arrays.items()},
         "num_opt_leaves": len(state.opt_leaves), "has_ema": state.ema is not None,
         "history": state.history, "identity": state.identity,
     }
-    _atomic_write_bytes(directory / META_FILE, lambda f: f.write(json.dumps(meta, default=float).encode()))
+    atomic_write(directory / META_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, default=float)))
     return directory
+
+
+def _savez(path: str, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a path
+        np.savez(f, **arrays)
 
 
 def load_train_state(directory: str | Path) -> SavedState:

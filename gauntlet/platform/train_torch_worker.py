@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +75,7 @@ def train_loop_torch(loop_config: dict[str, Any]) -> None:
     import torch
 
     from gauntlet.data.normalization import NormStats
-    from gauntlet.platform.train_worker import peak_memory_mb, rewrite_metrics
+    from gauntlet.platform.train_reporting import StepReporter
     from gauntlet.policies.bc_rnn.config import BCRNNConfig
     from gauntlet.policies.bc_rnn.policy import BCRNNPolicy
     from gauntlet.policies.bc_rnn.train import SequenceSampler
@@ -112,14 +109,18 @@ def train_loop_torch(loop_config: dict[str, Any]) -> None:
         start, resumed = (history[-1]["step"] if history else 0), True
     model = ray.train.torch.prepare_model(policy.model)
     model.train()
+    reporter = StepReporter(cfg, train_dir, rank, world, start, history, resumed)
     if rank == 0:
-        rewrite_metrics(train_dir / "metrics.jsonl", history)
         message = (f"[train] rank 0/{world} {f'resuming from step {start}' if resumed else 'starting'}; "
                    f"{cfg['steps']} steps, bc_rnn, batch {cfg['batch_size']}")
         print(message, flush=True)
     per_worker = cfg["batch_size"] // world
-    t_last = t_start = time.perf_counter()
-    unreported: list[dict[str, Any]] = []
+
+    def write_checkpoint(directory: Path, step: int) -> None:
+        policy.save(directory / POLICY_DIR, extra={"trained_steps": step + 1})
+        optimizer_to_files(optimizer.state_dict(), directory)
+        (directory / HISTORY_FILE).write_text(json.dumps(history))
+
     for step in range(start, cfg["steps"]):
         sampler.rng = np.random.default_rng([cfg["seed"], step, rank])
         inputs, targets, mask = (torch.from_numpy(np.ascontiguousarray(a)) for a in sampler.sample(per_worker))
@@ -135,38 +136,5 @@ def train_loop_torch(loop_config: dict[str, Any]) -> None:
         if world > 1:
             torch.distributed.all_reduce(loss_value)
             loss_value /= world
-        now = time.perf_counter()
-        record = {"step": step + 1, "loss": float(loss_value), "grad_norm": grad_norm,
-                  "learning_rate": cfg["learning_rate"], "steps_per_s": 1.0 / max(now - t_last, 1e-9),
-                  "samples_per_s": cfg["batch_size"] / max(now - t_last, 1e-9),
-                  "samples_per_s_per_worker": per_worker / max(now - t_last, 1e-9),
-                  "peak_memory_mb": peak_memory_mb(), "workers": world}
-        if resumed and step == start:
-            record["resumed"] = True
-        t_last = now
-        history.append(record)
-        unreported.append({k: v for k, v in record.items() if not isinstance(v, bool)})
-        if rank == 0:
-            with (train_dir / "metrics.jsonl").open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            if (step + 1) % cfg["log_every"] == 0 or step + 1 == cfg["steps"]:
-                rate = (step + 1 - start) / max(now - t_start, 1e-9)
-                message = (f"[train] step {step + 1}/{cfg['steps']} loss {record['loss']:.4f} | {rate:.1f} steps/s, "
-                           f"{rate * per_worker:.0f} samples/s/worker")
-                print(message, flush=True)
-        due = (step + 1) % cfg["checkpoint_every"] == 0 or step + 1 == cfg["steps"]
-        if not due and len(unreported) < cfg["report_every"]:
-            continue
-        metrics = {**unreported[-1], "steps": unreported}
-        unreported = []
-        ckpt_dir = None
-        if due and rank == 0:
-            ckpt_dir = Path(tempfile.mkdtemp(prefix="gauntlet-train-ckpt-"))
-            policy.save(ckpt_dir / POLICY_DIR, extra={"trained_steps": step + 1})
-            optimizer_to_files(optimizer.state_dict(), ckpt_dir)
-            (ckpt_dir / HISTORY_FILE).write_text(json.dumps(history))
-        try:
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None)
-        finally:
-            if ckpt_dir is not None:
-                shutil.rmtree(ckpt_dir, ignore_errors=True)
+        reporter.record(step, float(loss_value), grad_norm, cfg["learning_rate"])
+        reporter.report(step, lambda d, s=step: write_checkpoint(d, s))

@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,21 +55,6 @@ def _lr_schedule(cfg: dict[str, Any]) -> Any:
     return optax.join_schedules(parts, [max(warmup, 1)])
 
 
-def peak_memory_mb() -> float:
-    """Peak accelerator bytes in use when there is one, else this process's peak RSS."""
-    try:
-        import jax
-
-        dev = jax.local_devices()[0]
-        if dev.platform != "cpu":
-            return float((dev.memory_stats() or {}).get("peak_bytes_in_use", 0)) / 2**20
-    except Exception:  # noqa: BLE001
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-
-
 def _batches(loader: Any, start_step: int) -> Iterator[dict[str, np.ndarray]]:
     """This worker's batch for every step from `start_step` on (the same batches an uninterrupted
     run draws at those steps)."""
@@ -103,6 +85,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     from gauntlet.data.loader import DatasetLoader, LoaderConfig
     from gauntlet.data.normalization import NormStats
+    from gauntlet.platform.train_reporting import StepReporter
     from gauntlet.platform.train_state_io import (
         SavedState,
         check_compatible,
@@ -174,19 +157,23 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         shard_index=rank, num_shards=world, image_size=config.image_size, epochs=0,
     )
     start = int(resumed_from or 0)
-    total = int(cfg["steps"])
+    reporter = StepReporter(cfg, train_dir, rank, world, start, history, resumed=resumed_from is not None)
     if rank == 0:
-        rewrite_metrics(train_dir / "metrics.jsonl", history)
         where = f"resuming from step {start}" if resumed_from is not None else "starting"
-        message = (f"[train] rank 0/{world} {where}; {total} steps, batch {cfg['batch_size']} "
+        message = (f"[train] rank 0/{world} {where}; {cfg['steps']} steps, batch {cfg['batch_size']} "
                    f"({cfg['batch_size'] // world}/worker), mode {mode}")
         print(message, flush=True)
-    t_start = time.perf_counter()
-    t_last, steps_since = t_start, 0
-    unreported: list[dict[str, Any]] = []
+
+    def write_checkpoint(directory: Path, step: int) -> None:
+        saved_state, saved_ema = jax.tree_util.tree_map(lambda a: np.asarray(jax.device_get(a)), (state, ema))
+        save_train_state(directory, SavedState(
+            step=step + 1, trainable=saved_state.trainable, opt_leaves=jax.tree_util.tree_leaves(saved_state.opt_state),
+            ema=saved_ema, history=history, identity=pre["identity"],
+        ))
+
     with DatasetLoader(pre["identity"]["dataset"], loader_cfg) as loader:
         batches = _batches(loader, start)
-        for step in range(start, total):
+        for step in range(start, int(cfg["steps"])):
             raw = next(batches)
             rng = np.random.default_rng([cfg["seed"], step, rank])
             x = policy.prepare_train_batch(raw, rng, stats)
@@ -196,65 +183,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             if ema is not None:
                 ema = ema_fn(ema, state.trainable, cfg["ema_decay"])
             loss = float(metrics["loss"])
-            now = time.perf_counter()
-            steps_since += 1
-            record = {
-                "step": step + 1, "loss": loss, "grad_norm": float(metrics["grad_norm"]),
-                "learning_rate": float(schedule(step)), "steps_per_s": steps_since / max(now - t_last, 1e-9),
-                "samples_per_s": steps_since * cfg["batch_size"] / max(now - t_last, 1e-9),
-                "samples_per_s_per_worker": steps_since * cfg["batch_size"] / world / max(now - t_last, 1e-9),
-                "peak_memory_mb": peak_memory_mb(), "workers": world,
-            }
-            if step == start and resumed_from is not None:
-                record["resumed"] = True
-            t_last, steps_since = now, 0
-            history.append(record)
+            reporter.record(step, loss, float(metrics["grad_norm"]), float(schedule(step)))
             if not np.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss} at step {step + 1}; the latest good checkpoint is kept")
-            if rank == 0:
-                with (train_dir / "metrics.jsonl").open("a") as f:
-                    f.write(json.dumps(record) + "\n")
-                if (step + 1) % cfg["log_every"] == 0 or step + 1 == total or step == start:
-                    elapsed = now - t_start
-                    rate = (step + 1 - start) / max(elapsed, 1e-9)
-                    eta = (total - step - 1) / rate if rate > 0 else float("inf")
-                    message = (f"[train] step {step + 1}/{total} ({100 * (step + 1) / total:.0f}%) loss {loss:.4f} | "
-                               f"{rate:.2f} steps/s, {rate * cfg['batch_size'] / world:.1f} samples/s/worker | "
-                               f"lr {record['learning_rate']:.2e} | ETA {eta:.0f}s")
-                    print(message, flush=True)
-            unreported.append({k: v for k, v in record.items() if not isinstance(v, bool)})
-            due = (step + 1) % cfg["checkpoint_every"] == 0 or step + 1 == total
-            if not due and len(unreported) < cfg["report_every"]:
-                continue
-            # Top-level keys: the latest step; "steps": every step since the last report, so Ray
-            # Train sees each step's metrics even when reports are batched (--report-every).
-            metrics = {**unreported[-1], "steps": unreported}
-            unreported = []
-            if not due:
-                ray.train.report(metrics)
-                continue
-            ckpt_dir = None
-            if rank == 0:
-                ckpt_dir = Path(tempfile.mkdtemp(prefix="gauntlet-train-ckpt-"))
-                host = jax.tree_util.tree_map(lambda a: np.asarray(jax.device_get(a)), (state, ema))
-                saved_state, saved_ema = host
-                save_train_state(ckpt_dir, SavedState(
-                    step=step + 1, trainable=saved_state.trainable,
-                    opt_leaves=jax.tree_util.tree_leaves(saved_state.opt_state), ema=saved_ema,
-                    history=history, identity=pre["identity"],
-                ))
-            from ray.train import Checkpoint
-
-            try:
-                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None)
-            finally:
-                if ckpt_dir is not None:
-                    shutil.rmtree(ckpt_dir, ignore_errors=True)
-
-
-def rewrite_metrics(path: Path, history: list[dict[str, Any]]) -> None:
-    """metrics.jsonl = the checkpoint's history: steps after the checkpoint (lost with the failed
-    attempt) are dropped, so the file never shows a step twice."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
-    tmp.replace(path)
+            reporter.report(step, lambda d, s=step: write_checkpoint(d, s))

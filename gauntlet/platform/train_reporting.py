@@ -1,0 +1,112 @@
+"""Per-step bookkeeping shared by the JAX and torch training loops.
+
+One `StepReporter` per worker: it turns a step's numbers into a metrics record (rates, peak memory,
+the resume mark), keeps the history that checkpoints carry, appends rank 0's `metrics.jsonl`, prints
+rank 0's progress line, and hands Ray Train its reports, batched `report_every` steps per report
+(a report is a barrier across workers) with a checkpoint on the steps that are due one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def peak_memory_mb() -> float:
+    """Peak accelerator bytes in use when JAX has an accelerator, else this process's peak RSS."""
+    import sys
+
+    if "jax" in sys.modules:
+        try:
+            import jax
+
+            dev = jax.local_devices()[0]
+            if dev.platform != "cpu":
+                return float((dev.memory_stats() or {}).get("peak_bytes_in_use", 0)) / 2**20
+        except Exception:  # noqa: BLE001 - no accelerator runtime: host memory it is
+            pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def rewrite_metrics(path: Path, history: list[dict[str, Any]]) -> None:
+    """metrics.jsonl = the checkpoint's history: steps after the checkpoint (lost with the failed
+    attempt) are dropped, so the file never shows a step twice."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
+    tmp.replace(path)
+
+
+class StepReporter:
+    """Records, logs and reports the steps of one worker (see the module docstring)."""
+
+    def __init__(self, cfg: dict[str, Any], train_dir: Path, rank: int, world: int, start: int,
+                 history: list[dict[str, Any]], resumed: bool):
+        self.cfg = cfg
+        self.metrics_path = train_dir / "metrics.jsonl"
+        self.rank, self.world = rank, world
+        self.start, self.total = start, int(cfg["steps"])
+        self.history = history
+        self.resumed = resumed
+        self.t_start = self.t_last = time.perf_counter()
+        self.unreported: list[dict[str, Any]] = []
+        if rank == 0:
+            rewrite_metrics(self.metrics_path, history)
+
+    def record(self, step: int, loss: float, grad_norm: float, learning_rate: float) -> dict[str, Any]:
+        """The record of 0-based `step`, appended to the history (and rank 0's metrics file)."""
+        now = time.perf_counter()
+        dt = max(now - self.t_last, 1e-9)
+        batch = self.cfg["batch_size"]
+        record: dict[str, Any] = {
+            "step": step + 1, "loss": loss, "grad_norm": grad_norm, "learning_rate": learning_rate,
+            "steps_per_s": 1.0 / dt, "samples_per_s": batch / dt, "samples_per_s_per_worker": batch / self.world / dt,
+            "peak_memory_mb": peak_memory_mb(), "workers": self.world,
+        }
+        if self.resumed and step == self.start:
+            record["resumed"] = True
+        self.t_last = now
+        self.history.append(record)
+        if self.rank == 0:
+            with self.metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            if (step + 1) % self.cfg["log_every"] == 0 or step + 1 == self.total or step == self.start:
+                rate = (step + 1 - self.start) / max(now - self.t_start, 1e-9)
+                eta = (self.total - step - 1) / rate if rate > 0 else float("inf")
+                message = (f"[train] step {step + 1}/{self.total} ({100 * (step + 1) / self.total:.0f}%) "
+                           f"loss {loss:.4f} | {rate:.2f} steps/s, {rate * batch / self.world:.1f} samples/s/worker | "
+                           f"lr {learning_rate:.2e} | ETA {eta:.0f}s")
+                print(message, flush=True)
+        self.unreported.append({k: v for k, v in record.items() if not isinstance(v, bool)})
+        return record
+
+    def report(self, step: int, write_checkpoint: Callable[[Path], None]) -> None:
+        """Report to Ray Train when a report or a checkpoint is due after 0-based `step`; on a
+        checkpoint step rank 0 calls `write_checkpoint(directory)` and Ray Train copies it."""
+        import ray.train
+
+        due = (step + 1) % self.cfg["checkpoint_every"] == 0 or step + 1 == self.total
+        if not due and len(self.unreported) < self.cfg["report_every"]:
+            return
+        # Top-level keys: the latest step; "steps": every step since the last report, so Ray Train
+        # sees each step's metrics even when reports are batched (--report-every).
+        metrics = {**self.unreported[-1], "steps": self.unreported}
+        self.unreported = []
+        if not due:
+            ray.train.report(metrics)
+            return
+        ckpt_dir = None
+        if self.rank == 0:
+            ckpt_dir = Path(tempfile.mkdtemp(prefix="gauntlet-train-ckpt-"))
+            write_checkpoint(ckpt_dir)
+        try:
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None)
+        finally:
+            if ckpt_dir is not None:
+                shutil.rmtree(ckpt_dir, ignore_errors=True)
