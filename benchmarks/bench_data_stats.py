@@ -29,14 +29,13 @@ import numpy as np
 import pandas as pd
 
 from gauntlet.data.dataset_format import (
-    ACTION_FEATURE,
-    STATE_FEATURE,
     DatasetError,
     DatasetWriter,
     open_dataset,
 )
 from gauntlet.data.normalization import NormStats
 from gauntlet.data.stats import main as stats_main
+from gauntlet.keys import ACTION_FEATURE, STATE_FEATURE
 
 
 def build(root: Path, frames: int, episodes: int, seed: int = 0) -> None:

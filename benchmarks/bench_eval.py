@@ -24,8 +24,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 def _run_serial(db_path: str, scene_ids: list[str], horizon: int) -> int:
     from gauntlet.envs.scene_db import SceneDB
-    from gauntlet.platform.policy_clients import LocalSource
-    from gauntlet.platform.rollout import EnvCache, WorkItem, run_episode
+    from gauntlet.platform.eval.episode import EnvCache, WorkItem, run_episode
+    from gauntlet.platform.eval.sources import LocalSource
 
     db = SceneDB.open(db_path)
     meta = db.metadata().set_index("scene_id")
@@ -74,7 +74,7 @@ def main() -> None:
     parallel = n / (time.perf_counter() - t) * 60
     print(f"(b) {args.workers} in-process workers: {parallel:.1f} episodes/min", flush=True)
 
-    from gauntlet.platform.eval import EvalConfig, run_eval
+    from gauntlet.platform.eval.driver import EvalConfig, run_eval
 
     rows = []
     for policy in ["scripted"] + (["vla"] if args.vla else []):

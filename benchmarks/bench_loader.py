@@ -27,14 +27,13 @@ import numpy as np
 import pandas as pd
 
 from gauntlet.data.dataset_format import (
-    ACTION_FEATURE,
     IMAGE_FEATURES,
-    STATE_FEATURE,
     DatasetError,
     DatasetWriter,
     open_dataset,
 )
 from gauntlet.data.loader import LoaderConfig, make_loader
+from gauntlet.keys import ACTION_FEATURE, STATE_FEATURE
 
 CHUNK_LEN = 10
 

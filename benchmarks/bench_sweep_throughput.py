@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from gauntlet.config_args import parse_config
 from gauntlet.platform import sweep_throughput
-from gauntlet.platform.sweep_search import GridPlan, LadderPlan, summarise_plan
-from gauntlet.platform.throughput_trials import RealLoaderFactory, measure_loader
+from gauntlet.platform.sweeps.search import GridPlan, LadderPlan, summarise_plan
+from gauntlet.platform.sweeps.throughput_trials import RealLoaderFactory, measure_loader
+from gauntlet.runtime.config_args import parse_config
 
 KNOBS = ("num_workers=1,2", "prefetch_depth=2,4", "decode_workers=1,2", "batch_size=32,64")
 

@@ -57,8 +57,8 @@ from typing import Any
 
 import numpy as np
 
-from gauntlet.platform import memory_plan as mp
-from gauntlet.policies.base import IMAGE_KEY, PROMPT_KEY, STATE_KEY, WRIST_IMAGE_KEY
+from gauntlet.keys import IMAGE_KEY, PROMPT_KEY, STATE_KEY, WRIST_IMAGE_KEY
+from gauntlet.platform.train import memory_plan as mp
 
 MiB = 1024**2
 PROMPT = "pick up the red cube"
@@ -283,7 +283,7 @@ def loop_rate(preset: str, mode: str, batch: int, seconds: float, cpu: bool) -> 
 
 
 def ray_run(dataset: Path, out: Path, base: str, args: argparse.Namespace, workers: int) -> dict[str, Any]:
-    from gauntlet.platform.train import TrainConfig, run_train
+    from gauntlet.platform.train.driver import TrainConfig, run_train
 
     cfg = TrainConfig(dataset=str(dataset), out=str(out), base=base, preset="tiny", mode=args.ray_mode,
                       steps=args.ray_steps, workers=workers, batch_size=args.ray_batch, report_every=20,

@@ -2,7 +2,7 @@
 
 Per control step it records what a policy would have seen and what was applied:
 - `observation.state`: `GauntletEnv.observe()["observation/state"]`, the very observation the
-  eval path (gauntlet.platform.rollout.run_episode) sends to policies;
+  eval path (gauntlet.platform.eval.episode.run_episode) sends to policies;
 - with --cameras, `observation/image` and `observation/wrist_image` from the same `observe()`
   rendered at --render-size (the scene databases' camera size) and resized to --image-size with
   the eval path's resize (OpenCV INTER_AREA, as filter_obs does), so training images are exactly
@@ -26,16 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from gauntlet.config_args import option, parse_config
 from gauntlet.data.dataset_format import DatasetError, DatasetWriter, describe, open_dataset, resize_image
-from gauntlet.progress import Progress
+from gauntlet.keys import DATASET_CAMERAS, STATE_KEY
+from gauntlet.runtime.config_args import as_tuple, option, parse_config
+from gauntlet.runtime.progress import Progress
 
 # observe() key -> dataset camera name
-OBS_IMAGE_KEYS: dict[str, str] = {"observation/image": "agentview", "observation/wrist_image": "wrist"}
+OBS_IMAGE_KEYS: dict[str, str] = {key: cam for cam, key in DATASET_CAMERAS.items()}  # wire key -> dataset camera
 
-
-def _split_list(value: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
 @dataclass(frozen=True)
@@ -43,7 +41,7 @@ class CollectConfig:
     """Records scripted-expert demonstrations (state, applied action, sim state, optional images)."""
 
     out: str = option(help="dataset directory to create")
-    task: str = option("lift", help="task, or comma-separated tasks (each gets --episodes episodes)",
+    task: tuple[str, ...] = option(("lift",), help="tasks (each gets --episodes episodes)",
                        aliases=("--tasks",))
     variant: str = option("D0", help="placement variant (D0 or D1)")
     episodes: int = option(10, help="episodes to record per task (successful ones unless --keep-failures)")
@@ -61,6 +59,7 @@ class CollectConfig:
     overwrite: bool = option(False, help="replace an existing dataset at --out")
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "task", as_tuple(self.task))
         from gauntlet.envs.tasks import check_variant, get_task
 
         if not self.task_list:
@@ -83,7 +82,7 @@ class CollectConfig:
 
     @property
     def task_list(self) -> tuple[str, ...]:
-        return _split_list(self.task)
+        return self.task
 
     @property
     def attempts_per_task(self) -> int:
@@ -117,7 +116,7 @@ def record_episode(env: Any, seed: int, horizon: int, cameras: bool, image_size:
         if success:
             break
         obs = env.observe(images=cameras)  # the same call the eval path makes
-        states.append(obs["observation/state"])
+        states.append(obs[STATE_KEY])
         sims.append(env.sim.get_state().flatten())
         for key, cam in OBS_IMAGE_KEYS.items() if cameras else ():
             images[cam].append(resize_image(obs[key], image_size))

@@ -36,7 +36,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gauntlet.atomic_files import atomic_write
+from gauntlet.keys import ACTION_FEATURE, ACTIONS_KEY, STATE_FEATURE, STATE_KEY
+from gauntlet.runtime.atomic_files import atomic_write
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -51,8 +52,6 @@ XML_PATH = "sim/episode_{episode:06d}.xml"
 CHUNKS_SIZE = 1000  # episodes per data/chunk-NNN directory
 DEFAULT_FPS = 20
 
-STATE_FEATURE = "observation.state"
-ACTION_FEATURE = "action"
 # camera name (add_episode's `images` keys) -> feature / column name
 IMAGE_FEATURES: dict[str, str] = {
     "agentview": "observation.images.agentview",
@@ -114,7 +113,7 @@ def decode_png(data: bytes) -> np.ndarray:
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """Resizes to (size, size) exactly as the eval path does (gauntlet.platform.rollout.filter_obs:
+    """Resizes to (size, size) exactly as the eval path does (gauntlet.platform.eval.episode.filter_obs:
     OpenCV INTER_AREA), so training images match what policies are sent at evaluation."""
     if image.shape[0] == size and image.shape[1] == size:
         return image
@@ -765,7 +764,7 @@ class Dataset:
                                                 f"`gauntlet data stats {self.root}` first")
         try:
             stats = NormStats.load(self.stats_path)
-            stats.check_dims({"observation/state": self.state_dim, "actions": self.action_dim}, self.stats_path)
+            stats.check_dims({STATE_KEY: self.state_dim, ACTIONS_KEY: self.action_dim}, self.stats_path)
         except NormStatsError as exc:
             raise DatasetError(self.stats_path, f"{exc.message}; re-run `gauntlet data stats {self.root}`") from None
         return stats

@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from gauntlet.config_args import option, parse_config
 from gauntlet.data.dataset_format import DatasetError, DatasetWriter, describe, open_dataset, resize_image
-from gauntlet.progress import Progress
+from gauntlet.runtime.config_args import option, parse_config
+from gauntlet.runtime.progress import Progress
 
 # robomimic camera observation key -> dataset camera name
 CAMERA_OBS_KEYS: dict[str, str] = {"agentview_image": "agentview", "robot0_eye_in_hand_image": "wrist"}

@@ -35,18 +35,17 @@ from typing import Any
 
 import numpy as np
 
-from gauntlet.config_args import option
 from gauntlet.data.dataset_format import (
-    ACTION_FEATURE,
-    STATE_FEATURE,
     Dataset,
     DatasetError,
     decode_png,
     resize_image,
 )
+from gauntlet.keys import ACTION_FEATURE, DATASET_CAMERAS, PROMPT_KEY, STATE_FEATURE, STATE_KEY
+from gauntlet.runtime.config_args import option
 
 # dataset camera -> the policy's observation key
-CAMERA_KEYS: dict[str, str] = {"agentview": "observation/image", "wrist": "observation/wrist_image"}
+CAMERA_KEYS = DATASET_CAMERAS
 
 
 class LoaderError(ValueError):
@@ -287,10 +286,10 @@ class DatasetLoader:
         offsets = np.minimum(offsets, ends - 1)  # repeat the episode's last action
         local_ep = self._row_episode[rows]
         batch: dict[str, np.ndarray] = {
-            "observation/state": self._state[rows],
+            STATE_KEY: self._state[rows],
             "actions": self._action[offsets],
             "action_is_pad": is_pad,
-            "prompt": self._prompts[local_ep],
+            PROMPT_KEY: self._prompts[local_ep],
             "episode_index": self.episodes[local_ep],
             "frame_index": self._row_frame[rows],
         }

@@ -19,12 +19,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-# The policies' observation key for proprioception (gauntlet.policies.base re-exports it): statistics
-# are a data product, so the key is defined here, below the policies that consume it.
-STATE_KEY = "observation/state"
+from gauntlet.keys import ACTIONS_KEY, STATE_KEY
 
-ACTIONS_KEY = "actions"
-ACTION_IS_PAD_KEY = "action_is_pad"  # (B, H) bool: chunk positions past the episode end (training batches)
 NORM_STATS_VERSION = 1
 NormMode = Literal["zscore", "quantile"]
 NORM_MODES: tuple[str, ...] = ("zscore", "quantile")

@@ -28,15 +28,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gauntlet.config_args import option, parse_config
-from gauntlet.data.dataset_format import ACTION_FEATURE, STATE_FEATURE, Dataset, DatasetError, describe
-from gauntlet.progress import Progress
+from gauntlet.data.dataset_format import Dataset, DatasetError, describe
+from gauntlet.keys import ACTION_FEATURE, DATASET_COLUMNS, STATE_FEATURE
+from gauntlet.runtime.config_args import option, parse_config
+from gauntlet.runtime.progress import Progress
 
 if TYPE_CHECKING:
     from gauntlet.data.normalization import NormStats
 
 # dataset column -> NormStats key (the policy's raw key names)
-STATS_KEYS: dict[str, str] = {STATE_FEATURE: "observation/state", ACTION_FEATURE: "actions"}
+STATS_KEYS: dict[str, str] = {column: key for key, column in DATASET_COLUMNS.items()}  # column -> wire key
 QUANTILES = (0.01, 0.99)
 
 

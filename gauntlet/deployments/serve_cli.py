@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import dataclass
 
-from gauntlet.config_args import option, parse_config
+from gauntlet.runtime.config_args import option, parse_config
 
 
 @dataclass(frozen=True)
@@ -50,13 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"gauntlet serve: {exc}", file=sys.stderr, flush=True)
         return 2
-    import ray
-
     from gauntlet.deployments.app import start_serve
-    from gauntlet.deployments.grpc_bind import runtime_env
+    from gauntlet.runtime.ray_session import start_ray
 
-    # "local": never silently join some other cluster a `ray start` left on this machine.
-    ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False, runtime_env=runtime_env(cfg.host))
+    start_ray("serve", serve_host=cfg.host)
     start_serve(specs, host=cfg.host, http_port=cfg.http_port, grpc_port=cfg.grpc_port or None,
                 api_key=cfg.api_key)
     names = ", ".join(s.ref.name for s in specs)

@@ -19,6 +19,7 @@ from gauntlet.envs.errors import UnknownTaskError
 from gauntlet.envs.rendering import configure_gl, egl_device_id
 from gauntlet.envs.rotations import quat_wxyz_to_xyzw, quat_xyzw_to_axis_angle
 from gauntlet.envs.tasks import TaskSpec, check_variant, get_task
+from gauntlet.keys import OBJECT_STATE_KEY, PROMPT_KEY, ROBOSUITE_CAMERAS, STATE_KEY
 
 configure_gl()
 
@@ -37,7 +38,7 @@ def _close_renderers() -> None:
         except Exception:  # noqa: BLE001 - best effort at interpreter exit
             pass
 
-CAMERA_KEYS = {"agentview": "observation/image", "robot0_eye_in_hand": "observation/wrist_image"}
+CAMERA_KEYS = ROBOSUITE_CAMERAS
 STATE_DIM = 8  # eef position (3) + eef axis-angle (3) + gripper finger joints (2)
 ACTION_DIM = 7  # OSC delta position (3) + delta axis-angle (3) + gripper (-1 open, +1 close)
 ENV_SCHEMA = 1  # bump when observation layout or stepping semantics change (enters the fingerprint)
@@ -280,9 +281,9 @@ class GauntletEnv:
         """One observation with openpi's key names; images only when asked for."""
         self.counters.observe_calls += 1
         obs: dict[str, Any] = {
-            "observation/state": self.proprio_state(),
-            "observation/object_state": self.object_state(),
-            "prompt": self.spec.instruction,
+            STATE_KEY: self.proprio_state(),
+            OBJECT_STATE_KEY: self.object_state(),
+            PROMPT_KEY: self.spec.instruction,
         }
         if images:
             for cam in self.config.cameras:

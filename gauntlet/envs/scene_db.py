@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gauntlet.atomic_files import atomic_write
 from gauntlet.envs.errors import EnvironmentMismatchError, GauntletEnvError
+from gauntlet.runtime.atomic_files import atomic_write
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -9,13 +9,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
 
-from gauntlet.config_args import option, parse_config
+from gauntlet.runtime.config_args import as_tuple, option, parse_config
 
-ALL_TASKS = "lift,stack,square,pick_place_can"
-
-
-def _split_list(value: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in value.split(",") if v.strip())
+ALL_TASKS = ("lift", "stack", "square", "pick_place_can")
 
 
 @dataclass(frozen=True)
@@ -23,9 +19,9 @@ class GenerateConfig:
     """Builds an error-recovery scene database from scripted-expert rollouts with injected errors."""
 
     out: str = option(help="scene database directory (created, or appended to if it exists)")
-    tasks: str = option(ALL_TASKS, help="comma-separated tasks")
-    variants: str = option("D0,D1", help="comma-separated placement variants")
-    error_types: str = option("all", help="'all' or comma-separated error types")
+    tasks: tuple[str, ...] = option(ALL_TASKS, help="tasks")
+    variants: tuple[str, ...] = option(("D0", "D1"), help="placement variants")
+    error_types: tuple[str, ...] = option(("all",), help="'all' or error types")
     per_combo: int = option(1, help="scenes per task x variant x error type")
     seed: int = option(0, help="base seed; scene seeds derive from it and the scene id")
     image_size: int = option(128, help="camera image size of the envs the scenes are for (pixels)")
@@ -36,6 +32,8 @@ class GenerateConfig:
     validate: bool = option(True, help="tag each scene recoverable or not by letting the expert recover")
 
     def __post_init__(self) -> None:
+        for name in ("tasks", "variants", "error_types"):
+            object.__setattr__(self, name, as_tuple(getattr(self, name)))
         from gauntlet.envs.injectors import ERROR_TYPES, get_spec
         from gauntlet.envs.tasks import check_variant, get_task
 
@@ -55,17 +53,17 @@ class GenerateConfig:
 
     @property
     def task_list(self) -> tuple[str, ...]:
-        return _split_list(self.tasks)
+        return self.tasks
 
     @property
     def variant_list(self) -> tuple[str, ...]:
-        return _split_list(self.variants)
+        return self.variants
 
     @property
     def error_type_list(self) -> tuple[str, ...]:
         from gauntlet.envs.injectors import ERROR_TYPES
 
-        return ERROR_TYPES if self.error_types == "all" else _split_list(self.error_types)
+        return ERROR_TYPES if self.error_types == ("all",) else self.error_types
 
 
 @dataclass(frozen=True)
@@ -106,7 +104,7 @@ def generate(cfg: GenerateConfig, batch_size: int = 8) -> dict:
     """Generates into `cfg.out`; writes in batches so a crash loses at most one batch."""
     from gauntlet.envs.scene_db import SceneDB
     from gauntlet.envs.scene_generation import _worker_init, generate_scene
-    from gauntlet.progress import Progress
+    from gauntlet.runtime.progress import Progress
 
     db = SceneDB.create(cfg.out)
     existing = set(db.metadata()["scene_id"])

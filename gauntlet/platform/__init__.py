@@ -1,1 +1,2 @@
-"""The Ray runtime: evaluation, results, reports, training and sweeps, and the `gauntlet` CLI."""
+"""The products built on Ray: evaluation (eval/), reports (report/), training (train/), sweeps
+(sweeps/), plus the `gauntlet` console script (cli.py) and the demo (demo.py)."""

@@ -17,14 +17,14 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("scenes", "check"), "gauntlet.envs.scenes_cli", "pre-flight: which scenes match the current code"),
     (("scenes", "show"), "gauntlet.envs.scenes_cli", "print one scene's metadata"),
     (("serve",), "gauntlet.deployments.serve_cli", "serve policies on Ray Serve (HTTP, gRPC, WebSocket)"),
-    (("eval",), "gauntlet.platform.eval", "evaluate policies over a scene database"),
-    (("report",), "gauntlet.platform.report", "turn an evaluation run into tables, plots and HTML"),
+    (("eval",), "gauntlet.platform.eval.driver", "evaluate policies over a scene database"),
+    (("report",), "gauntlet.platform.report.build", "turn an evaluation run into tables, plots and HTML"),
     (("data", "collect"), "gauntlet.data.collect", "record scripted-expert demonstrations"),
     (("data", "import-hdf5"), "gauntlet.data.import_hdf5", "import robomimic/MimicGen HDF5 demos"),
     (("data", "stats"), "gauntlet.data.stats", "normalisation statistics of a dataset"),
-    (("train",), "gauntlet.platform.train", "fine-tune a policy on Ray Train (LoRA or full)"),
-    (("sweep", "fusion"), "gauntlet.platform.sweep_fusion", "Ray Tune sweep over fusion methods"),
-    (("sweep", "throughput"), "gauntlet.platform.sweep_throughput", "Ray Tune throughput sweep"),
+    (("train",), "gauntlet.platform.train.driver", "fine-tune a policy on Ray Train (LoRA or full)"),
+    (("sweep", "fusion"), "gauntlet.platform.sweeps.fusion", "Ray Tune sweep over fusion methods"),
+    (("sweep", "throughput"), "gauntlet.platform.sweeps.throughput", "Ray Tune throughput sweep"),
 ]
 
 

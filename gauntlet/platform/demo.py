@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gauntlet.config_args import option, parse_config
+from gauntlet.runtime.config_args import option, parse_config
 
 
 @dataclass(frozen=True)
@@ -23,12 +23,12 @@ class DemoConfig:
     """Runs the Gauntlet demo: scenes, pre-flight, Serve + rollout actors, report."""
 
     out: str = option("demo_out", help="output directory (scene DB, run, report)")
-    tasks: str = option("lift,stack,square,pick_place_can", help="comma-separated tasks")
+    tasks: tuple[str, ...] = option(("lift", "stack", "square", "pick_place_can"), help="tasks")
     per_combo: int = option(1, help="scenes per task x variant x error type")
     workers: int = option(2, help="simulation processes for scene generation")
     actors: int = option(2, help="rollout actors for the evaluation")
     horizon: int = option(200, help="steps per evaluation episode")
-    policies: str = option("scripted,vla", help="comma-separated policies to serve and evaluate")
+    policies: tuple[str, ...] = option(("scripted", "vla"), help="policies to serve and evaluate")
     seed: int = option(0, help="base seed")
 
 
@@ -37,8 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     from gauntlet.envs.scene_check import check_report
     from gauntlet.envs.scene_db import SceneDB
     from gauntlet.envs.scenes_cli import GenerateConfig, generate, print_check
-    from gauntlet.platform.eval import EvalConfig, run_eval
-    from gauntlet.platform.report import format_summary, write_report
+    from gauntlet.platform.eval.driver import EvalConfig, run_eval
+    from gauntlet.platform.eval.status import RUN_MANIFEST
+    from gauntlet.platform.report.build import format_summary, write_report
 
     start = time.monotonic()
     out = Path(cfg.out)
@@ -52,15 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     print_check(report)
     (out / "scenes_check.json").write_text(json.dumps(report, indent=2))
     run_dir = out / "run"
-    policies = tuple(p.strip() for p in cfg.policies.split(",") if p.strip())
+    policies = cfg.policies
     message = (f"[demo] 3/4 evaluating {', '.join(policies)} over {report['total']} scenes with {cfg.actors} "
                f"rollout actors (policies on Ray Serve)")
     print(message, flush=True)
     result = run_eval(EvalConfig(scenes=str(db_path), policy=policies, out=str(run_dir), actors=cfg.actors,
-                                 horizon=cfg.horizon, resume=(run_dir / "run.json").exists()))
+                                 horizon=cfg.horizon, resume=(run_dir / RUN_MANIFEST).exists()))
     print("[demo] 4/4 writing the report", flush=True)
     paths = write_report(run_dir, html=True)
-    from gauntlet.platform.report import build_report
+    from gauntlet.platform.report.build import build_report
 
     print(format_summary(build_report(run_dir)), flush=True)
     message = (f"[demo] done in {time.monotonic() - start:.0f} s: {report['total']} scenes "

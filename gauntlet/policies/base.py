@@ -11,16 +11,14 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from gauntlet.data.normalization import STATE_KEY  # noqa: E402 - defined with the statistics
-
-OBJECT_STATE_KEY = "observation/object_state"
-IMAGE_KEY = "observation/image"
-WRIST_IMAGE_KEY = "observation/wrist_image"
-PROMPT_KEY = "prompt"
-# Optional per-request key: an episode's id, for policies with per-episode memory (e.g. BC-RNN).
-# Batched replicas serve many episodes at once, so memory cannot live "in the connection".
-EPISODE_ID_KEY = "episode_id"
-_OPTIONAL_STR_KEYS = (PROMPT_KEY, EPISODE_ID_KEY, "task")
+from gauntlet.keys import (
+    IMAGE_KEY,
+    OBJECT_STATE_KEY,
+    OPTIONAL_STR_KEYS,
+    PROMPT_KEY,
+    STATE_KEY,
+    WRIST_IMAGE_KEY,
+)
 
 
 @dataclass(frozen=True)
@@ -89,7 +87,7 @@ def stack_observations(observations: list[dict[str, Any]]) -> dict[str, np.ndarr
     for key in keys:
         if isinstance(observations[0].get(key), dict):
             batch[key] = [obs[key] for obs in observations]  # maps (e.g. sim states) stay a list
-        elif key in _OPTIONAL_STR_KEYS:
+        elif key in OPTIONAL_STR_KEYS:
             # A request without the key gets "" (no prompt / stateless) rather than failing its batch.
             batch[key] = np.array([str(obs.get(key, "")) for obs in observations])
         else:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gauntlet.policies.base import STATE_KEY, PolicyMetadata, state_spec
+from gauntlet.keys import STATE_KEY
+from gauntlet.policies.base import PolicyMetadata, state_spec
 
 
 class RandomPolicy:

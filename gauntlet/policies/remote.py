@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from gauntlet.keys import PROMPT_KEY
 from gauntlet.policies import msgpack_numpy
-from gauntlet.policies.base import PROMPT_KEY, FieldSpec, PolicyMetadata
+from gauntlet.policies.base import FieldSpec, PolicyMetadata
 
 
 class RemotePolicyError(RuntimeError):

@@ -16,16 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from gauntlet.policies.base import (
-    EPISODE_ID_KEY,
-    PROMPT_KEY,
-    STATE_KEY,
-    FieldSpec,
-    PolicyMetadata,
-)
+from gauntlet.keys import EPISODE_ID_KEY, PROMPT_KEY, SIM_STATE_KEY, STATE_KEY, TASK_KEY
+from gauntlet.policies.base import FieldSpec, PolicyMetadata
 
-SIM_STATE_KEY = "observation/sim_state"
-TASK_KEY = "task"
 MAX_EPISODES = 4096  # experts kept in memory (least recently used dropped first)
 
 

@@ -11,13 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from gauntlet.policies.base import EPISODE_ID_KEY, PROMPT_KEY, FieldSpec
+from gauntlet.keys import EPISODE_ID_KEY, PROMPT_KEY, TASK_KEY
+from gauntlet.policies.base import FieldSpec
 
 MAX_PROMPT_CHARS = 2048
 MAX_EPISODE_ID_CHARS = 256
 MAX_STATE_ENTRIES = 512
 MAX_STATE_ELEMENTS = 100_000
-TASK_KEY = "task"
 
 
 class ObservationError(ValueError):

@@ -17,7 +17,7 @@ from gauntlet.data.dataset_format import DatasetError, validate
 from gauntlet.data.loader import make_loader
 from gauntlet.envs.env import make_env
 from gauntlet.platform.cli import main as cli
-from gauntlet.platform.rollout import filter_obs
+from gauntlet.platform.eval.episode import filter_obs
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gauntlet.config_args import parse_config
 from gauntlet.deployments.app import app_from_args
 from gauntlet.deployments.serve_cli import ServeCLIConfig, serving_specs
 from gauntlet.policies.registry import UnknownPolicyError
+from gauntlet.runtime.config_args import parse_config
 
 CONFIG = Path(__file__).resolve().parents[2] / "gauntlet" / "deployments" / "serve_config.yaml"
 

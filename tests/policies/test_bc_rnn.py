@@ -14,9 +14,10 @@ import pytest
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)  # 2 shared cores: intra-op threads only contend
 
-from gauntlet.policies.base import OBJECT_STATE_KEY, PROMPT_KEY, STATE_KEY, Policy, stack_observations  # noqa: E402
+from gauntlet.keys import EPISODE_ID_KEY, OBJECT_STATE_KEY, PROMPT_KEY, STATE_KEY  # noqa: E402
+from gauntlet.policies.base import Policy, stack_observations  # noqa: E402
 from gauntlet.policies.bc_rnn import BCRNNConfig, config_for_task  # noqa: E402
-from gauntlet.policies.bc_rnn.policy import EPISODE_ID_KEY, BCRNNPolicy  # noqa: E402
+from gauntlet.policies.bc_rnn.policy import BCRNNPolicy  # noqa: E402
 from gauntlet.policies.bc_rnn.train import DemoEpisode, collect_demos, compute_norm_stats, fit  # noqa: E402
 from gauntlet.policies.checkpoints import (  # noqa: E402
     CONFIG_FILE,

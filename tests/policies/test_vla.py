@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gauntlet.data.normalization import ACTIONS_KEY, FieldStats, NormStats, NormStatsError
-from gauntlet.policies.base import IMAGE_KEY, PROMPT_KEY, STATE_KEY, WRIST_IMAGE_KEY, Policy
+from gauntlet.data.normalization import FieldStats, NormStats, NormStatsError
+from gauntlet.keys import ACTIONS_KEY, IMAGE_KEY, PROMPT_KEY, STATE_KEY, WRIST_IMAGE_KEY
+from gauntlet.policies.base import Policy
 from gauntlet.policies.checkpoints import (
     AdapterBaseMismatchError,
     CheckpointFormatError,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gauntlet.data.normalization import NORM_MODES
-from gauntlet.policies.base import OBJECT_STATE_KEY, STATE_KEY
+from gauntlet.keys import OBJECT_STATE_KEY, STATE_KEY
 
 LOSSES = ("mse",)  # a GMM head (robomimic's option) is not implemented: scripted demos are unimodal
 

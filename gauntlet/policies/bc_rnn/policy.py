@@ -32,8 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from gauntlet.data.normalization import ACTIONS_KEY, FieldStats, NormStats, NormStatsError
-from gauntlet.policies.base import EPISODE_ID_KEY, FieldSpec, PolicyMetadata
+from gauntlet.data.normalization import FieldStats, NormStats, NormStatsError
+from gauntlet.keys import ACTIONS_KEY, EPISODE_ID_KEY
+from gauntlet.policies.base import FieldSpec, PolicyMetadata
 from gauntlet.policies.bc_rnn.config import BCRNNConfig, config_for_task
 from gauntlet.policies.bc_rnn.model import BCRNN, build_model, param_shapes, state_dict_numpy
 from gauntlet.policies.checkpoints import (

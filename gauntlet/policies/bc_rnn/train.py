@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gauntlet.data.normalization import ACTIONS_KEY, NormStats
-from gauntlet.policies.base import OBJECT_STATE_KEY, STATE_KEY
+from gauntlet.data.normalization import NormStats
+from gauntlet.keys import ACTIONS_KEY, OBJECT_STATE_KEY, STATE_KEY
 from gauntlet.policies.bc_rnn.config import BCRNNConfig
 
 if TYPE_CHECKING:
@@ -182,7 +182,7 @@ def fit(policy_or_config: BCRNNPolicy | BCRNNConfig, episodes: Sequence[DemoEpis
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     meter = None
     if progress:
-        from gauntlet.progress import Progress
+        from gauntlet.runtime.progress import Progress
 
         meter = Progress(steps, "bc_rnn fit", unit="steps")
     losses: list[float] = []

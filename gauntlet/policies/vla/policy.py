@@ -27,12 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gauntlet.data.normalization import ACTION_IS_PAD_KEY, ACTIONS_KEY, NormStats
+from gauntlet.data.normalization import NormStats
+from gauntlet.keys import ACTION_IS_PAD_KEY, ACTIONS_KEY, IMAGE_KEY, PROMPT_KEY, STATE_KEY, WRIST_IMAGE_KEY
 from gauntlet.policies.base import (
-    IMAGE_KEY,
-    PROMPT_KEY,
-    STATE_KEY,
-    WRIST_IMAGE_KEY,
     PolicyMetadata,
     image_spec,
     state_spec,

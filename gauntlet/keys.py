@@ -1,0 +1,34 @@
+"""The wire vocabulary: observation and action keys, and the dataset columns they are stored under.
+
+Keys follow openpi's naming so that its clients and servers interoperate with Gauntlet's. Every
+module that reads or writes one of these imports it from here; nothing spells them again.
+"""
+
+from __future__ import annotations
+
+# Observations (one request; a batch adds a leading dimension B).
+STATE_KEY = "observation/state"  # (8,) float32: eef position (3), eef axis-angle (3), gripper (2)
+IMAGE_KEY = "observation/image"  # (H, W, 3) uint8, agent-view camera
+WRIST_IMAGE_KEY = "observation/wrist_image"  # (H, W, 3) uint8, wrist camera
+PROMPT_KEY = "prompt"  # str: the language instruction
+# Privileged observations, read only by policies that declare them (the scripted oracle).
+OBJECT_STATE_KEY = "observation/object_state"  # (K,) float32: task objects' poses
+SIM_STATE_KEY = "observation/sim_state"  # {name: array}: the full simulator state
+# Optional strings. Batched replicas serve many episodes at once, so a recurrent policy's memory is
+# keyed by the episode's id rather than kept "in the connection".
+EPISODE_ID_KEY = "episode_id"
+TASK_KEY = "task"
+OPTIONAL_STR_KEYS = (PROMPT_KEY, EPISODE_ID_KEY, TASK_KEY)
+
+# Responses and training batches.
+ACTIONS_KEY = "actions"  # (H, D) per request, (B, H, D) per batch
+ACTION_IS_PAD_KEY = "action_is_pad"  # (B, H) bool: chunk positions past the episode end
+
+# Dataset columns (LeRobot's names) of the wire keys above.
+STATE_FEATURE = "observation.state"
+ACTION_FEATURE = "action"
+DATASET_COLUMNS: dict[str, str] = {STATE_KEY: STATE_FEATURE, ACTIONS_KEY: ACTION_FEATURE}
+
+# Cameras: robosuite's camera names and the dataset's camera names, each mapped to its wire key.
+ROBOSUITE_CAMERAS: dict[str, str] = {"agentview": IMAGE_KEY, "robot0_eye_in_hand": WRIST_IMAGE_KEY}
+DATASET_CAMERAS: dict[str, str] = {"agentview": IMAGE_KEY, "wrist": WRIST_IMAGE_KEY}

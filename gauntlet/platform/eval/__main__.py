@@ -1,0 +1,5 @@
+import sys
+
+from gauntlet.platform.eval.driver import main
+
+sys.exit(main())

@@ -1,0 +1,108 @@
+"""How a rollout actor reaches a policy: a Serve DeploymentHandle, a remote URL, or in-process.
+
+All three present the same `ChunkSource` face to `run_episode`. The Serve client retries while a
+replica is being restarted, so a replica crash costs latency, not episodes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gauntlet.keys import SIM_STATE_KEY
+from gauntlet.platform.eval.episode import PolicyUnavailableError
+from gauntlet.policies.base import stack_observations
+
+
+@dataclass(frozen=True)
+class PolicyTarget:
+    """Where a policy lives, in a form that can be shipped to an actor (plain strings)."""
+
+    label: str  # results column value
+    kind: str  # "serve" | "remote" | "local"
+    app: str = ""  # Serve application (kind=serve)
+    deployment: str = ""  # Serve deployment (kind=serve)
+    url: str = ""  # endpoint (kind=remote)
+    name: str = ""  # registry name (kind=local)
+    checkpoint: str | None = None  # checkpoint (kind=local)
+    adapter: str = ""  # LoRA adapter the deployment serves by name (kind=serve; "" = the base)
+
+
+class _SourceBase:
+    def _set_metadata(self, meta: dict[str, Any]) -> None:
+        spec = meta.get("observation_spec", {})
+        self.spec_keys = frozenset(spec)
+        # Image sizes the policy expects: the actor resizes its renders to them.
+        self.image_shapes = {k: tuple(v["shape"]) for k, v in spec.items()
+                             if isinstance(v, dict) and v.get("dtype") == "uint8" and len(v.get("shape", ())) == 3}
+        self.needs_images = bool(meta.get("needs_images", False))
+        self.needs_sim_state = SIM_STATE_KEY in spec
+        self.chunk_len = int(meta.get("chunk_len", 1))
+
+
+class ServeSource(_SourceBase):
+    def __init__(self, app: str, deployment: str, retry_s: float = 120.0, adapter: str = ""):
+        from ray import serve
+
+        self.handle = serve.get_deployment_handle(deployment, app_name=app)
+        self.adapter = adapter or None
+        # Multiplexed id: Serve routes an adapter's requests to replicas that already hold it.
+        self._infer_handle = self.handle.options(multiplexed_model_id=adapter) if adapter else self.handle
+        self.retry_s = retry_s
+        self._set_metadata(self._call(lambda: self.handle.metadata.remote().result()))
+
+    def _call(self, fn: Any) -> Any:
+        deadline = time.monotonic() + self.retry_s
+        delay = 0.2
+        while True:
+            try:
+                return fn()
+            except Exception as exc:  # noqa: BLE001 - replica restarting: retry within the budget
+                if time.monotonic() > deadline:
+                    raise PolicyUnavailableError(f"policy unavailable for {self.retry_s:.0f} s: {exc}") from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def infer(self, obs: dict[str, Any]) -> np.ndarray:
+        out = self._call(lambda: self._infer_handle.infer.remote(obs, self.adapter).result())
+        if "error" in out:
+            raise PolicyUnavailableError(f"policy answered an error: {out['error']}")
+        return np.asarray(out["actions"])
+
+
+class RemoteSource(_SourceBase):
+    def __init__(self, url: str):
+        from gauntlet.policies.remote import RemotePolicy
+
+        self.policy = RemotePolicy(url)
+        self._set_metadata(self.policy.metadata.to_dict())
+
+    def infer(self, obs: dict[str, Any]) -> np.ndarray:
+        return self.policy.infer(stack_observations([obs]))["actions"][0]
+
+
+class LocalSource(_SourceBase):
+    def __init__(self, name: str, checkpoint: str | None = None, policy: Any = None):
+        from gauntlet.policies.registry import make_policy
+        from gauntlet.policies.validation import validate_observation
+
+        self.policy = policy if policy is not None else make_policy(name, checkpoint)
+        self._validate = validate_observation
+        self._set_metadata(self.policy.metadata.to_dict())
+
+    def infer(self, obs: dict[str, Any]) -> np.ndarray:
+        obs = self._validate(obs, self.policy.metadata.observation_spec)
+        return self.policy.infer(stack_observations([obs]))["actions"][0]
+
+
+def make_source(target: PolicyTarget) -> Any:
+    if target.kind == "serve":
+        return ServeSource(target.app, target.deployment, adapter=target.adapter)
+    if target.kind == "remote":
+        return RemoteSource(target.url)
+    if target.kind == "local":
+        return LocalSource(target.name, target.checkpoint)
+    raise ValueError(f"unknown policy target kind {target.kind!r}")

@@ -1,0 +1,5 @@
+import sys
+
+from gauntlet.platform.report.build import main
+
+sys.exit(main())

@@ -1,0 +1,543 @@
+"""`gauntlet sweep throughput`: find the fastest loader or evaluation settings that stay above a RAM floor.
+
+Ray Tune runs one configuration at a time (each trial measures throughput and would disturb the
+others): `--target loader` measures a training loader's samples/s on `--dataset`, `--target eval` a
+short real evaluation's episodes/min (and mean Serve batch size) on `--scenes`. Every trial runs
+under a RAM floor: a trial that would push the host's available memory below `--ram-floor-gb` is
+stopped from inside (its processes killed) before the kernel's OOM killer acts, and is reported as
+`ram_floor` with the memory it saw; the sweep goes on. `--mode grid` tries every combination of
+`--knobs`; `--mode ladder` starts from a baseline and moves one knob at a time to its next value,
+keeping only improvements beyond `--noise-margin`.
+
+Writes to --out: trials.csv/.parquet (one row per trial), report.md and report.json (the
+recommendation: the fastest configuration that stayed above the floor; the ladder's path), Tune's
+records and, for eval, each trial's run directory; prints the table at the end.
+
+    gauntlet sweep throughput --target loader --dataset DS --knobs num_workers=0,1,2 batch_size=32,64 --out runs/tp
+    gauntlet sweep throughput --target eval --scenes DB --policy vla --mode ladder --out runs/tp-eval
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gauntlet.platform.sweeps.ram_floor import GB, MB
+from gauntlet.platform.sweeps.search import (
+    GridPlan,
+    KnobError,
+    Knobs,
+    KnobSpec,
+    LadderPlan,
+    PlanSummary,
+    knob_table,
+    parse_baseline,
+    parse_knobs,
+    summarise_plan,
+    tune_searcher,
+)
+from gauntlet.platform.sweeps.throughput_trials import (
+    STATUS_OK,
+    EvalTarget,
+    LoaderTarget,
+    RamLimits,
+    RealLoaderFactory,
+    ThroughputTarget,
+    loader_api,
+)
+from gauntlet.runtime.config_args import option, parse_config
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+PROG = "gauntlet sweep throughput"
+TARGETS = ("eval", "loader")
+MODES = ("grid", "ladder")
+
+# What each target can sweep. Eval knobs are `gauntlet eval` flags; loader knobs are LoaderConfig fields.
+KNOB_SPECS: dict[str, dict[str, KnobSpec]] = {
+    "loader": {s.name: s for s in (
+        KnobSpec("num_workers", int, 1, "threads assembling batches"),
+        KnobSpec("prefetch_depth", int, 1, "batches prefetched ahead"),
+        KnobSpec("decode_workers", int, 1, "image decode threads"),
+        KnobSpec("batch_size", int, 1, "samples per batch"),
+        KnobSpec("memory_budget_mb", int, 1, "loader memory budget"),
+    )},
+    "eval": {s.name: s for s in (
+        KnobSpec("actors", int, 1, "rollout actors"),
+        KnobSpec("max_batch_size", int, 1, "Serve batch size"),
+        KnobSpec("batch_wait_timeout_s", float, 0.0, "Serve batch wait"),
+        KnobSpec("replicas", int, 1, "Serve replicas"),
+    )},
+}
+# Defaults sized to a 2-core machine: a handful of trials, each a few seconds (loader) or ~1 min (eval).
+DEFAULT_KNOBS: dict[str, tuple[str, ...]] = {
+    "loader": ("num_workers=1,2", "prefetch_depth=2,4", "decode_workers=1,2", "batch_size=32,64"),
+    "eval": ("actors=1,2", "max_batch_size=1,8", "batch_wait_timeout_s=0.005,0.02", "replicas=1"),
+}
+# `gauntlet eval`'s own defaults, for knobs a sweep leaves out (used to size the embedded Ray)
+EVAL_DEFAULTS = {"actors": 2, "replicas": 1}
+SERVE_REPLICA_CPUS = 0.5  # what run_eval reserves per deployed replica
+# CPUs a trial reserves itself: the loader measures in-process; an eval trial only waits on its driver
+TRIAL_CPUS = {"loader": 1.0, "eval": 0.25}
+
+
+class SweepInputError(ValueError):
+    """A bad flag found before any trial runs; the message names the flag."""
+
+
+def _log(message: str) -> None:
+    print(f"[sweep throughput] {message}", flush=True)
+
+
+@dataclass(frozen=True)
+class SweepThroughputConfig:
+    """Flags of `gauntlet sweep throughput`."""
+
+    # output directory for the tables, the report and Tune's records
+    out: str = option(help="output directory (trials table, report, Tune records, eval runs)")
+    # what to tune: the training loader or an evaluation
+    target: str = option(help="what to tune: `loader` (samples/s) or `eval` (episodes/min)", choices=TARGETS)
+    # grid: every combination; ladder: one knob at a time from a baseline, keeping improvements
+    mode: str = option("grid", help="grid: all combinations; ladder: one knob at a time, keep improvements",
+                       choices=MODES)
+    # knob candidate lists, NAME=V1,V2 each; empty means the target's defaults
+    knobs: tuple[str, ...] = option((), help="knob values to try, NAME=V1,V2,... each (loader: num_workers, "
+                                             "prefetch_depth, decode_workers, batch_size, memory_budget_mb; eval: "
+                                             "actors, max_batch_size, batch_wait_timeout_s, replicas); "
+                                             "default: a small 2-core set per target", aliases=("--grid",), split_commas=False)
+    # ladder start, NAME=V each; default the first value of every knob
+    baseline: tuple[str, ...] = option((), help="ladder baseline, NAME=V each (default: first value of each knob)")
+    # a ladder move is kept only if it beats the current best by more than this fraction
+    noise_margin: float = option(0.03, help="ladder: keep a move only if faster by more than this fraction")
+    # host available memory every trial must leave; 0 = automatic
+    ram_floor_gb: float = option(0.0, help="host available memory (GB) a trial must not go below; a trial "
+                                           "about to is stopped and reported `ram_floor` (0 = 10%% of RAM, >= 1 GB)")
+    # per-trial budget: a trial may also not take more than this from what was available at its start
+    ram_headroom_gb: float = option(0.0, help="also stop a trial that takes more than this (GB) of the memory "
+                                              "available when it started (0 = off)")
+    # a trial is stopped once available memory is this close to the floor
+    ram_margin_mb: float = option(128.0, help="stop a trial once available memory is this close (MB) to the floor")
+    # how often the RAM watcher looks
+    ram_interval_s: float = option(0.05, help="RAM watcher sampling period (s)")
+    # a trial running longer than this is stopped and reported as an error
+    trial_timeout_s: float = option(900.0, help="eval: a trial's evaluation is stopped after this long (s)")
+    # CPUs of the embedded local Ray (ignored when RAY_ADDRESS is set)
+    num_cpus: int = option(0, help="CPUs for the embedded local Ray; 0 = enough for the largest trial "
+                                   "(ignored with RAY_ADDRESS)")
+    # --- loader target
+    # dataset the loader reads
+    dataset: str | None = option(None, help="loader: dataset directory")
+    # dataset split the loader draws from
+    split: str = option("train", help="loader: dataset split to draw from ('' = every episode)")
+    # loader batches drawn before timing starts
+    warmup_batches: int = option(3, help="loader: batches before the clock starts")
+    # seconds each loader configuration is timed
+    measure_s: float = option(5.0, help="loader: seconds each configuration is timed")
+    # --- eval target
+    # scene database each evaluation runs on
+    scenes: str | None = option(None, help="eval: scene database directory")
+    # the policy each evaluation deploys
+    policy: str = option("vla", help="eval: NAME[=CHECKPOINT] each trial deploys on Serve")
+    # episodes per scene in each trial's evaluation
+    eval_trials: int = option(1, help="eval: trials per scene in each evaluation")
+    # steps per episode
+    horizon: int = option(60, help="eval: steps per episode")
+    # scenes used (in id order)
+    limit: int = option(0, help="eval: at most this many scenes (0 = all)")
+    # VLA preset when the policy is `vla` without a checkpoint
+    vla_size: str = option("tiny", help="eval: VLA preset for `vla` without a checkpoint")
+    # CPUs reserved per rollout actor
+    actor_cpus: float = option(1.0, help="eval: CPUs reserved per rollout actor")
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"--target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.ram_floor_gb < 0:
+            raise ValueError(f"--ram-floor-gb must be >= 0, got {self.ram_floor_gb}")
+        if self.ram_margin_mb < 0 or self.ram_interval_s <= 0 or self.ram_headroom_gb < 0:
+            raise ValueError("--ram-margin-mb and --ram-headroom-gb must be >= 0, --ram-interval-s > 0")
+        if self.noise_margin < 0:
+            raise ValueError(f"--noise-margin must be >= 0, got {self.noise_margin}")
+        if self.num_cpus < 0 or self.trial_timeout_s <= 0:
+            raise ValueError("--num-cpus must be >= 0 and --trial-timeout-s > 0")
+        if self.target == "loader":
+            if not self.dataset:
+                raise ValueError("--dataset is required with --target loader")
+            if self.warmup_batches < 0 or self.measure_s <= 0:
+                raise ValueError("--warmup-batches must be >= 0 and --measure-s > 0")
+        if self.target == "eval":
+            if not self.scenes:
+                raise ValueError("--scenes is required with --target eval")
+            if self.eval_trials < 1 or self.horizon < 1 or self.limit < 0 or self.actor_cpus <= 0:
+                raise ValueError("--eval-trials and --horizon must be >= 1, --limit >= 0, --actor-cpus > 0")
+
+    @property
+    def floor_bytes(self) -> int:
+        """The RAM floor in bytes (automatic: 10% of total memory, at least 1 GB)."""
+        if self.ram_floor_gb > 0:
+            return int(self.ram_floor_gb * GB)
+        import psutil
+
+        return max(GB, int(0.1 * psutil.virtual_memory().total))
+
+    @property
+    def limits(self) -> RamLimits:
+        return RamLimits(floor_bytes=self.floor_bytes, margin_bytes=int(self.ram_margin_mb * MB),
+                         interval_s=self.ram_interval_s, headroom_bytes=int(self.ram_headroom_gb * GB))
+
+    @property
+    def metric(self) -> str:
+        return "samples_per_s" if self.target == "loader" else "episodes_per_min"
+
+
+# ------------------------------------------------------------------------------ pre-flight checks
+
+def knobs_of(config: SweepThroughputConfig) -> Knobs:
+    return parse_knobs(config.knobs or DEFAULT_KNOBS[config.target], KNOB_SPECS[config.target], "--knobs")
+
+
+def plan_of(config: SweepThroughputConfig, knobs: Knobs) -> GridPlan | LadderPlan:
+    if config.mode == "grid":
+        if config.baseline:
+            raise KnobError("--baseline applies to --mode ladder only")
+        return GridPlan(knobs)
+    baseline = parse_baseline(config.baseline, knobs, KNOB_SPECS[config.target], "--baseline")
+    return LadderPlan(knobs, baseline, margin=config.noise_margin)
+
+
+def check_floor(config: SweepThroughputConfig) -> None:
+    """A floor the host is already below (or within the margin of) would stop every trial at once."""
+    import psutil
+
+    available = psutil.virtual_memory().available
+    floor = config.floor_bytes
+    if floor + config.ram_margin_mb * MB >= available:
+        raise SweepInputError(
+            f"--ram-floor-gb {floor / GB:.2f} (plus --ram-margin-mb {config.ram_margin_mb:g}) is above the memory "
+            f"available now ({available / GB:.2f} GB): every trial would stop at once; lower the floor")
+
+
+def target_of(config: SweepThroughputConfig) -> ThroughputTarget:
+    """The measurement, checked: its inputs exist (errors name the flag)."""
+    if config.target == "loader":
+        from gauntlet.data.dataset_format import DatasetError, open_dataset
+
+        try:
+            dataset = open_dataset(config.dataset)
+        except DatasetError as exc:
+            raise SweepInputError(f"--dataset: {exc}") from None
+        try:
+            if config.split:
+                dataset.split(config.split)
+        except DatasetError as exc:
+            raise SweepInputError(f"--split: {exc}") from None
+        try:
+            loader_api()
+        except ImportError as exc:
+            raise SweepInputError(f"--target loader: the training loader is not available ({exc})") from None
+        factory = RealLoaderFactory(dataset=str(Path(config.dataset).resolve()),
+                                    settings=(("epochs", 0), ("split", config.split)))
+        return LoaderTarget(factory=factory, warmup_batches=config.warmup_batches, measure_s=config.measure_s)
+    from gauntlet.envs.errors import GauntletEnvError
+    from gauntlet.envs.scene_db import SceneDB
+    from gauntlet.policies.registry import PolicyRef
+
+    try:
+        if SceneDB.open(config.scenes).metadata().empty:
+            raise SweepInputError(f"--scenes {config.scenes}: the scene database is empty")
+    except GauntletEnvError as exc:
+        raise SweepInputError(f"--scenes: {exc}") from None
+    try:
+        ref = PolicyRef.parse(config.policy)
+    except ValueError as exc:
+        raise SweepInputError(f"--policy: {exc}") from None
+    if ref.checkpoint and not Path(ref.checkpoint).exists():
+        raise SweepInputError(f"--policy: checkpoint {ref.checkpoint} does not exist")
+    return EvalTarget(scenes=str(Path(config.scenes).resolve()), policy=config.policy,
+                      # one directory per sweep: a re-run into the same --out must not meet old runs
+                      runs_dir=str((Path(config.out) / "eval_runs" / time.strftime("%Y%m%d-%H%M%S")).resolve()),
+                      eval_trials=config.eval_trials,
+                      horizon=config.horizon, limit=config.limit, vla_size=config.vla_size,
+                      actor_cpus=config.actor_cpus, timeout_s=config.trial_timeout_s)
+
+
+# ------------------------------------------------------------------------------------ the sweep
+
+def _describe(knobs: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in knobs.items())
+
+
+def _progress_callback(total: int | None, metric: str):
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        """One unbuffered line per finished trial: done/total, rate, ETA, the knobs and the outcome."""
+
+        def __init__(self) -> None:
+            self.started = time.monotonic()
+            self.done = 0
+
+        def _tick(self, trial: Any, what: str) -> None:
+            self.done += 1
+            elapsed = time.monotonic() - self.started
+            rate = self.done / max(elapsed, 1e-9)
+            cfg = trial.config or {}
+            step = cfg.get("step", {})
+            if total:
+                head = f"{self.done}/{total} trials, ETA {(total - self.done) / rate:.0f}s"
+            else:  # a ladder's length depends on what it measures
+                head = f"trial {self.done} (ladder round {step.get('round', '?')}" + (
+                    f", moved {step['changed_knob']})" if step.get("changed_knob") else ", baseline)")
+            _log(f"{head} | {_describe(cfg.get('knobs', {}))}: {what}")
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            r = trial.last_result or {}
+            memory = f"peak tree RSS {r.get('peak_tree_rss_mb', math.nan):.0f} MB, min available " \
+                     f"{r.get('min_available_mb', math.nan) / 1024:.2f} GB"
+            if r.get("status") == STATUS_OK:
+                what = f"{r.get(metric, math.nan):.1f} {metric.replace('_per_', '/')} ({memory})"
+            else:
+                what = f"{str(r.get('status', 'error')).upper()} {r.get('reason', '')} ({memory})"
+            self._tick(trial, what)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._tick(trial, "ERROR (the trial's process died; see the reason column)")
+
+    return Progress()
+
+
+def run_sweep(config: SweepThroughputConfig, target: ThroughputTarget, plan: GridPlan | LadderPlan,
+              limits: RamLimits | None = None) -> pd.DataFrame:
+    """Runs `plan` on Ray Tune (one trial at a time, on the current Ray); one row per trial."""
+    from ray import tune
+
+    from gauntlet.platform.sweeps.throughput_trials import throughput_trainable
+
+    limits = limits or config.limits
+    out = Path(config.out).resolve()
+    metric = target.metric
+    trainable = tune.with_resources(
+        tune.with_parameters(throughput_trainable, target=target, limits=limits),
+        {"cpu": TRIAL_CPUS.get(config.target, 1.0)},
+    )
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=tune_searcher(plan, metric),
+            num_samples=plan.max_trials,  # the plan says FINISHED first; this only bounds it
+            max_concurrent_trials=1,  # throughput measured beside another trial is noise
+            reuse_actors=False,  # a fresh process per trial: no threads or memory left by the last
+        ),
+        run_config=tune.RunConfig(
+            name=f"throughput-{config.target}", storage_path=str(out / "tune"), verbose=0,
+            callbacks=[_progress_callback(plan.total, metric)], failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+    size = f"{plan.total} trials" if plan.total else f"at most {plan.max_trials} trials"
+    headroom = f", or {limits.headroom_bytes / GB:.2f} GB below what a trial starts with" if limits.headroom_bytes else ""
+    _log(f"{config.mode} over {' '.join(knob_table(plan.knobs))}: {size}, one at a time, RAM floor "
+         f"{limits.floor_bytes / GB:.2f} GB{headroom}")
+    grid = tuner.fit()
+    accepted = {s.proposal.index: s.accepted for s in plan.history}
+    rows = []
+    for result in grid:
+        cfg = result.config or {}
+        step = cfg.get("step", {})
+        metrics = result.metrics or {}
+        row: dict[str, Any] = {"trial": int(step.get("index", -1))}
+        if config.mode == "ladder":
+            row.update(round=int(step.get("round", 0)), changed_knob=str(step.get("changed_knob", "")),
+                       kept=bool(accepted.get(row["trial"], False)))
+        row.update(cfg.get("knobs", {}))
+        if result.error is not None or "status" not in metrics:
+            reason = str(result.error or "trial ended without reporting").strip().splitlines()
+            row.update(status="error", reason=reason[-1][:500] if reason else "trial died")
+            row[metric] = math.nan
+        else:
+            row.update({k: v for k, v in metrics.items() if k in _RESULT_COLUMNS or k == metric})
+        rows.append(row)
+    return _table(rows, list(plan.knobs), metric, config.mode)
+
+
+_RESULT_COLUMNS = (
+    "status", "samples_per_s", "episodes_per_min", "mean_batch_size", "max_batch_size_seen", "episodes", "skipped",
+    "batches_per_s", "samples", "batches", "measured_s", "first_batch_s", "eval_wall_s", "peak_tree_rss_mb",
+    "tree_growth_mb", "min_available_mb", "floor_mb", "breach_available_mb", "breach_tree_rss_mb", "breach_decline_mb_per_s",
+    "trial_s", "reason",
+)
+
+
+def _table(rows: list[dict[str, Any]], knob_names: list[str], metric: str, mode: str) -> pd.DataFrame:
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    lead = ["trial", *(["round", "changed_knob", "kept"] if mode == "ladder" else []), *knob_names, "status",
+            metric]
+    rest = [c for c in _RESULT_COLUMNS if c in frame.columns and c not in lead and c != "reason"]
+    frame = frame.reindex(columns=[*lead, *rest, "reason"])
+    frame["reason"] = frame["reason"].fillna("").astype(str)
+    frame["status"] = frame["status"].fillna("error").astype(str)
+    for col in ("samples", "batches", "episodes", "skipped", "max_batch_size_seen"):
+        if col in frame.columns and frame[col].notna().all():
+            frame[col] = frame[col].astype("int64")
+    if mode == "ladder":
+        frame["kept"] = frame["kept"].astype(bool)
+    return frame.sort_values("trial", kind="stable").reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------ reporting
+
+def recommendation(summary: PlanSummary, metric: str) -> dict[str, Any] | None:
+    """The configuration to use: the ladder's end point, or the grid's fastest ok trial."""
+    if summary.recommended is None:
+        return None
+    return {"knobs": summary.recommended, metric: summary.metric}
+
+
+def format_table(trials: pd.DataFrame, knob_names: list[str], metric: str) -> str:
+    extra = "mean_batch_size" if "mean_batch_size" in trials.columns else None
+    head = ["#", *knob_names, "status", metric, *([extra] if extra else []), "peak RSS MB", "min avail GB", "note"]
+    body = []
+    for _, r in trials.iterrows():
+        note = ""
+        if "kept" in trials.columns:
+            note = "baseline" if not r["changed_knob"] else (f"moved {r['changed_knob']}: "
+                                                             + ("kept" if r["kept"] else "not kept"))
+        if r["status"] != STATUS_OK:
+            note = (note + "; " if note else "") + str(r["reason"])[:90]
+        cells = [str(int(r["trial"])), *(str(r[k]) for k in knob_names), str(r["status"]), _num(r[metric])]
+        if extra:
+            cells.append(_num(r[extra], 2))
+        cells += [_num(r.get("peak_tree_rss_mb"), 0), _num(r.get("min_available_mb", math.nan) / 1024, 2), note]
+        body.append(cells)
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + "  {}"
+    lines = [fmt.format(*head), "-" * (sum(widths[:-1]) + 2 * len(widths) + 8)]
+    lines += [fmt.format(*cells) for cells in body]
+    return "\n".join(lines)
+
+
+def _num(value: Any, digits: int = 1) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "-"
+    return "-" if math.isnan(v) else f"{v:.{digits}f}"
+
+
+def write_report(trials: pd.DataFrame, summary: PlanSummary, config: SweepThroughputConfig, knob_names: list[str],
+                 limits: RamLimits, out: Path, eval_runs_dir: str | None = None) -> dict[str, Any]:
+    """trials.csv/.parquet, report.json and report.md; returns the report object."""
+    metric = config.metric
+    trials.to_csv(out / "trials.csv", index=False)
+    trials.to_parquet(out / "trials.parquet", index=False)
+    counts = {s: int((trials["status"] == s).sum()) for s in ("ok", "ram_floor", "error")}
+    rec = recommendation(summary, metric)
+    report = {
+        "target": config.target, "mode": config.mode, "metric": metric, "ram_floor_gb": limits.floor_bytes / GB,
+        "ram_headroom_gb": limits.headroom_bytes / GB, "eval_runs_dir": eval_runs_dir,
+        "knobs": {k: list(v) for k, v in summary_knobs(trials, knob_names).items()}, "trials": int(len(trials)),
+        "counts": counts, "recommended": rec, "ladder_path": summary.path,
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=_json_default))
+    lines = [f"# Throughput sweep: {config.target} ({config.mode})", "",
+             f"- metric: {metric} (higher is better); RAM floor {limits.floor_bytes / GB:.2f} GB of host "
+             f"available memory", f"- trials: {len(trials)} ({counts['ok']} ok, {counts['ram_floor']} stopped at "
+             f"the RAM floor, {counts['error']} errors)", ""]
+    if rec:
+        lines += ["## Recommendation", "", f"`{_describe(rec['knobs'])}`: {rec[metric]:.2f} {metric} — the fastest "
+                  "configuration that stayed above the RAM floor" + (" (where the ladder ended)"
+                                                                      if config.mode == "ladder" else ""), ""]
+    else:
+        lines += ["## Recommendation", "", "none: no configuration finished above the RAM floor", ""]
+    if summary.path:
+        lines += ["## Ladder path", ""]
+        for s in summary.path:
+            what = "baseline" if not s["knob"] else f"round {s['round']}: {s['knob']} -> {s['value']}"
+            verdict = "the start" if not s["knob"] else ("kept" if s["kept"] else "not kept")
+            lines.append(f"- {what}: {_num(s['metric'], 2)} {metric} — {verdict}")
+        lines.append("")
+    lines += ["## Trials", "", "```", format_table(trials, knob_names, metric), "```", ""]
+    failed = trials[trials["status"] != STATUS_OK]
+    if len(failed):
+        lines += ["## Stopped or failed", ""]
+        lines += [f"- trial {int(r['trial'])} `{_describe({k: r[k] for k in knob_names})}`: {r['status']}: "
+                  f"{r['reason']}" for _, r in failed.iterrows()]
+        lines.append("")
+    (out / "report.md").write_text("\n".join(lines))
+    return report
+
+
+def summary_knobs(trials: pd.DataFrame, knob_names: list[str]) -> dict[str, list[Any]]:
+    return {k: sorted({_json_default(v) for v in trials[k].dropna()}) for k in knob_names if k in trials.columns}
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()  # numpy scalars
+    return value
+
+
+def _init_ray(config: SweepThroughputConfig, knobs: Knobs) -> bool:
+    """Connects to RAY_ADDRESS or starts an embedded local Ray (as `gauntlet eval` does); True if started."""
+    from gauntlet.runtime.ray_session import start_ray
+
+    num_cpus = config.num_cpus or os.cpu_count() or 1
+    if config.target == "eval" and not config.num_cpus:
+        # logical CPUs for the largest trial: its actors and replicas must all be placed at once
+        actors = max(knobs.get("actors", (EVAL_DEFAULTS["actors"],)))
+        replicas = max(knobs.get("replicas", (EVAL_DEFAULTS["replicas"],)))
+        need = actors * config.actor_cpus + replicas * SERVE_REPLICA_CPUS + TRIAL_CPUS["eval"]
+        num_cpus = max(num_cpus, math.ceil(need))
+    return start_ray("sweep throughput", num_cpus=num_cpus, log_to_driver=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_config(SweepThroughputConfig, argv, PROG, __doc__.split("\n\n")[0])
+    try:
+        knobs = knobs_of(config)
+        plan = plan_of(config, knobs)
+        check_floor(config)
+        target = target_of(config)
+    except (KnobError, SweepInputError) as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr, flush=True)
+        return 2
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    limits = config.limits  # fixed now: an automatic floor must not drift between trials
+
+    import ray
+
+    started = _init_ray(config, knobs)
+    try:
+        trials = run_sweep(config, target, plan, limits)
+    finally:
+        if started:
+            ray.shutdown()
+    summary = summarise_plan(plan)
+    report = write_report(trials, summary, config, list(knobs), limits, out, getattr(target, "runs_dir", None))
+    print(format_table(trials, list(knobs), config.metric), flush=True)
+    rec = report["recommended"]
+    counts = report["counts"]
+    _log(f"{counts['ok']}/{len(trials)} trials ok, {counts['ram_floor']} stopped at the RAM floor, "
+         f"{counts['error']} errors; report in {(out / 'report.md').resolve()}")
+    if rec:
+        _log(f"recommended: {_describe(rec['knobs'])} ({rec[config.metric]:.2f} {config.metric})")
+    else:
+        _log("no configuration finished above the RAM floor: nothing to recommend")
+    return 0 if rec else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

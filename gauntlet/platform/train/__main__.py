@@ -1,0 +1,5 @@
+import sys
+
+from gauntlet.platform.train.driver import main
+
+sys.exit(main())
