@@ -28,11 +28,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gauntlet.data.dataset_format import (
-    DatasetError,
-    DatasetWriter,
-    open_dataset,
-)
+from gauntlet.data.dataset_reader import open_dataset
+from gauntlet.data.dataset_schema import DatasetError
+from gauntlet.data.dataset_writer import DatasetWriter
 from gauntlet.data.normalization import NormStats
 from gauntlet.data.stats import main as stats_main
 from gauntlet.keys import ACTION_FEATURE, STATE_FEATURE

@@ -74,7 +74,8 @@ def main() -> None:
     parallel = n / (time.perf_counter() - t) * 60
     print(f"(b) {args.workers} in-process workers: {parallel:.1f} episodes/min", flush=True)
 
-    from gauntlet.platform.eval.driver import EvalConfig, run_eval
+    from gauntlet.platform.eval.config import EvalConfig
+    from gauntlet.platform.eval.driver import run_eval
 
     rows = []
     for policy in ["scripted"] + (["vla"] if args.vla else []):

@@ -26,12 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gauntlet.data.dataset_format import (
-    IMAGE_FEATURES,
-    DatasetError,
-    DatasetWriter,
-    open_dataset,
-)
+from gauntlet.data.dataset_reader import open_dataset
+from gauntlet.data.dataset_schema import IMAGE_FEATURES, DatasetError
+from gauntlet.data.dataset_writer import DatasetWriter
 from gauntlet.data.loader import LoaderConfig, make_loader
 from gauntlet.keys import ACTION_FEATURE, STATE_FEATURE
 

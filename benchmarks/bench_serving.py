@@ -108,7 +108,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from gauntlet.deployments.app import PolicyServing, start_serve
+    from gauntlet.deployments.app import APP_NAME, PolicyServing, deployment_name, start_serve
     from gauntlet.deployments.grpc_bind import runtime_env
     from gauntlet.policies.registry import PolicyRef, make_policy
 
@@ -155,7 +155,7 @@ def main() -> None:
                          batch_wait_timeout_s=args.batch_wait_timeout_s, policy_kwargs=kwargs,
                          num_cpus=1, num_gpus=args.num_gpus)
     start_serve([spec], http_port=18766, grpc_port=None)
-    handle = serve.get_deployment_handle(f"policy-{args.policy}", app_name="gauntlet")
+    handle = serve.get_deployment_handle(deployment_name(args.policy), app_name=APP_NAME)
     url = f"ws://127.0.0.1:18766/v1/policies/{args.policy}/ws"
     asyncio.run(drive(url, 4, 1.0, obs))  # connection warm-up
     for c in clients:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gauntlet.platform import sweep_throughput
+from gauntlet.platform.sweeps import throughput as sweep_throughput
 from gauntlet.platform.sweeps.search import GridPlan, LadderPlan, summarise_plan
 from gauntlet.platform.sweeps.throughput_trials import RealLoaderFactory, measure_loader
 from gauntlet.runtime.config_args import parse_config

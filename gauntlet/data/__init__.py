@@ -4,7 +4,8 @@
     gauntlet data import-hdf5 FILE --out DS                                        (gauntlet.data.import_hdf5)
     gauntlet data stats DS                                                         (gauntlet.data.stats)
 
-The format (gauntlet.data.dataset_format) is LeRobot-style Parquet readable with pandas alone, plus
+The format (gauntlet.data.dataset_format: its layout and import surface; dataset_schema, dataset_writer,
+dataset_reader, dataset_validation, images) is LeRobot-style Parquet readable with pandas alone, plus
 simulator states per frame; gauntlet.data.loader turns a dataset into training batches.
 """
 

@@ -26,14 +26,16 @@ from typing import Any
 
 import numpy as np
 
-from gauntlet.data.dataset_format import DatasetError, DatasetWriter, describe, open_dataset, resize_image
+from gauntlet.data.commands import run_dataset_command
+from gauntlet.data.dataset_schema import DatasetError
+from gauntlet.data.dataset_writer import DatasetWriter
+from gauntlet.data.images import resize_image
 from gauntlet.keys import DATASET_CAMERAS, STATE_KEY
-from gauntlet.runtime.config_args import as_tuple, option, parse_config
+from gauntlet.runtime.config_args import as_tuple, option, parse_config, require_at_least
 from gauntlet.runtime.progress import Progress
 
 # observe() key -> dataset camera name
-OBS_IMAGE_KEYS: dict[str, str] = {key: cam for cam, key in DATASET_CAMERAS.items()}  # wire key -> dataset camera
-
+OBS_IMAGE_KEYS: dict[str, str] = {key: cam for cam, key in DATASET_CAMERAS.items()}
 
 
 @dataclass(frozen=True)
@@ -67,16 +69,11 @@ class CollectConfig:
         for t in self.task_list:
             get_task(t)
         check_variant(self.variant)
-        for name in ("episodes", "horizon"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least(self, 1, "episodes", "horizon")
         for name in ("image_size", "render_size"):
             if not 8 <= getattr(self, name) <= 1024:
                 raise ValueError(f"{name} must be in [8, 1024], got {getattr(self, name)}")
-        if self.max_attempts < 0:
-            raise ValueError(f"max_attempts must be >= 0, got {self.max_attempts}")
-        if self.noise_std < 0:
-            raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
+        require_at_least(self, 0, "max_attempts", "noise_std")
         if not 0.0 <= self.valid_fraction < 1.0:
             raise ValueError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
 
@@ -89,7 +86,7 @@ class CollectConfig:
         return self.max_attempts or 3 * self.episodes
 
 
-@dataclass
+@dataclass(frozen=True)
 class Episode:
     """One recorded expert rollout."""
 
@@ -175,61 +172,53 @@ def collect_demos(cfg: CollectConfig) -> Path:
               "render_size": cfg.render_size if cfg.cameras else None,
               "image_size": cfg.image_size if cfg.cameras else None}
     total = cfg.episodes * len(cfg.task_list)
-    progress = Progress(total, "data collect", unit="episodes")
     message = (f"[data collect] {total} episodes ({', '.join(cfg.task_list)} {cfg.variant}, cameras="
                f"{'on' if cfg.cameras else 'off'}) -> {cfg.out}")
     print(message, flush=True)
-    frames = 0
-    start = time.monotonic()
+    progress = Progress(total, "data collect", unit="episodes")
     with DatasetWriter(cfg.out, source=source, overwrite=cfg.overwrite) as writer:
         for task in cfg.task_list:
             env = make_env(task, cfg.variant, image_size=cfg.render_size)
             try:
                 writer.register_env(task, env_metadata(env))
-                kept, attempts = 0, 0
-                n_valid = int(round(cfg.episodes * cfg.valid_fraction))
-                while kept < cfg.episodes and attempts < cfg.attempts_per_task:
-                    seed = cfg.seed + attempts
-                    attempts += 1
-                    ep = record_episode(env, seed, cfg.horizon, cfg.cameras, cfg.image_size, cfg.noise_std)
-                    if not ep.success and not cfg.keep_failures:
-                        message = (f"[data collect] {task} seed {seed}: expert failed within {cfg.horizon} steps; "
-                                   "not kept")
-                        print(message, flush=True)
-                        continue
-                    split = "valid" if kept >= cfg.episodes - n_valid else "train"
-                    writer.add_episode(
-                        ep.states, ep.actions, task=task, variant=cfg.variant, prompt=env.spec.instruction,
-                        success=ep.success, sim_states=ep.sim_states, model_xml=env.sim.model.get_xml(),
-                        images=ep.images or None, split=split, seed=seed, fingerprint=env.fingerprint,
-                        source_episode=f"{task}/{cfg.variant}/seed{seed}",
-                        sim_extra={f"init/{k}": v for k, v in ep.init_state.items()},
-                    )
-                    kept += 1
-                    frames += len(ep.states)
-                    elapsed = time.monotonic() - start
-                    progress.update(extra=f"{task}: attempts={attempts} frames={frames} "
-                                          f"({frames / max(elapsed, 1e-9):.1f} frames/s)")
-                if kept < cfg.episodes:
-                    raise DatasetError(cfg.out, f"task {task!r}: only {kept} of {cfg.episodes} episodes kept after "
-                                                f"{attempts} attempts (raise --max-attempts or --horizon, or "
-                                                "pass --keep-failures)")
+                _collect_task(writer, env, task, cfg, progress)
             finally:
                 env.close()
-        out = writer.finalize()
-    return out
+        return writer.finalize()
+
+
+def _collect_task(writer: DatasetWriter, env: Any, task: str, cfg: CollectConfig, progress: Progress) -> None:
+    """Records `cfg.episodes` kept episodes of one task (seeds cfg.seed, cfg.seed + 1, ...) into `writer`."""
+    kept, attempts = 0, 0
+    n_valid = int(round(cfg.episodes * cfg.valid_fraction))
+    while kept < cfg.episodes and attempts < cfg.attempts_per_task:
+        seed = cfg.seed + attempts
+        attempts += 1
+        ep = record_episode(env, seed, cfg.horizon, cfg.cameras, cfg.image_size, cfg.noise_std)
+        if not ep.success and not cfg.keep_failures:
+            print(f"[data collect] {task} seed {seed}: expert failed within {cfg.horizon} steps; not kept", flush=True)
+            continue
+        split = "valid" if kept >= cfg.episodes - n_valid else "train"
+        writer.add_episode(
+            ep.states, ep.actions, task=task, variant=cfg.variant, prompt=env.spec.instruction,
+            success=ep.success, sim_states=ep.sim_states, model_xml=env.sim.model.get_xml(),
+            images=ep.images or None, split=split, seed=seed, fingerprint=env.fingerprint,
+            source_episode=f"{task}/{cfg.variant}/seed{seed}",
+            sim_extra={f"init/{k}": v for k, v in ep.init_state.items()},
+        )
+        kept += 1
+        elapsed = max(time.monotonic() - progress.start, 1e-9)
+        progress.update(extra=f"{task}: attempts={attempts} frames={writer.num_frames} "
+                              f"({writer.num_frames / elapsed:.1f} frames/s)")
+    if kept < cfg.episodes:
+        raise DatasetError(cfg.out, f"task {task!r}: only {kept} of {cfg.episodes} episodes kept after "
+                                    f"{attempts} attempts (raise --max-attempts or --horizon, or "
+                                    "pass --keep-failures)")
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(CollectConfig, argv, prog="gauntlet data collect", description=CollectConfig.__doc__)
-    try:
-        out = collect_demos(cfg)
-    except DatasetError as exc:
-        print(f"gauntlet data collect: {exc}", file=sys.stderr, flush=True)
-        return 1
-    print(f"[data collect] wrote {describe(open_dataset(out))}", flush=True)
-    print(f"[data collect] next: gauntlet data stats {out}", flush=True)
-    return 0
+    return run_dataset_command("gauntlet data collect", "data collect", lambda: collect_demos(cfg))
 
 
 if __name__ == "__main__":

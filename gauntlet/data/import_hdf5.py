@@ -29,8 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from gauntlet.data.dataset_format import DatasetError, DatasetWriter, describe, open_dataset, resize_image
-from gauntlet.runtime.config_args import option, parse_config
+from gauntlet.data.commands import run_dataset_command
+from gauntlet.data.dataset_schema import DatasetError
+from gauntlet.data.dataset_writer import DatasetWriter
+from gauntlet.data.images import resize_image
+from gauntlet.runtime.config_args import option, parse_config, require_at_least
 from gauntlet.runtime.progress import Progress
 
 # robomimic camera observation key -> dataset camera name
@@ -61,10 +64,7 @@ class ImportConfig:
     overwrite: bool = option(False, help="replace an existing dataset at --out")
 
     def __post_init__(self) -> None:
-        if self.image_size < 0:
-            raise ValueError(f"image_size must be >= 0, got {self.image_size}")
-        if self.limit < 0:
-            raise ValueError(f"limit must be >= 0, got {self.limit}")
+        require_at_least(self, 0, "image_size", "limit")
         if not 0.0 <= self.valid_fraction < 1.0:
             raise ValueError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
 
@@ -184,9 +184,6 @@ def import_hdf5(cfg: ImportConfig) -> Path:
     """Imports `cfg.file` into `cfg.out`; returns the dataset path."""
     import h5py
 
-    from gauntlet.envs.fingerprint import canonical_xml
-    from gauntlet.envs.tasks import TASKS
-
     file = Path(cfg.file)
     if not file.is_file():
         raise DatasetError(file, "no such HDF5 file")
@@ -196,22 +193,14 @@ def import_hdf5(cfg: ImportConfig) -> Path:
         raise DatasetError(file, f"not a readable HDF5 file ({exc})") from None
     with f:
         env_args = read_env_args(f, file)
-        env_task, env_variant = task_of_env(env_args["env_name"])
-        task = cfg.task or env_task
-        variant = cfg.variant or env_variant or "D0"
-        prompt = cfg.prompt or (TASKS[task].instruction if task in TASKS else task.replace("_", " "))
+        task, variant, prompt = _task_of(cfg, env_args)
         demos = sorted((k for k in f["data"] if k.startswith("demo")), key=_demo_sort_key)
         if not demos:
             raise DatasetError(file, "HDF5 group 'data' holds no demo_<i> groups")
         if cfg.limit:
             demos = demos[: cfg.limit]
         masks = read_masks(f, file)
-        if masks:
-            train, valid = masks.get("train", set()), masks.get("valid", set())
-            splits = {d: ("valid" if d in valid else "train" if d in train else "unassigned") for d in demos}
-        else:
-            n_valid = int(round(len(demos) * cfg.valid_fraction))
-            splits = {d: ("valid" if i >= len(demos) - n_valid else "train") for i, d in enumerate(demos)}
+        splits = _splits_of(demos, masks, cfg.valid_fraction)
         env_kwargs = env_args.get("env_kwargs", {}) or {}
         robots = env_kwargs.get("robots", "Panda")
         robot = robots[0] if isinstance(robots, list) and robots else str(robots)
@@ -221,54 +210,70 @@ def import_hdf5(cfg: ImportConfig) -> Path:
                   "flip_images": cfg.flip_images, "image_size": cfg.image_size or None}
         envs = {task: {"env_name": env_args["env_name"], "robot": robot, "control_freq": fps,
                        "env_args": env_args}}
-        progress = Progress(len(demos), "data import-hdf5", unit="demos")
-        frames = 0
-        start = time.monotonic()
         message = (f"[data import-hdf5] {file}: {len(demos)} demos of {env_args['env_name']} -> {cfg.out} "
                    f"(task={task}, variant={variant})")
         print(message, flush=True)
+        progress = Progress(len(demos), "data import-hdf5", unit="demos")
         with DatasetWriter(cfg.out, source=source, fps=fps, robot=robot, envs=envs,
                            overwrite=cfg.overwrite) as writer:
             for demo in demos:
                 d = read_demo(f, file, demo, cfg.images)
-                state = build_state(d["obs"]["robot0_eef_pos"], d["obs"]["robot0_eef_quat"],
-                                    d["obs"]["robot0_gripper_qpos"])
-                images = {}
-                for cam, arr in d["images"].items():
-                    if cfg.flip_images:
-                        arr = arr[:, ::-1]
-                    if cfg.image_size:
-                        arr = np.stack([resize_image(np.ascontiguousarray(im), cfg.image_size) for im in arr])
-                    images[cam] = np.ascontiguousarray(arr)
-                rewards = d["rewards"]
-                success = True if rewards is None else bool(np.max(rewards) > 0)
-                xml = d["model_xml"]
-                model_hash = "sha256:" + hashlib.sha256(canonical_xml(xml).encode()).hexdigest()
                 try:
-                    writer.add_episode(
-                        state, d["actions"], task=task, variant=variant, prompt=prompt, success=success,
-                        sim_states=d["states"], model_xml=xml, images=images or None, split=splits[demo],
-                        seed=None, fingerprint=model_hash, source_episode=demo,
-                    )
+                    _add_demo(writer, cfg, d, demo, task=task, variant=variant, prompt=prompt, split=splits[demo])
                 except DatasetError as exc:
                     raise DatasetError(file, f"HDF5 group 'data/{demo}': {exc.problem}") from None
-                frames += len(state)
-                elapsed = time.monotonic() - start
-                progress.update(extra=f"frames={frames} ({frames / max(elapsed, 1e-9):.0f} frames/s)")
-            out = writer.finalize()
-    return out
+                elapsed = max(time.monotonic() - progress.start, 1e-9)
+                progress.update(extra=f"frames={writer.num_frames} ({writer.num_frames / elapsed:.0f} frames/s)")
+            return writer.finalize()
+
+
+def _task_of(cfg: ImportConfig, env_args: dict[str, Any]) -> tuple[str, str, str]:
+    """(task, variant, prompt): the flags', else derived from the file's env name and gauntlet's task."""
+    from gauntlet.envs.tasks import TASKS
+
+    env_task, env_variant = task_of_env(env_args["env_name"])
+    task = cfg.task or env_task
+    variant = cfg.variant or env_variant or "D0"
+    prompt = cfg.prompt or (TASKS[task].instruction if task in TASKS else task.replace("_", " "))
+    return task, variant, prompt
+
+
+def _splits_of(demos: list[str], masks: dict[str, set[str]], valid_fraction: float) -> dict[str, str]:
+    """demo -> split: from the file's mask/ group when it has one, else the last `valid_fraction` are 'valid'."""
+    if masks:
+        train, valid = masks.get("train", set()), masks.get("valid", set())
+        return {d: ("valid" if d in valid else "train" if d in train else "unassigned") for d in demos}
+    n_valid = int(round(len(demos) * valid_fraction))
+    return {d: ("valid" if i >= len(demos) - n_valid else "train") for i, d in enumerate(demos)}
+
+
+def _add_demo(writer: DatasetWriter, cfg: ImportConfig, d: dict[str, Any], demo: str, *, task: str,
+              variant: str, prompt: str, split: str) -> None:
+    """One demo (as read_demo returns it) as a dataset episode: state built, images flipped/resized."""
+    from gauntlet.envs.fingerprint import canonical_xml
+
+    state = build_state(d["obs"]["robot0_eef_pos"], d["obs"]["robot0_eef_quat"], d["obs"]["robot0_gripper_qpos"])
+    images = {}
+    for cam, arr in d["images"].items():
+        if cfg.flip_images:
+            arr = arr[:, ::-1]
+        if cfg.image_size:
+            arr = np.stack([resize_image(np.ascontiguousarray(im), cfg.image_size) for im in arr])
+        images[cam] = np.ascontiguousarray(arr)
+    rewards = d["rewards"]
+    success = True if rewards is None else bool(np.max(rewards) > 0)
+    xml = d["model_xml"]
+    model_hash = "sha256:" + hashlib.sha256(canonical_xml(xml).encode()).hexdigest()
+    writer.add_episode(
+        state, d["actions"], task=task, variant=variant, prompt=prompt, success=success,
+        sim_states=d["states"], model_xml=xml, images=images or None, split=split,
+        seed=None, fingerprint=model_hash, source_episode=demo,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(ImportConfig, argv, prog="gauntlet data import-hdf5", description=ImportConfig.__doc__)
-    try:
-        out = import_hdf5(cfg)
-    except DatasetError as exc:
-        print(f"gauntlet data import-hdf5: {exc}", file=sys.stderr, flush=True)
-        return 1
-    print(f"[data import-hdf5] wrote {describe(open_dataset(out))}", flush=True)
-    print(f"[data import-hdf5] next: gauntlet data stats {out}", flush=True)
-    return 0
+    return run_dataset_command("gauntlet data import-hdf5", "data import-hdf5", lambda: import_hdf5(cfg))
 
 
 if __name__ == "__main__":

@@ -35,14 +35,11 @@ from typing import Any
 
 import numpy as np
 
-from gauntlet.data.dataset_format import (
-    Dataset,
-    DatasetError,
-    decode_png,
-    resize_image,
-)
+from gauntlet.data.dataset_reader import Dataset
+from gauntlet.data.dataset_schema import DatasetError
+from gauntlet.data.images import decode_png, resize_image
 from gauntlet.keys import ACTION_FEATURE, DATASET_CAMERAS, PROMPT_KEY, STATE_FEATURE, STATE_KEY
-from gauntlet.runtime.config_args import option
+from gauntlet.runtime.config_args import option, require_at_least
 
 # dataset camera -> the policy's observation key
 CAMERA_KEYS = DATASET_CAMERAS
@@ -75,14 +72,11 @@ class LoaderConfig:
     epochs: int = option(1, help="passes over the data (0 = infinite)")
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "chunk_len", "num_workers", "prefetch_depth", "decode_workers",
-                     "memory_budget_mb", "num_shards"):
-            if getattr(self, name) < 1:
-                raise LoaderError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least(self, 1, "batch_size", "chunk_len", "num_workers", "prefetch_depth", "decode_workers",
+                         "memory_budget_mb", "num_shards", error=LoaderError)
         if not 0 <= self.shard_index < self.num_shards:
             raise LoaderError(f"shard_index must be in [0, num_shards={self.num_shards}), got {self.shard_index}")
-        if self.image_size < 0:
-            raise LoaderError(f"image_size must be >= 0, got {self.image_size}")
+        require_at_least(self, 0, "image_size", error=LoaderError)
         if self.epochs < 0:
             raise LoaderError(f"epochs must be >= 0 (0 = infinite), got {self.epochs}")
         for cam in self.cameras or ():

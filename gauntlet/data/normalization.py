@@ -11,7 +11,6 @@ Two modes, as in openpi:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from gauntlet.keys import ACTIONS_KEY, STATE_KEY
+from gauntlet.runtime.manifests import read_json, write_json
 
 NORM_STATS_VERSION = 1
 NormMode = Literal["zscore", "quantile"]
@@ -170,21 +170,13 @@ class NormStats:
             raise NormStatsError(f"malformed statistics ({exc})", path) from None
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        tmp.replace(path)  # atomic: a reader never sees half a file
-        return path
+        """Writes the statistics as JSON, atomically (a reader never sees half a file)."""
+        return write_json(path, self.to_dict(), indent=1)
 
     @classmethod
     def load(cls, path: str | Path) -> NormStats:
         path = Path(path)
-        if not path.is_file():
-            raise NormStatsError("file not found", path)
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise NormStatsError(f"not valid JSON ({exc})", path) from None
+        data = read_json(path, "normalisation statistics", error=lambda p, problem: NormStatsError(problem, p))
         return cls.from_dict(data, path)
 
     def allclose(self, other: NormStats) -> bool:

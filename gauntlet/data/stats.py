@@ -22,15 +22,16 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gauntlet.data.dataset_format import Dataset, DatasetError, describe
+from gauntlet.data.dataset_reader import Dataset, describe
+from gauntlet.data.dataset_schema import DatasetError
 from gauntlet.keys import ACTION_FEATURE, DATASET_COLUMNS, STATE_FEATURE
-from gauntlet.runtime.config_args import option, parse_config
+from gauntlet.runtime.config_args import option, parse_config, require_at_least, run_command
 from gauntlet.runtime.progress import Progress
 
 if TYPE_CHECKING:
@@ -56,14 +57,11 @@ class StatsConfig:
     out: str = option("", help="where to write (default: DATASET/meta/stats.json)")
 
     def __post_init__(self) -> None:
-        for name in ("histogram_bins", "chunk_frames", "read_threads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.exact_quantile_mb < 0:
-            raise ValueError(f"exact_quantile_mb must be >= 0, got {self.exact_quantile_mb}")
+        require_at_least(self, 1, "histogram_bins", "chunk_frames", "read_threads")
+        require_at_least(self, 0, "exact_quantile_mb")
 
 
-@dataclass
+@dataclass(frozen=True)
 class StatsReport:
     """What a stats run did: how many frames, how fast, which quantile method."""
 
@@ -203,6 +201,8 @@ def compute_stats(
 
 
 class _Null:
+    """A stream that drops what it is given (progress lines when `progress=False`)."""
+
     def write(self, _: str) -> int:
         return 0
 
@@ -216,25 +216,22 @@ def write_stats(cfg: StatsConfig, progress: bool = True) -> StatsReport:
     stats, report = compute_stats(ds, cfg.split, cfg.exact_quantile_mb, cfg.histogram_bins, cfg.chunk_frames,
                                   cfg.read_threads, progress=progress)
     path = Path(cfg.out) if cfg.out else ds.stats_path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    stats.save(path)
-    report.path = path
-    return report
+    stats.save(path)  # creates the parent directory
+    return replace(report, path=path)
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(StatsConfig, argv, prog="gauntlet data stats", description=StatsConfig.__doc__)
-    try:
-        ds = Dataset(cfg.dataset)
-        print(f"[data stats] {describe(ds)}", flush=True)
+
+    def work() -> int:
+        print(f"[data stats] {describe(Dataset(cfg.dataset))}", flush=True)
         report = write_stats(cfg)
-    except DatasetError as exc:
-        print(f"gauntlet data stats: {exc}", file=sys.stderr, flush=True)
-        return 1
-    message = (f"[data stats] {report.frames} frames of {report.episodes} episodes in {report.seconds:.2f} s "
-               f"({report.frames_per_s:,.0f} frames/s, quantiles: {report.quantile_method}); wrote {report.path}")
-    print(message, flush=True)
-    return 0
+        message = (f"[data stats] {report.frames} frames of {report.episodes} episodes in {report.seconds:.2f} s "
+                   f"({report.frames_per_s:,.0f} frames/s, quantiles: {report.quantile_method}); wrote {report.path}")
+        print(message, flush=True)
+        return 0
+
+    return run_command("gauntlet data stats", work, {DatasetError: 1})
 
 
 if __name__ == "__main__":

@@ -8,8 +8,15 @@ from typing import Any
 
 from gauntlet.policies.registry import PolicyRef
 
-APP_NAME = "gauntlet"
+# Serve names, defined once: whoever deploys and whoever looks a deployment up agree through these.
+APP_NAME = "gauntlet"  # the app `gauntlet serve` runs (what `--policy serve=NAME` targets, gRPC metadata)
+EVAL_APP = "gauntlet-eval"  # the app `gauntlet eval` deploys its policies under and deletes at the end
 GRPC_SERVICER = "gauntlet.deployments.proto.policy_pb2_grpc.add_PolicyServiceServicer_to_server"
+
+
+def deployment_name(policy: str) -> str:
+    """The Serve deployment serving `policy` (one per policy name in an app)."""
+    return f"policy-{policy}"
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,7 @@ def build_app(policies: list[PolicyServing], api_key: str | None = None,
     for p in policies:
         deployment = serve.deployment(
             PolicyReplica,
-            name=f"policy-{p.ref.name}",
+            name=deployment_name(p.ref.name),
             num_replicas=p.replicas,
             max_ongoing_requests=p.max_ongoing_requests,
             ray_actor_options={"num_cpus": p.num_cpus, "num_gpus": p.num_gpus},

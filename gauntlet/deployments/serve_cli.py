@@ -6,7 +6,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from gauntlet.runtime.config_args import option, parse_config
+from gauntlet.runtime.config_args import option, parse_config, require_at_least, run_command
 
 
 @dataclass(frozen=True)
@@ -28,13 +28,11 @@ class ServeCLIConfig:
     def __post_init__(self) -> None:
         if not self.policy:
             raise ValueError("policy: name at least one policy")
-        if self.max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
-        if self.replicas < 1:
-            raise ValueError(f"replicas must be >= 1, got {self.replicas}")
+        require_at_least(self, 1, "max_batch_size", "replicas")
 
 
 def serving_specs(cfg: ServeCLIConfig) -> list:
+    """The deployment specs of `--policy` (raises ValueError for a policy that cannot be served)."""
     from gauntlet.deployments.app import specs_from_names
 
     return specs_from_names(list(cfg.policy), replicas=cfg.replicas, max_batch_size=cfg.max_batch_size,
@@ -42,13 +40,9 @@ def serving_specs(cfg: ServeCLIConfig) -> list:
                             adapters_dir=cfg.adapters_dir, num_gpus=cfg.num_gpus)
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(ServeCLIConfig, argv, prog="gauntlet serve", description=ServeCLIConfig.__doc__)
-    try:
-        specs = serving_specs(cfg)
-    except ValueError as exc:
-        print(f"gauntlet serve: {exc}", file=sys.stderr, flush=True)
-        return 2
+def serve_until_interrupted(cfg: ServeCLIConfig) -> int:
+    """Starts (or joins) Ray, deploys the policies and blocks until Ctrl-C."""
+    specs = serving_specs(cfg)  # a bad --policy fails here, before Ray starts
     from gauntlet.deployments.app import start_serve
     from gauntlet.runtime.ray_session import start_ray
 
@@ -65,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(3600)
     except KeyboardInterrupt:
         return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(ServeCLIConfig, argv, prog="gauntlet serve", description=ServeCLIConfig.__doc__)
+    # ValueError: a policy name or checkpoint that cannot be served (UnknownPolicyError, ...).
+    return run_command("gauntlet serve", lambda: serve_until_interrupted(cfg), {ValueError: 2})
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ vectors are cheap, images are rendered only by `observe(images=True)`.
 from __future__ import annotations
 
 import atexit
+import logging
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,8 +17,10 @@ from typing import Any
 import numpy as np
 
 from gauntlet.envs.errors import UnknownTaskError
+from gauntlet.envs.fingerprint import fingerprint_of
 from gauntlet.envs.rendering import configure_gl, egl_device_id
 from gauntlet.envs.rotations import quat_wxyz_to_xyzw, quat_xyzw_to_axis_angle
+from gauntlet.envs.sim_state import capture_state, restore_state
 from gauntlet.envs.tasks import TaskSpec, check_variant, get_task
 from gauntlet.keys import OBJECT_STATE_KEY, PROMPT_KEY, ROBOSUITE_CAMERAS, STATE_KEY
 
@@ -106,8 +109,6 @@ class GauntletEnv:
     """One robosuite task instance. Not thread-safe; one per rollout worker."""
 
     def __init__(self, config: EnvConfig):
-        import logging
-
         import robosuite
 
         # robosuite logs one INFO line per env built ("Loading controller configuration"), which
@@ -184,7 +185,7 @@ class GauntletEnv:
         self.raw.reset()
         self.counters.steps = 0
         self.disturbances = _Disturbances()
-        self._target = self._compute_target()
+        self._target = self.spec.reset_target(self)
 
     def step(self, action: np.ndarray) -> bool:
         """Applies one 7-D action; returns whether the task is solved afterwards."""
@@ -232,20 +233,9 @@ class GauntletEnv:
     @property
     def target_pos(self) -> np.ndarray:
         """Where the manipulated object should end up (task-specific)."""
-        if self.spec.name == "stack":
-            return self.object_pose("cubeB_main")[0] + np.array([0.0, 0.0, 0.045])
+        if self.spec.live_target is not None:
+            return self.spec.live_target(self)
         return self._target.copy()
-
-    def _compute_target(self) -> np.ndarray:
-        raw = self.raw
-        if self.spec.name == "lift":
-            pos = self.object_pose("cube_main")[0]
-            return np.array([pos[0], pos[1], raw.table_offset[2] + 0.1])
-        if self.spec.name == "square":
-            return np.array(self.sim.data.body_xpos[raw.peg1_body_id])
-        if self.spec.name == "pick_place_can":
-            return np.array(raw.target_bin_placements[raw.object_to_id["can"]])
-        return np.zeros(3)
 
     def proprio_state(self) -> np.ndarray:
         """(8,) float32: eef position, eef axis-angle, gripper finger positions."""
@@ -291,27 +281,32 @@ class GauntletEnv:
         return obs
 
     def success(self) -> bool:
-        from gauntlet.envs.success import task_success
-
-        return task_success(self)
+        """The task's success predicate on the current state."""
+        return self.spec.success(self)
 
     # ----------------------------------------------------------------------- state & identity
     def get_state(self) -> dict[str, np.ndarray]:
-        from gauntlet.envs.sim_state import capture_state
-
-        return capture_state(self)
+        """Everything the next step depends on, as flat arrays (see `sim_state`)."""
+        return capture_state(self.raw, {
+            "env/steps": np.array(self.counters.steps),
+            "env/target": self._target.copy(),
+            "dist/gripper_stall_steps": np.array(self.disturbances.gripper_stall_steps),
+            "dist/gripper_stall_command": np.array(self.disturbances.gripper_stall_command),
+        })
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
-        from gauntlet.envs.sim_state import restore_state
-
-        restore_state(self, state)
+        """Puts this env exactly where `get_state` found it (same env config required)."""
+        restore_state(self.raw, state)
+        self.counters.steps = int(state["env/steps"])
+        self._target = np.array(state["env/target"], dtype=np.float64)
+        self.disturbances.gripper_stall_steps = int(state["dist/gripper_stall_steps"])
+        self.disturbances.gripper_stall_command = float(state["dist/gripper_stall_command"])
 
     @property
     def fingerprint(self) -> str:
+        """Hash of the model and dynamics settings: scenes replay only under the same one."""
         if self._fingerprint is None:
-            from gauntlet.envs.fingerprint import env_fingerprint
-
-            self._fingerprint = env_fingerprint(self)
+            self._fingerprint = fingerprint_of(self.raw.model.get_xml(), self.config.dynamics_settings())
         return self._fingerprint
 
     def close_renderer(self) -> None:

@@ -1,4 +1,4 @@
-"""Scripted experts: reactive waypoint controllers on privileged state, one per task.
+"""Scripted experts: one reactive waypoint controller on privileged state, run on each task's waypoints.
 
 Every `act()` re-reads the simulator (object pose, grasp contacts, finger opening, target) and
 picks its phase from that state alone, so the same expert that collects demonstrations also
@@ -9,6 +9,9 @@ object) and two hysteresis flags (inside the final descent; carrying vs lifting)
 The expert controls the *object*, not the end effector, once it holds something: the eef goal is
 `eef + (object goal - object)`, so an off-centre grasp (the square nut is held by its handle, a
 cube may slip in the fingers) or a grasp that moved does not bias where the object ends up.
+
+What differs between tasks (where to grasp, carry, place; heights; symmetries) is declared by each
+task's `Waypoints` (gauntlet/envs/tasks/); this module holds the script they all share.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gauntlet.envs.success import is_grasped
+from gauntlet.envs.rotations import mat_to_axis_angle, quat_wxyz_to_mat, wrap_angle
+from gauntlet.envs.tasks.scene import Q7_SAFE_RAD, is_grasped, wrist_q7
 
 if TYPE_CHECKING:
     from gauntlet.envs.env import GauntletEnv
@@ -35,60 +39,7 @@ NOISE_AXIS_SCALE = np.array([1.0, 1.0, 1.0, 0.2, 0.2, 0.2])  # noise_std multipl
 HOVER_M = 0.08  # approach height above the grasp point: clears a cube, nut or can rim
 
 
-@dataclass(frozen=True)
-class TaskGeometry:
-    """Per-task constants of the script (metres, object-centre heights unless said otherwise)."""
-
-    yaw_period: float  # gripper yaw symmetry of the grasp: pi/2 cube, pi nut handle, 0 = any (can)
-    grasp_dz: float  # eef height relative to the grasp point when the fingers close
-    carry_clearance: float  # object-centre height above the place target while transporting
-    release_dz: float  # object-centre height above its resting target at which it is let go
-    place_xy_tol: float  # object xy error under which the final descent may start
-    release_xy_tol: float  # object xy error under which it may be released
-
-
-GEOMETRY: dict[str, TaskGeometry] = {
-    # Cubes are symmetric under 90 deg yaw; grasped at their centre.
-    "lift": TaskGeometry(np.pi / 2, 0.0, 0.10, 0.0, 0.02, 0.02),
-    "stack": TaskGeometry(np.pi / 2, 0.0, 0.06, 0.008, 0.006, 0.012),
-    # The nut is held by its handle with the fingers across the handle's narrow side; it must be
-    # lowered over the 20 cm peg (top 10 cm above its base), hence the large clearance.
-    "square": TaskGeometry(np.pi, 0.0, 0.17, 0.04, 0.004, 0.008),
-    # The can is round: any yaw grasps it. It must clear the bin walls (5 cm above the floor top).
-    "pick_place_can": TaskGeometry(0.0, 0.0, 0.14, 0.03, 0.03, 0.06),
-}
-
-
 # ------------------------------------------------------------------------------------ geometry
-def quat_wxyz_to_mat(q: np.ndarray) -> np.ndarray:
-    w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-        ]
-    )
-
-
-def mat_to_axis_angle(r: np.ndarray) -> np.ndarray:
-    """Axis-angle vector of a rotation matrix; robust near 0 and pi (where the OSC error lives)."""
-    cos = np.clip((np.trace(r) - 1.0) / 2.0, -1.0, 1.0)
-    angle = float(np.arccos(cos))
-    if angle < 1e-6:
-        return np.zeros(3)
-    if angle > np.pi - 1e-3:
-        # sin(angle) ~ 0: read the axis from the symmetric part instead.
-        axis = np.sqrt(np.maximum((np.diag(r) + 1.0) / 2.0, 0.0))
-        k = int(np.argmax(axis))
-        signs = np.sign(r[k] + r[:, k])
-        signs[k] = 1.0
-        axis = axis * signs
-        return axis / np.linalg.norm(axis) * angle
-    axis = np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]]) / (2.0 * np.sin(angle))
-    return axis * angle
-
-
 def down_rotation(yaw: float) -> np.ndarray:
     """Eef orientation pointing straight down with the finger-closing axis (eef x) at `yaw`.
 
@@ -105,47 +56,14 @@ def gripper_yaw(eef_rot: np.ndarray) -> float:
     return float(np.arctan2(eef_rot[1, 0], eef_rot[0, 0]))
 
 
-def wrap_angle(a: float, period: float = 2 * np.pi) -> float:
-    """`a` mapped into [-period/2, period/2): the smallest rotation equivalent under the symmetry."""
-    return float((a + period / 2) % period - period / 2)
-
-
-def object_yaw(quat_wxyz: np.ndarray) -> float:
-    """Heading of an object's local x axis (valid while it rests flat)."""
-    r = quat_wxyz_to_mat(quat_wxyz)
-    return float(np.arctan2(r[1, 0], r[0, 0]))
-
-
-def object_tilt(quat_wxyz: np.ndarray) -> float:
-    """Angle (rad) between an object's local z axis and world up."""
-    return float(np.arccos(np.clip(quat_wxyz_to_mat(quat_wxyz)[2, 2], -1.0, 1.0)))
-
-
 def finger_gap(env: GauntletEnv) -> float:
     q = env.gripper_qpos
     return float(q[0] - q[1])
 
 
 def grasp_point(env: GauntletEnv) -> np.ndarray:
-    """Where the fingertips' centre should be to grasp the manipulated object.
-
-    Cubes and the can are grasped at their centre: the fingers then hold the can at mid-height,
-    level with its centre of mass, so it neither tips in the grasp nor leaves the fingertips to
-    hit the bin floor. The square nut is grasped by its handle: its ring is wider than the open
-    gripper.
-    """
-    pos, quat = env.object_pose(env.spec.manipulated)
-    if env.spec.name == "square":
-        # Handle centre: 5.4 cm along the nut's local x axis (robosuite's SquareNut handle site).
-        return pos + quat_wxyz_to_mat(quat) @ np.array([0.054, 0.0, 0.0])
-    return pos
-
-
-Q7_SAFE_RAD = 2.6  # |wrist joint 7| kept under this (its limits are +-2.897 rad)
-
-
-def wrist_q7(env: GauntletEnv) -> float:
-    return float(env.sim.data.qpos[env.raw.robots[0]._ref_joint_pos_indexes[6]])
+    """Where the fingertips' centre should be to grasp the manipulated object (the task says)."""
+    return env.spec.waypoints.grasp_point(env)
 
 
 def grasp_yaw(env: GauntletEnv, current_yaw: float) -> float:
@@ -157,26 +75,11 @@ def grasp_yaw(env: GauntletEnv, current_yaw: float) -> float:
     regrasps one way) cannot turn further that way and stalls the whole OSC, so it turns the other
     way round instead. Turning the gripper's yaw by d moves q7 by about -d (the eef points down).
     """
-    name = env.spec.name
-    pos, quat = env.object_pose(env.spec.manipulated)
-    period = GEOMETRY[name].yaw_period
-    base = object_yaw(quat)
-    if name == "square":
-        base += np.pi / 2  # fingers across the handle, i.e. along the nut's local y axis
-    elif name == "pick_place_can":
-        axis = quat_wxyz_to_mat(quat)[:, 2]
-        wall_yaw = _bin_wall_yaw(env, pos)
-        if abs(axis[2]) < 0.7:
-            # A fallen can lies on its side: close the fingers across it, not along its axis.
-            base, period = float(np.arctan2(axis[1], axis[0])) + np.pi / 2, np.pi
-        elif wall_yaw is not None:
-            # Upright near a bin wall: the fingers (and the hand, long along the closing axis)
-            # must run parallel to the wall.
-            base, period = wall_yaw, np.pi
-        else:
-            base, period = current_yaw, np.pi  # upright in the open: any yaw grasps a can
+    waypoints = env.spec.waypoints
+    pos = env.object_pose(env.spec.manipulated)[0]
+    base, period = waypoints.grasp_heading(env, current_yaw, waypoints.yaw_period)
     q7 = wrist_q7(env)
-    obstacle = env.object_pose("cubeB_main")[0] if name == "stack" else None
+    obstacle = waypoints.grasp_obstacle(env)
     first = wrap_angle(base - current_yaw, period)
     best, best_cost = first, np.inf
     for k in range(-4, 5):
@@ -192,127 +95,13 @@ def grasp_yaw(env: GauntletEnv, current_yaw: float) -> float:
 
 
 def _finger_towards(pos: np.ndarray, yaw: float, obstacle: np.ndarray) -> float:
-    """How much a closing axis at `yaw` points a finger at a cube less than 11 cm away: |cos| of
-    the angle between them, 0 when the obstacle is far. Stack's cubes may start side by side."""
+    """How much a closing axis at `yaw` points a finger at an obstacle less than 11 cm away: |cos|
+    of the angle between them, 0 when the obstacle is far."""
     d = obstacle[:2] - pos[:2]
     dist = float(np.linalg.norm(d))
     if dist > 0.11:
         return 0.0
     return abs(np.cos(yaw) * d[0] + np.sin(yaw) * d[1]) / dist
-
-
-def _bin_wall_yaw(env: GauntletEnv, pos: np.ndarray) -> float | None:
-    """Closing-axis yaw parallel to the nearest wall of bin 1, if one is within 9 cm of `pos`."""
-    raw = env.raw
-    rel = np.abs(pos[:2] - np.asarray(raw.bin1_pos)[:2])
-    margin = np.asarray(raw.bin_size)[:2] / 2 - rel  # distance to the x walls, to the y walls
-    if float(margin.min()) > 0.09:
-        return None
-    # Near an x wall (normal along x) close along y, and the other way round.
-    return np.pi / 2 if margin[0] < margin[1] else 0.0
-
-
-def place_target(env: GauntletEnv) -> np.ndarray:
-    """Where the manipulated object's centre should rest when the task is solved."""
-    name = env.spec.name
-    raw = env.raw
-    if name == "lift":
-        pos = env.object_pose("cube_main")[0]
-        return np.array([pos[0], pos[1], env.target_pos[2]])
-    if name == "stack":
-        return env.target_pos  # cube B's centre + both half sizes
-    if name == "square":
-        peg = np.array(env.sim.data.body_xpos[raw.peg1_body_id])
-        # Nut resting on the table around the peg: table top + half the nut's 2 cm thickness.
-        return np.array([peg[0], peg[1], float(raw.table_offset[2]) + 0.01])
-    if name == "pick_place_can":
-        xy = can_place_xy(env)
-        # Can centre 4 cm above the bin floor's top (floor: 2 cm slab centred on bin2_pos).
-        return np.array([xy[0], xy[1], float(raw.bin2_pos[2]) + 0.02 + 0.04])
-    raise AssertionError(name)
-
-
-def can_place_xy(env: GauntletEnv) -> np.ndarray:
-    """Where in its target compartment of bin 2 the can goes: the compartment's corner nearest the
-    robot, inset 5 cm from its walls.
-
-    The compartment's centre is the nominal target, but the far compartment's centre lies at the
-    edge of the Panda's reach (0.86 m from the base at carry height): with the can's weight the arm
-    stalls a few centimetres short of it. Success only asks for the can inside bin 2, so any point
-    of the compartment will do, and the dividers (1 cm, as high as the walls) are kept clear.
-    """
-    raw = env.raw
-    centre = np.asarray(raw.bin2_pos, dtype=np.float64)[:2]
-    half = np.asarray(raw.bin_size, dtype=np.float64)[:2] / 2
-    t = env.target_pos[:2]
-    side = np.where(t >= centre, 1.0, -1.0)  # which compartment the target lies in
-    lo = np.minimum(centre, centre + side * half) + 0.05
-    hi = np.maximum(centre, centre + side * half) - 0.05
-    base = robot_base_xy(env)
-    return np.clip(base, lo, hi)
-
-
-def robot_base_xy(env: GauntletEnv) -> np.ndarray:
-    robot = env.raw.robots[0]
-    bid = env.sim.model.body_name2id(robot.robot_model.root_body)
-    return np.array(env.sim.data.body_xpos[bid][:2])
-
-
-def nut_turn(env: GauntletEnv, nut_yaw: float, peg_xy: np.ndarray) -> float:
-    """Yaw to turn a held nut by so its square hole lines up with the axis-aligned peg.
-
-    Four turns line it up (the hole has 90 deg symmetry); the one chosen keeps the handle, and with
-    it the gripper, on the robot's side of the peg: a handle pointing away from the robot puts the
-    eef 5 cm beyond the peg, past the Panda's reach. Turns that would run wrist joint 7 into its
-    limits (+-2.9 rad; turning the gripper's yaw by d moves q7 by about -d) are ruled out.
-    """
-    q7 = wrist_q7(env)
-    base_dir = robot_base_xy(env) - peg_xy
-    base_dir = base_dir / max(float(np.linalg.norm(base_dir)), 1e-9)
-    first = wrap_angle(0.0 - nut_yaw, np.pi / 2)
-    best, best_cost = first, np.inf
-    for k in (-2, -1, 0, 1, 2):
-        d = first + k * np.pi / 2
-        if abs(q7 - d) > Q7_SAFE_RAD:
-            continue
-        handle = nut_yaw + d
-        away = -(np.cos(handle) * base_dir[0] + np.sin(handle) * base_dir[1])  # 1 = pointing away
-        cost = abs(d) + 3.0 * max(away, 0.0)
-        if cost < best_cost:
-            best, best_cost = d, cost
-    return best
-
-
-def object_placed(env: GauntletEnv) -> bool:
-    """The object already sits where the task wants it, whether or not the gripper let go."""
-    name = env.spec.name
-    pos = env.object_pose(env.spec.manipulated)[0]
-    if name == "lift":
-        return False
-    if name == "stack":
-        b = env.object_pose("cubeB_main")[0]
-        return bool(np.linalg.norm(pos[:2] - b[:2]) < 0.02 and 0.035 < pos[2] - b[2] < 0.06)
-    if name == "square":
-        peg = np.array(env.sim.data.body_xpos[env.raw.peg1_body_id])
-        # Below the peg's top (peg: 10 cm half height centred on its body) and around it.
-        return bool(np.linalg.norm(pos[:2] - peg[:2]) < 0.02 and pos[2] < peg[2] + 0.09)
-    if name == "pick_place_can":
-        raw = env.raw
-        rel = np.abs(pos[:2] - np.asarray(raw.bin2_pos)[:2])
-        inside = bool(np.all(rel < np.asarray(raw.bin_size)[:2] / 2 - 0.01))
-        return inside and pos[2] < raw.bin2_pos[2] + 0.1
-    raise AssertionError(name)
-
-
-def _object_geoms(env: GauntletEnv) -> list[str]:
-    """Collision geoms of the manipulated object (the same sets `success.is_grasped` checks)."""
-    raw = env.raw
-    name = env.spec.name
-    if name == "square":
-        return list(raw.nuts[0].contact_geoms)
-    if name == "pick_place_can":
-        return list(raw.objects[raw.object_to_id["can"]].contact_geoms)
-    return list(raw.cube.contact_geoms if name == "lift" else raw.cubeA.contact_geoms)
 
 
 def _limit(v: np.ndarray, max_norm: float) -> np.ndarray:
@@ -344,7 +133,7 @@ class ScriptedExpert:
         self.env = env
         self.seed = int(seed)
         self.noise_std = float(noise_std)
-        self.geo = GEOMETRY[env.spec.name]
+        self.waypoints = env.spec.waypoints
         self.reset()
 
     def reset(self) -> None:
@@ -375,15 +164,16 @@ class ScriptedExpert:
         target_yaw = yaw
         grip = -1.0
 
-        if env.success() and (env.spec.name != "lift" or grasped):
+        holds = self.waypoints.holds_at_target
+        if env.success() and (not holds or grasped):
             phase = "done"
-            grip = 1.0 if env.spec.name == "lift" else -1.0
-            if env.spec.name != "lift" and eef[2] < obj[2] + 0.12:
+            grip = 1.0 if holds else -1.0
+            if not holds and eef[2] < obj[2] + 0.12:
                 move = np.array([0.0, 0.0, 0.02])  # drift up, clear of the object, then wait
                 speed = 0.3
         elif grasped and not self._release_steps:
             phase, move, speed, target_yaw, grip = self._holding(eef, obj, yaw)
-        elif object_placed(env):
+        elif self.waypoints.placed(env):
             # Placed but the task is not solved yet: open the fingers, then lift away.
             self._placing = False
             if self._release_steps < RELEASE_STEPS or gap < FINGER_OPEN_M * 0.6:
@@ -399,7 +189,7 @@ class ScriptedExpert:
             # onto the table with the fingers open; once it rests, the approach rises straight up
             # and the hand slides out.
             phase = "release"
-            move = np.array([0.0, 0.0, self._rest_z() - obj[2]])
+            move = np.array([0.0, 0.0, self.waypoints.rest_z(env) - obj[2]])
             speed = 0.4
         else:
             self._release_steps = 0
@@ -428,12 +218,12 @@ class ScriptedExpert:
         self, eef: np.ndarray, gp: np.ndarray, yaw: float, gap: float
     ) -> tuple[str, np.ndarray, float, float, float]:
         """Not holding the object: approach above it, descend, close."""
-        geo = self.geo
+        waypoints = self.waypoints
         target_yaw = grasp_yaw(self.env, yaw)
-        grasp_pos = gp + np.array([0.0, 0.0, geo.grasp_dz])
+        grasp_pos = gp + np.array([0.0, 0.0, waypoints.grasp_dz])
         # Capped: an object that rides up with the hand must not lead it up out of the workspace.
         hover = grasp_pos + np.array([0.0, 0.0, HOVER_M])
-        hover[2] = min(hover[2], self._travel_z() + 0.05)
+        hover[2] = min(hover[2], waypoints.travel_z(self.env) + 0.05)
         xy_err = float(np.linalg.norm(grasp_pos[:2] - eef[:2]))
         yaw_err = abs(wrap_angle(target_yaw - yaw))
         z_err = eef[2] - grasp_pos[2]
@@ -457,7 +247,7 @@ class ScriptedExpert:
             goal = grasp_pos + np.array([0.0, 0.0, min(HOVER_M, max(0.0, 4.0 * (xy_err - 0.004)))])
             return "descend", goal - eef, 0.5, target_yaw, -1.0
         # Approach: travel at a safe height and come down to the hover pose over the object.
-        travel_z = max(hover[2], self._travel_z()) if xy_err > 0.05 else hover[2]
+        travel_z = max(hover[2], waypoints.travel_z(self.env)) if xy_err > 0.05 else hover[2]
         goal = np.array([hover[0], hover[1], travel_z])
         if eef[2] < travel_z - 0.03 and xy_err > 0.03:
             # Low and far away: rise (nearly) straight up first, as a sideways sweep at object
@@ -466,16 +256,8 @@ class ScriptedExpert:
             goal[:2] = eef[:2] + blend * (hover[:2] - eef[:2])
         return "approach", goal - eef, 1.0, target_yaw, -1.0
 
-    def _rest_z(self) -> float:
-        """Height of the manipulated object's centre when it stands on its support."""
-        raw = self.env.raw
-        name = self.env.spec.name
-        if name == "pick_place_can":
-            return float(raw.bin1_pos[2]) + 0.06  # 2 cm floor half-thickness + 4 cm half height
-        return float(raw.table_offset[2]) + (0.01 if name == "square" else 0.02)
-
     def _entangled(self, eef: np.ndarray, obj: np.ndarray, grasped: bool) -> bool:
-        if grasped or obj[2] < self._rest_z() + 0.04:
+        if grasped or obj[2] < self.waypoints.rest_z(self.env) + 0.04:
             return False
         # Moving down means falling (just dropped) or already being lowered, not hanging.
         _, vadr = self.env._object_joint_adr[self.env.spec.manipulated]
@@ -487,52 +269,38 @@ class ScriptedExpert:
         raw = self.env.raw
         gripper = raw.robots[0].gripper
         gripper = gripper["right"] if isinstance(gripper, dict) else gripper
-        return bool(raw.check_contact(gripper, _object_geoms(self.env)))
-
-    def _travel_z(self) -> float:
-        """Lowest eef height for moving between places: clears the pegs (tops 10 cm above their
-        bases) with the hand, and the bin walls (5 cm above the floors) with the fingers."""
-        env = self.env
-        if env.spec.name == "square":
-            return float(env.sim.data.body_xpos[env.raw.peg1_body_id][2]) + 0.16
-        if env.spec.name == "pick_place_can":
-            return float(env.raw.bin1_pos[2]) + 0.17
-        return float(env.raw.table_offset[2]) + 0.12
+        return bool(raw.check_contact(gripper, self.env.spec.grasp_geoms(raw)))
 
     def _holding(
         self, eef: np.ndarray, obj: np.ndarray, yaw: float
     ) -> tuple[str, np.ndarray, float, float, float]:
         """Holding the object: lift, carry over the target, lower, and hand over to release."""
         env = self.env
-        geo = self.geo
+        waypoints = self.waypoints
         self._grasp_steps = 0
-        target = place_target(env)
-        carry_z = target[2] + geo.carry_clearance
-        target_yaw = yaw
-        if env.spec.name == "square":
-            # Turn the nut so its square hole lines up with the (axis-aligned) peg.
-            nut_yaw = object_yaw(env.object_pose("SquareNut_main")[1])
-            target_yaw = yaw + nut_turn(env, nut_yaw, target[:2])
+        target = waypoints.place_target(env)
+        carry_z = target[2] + waypoints.carry_clearance
+        target_yaw = waypoints.carry_yaw(env, yaw, target)
         xy_err = float(np.linalg.norm(target[:2] - obj[:2]))
-        if env.spec.name == "square" and object_tilt(env.object_pose("SquareNut_main")[1]) > 0.25:
+        if waypoints.held_askew(env):
             return self._set_down(obj, target, target_yaw)
-        if env.spec.name == "lift":
+        if waypoints.holds_at_target:
             return "lift", target - obj, 0.6, target_yaw, 1.0
 
-        if self._placing and xy_err > geo.place_xy_tol * 3 + 0.01:
+        if self._placing and xy_err > waypoints.place_xy_tol * 3 + 0.01:
             self._placing = False
-        if not self._placing and xy_err < geo.place_xy_tol and obj[2] > carry_z - 0.03:
+        if not self._placing and xy_err < waypoints.place_xy_tol and obj[2] > carry_z - 0.03:
             self._placing = True
         if self._placing:
-            release_z = target[2] + geo.release_dz
-            if obj[2] < release_z + 0.006 and xy_err < geo.release_xy_tol:
+            release_z = target[2] + waypoints.release_dz
+            if obj[2] < release_z + 0.006 and xy_err < waypoints.release_xy_tol:
                 self._release_steps = 1
                 return "release", np.zeros(3), 0.0, target_yaw, -1.0
             goal = np.array([target[0], target[1], release_z])
             return "place", goal - obj, 0.4, target_yaw, 1.0
         # Hysteresis: once carrying, only a real drop (not the weight's sag) sends it back to lift.
         lift_margin = 0.06 if self._phase == "transport" else 0.02
-        if obj[2] < carry_z - lift_margin and xy_err > geo.place_xy_tol:
+        if obj[2] < carry_z - lift_margin and xy_err > waypoints.place_xy_tol:
             # Straight up first so the object clears bin walls, the peg and the other cube.
             goal = np.array([obj[0], obj[1], carry_z])
             if obj[2] > carry_z - 0.08:
@@ -543,18 +311,18 @@ class ScriptedExpert:
         return "transport", goal - obj, 0.8 if xy_err > 0.05 else 0.4, target_yaw, 1.0
 
     def _set_down(
-        self, obj: np.ndarray, peg: np.ndarray, target_yaw: float
+        self, obj: np.ndarray, target: np.ndarray, target_yaw: float
     ) -> tuple[str, np.ndarray, float, float, float]:
-        """A nut held askew (grasped off its handle, knocked on its edge) never slides over the
-        peg: put it down clear of the peg and let go, so that it lies flat for a fresh grasp."""
+        """An object held askew (a nut grasped off its handle or knocked on its edge never slides over
+        the peg): put it down clear of the target and let go, so that it lies flat for a fresh grasp."""
         self._placing = False
         table_z = float(self.env.raw.table_offset[2])
-        away = obj[:2] - peg[:2]
+        away = obj[:2] - target[:2]
         dist = float(np.linalg.norm(away))
         if dist < 0.12:
-            # Over or next to the peg: first carry it sideways at a height that clears the peg top.
+            # Over or next to the target (the peg): first carry it sideways, high enough to clear it.
             direction = away / dist if dist > 1e-6 else np.array([-1.0, 0.0])
-            goal = np.array([*(peg[:2] + 0.14 * direction), max(obj[2], peg[2] + 0.17)])
+            goal = np.array([*(target[:2] + 0.14 * direction), max(obj[2], target[2] + 0.17)])
             return "transport", goal - obj, 0.6, target_yaw, 1.0
         if obj[2] > table_z + 0.04:
             return "place", np.array([obj[0], obj[1], table_z + 0.03]) - obj, 0.5, target_yaw, 1.0

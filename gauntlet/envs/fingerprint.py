@@ -2,7 +2,7 @@
 
 The fingerprint hashes the canonicalised model XML (mesh/texture paths reduced to file names so that
 two installs in different directories agree; attributes sorted) together with the settings that
-change dynamics or observations (`EnvConfig.dynamics_settings`). It is computed once per env
+change dynamics or observations (`EnvConfig.dynamics_settings`). The env computes it once per
 configuration; `scenes check` groups scenes by configuration for that reason.
 """
 
@@ -12,10 +12,6 @@ import hashlib
 import json
 import os
 import xml.etree.ElementTree as ET
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from gauntlet.envs.env import GauntletEnv
 
 _PATH_ATTRS = {"file", "meshdir", "texturedir", "assetdir"}
 
@@ -36,11 +32,9 @@ def canonical_xml(xml: str) -> str:
 
 
 def fingerprint_of(xml: str, settings: dict) -> str:
+    """SHA-256 of the canonical model XML and the settings (JSON, sorted keys); hex digest."""
     h = hashlib.sha256()
     h.update(canonical_xml(xml).encode())
     h.update(json.dumps(settings, sort_keys=True).encode())
     return h.hexdigest()
 
-
-def env_fingerprint(env: GauntletEnv) -> str:
-    return fingerprint_of(env.raw.model.get_xml(), env.config.dynamics_settings())

@@ -1,4 +1,4 @@
-"""Rotation conversions that never modify their inputs.
+"""Rotation conversions (quaternions, matrices, axis-angle, headings) that never modify their inputs.
 
 robosuite's `quat2axisangle` clips `quat[3]` in place, which silently corrupts a caller's array
 (e.g. an observation buffer that is later logged); these functions copy first.
@@ -53,3 +53,49 @@ def yaw_of_quat_wxyz(quat: np.ndarray) -> float:
     """Heading (rotation about +z) of a (w, x, y, z) quaternion."""
     w, x, y, z = quat
     return float(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
+
+
+def quat_wxyz_to_mat(q: np.ndarray) -> np.ndarray:
+    """(3, 3) rotation matrix of a (w, x, y, z) quaternion (normalised first)."""
+    w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def mat_to_axis_angle(r: np.ndarray) -> np.ndarray:
+    """Axis-angle vector of a rotation matrix; robust near 0 and pi (where the OSC error lives)."""
+    cos = np.clip((np.trace(r) - 1.0) / 2.0, -1.0, 1.0)
+    angle = float(np.arccos(cos))
+    if angle < 1e-6:
+        return np.zeros(3)
+    if angle > np.pi - 1e-3:
+        # sin(angle) ~ 0: read the axis from the symmetric part instead.
+        axis = np.sqrt(np.maximum((np.diag(r) + 1.0) / 2.0, 0.0))
+        k = int(np.argmax(axis))
+        signs = np.sign(r[k] + r[:, k])
+        signs[k] = 1.0
+        axis = axis * signs
+        return axis / np.linalg.norm(axis) * angle
+    axis = np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]]) / (2.0 * np.sin(angle))
+    return axis * angle
+
+
+def wrap_angle(a: float, period: float = 2 * np.pi) -> float:
+    """`a` mapped into [-period/2, period/2): the smallest rotation equivalent under the symmetry."""
+    return float((a + period / 2) % period - period / 2)
+
+
+def object_yaw(quat_wxyz: np.ndarray) -> float:
+    """Heading of an object's local x axis (valid while it rests flat)."""
+    r = quat_wxyz_to_mat(quat_wxyz)
+    return float(np.arctan2(r[1, 0], r[0, 0]))
+
+
+def object_tilt(quat_wxyz: np.ndarray) -> float:
+    """Angle (rad) between an object's local z axis and world up."""
+    return float(np.arccos(np.clip(quat_wxyz_to_mat(quat_wxyz)[2, 2], -1.0, 1.0)))

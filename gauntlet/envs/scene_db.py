@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gauntlet import __version__
 from gauntlet.envs.errors import EnvironmentMismatchError, GauntletEnvError
 from gauntlet.runtime.atomic_files import atomic_write
+from gauntlet.runtime.manifests import write_json
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -71,8 +73,6 @@ class SceneRecord:
 
     row: dict[str, Any]
     arrays: dict[str, np.ndarray]
-
-
 
 
 class SceneDB:
@@ -132,11 +132,9 @@ class SceneDB:
         return cls(root)
 
     def _write_manifest(self, count: int) -> None:
-        from gauntlet import __version__
-
         info = {"format": FORMAT_NAME, "schema_version": SCHEMA_VERSION, "num_scenes": count,
                 "gauntlet_version": __version__}
-        atomic_write(self.manifest_path, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
+        write_json(self.manifest_path, info, indent=2)
 
     # -------------------------------------------------------------------------------- reading
     def metadata(self) -> pd.DataFrame:

@@ -16,7 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from gauntlet import __version__
 from gauntlet.envs.env import EnvConfig, GauntletEnv
+from gauntlet.envs.error_classifiers import CLASSIFIERS
+from gauntlet.envs.experts import ScriptedExpert, make_expert
 from gauntlet.envs.injectors import SPECS, apply_injection, hold_action
 from gauntlet.envs.scene_db import SCHEMA_VERSION, SceneRecord
 from gauntlet.envs.trajectory import TrajectoryRecorder
@@ -59,10 +62,6 @@ def _env_for(job: SceneJob) -> GauntletEnv:
 
 def generate_scene(job: SceneJob) -> tuple[SceneRecord | None, str]:
     """(record, "") on success; (None, reason) when no seed reached the injection phase."""
-    from gauntlet import __version__
-    from gauntlet.envs.error_classifiers import CLASSIFIERS
-    from gauntlet.envs.experts import make_expert
-
     env = _env_for(job)
     spec = SPECS[job.error_type]
     reason = ""
@@ -74,66 +73,89 @@ def generate_scene(job: SceneJob) -> tuple[SceneRecord | None, str]:
         env.reset(seed)
         expert = make_expert(env, seed=seed)
         recorder = TrajectoryRecorder(window=10)
-        steps_in_phase = -1
-        for _ in range(job.approach_horizon):
-            if expert.phase == phase:
-                steps_in_phase += 1
-                if steps_in_phase >= offset:
-                    break
-            action = expert.act()
-            recorder.record(env, action[6])
-            env.step(action)
-        else:
+        if not _run_into_phase(env, expert, recorder, phase, offset, job.approach_horizon):
             reason = f"expert never reached phase {phase!r} within {job.approach_horizon} steps"
             continue
         inject_step = env.counters.steps
-        recorder.record(env, hold_action(env)[6])
-        params = apply_injection(env, job.error_type, rng)
-        recorder.mark_injection()
-        recorder.record(env, hold_action(env)[6])
-        # The policy keeps acting while the error plays out (its commands are recorded, and may
-        # be overridden by e.g. a stalled gripper): the trajectory shows command vs execution.
-        for _ in range(spec.settle_steps):
-            action = expert.act()
-            env.step(action)
-            recorder.record(env, action[6])
+        params = _inject_and_settle(env, expert, recorder, job.error_type, rng)
         state = env.get_state()
         traj = recorder.arrays()
         labels = {name: clf(traj) for name, clf in CLASSIFIERS.items()}
-        recoverable, recovery_steps = False, -1
-        if job.validate:
-            oracle = make_expert(env, seed=seed)
-            for t in range(job.recovery_horizon):
-                if env.step(oracle.act()):
-                    recoverable, recovery_steps = True, t + 1
-                    break
-        row: dict[str, Any] = {
-            "scene_id": job.scene_id,
-            "task": job.task,
-            "variant": job.variant,
-            "error_type": job.error_type,
-            "category": spec.category,
-            "phase": phase,
-            "magnitude": float(params["magnitude"]),
-            "magnitude_unit": spec.magnitude_unit,
-            "injection_params": json.dumps(params, sort_keys=True),
-            "inject_step": int(inject_step),
-            "settle_steps": int(spec.settle_steps),
-            "seed": int(seed),
-            "env_config": json.dumps(asdict(env.config), sort_keys=True),
-            "fingerprint": env.fingerprint,
-            "schema_version": SCHEMA_VERSION,
-            "recoverable": bool(recoverable),
-            "recovery_steps": int(recovery_steps),
-            "label_motion": labels["motion"],
-            "label_grasp": labels["grasp"],
-            "label_command": labels["command"],
-            "gauntlet_version": __version__,
-        }
+        recovery_steps = _oracle_recovery_steps(env, seed, job.recovery_horizon) if job.validate else -1
+        row = _scene_row(job, env, phase, params, inject_step, seed, labels, recovery_steps)
         arrays = {f"state/{k}": v for k, v in state.items()}
         arrays.update(traj)
         return SceneRecord(row=row, arrays=arrays), ""
     return None, reason
+
+
+def _run_into_phase(env: GauntletEnv, expert: ScriptedExpert, recorder: TrajectoryRecorder, phase: str,
+                    offset: int, horizon: int) -> bool:
+    """Runs the expert until it has spent `offset` steps in `phase`; False if it never gets there."""
+    steps_in_phase = -1
+    for _ in range(horizon):
+        if expert.phase == phase:
+            steps_in_phase += 1
+            if steps_in_phase >= offset:
+                return True
+        action = expert.act()
+        recorder.record(env, action[6])
+        env.step(action)
+    return False
+
+
+def _inject_and_settle(env: GauntletEnv, expert: ScriptedExpert, recorder: TrajectoryRecorder,
+                       error_type: str, rng: np.random.Generator) -> dict[str, Any]:
+    """Injects the error, then lets it play out for its settle steps; returns the injector's params."""
+    recorder.record(env, hold_action(env)[6])
+    params = apply_injection(env, error_type, rng)
+    recorder.mark_injection()
+    recorder.record(env, hold_action(env)[6])
+    # The policy keeps acting while the error plays out (its commands are recorded, and may
+    # be overridden by e.g. a stalled gripper): the trajectory shows command vs execution.
+    for _ in range(SPECS[error_type].settle_steps):
+        action = expert.act()
+        env.step(action)
+        recorder.record(env, action[6])
+    return params
+
+
+def _oracle_recovery_steps(env: GauntletEnv, seed: int, horizon: int) -> int:
+    """Steps a fresh expert needs to solve the task from here; -1 when it does not within `horizon`."""
+    oracle = make_expert(env, seed=seed)
+    for t in range(horizon):
+        if env.step(oracle.act()):
+            return t + 1
+    return -1
+
+
+def _scene_row(job: SceneJob, env: GauntletEnv, phase: str, params: dict[str, Any], inject_step: int,
+               seed: int, labels: dict[str, str], recovery_steps: int) -> dict[str, Any]:
+    """The scene's metadata row (columns: scene_db.SCENE_COLUMNS)."""
+    spec = SPECS[job.error_type]
+    return {
+        "scene_id": job.scene_id,
+        "task": job.task,
+        "variant": job.variant,
+        "error_type": job.error_type,
+        "category": spec.category,
+        "phase": phase,
+        "magnitude": float(params["magnitude"]),
+        "magnitude_unit": spec.magnitude_unit,
+        "injection_params": json.dumps(params, sort_keys=True),
+        "inject_step": int(inject_step),
+        "settle_steps": int(spec.settle_steps),
+        "seed": int(seed),
+        "env_config": json.dumps(asdict(env.config), sort_keys=True),
+        "fingerprint": env.fingerprint,
+        "schema_version": SCHEMA_VERSION,
+        "recoverable": recovery_steps >= 0,
+        "recovery_steps": int(recovery_steps),
+        "label_motion": labels["motion"],
+        "label_grasp": labels["grasp"],
+        "label_command": labels["command"],
+        "gauntlet_version": __version__,
+    }
 
 
 def _worker_init() -> None:

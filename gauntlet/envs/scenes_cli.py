@@ -9,9 +9,14 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
 
+from gauntlet.envs.errors import GauntletEnvError
+from gauntlet.envs.injectors import ERROR_TYPES, SPECS, get_spec
+from gauntlet.envs.scene_db import SceneDB
+from gauntlet.envs.tasks import TASKS, VARIANTS, check_variant, get_task
 from gauntlet.runtime.config_args import as_tuple, option, parse_config
+from gauntlet.runtime.progress import Progress
 
-ALL_TASKS = ("lift", "stack", "square", "pick_place_can")
+ALL_TASKS = tuple(TASKS)
 
 
 @dataclass(frozen=True)
@@ -20,7 +25,7 @@ class GenerateConfig:
 
     out: str = option(help="scene database directory (created, or appended to if it exists)")
     tasks: tuple[str, ...] = option(ALL_TASKS, help="tasks")
-    variants: tuple[str, ...] = option(("D0", "D1"), help="placement variants")
+    variants: tuple[str, ...] = option(VARIANTS, help="placement variants")
     error_types: tuple[str, ...] = option(("all",), help="'all' or error types")
     per_combo: int = option(1, help="scenes per task x variant x error type")
     seed: int = option(0, help="base seed; scene seeds derive from it and the scene id")
@@ -34,9 +39,6 @@ class GenerateConfig:
     def __post_init__(self) -> None:
         for name in ("tasks", "variants", "error_types"):
             object.__setattr__(self, name, as_tuple(getattr(self, name)))
-        from gauntlet.envs.injectors import ERROR_TYPES, get_spec
-        from gauntlet.envs.tasks import check_variant, get_task
-
         for t in self.task_list:
             get_task(t)
         for v in self.variant_list:
@@ -49,7 +51,6 @@ class GenerateConfig:
             raise ValueError(f"per_combo must be >= 1, got {self.per_combo}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
-        del ERROR_TYPES
 
     @property
     def task_list(self) -> tuple[str, ...]:
@@ -61,8 +62,6 @@ class GenerateConfig:
 
     @property
     def error_type_list(self) -> tuple[str, ...]:
-        from gauntlet.envs.injectors import ERROR_TYPES
-
         return ERROR_TYPES if self.error_types == ("all",) else self.error_types
 
 
@@ -84,8 +83,8 @@ class ShowConfig:
 
 
 def jobs_for(cfg: GenerateConfig) -> list:
-    from gauntlet.envs.injectors import SPECS
-    from gauntlet.envs.scene_generation import SceneJob
+    """One `SceneJob` per applicable (task, variant, error type) and k < per_combo."""
+    from gauntlet.envs.scene_generation import SceneJob  # see generate(): keeps the CLI GL-free
 
     jobs = []
     for task in cfg.task_list:
@@ -102,9 +101,8 @@ def jobs_for(cfg: GenerateConfig) -> list:
 
 def generate(cfg: GenerateConfig, batch_size: int = 8) -> dict:
     """Generates into `cfg.out`; writes in batches so a crash loses at most one batch."""
-    from gauntlet.envs.scene_db import SceneDB
+    # Imported here: building envs configures OpenGL, which only generating needs.
     from gauntlet.envs.scene_generation import _worker_init, generate_scene
-    from gauntlet.runtime.progress import Progress
 
     db = SceneDB.create(cfg.out)
     existing = set(db.metadata()["scene_id"])
@@ -156,8 +154,6 @@ def print_check(report: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gauntlet.envs.errors import GauntletEnvError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     verbs = {"generate": GenerateConfig, "check": CheckConfig, "show": ShowConfig}
     if not argv or argv[0] not in verbs:
@@ -169,8 +165,6 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(cfg, GenerateConfig):
             summary = generate(cfg)
             return 0 if summary["written"] or not summary["failed"] else 1
-        from gauntlet.envs.scene_db import SceneDB
-
         db = SceneDB.open(cfg.db)
         if isinstance(cfg, CheckConfig):
             from gauntlet.envs.scene_check import check_report

@@ -2,26 +2,25 @@
 
 robosuite's flattened state holds only time/qpos/qvel. The next step also depends on MuJoCo's
 actuator activations, controls, applied forces and solver warm start, on the arm controller's
-goal and interpolation state, on the gripper's integrated command, and on the env's own counters.
-All of it goes into one flat `{name: ndarray}` dict (what a scene stores with
-`np.savez(allow_pickle=False)`), so a restored scene continues exactly as the original would have.
+goal and interpolation state, on the gripper's integrated command, and on the env wrapper's own
+counters (which the wrapper passes in and reads back). All of it goes into one flat
+`{name: ndarray}` dict (what a scene stores with `np.savez(allow_pickle=False)`), so a restored scene
+continues exactly as the original would have.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from gauntlet.envs.env import GauntletEnv
 
 STATE_FORMAT = 1
 _NONE = "__none__"  # marks an attribute that was None (e.g. OSC's goal before the first action)
 
 
-def _stateful_objects(env: GauntletEnv) -> dict[str, Any]:
-    robot = env.raw.robots[0]
+def _stateful_objects(raw: Any) -> dict[str, Any]:
+    """The robot's controllers and grippers by state-name prefix."""
+    robot = raw.robots[0]
     objs: dict[str, Any] = {}
     for name, ctrl in robot.part_controllers.items():
         objs[f"ctrl/{name}"] = ctrl
@@ -46,24 +45,23 @@ def _plain_attributes(obj: Any) -> dict[str, Any]:
     return out
 
 
-def capture_state(env: GauntletEnv) -> dict[str, np.ndarray]:
+def capture_state(raw: Any, wrapper_state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The state of robosuite env `raw`, with the wrapper's own entries (`wrapper_state`) after
+    robosuite's clock and before the controllers'."""
     import mujoco
 
-    m, d = env.sim.model._model, env.sim.data._data
+    m, d = raw.sim.model._model, raw.sim.data._data
     spec = mujoco.mjtState.mjSTATE_INTEGRATION
     mj_state = np.empty(mujoco.mj_stateSize(m, spec))
     mujoco.mj_getState(m, d, mj_state, spec)
     state: dict[str, np.ndarray] = {
         "format": np.array(STATE_FORMAT),
         "mj_state": mj_state,
-        "env/timestep": np.array(env.raw.timestep),
-        "env/cur_time": np.array(env.raw.cur_time),
-        "env/steps": np.array(env.counters.steps),
-        "env/target": env._target.copy(),
-        "dist/gripper_stall_steps": np.array(env.disturbances.gripper_stall_steps),
-        "dist/gripper_stall_command": np.array(env.disturbances.gripper_stall_command),
+        "env/timestep": np.array(raw.timestep),
+        "env/cur_time": np.array(raw.cur_time),
+        **wrapper_state,
     }
-    for prefix, obj in _stateful_objects(env).items():
+    for prefix, obj in _stateful_objects(raw).items():
         for key, value in _plain_attributes(obj).items():
             name = f"{prefix}/{key}"
             if value is None:
@@ -73,13 +71,14 @@ def capture_state(env: GauntletEnv) -> dict[str, np.ndarray]:
     return state
 
 
-def restore_state(env: GauntletEnv, state: dict[str, np.ndarray]) -> None:
-    """Puts `env` exactly where `capture_state` found it (same env config required)."""
+def restore_state(raw: Any, state: dict[str, np.ndarray]) -> None:
+    """Puts robosuite env `raw` exactly where `capture_state` found it (same env config required);
+    the wrapper's own entries are left for the wrapper to read back."""
     import mujoco
 
     if int(state.get("format", -1)) != STATE_FORMAT:
         raise ValueError(f"state format {state.get('format')} is not {STATE_FORMAT}")
-    objects = _stateful_objects(env)
+    objects = _stateful_objects(raw)
     for name, saved in state.items():
         prefix, _, key = name.rpartition("/")
         obj = objects.get(prefix)
@@ -96,7 +95,7 @@ def restore_state(env: GauntletEnv, state: dict[str, np.ndarray]) -> None:
             # (e.g. a controller's initial and current joint positions), and an in-place write
             # through one name would clobber the other.
             setattr(obj, key, np.array(saved, copy=True))
-    m, d = env.sim.model._model, env.sim.data._data
+    m, d = raw.sim.model._model, raw.sim.data._data
     spec = mujoco.mjtState.mjSTATE_INTEGRATION
     # A fresh contiguous copy: states that arrive through Ray are read-only views, which
     # MuJoCo's bindings refuse.
@@ -105,10 +104,6 @@ def restore_state(env: GauntletEnv, state: dict[str, np.ndarray]) -> None:
         raise ValueError(f"mj_state has {mj_state.shape} values, this model needs {mujoco.mj_stateSize(m, spec)}")
     mujoco.mj_setState(m, d, mj_state, spec)
     mujoco.mj_forward(m, d)
-    env.raw.timestep = int(state["env/timestep"])
-    env.raw.cur_time = float(state["env/cur_time"])
-    env.raw.done = False
-    env.counters.steps = int(state["env/steps"])
-    env._target = np.array(state["env/target"], dtype=np.float64)
-    env.disturbances.gripper_stall_steps = int(state["dist/gripper_stall_steps"])
-    env.disturbances.gripper_stall_command = float(state["dist/gripper_stall_command"])
+    raw.timestep = int(state["env/timestep"])
+    raw.cur_time = float(state["env/cur_time"])
+    raw.done = False

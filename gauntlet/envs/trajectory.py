@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gauntlet.envs.success import is_grasped
+from gauntlet.envs.tasks.scene import is_grasped
 
 if TYPE_CHECKING:
     from gauntlet.envs.env import GauntletEnv

@@ -45,13 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     # Longest match first so `scenes generate` wins over a hypothetical `scenes`.
     for words, module, _ in sorted(COMMANDS, key=lambda c: -len(c[0])):
         if tuple(argv[: len(words)]) == words:
-            try:
-                mod = importlib.import_module(module)
-            except ModuleNotFoundError as exc:
-                if exc.name and exc.name.startswith("gauntlet"):
-                    print(f"gauntlet: `{' '.join(words)}` is not available in this version", file=sys.stderr, flush=True)
-                    return 2
-                raise
+            mod = importlib.import_module(module)
             rest = argv[len(words):]
             if len(words) > 1 and words[0] == "scenes":
                 rest = [words[1], *rest]  # scenes_cli dispatches its own verbs

@@ -9,13 +9,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from gauntlet.runtime.config_args import option, parse_config
+from gauntlet.runtime.manifests import write_json
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     from gauntlet.envs.scene_check import check_report
     from gauntlet.envs.scene_db import SceneDB
     from gauntlet.envs.scenes_cli import GenerateConfig, generate, print_check
-    from gauntlet.platform.eval.driver import EvalConfig, run_eval
+    from gauntlet.platform.eval.config import EvalConfig
+    from gauntlet.platform.eval.driver import run_eval
     from gauntlet.platform.eval.status import RUN_MANIFEST
-    from gauntlet.platform.report.build import format_summary, write_report
+    from gauntlet.platform.report.build import REPORT_DIR, build_report, format_summary, write_report_files
 
     start = time.monotonic()
     out = Path(cfg.out)
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     print("[demo] 2/4 pre-flight check of the scene database", flush=True)
     report = check_report(SceneDB.open(db_path))
     print_check(report)
-    (out / "scenes_check.json").write_text(json.dumps(report, indent=2))
+    write_json(out / "scenes_check.json", report, indent=2)
     run_dir = out / "run"
     policies = cfg.policies
     message = (f"[demo] 3/4 evaluating {', '.join(policies)} over {report['total']} scenes with {cfg.actors} "
@@ -60,10 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     result = run_eval(EvalConfig(scenes=str(db_path), policy=policies, out=str(run_dir), actors=cfg.actors,
                                  horizon=cfg.horizon, resume=(run_dir / RUN_MANIFEST).exists()))
     print("[demo] 4/4 writing the report", flush=True)
-    paths = write_report(run_dir, html=True)
-    from gauntlet.platform.report.build import build_report
-
-    print(format_summary(build_report(run_dir)), flush=True)
+    built = build_report(run_dir)
+    paths = write_report_files(built, run_dir / REPORT_DIR, html=True)
+    print(format_summary(built), flush=True)
     message = (f"[demo] done in {time.monotonic() - start:.0f} s: {report['total']} scenes "
                f"({len(summary['failed'])} not generated), {result['total']} episodes; "
                f"report: {paths.get('html', run_dir / 'report')}")

@@ -6,8 +6,10 @@ A policy is batched by construction: `infer` takes a dict of arrays with a leadi
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -31,6 +33,15 @@ class FieldSpec:
     def to_dict(self) -> dict[str, Any]:
         return {"shape": list(self.shape), "dtype": self.dtype}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FieldSpec:
+        """The inverse of `to_dict`; a missing dtype means float32 (what openpi servers send)."""
+        return cls(tuple(int(s) for s in data["shape"]), str(data.get("dtype", "float32")))
+
+    @property
+    def is_image(self) -> bool:
+        return self.dtype == "uint8" and len(self.shape) == 3
+
 
 @dataclass(frozen=True)
 class PolicyMetadata:
@@ -49,6 +60,20 @@ class PolicyMetadata:
         out = asdict(self)
         out["observation_spec"] = {k: v.to_dict() for k, v in self.observation_spec.items()}
         return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, default_name: str = "", default_version: str = "",
+                  default_needs_images: bool = False) -> PolicyMetadata:
+        """The inverse of `to_dict`, tolerant of what other servers send: missing fields take the
+        defaults given, and spec entries without a shape are dropped."""
+        spec = {str(k): FieldSpec.from_dict(v) for k, v in (data.get("observation_spec") or {}).items()
+                if isinstance(v, dict) and "shape" in v}
+        return cls(
+            name=str(data.get("name") or default_name), version=str(data.get("version") or default_version),
+            action_dim=int(data.get("action_dim") or 0), chunk_len=int(data.get("chunk_len") or 0),
+            observation_spec=spec, needs_images=bool(data.get("needs_images", default_needs_images)),
+            privileged=bool(data.get("privileged", False)), extra=dict(data.get("extra") or {}),
+        )
 
 
 @runtime_checkable
@@ -93,3 +118,77 @@ def stack_observations(observations: list[dict[str, Any]]) -> dict[str, np.ndarr
         else:
             batch[key] = np.array([obs[key] for obs in observations])
     return batch
+
+
+# ---------------------------------------------------------------------------------------------
+# Training: optional abilities of the policy families `gauntlet train` can fine-tune.
+
+ConfigT = TypeVar("ConfigT", bound="ModelConfig")
+
+
+class ModelConfig(Protocol):
+    """A policy family's model configuration as training and checkpoints see it: a frozen dataclass
+    that round-trips through JSON and says which of its fields define the weights.
+
+    Families subclass it explicitly to inherit the four methods (one definition for every family).
+    """
+
+    non_architecture_fields: ClassVar[tuple[str, ...]]  # left out of fingerprints (e.g. serving knobs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as JSON-ready values (tuples as lists)."""
+        body = dataclasses.asdict(self)  # type: ignore[call-overload]
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in body.items()}
+
+    def architecture_dict(self) -> dict[str, Any]:
+        """The fields that define the parameters and the function (what a fingerprint covers)."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.non_architecture_fields}
+
+    @classmethod
+    def from_dict(cls: type[ConfigT], data: Mapping[str, Any]) -> ConfigT:
+        """The inverse of `to_dict`; an unknown field is refused by name (a newer or foreign config)."""
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{unknown[0]}: unknown {cls.__name__} field (known: {sorted(known)})")
+        return cls(**data)
+
+    def replace(self: ConfigT, **changes: Any) -> ConfigT:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+@runtime_checkable
+class TrainablePolicy(Protocol):
+    """Optional ability: a policy `gauntlet train` can fine-tune.
+
+    As a LeRobot policy's `forward()` returns its loss, the policy owns what one step computes (batch
+    preparation and loss); the platform owns the loop, the optimizer, distribution and checkpoints.
+    """
+
+    def train_weights(self, mode: str, seed: int) -> Any:
+        """What a step differentiates: the JAX variable tree (mode "lora" adds a fresh adapter drawn
+        from `seed`) or the torch module."""
+        ...
+
+    def prepare_train_batch(self, batch: Mapping[str, Any], rng: np.random.Generator | int,
+                            norm_stats: Any = None) -> dict[str, np.ndarray]:
+        """A raw batch in dataset units -> model inputs (normalised), every random draw from `rng`."""
+        ...
+
+    def train_loss(self, weights: Any, batch: Mapping[str, Any]) -> Any:
+        """The scalar loss of a prepared batch (framework arrays), differentiable in `weights`."""
+        ...
+
+
+def masked_chunk_mse(pred: Any, target: Any, valid: Any = None) -> Any:
+    """Mean squared error over the real positions of action chunks, for NumPy, JAX and torch alike.
+
+    pred/target (..., L, D); valid (..., L) 1.0 for a real action, 0.0 for padding past an episode's
+    end (`action_is_pad`). Padding repeats the last action and says nothing about what to do next, so
+    it is left out of the mean rather than learned; no valid position at all gives 0.
+    """
+    sq = (pred - target) ** 2
+    if valid is None:
+        return sq.mean()
+    count = valid.sum() * sq.shape[-1]
+    return (sq * valid[..., None]).sum() / count.clip(min=1.0)

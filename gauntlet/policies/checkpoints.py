@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import uuid
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,6 +33,8 @@ from typing import Any, Literal
 import numpy as np
 
 from gauntlet.data.normalization import NormStats, NormStatsError
+from gauntlet.runtime import manifests
+from gauntlet.runtime.atomic_files import replace_dir, staging_dir
 
 FORMAT_NAME = "gauntlet-checkpoint"
 FORMAT_VERSION = 1
@@ -44,6 +45,8 @@ KINDS = ("base", "adapter")
 CheckpointKind = Literal["base", "adapter"]
 
 _SEP = "/"
+# NumPy dtypes np.load reads back with allow_pickle=False
+_PICKLE_FREE_DTYPES = frozenset({"f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "b1"})
 
 
 class CheckpointError(ValueError):
@@ -130,6 +133,7 @@ def fingerprint(model_config: Mapping[str, Any], params: Mapping[str, Any]) -> s
 
 
 def _file_digest(path: Path) -> str:
+    """blake2b-128 of a file's bytes, read in 4 MiB blocks."""
     h = hashlib.blake2b(digest_size=16)
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -181,18 +185,16 @@ def save_checkpoint(
         raise FileExistsError(f"{path}: checkpoint exists (pass overwrite=True to replace it)")
     flat = flatten_tree(params)
     for name, arr in flat.items():
-        if arr.dtype.kind not in "biuf" or arr.dtype.str[1:] not in {"f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "b1"}:
+        if arr.dtype.kind not in "biuf" or arr.dtype.str[1:] not in _PICKLE_FREE_DTYPES:
             raise ValueError(f"param {name!r}: dtype {arr.dtype} cannot be stored pickle-free; cast to float32")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    stage = staging_dir(path, "tmp")
     try:
-        with (tmp / PARAMS_FILE).open("wb") as f:
+        with (stage / PARAMS_FILE).open("wb") as f:
             np.savez(f, **flat)
-        files = {PARAMS_FILE: {"blake2b": _file_digest(tmp / PARAMS_FILE), "bytes": (tmp / PARAMS_FILE).stat().st_size}}
+        files = {PARAMS_FILE: _file_entry(stage / PARAMS_FILE)}
         if norm_stats is not None:
-            norm_stats.save(tmp / NORM_STATS_FILE)
-            files[NORM_STATS_FILE] = {"blake2b": _file_digest(tmp / NORM_STATS_FILE), "bytes": (tmp / NORM_STATS_FILE).stat().st_size}
+            norm_stats.save(stage / NORM_STATS_FILE)
+            files[NORM_STATS_FILE] = _file_entry(stage / NORM_STATS_FILE)
         manifest = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -204,18 +206,11 @@ def save_checkpoint(
             "files": files,
             "extra": dict(extra or {}),
         }
-        (tmp / CONFIG_FILE).write_text(json.dumps(manifest, indent=1, default=str))
-        # Swap in: an existing checkpoint is moved aside first, so the name always points at a
-        # complete checkpoint (old or new) except for the instant between two renames.
-        old = None
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-            path.rename(old)
-        tmp.rename(path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        # A plain write: the whole directory is staged and renamed into place below.
+        (stage / CONFIG_FILE).write_text(json.dumps(manifest, indent=1, default=str))
+        replace_dir(stage, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(stage, ignore_errors=True)
         raise
     return path
 
@@ -223,26 +218,23 @@ def save_checkpoint(
 def read_manifest(path: str | Path) -> dict[str, Any]:
     """The validated config.json of a checkpoint directory (cheap: reads no arrays)."""
     path = Path(path)
-    cfg = path / CONFIG_FILE
     if not path.is_dir():
         raise CheckpointFormatError(path, "checkpoint directory not found")
-    if not cfg.is_file():
-        raise CheckpointFormatError(cfg, "file not found (not a checkpoint directory?)")
-    try:
-        manifest = json.loads(cfg.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointFormatError(cfg, f"not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise CheckpointFormatError(cfg, f"not a {FORMAT_NAME} manifest")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise CheckpointFormatError(cfg, f"format_version {version} is not supported (this code reads {FORMAT_VERSION})")
+    cfg = path / CONFIG_FILE
+    manifest = manifests.read_manifest(cfg, format_name=FORMAT_NAME, versions=(FORMAT_VERSION,),
+                                       what="checkpoint manifest", error=CheckpointFormatError,
+                                       hint="not a checkpoint directory?")
     for key in ("kind", "model_config", "fingerprint", "params", "files"):
         if key not in manifest:
             raise CheckpointFormatError(cfg, f"missing field {key!r}")
     if manifest["kind"] not in KINDS:
         raise CheckpointFormatError(cfg, f"kind {manifest['kind']!r} is not one of {KINDS}")
     return manifest
+
+
+def _file_entry(path: Path) -> dict[str, Any]:
+    """The manifest's record of a file: digest and size, checked on load."""
+    return {"blake2b": _file_digest(path), "bytes": path.stat().st_size}
 
 
 def _verify_file(path: Path, entry: Mapping[str, Any]) -> None:
@@ -271,7 +263,20 @@ def load_checkpoint(
     """
     path = Path(path)
     manifest = read_manifest(path)
-    cfg_file = path / CONFIG_FILE
+    _check_manifest_fits(path / CONFIG_FILE, manifest, expected_kind, expected_config, base_fingerprint)
+    flat = _read_params(path, manifest)
+    if expected_shapes is not None:
+        _check_shapes(path / PARAMS_FILE, {k: tuple(v.shape) for k, v in flat.items()}, expected_shapes)
+    return Checkpoint(
+        path=path, kind=manifest["kind"], model_config=manifest["model_config"], params=unflatten_tree(flat),
+        fingerprint=manifest["fingerprint"], base_fingerprint=manifest.get("base_fingerprint"),
+        norm_stats=_read_norm_stats(path, manifest["files"]), extra=manifest.get("extra", {}),
+    )
+
+
+def _check_manifest_fits(cfg_file: Path, manifest: Mapping[str, Any], expected_kind: str | None,
+                         expected_config: Mapping[str, Any] | None, base_fingerprint: str | None) -> None:
+    """Kind, config and (adapters) base fingerprint are what the caller loads this checkpoint as."""
     kind = manifest["kind"]
     if expected_kind is not None and kind != expected_kind:
         raise CheckpointMismatchError(cfg_file, f"is a {kind!r} checkpoint, expected {expected_kind!r}")
@@ -287,43 +292,45 @@ def load_checkpoint(
             f"{base_fingerprint}; load the base checkpoint it was trained from",
         )
 
+
+def _read_params(path: Path, manifest: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """params.npz's arrays ("a/b/c" keys), digest-checked and matching the manifest's param list."""
     params_file = path / PARAMS_FILE
     files = manifest["files"]
     if PARAMS_FILE not in files:
-        raise CheckpointFormatError(cfg_file, f"manifest lists no {PARAMS_FILE}")
+        raise CheckpointFormatError(path / CONFIG_FILE, f"manifest lists no {PARAMS_FILE}")
     _verify_file(params_file, files[PARAMS_FILE])
     try:
         with np.load(params_file, allow_pickle=False) as npz:
             flat = {name: npz[name] for name in npz.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise CheckpointFormatError(params_file, f"cannot read arrays ({exc})") from None
-
     listed = {k: tuple(v["shape"]) for k, v in manifest["params"].items()}
-    actual = {k: tuple(v.shape) for k, v in flat.items()}
-    if listed != actual:
+    if listed != {k: tuple(v.shape) for k, v in flat.items()}:
         raise CheckpointFormatError(params_file, "arrays do not match the manifest's param list")
-    if expected_shapes is not None:
-        expected = {k: tuple(v) for k, v in expected_shapes.items()}
-        missing = sorted(set(expected) - set(actual))
-        extra = sorted(set(actual) - set(expected))
-        if missing:
-            raise CheckpointMismatchError(params_file, f"missing {len(missing)} expected params, e.g. {missing[:3]}")
-        if extra:
-            raise CheckpointMismatchError(params_file, f"{len(extra)} unexpected params, e.g. {extra[:3]}")
-        wrong = [f"{k}: {actual[k]} (expected {expected[k]})" for k in sorted(expected) if actual[k] != expected[k]]
-        if wrong:
-            raise CheckpointMismatchError(params_file, f"wrong shapes: {'; '.join(wrong[:3])}")
+    return flat
 
-    norm_stats = None
-    if NORM_STATS_FILE in files:
-        ns_file = path / NORM_STATS_FILE
-        _verify_file(ns_file, files[NORM_STATS_FILE])
-        try:
-            norm_stats = NormStats.load(ns_file)
-        except NormStatsError as exc:
-            raise CheckpointFormatError(ns_file, exc.message) from None
-    return Checkpoint(
-        path=path, kind=kind, model_config=model_config, params=unflatten_tree(flat),
-        fingerprint=manifest["fingerprint"], base_fingerprint=manifest.get("base_fingerprint"),
-        norm_stats=norm_stats, extra=manifest.get("extra", {}),
-    )
+
+def _check_shapes(params_file: Path, actual: Mapping[str, tuple[int, ...]],
+                  expected_shapes: Mapping[str, tuple[int, ...]]) -> None:
+    expected = {k: tuple(v) for k, v in expected_shapes.items()}
+    missing = sorted(set(expected) - set(actual))
+    extra = sorted(set(actual) - set(expected))
+    if missing:
+        raise CheckpointMismatchError(params_file, f"missing {len(missing)} expected params, e.g. {missing[:3]}")
+    if extra:
+        raise CheckpointMismatchError(params_file, f"{len(extra)} unexpected params, e.g. {extra[:3]}")
+    wrong = [f"{k}: {actual[k]} (expected {expected[k]})" for k in sorted(expected) if actual[k] != expected[k]]
+    if wrong:
+        raise CheckpointMismatchError(params_file, f"wrong shapes: {'; '.join(wrong[:3])}")
+
+
+def _read_norm_stats(path: Path, files: Mapping[str, Any]) -> NormStats | None:
+    if NORM_STATS_FILE not in files:
+        return None
+    ns_file = path / NORM_STATS_FILE
+    _verify_file(ns_file, files[NORM_STATS_FILE])
+    try:
+        return NormStats.load(ns_file)
+    except NormStatsError as exc:
+        raise CheckpointFormatError(ns_file, exc.message) from None

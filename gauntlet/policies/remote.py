@@ -10,13 +10,14 @@ from __future__ import annotations
 import threading
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from gauntlet.keys import PROMPT_KEY
 from gauntlet.policies import msgpack_numpy
-from gauntlet.policies.base import FieldSpec, PolicyMetadata
+from gauntlet.policies.base import PolicyMetadata
 
 
 class RemotePolicyError(RuntimeError):
@@ -24,16 +25,8 @@ class RemotePolicyError(RuntimeError):
 
 
 def _metadata_from(raw: dict[str, Any], url: str) -> PolicyMetadata:
-    spec = {}
-    for key, field in (raw.get("observation_spec") or {}).items():
-        if isinstance(field, dict) and "shape" in field:
-            spec[key] = FieldSpec(tuple(int(s) for s in field["shape"]), str(field.get("dtype", "float32")))
-    return PolicyMetadata(
-        name=str(raw.get("name", url)), version=str(raw.get("version", "remote")),
-        action_dim=int(raw.get("action_dim", 0) or 0), chunk_len=int(raw.get("chunk_len", 0) or 0),
-        observation_spec=spec, needs_images=bool(raw.get("needs_images", True)),
-        privileged=bool(raw.get("privileged", False)), extra={"remote": url, "server_metadata": raw},
-    )
+    meta = PolicyMetadata.from_dict(raw, default_name=url, default_version="remote", default_needs_images=True)
+    return replace(meta, extra={"remote": url, "server_metadata": raw})
 
 
 def _split(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:

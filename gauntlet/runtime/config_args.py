@@ -6,14 +6,19 @@ help text becomes the flag's `--help`, so the config is the single place a knob 
 List fields (`tuple[...]`) take every spelling a user tries: `--tasks a,b`, `--tasks a b` and
 `--tasks a --tasks b` all give `("a", "b")`. A field whose items contain commas themselves (e.g.
 `--knobs actors=1,2`) opts out with `split_commas=False`.
+
+`require_at_least` is the range check configs' `__post_init__` share; `run_command` is the exit path
+entry points share (an expected error printed as `PROG: message`, with its exit status).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import types
 import typing
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -158,3 +163,27 @@ def as_tuple(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
     """
     texts = [value] if isinstance(value, str) else list(value)
     return tuple(p.strip() for t in texts for p in str(t).split(",") if p.strip())
+
+
+def require_at_least(config: Any, minimum: float, *names: str, error: Callable[[str], Exception] = ValueError) -> None:
+    """For a config's `__post_init__`: raises `error("NAME must be >= MINIMUM, got VALUE")` for the first
+    field in `names` below `minimum`, so the message names the field the user must change."""
+    for name in names:
+        value = getattr(config, name)
+        if value < minimum:
+            raise error(f"{name} must be >= {minimum}, got {value}")
+
+
+def run_command(prog: str, work: Callable[[], int | None], errors: Mapping[type[Exception], int]) -> int:
+    """An entry point's exit status: `work()`'s (None = 0), or for an expected error its status.
+
+    `errors` maps each expected exception type to the status it exits with (by convention 2 for a
+    bad configuration or input, 1 for work that failed); its message, which names the problem and
+    what to do, is printed as `PROG: message` on stderr. Anything else is a bug and keeps its traceback.
+    """
+    try:
+        status = work()
+    except tuple(errors) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr, flush=True)
+        return next(code for kind, code in errors.items() if isinstance(exc, kind))
+    return 0 if status is None else int(status)

@@ -8,6 +8,7 @@ writing one is atomic, so a crash never leaves half a manifest under the real na
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,29 +32,43 @@ def write_json(path: str | Path, body: Any, *, indent: int | None = 1) -> Path:
     return path
 
 
-def read_json(path: str | Path, what: str = "file") -> Any:
-    """The parsed JSON at `path`; a missing or malformed file raises ManifestError naming it."""
+ErrorFactory = Callable[[Path, str], Exception]  # (file, problem) -> the caller's own error type
+
+
+def read_json(path: str | Path, what: str = "file", *, error: ErrorFactory = ManifestError,
+              hint: str = "") -> Any:
+    """The parsed JSON at `path`; a missing or malformed file raises `error(path, problem)`.
+
+    `hint` says what to do when the file is missing (e.g. which command creates it).
+    """
     path = Path(path)
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise ManifestError(path, f"{what} not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(path, f"unreadable {what} ({exc})") from None
+        raise error(path, f"missing ({what} not found{'; ' + hint if hint else ''})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(path, f"garbled JSON in {what} ({exc})") from None
+    except OSError as exc:
+        raise error(path, f"unreadable {what} ({exc})") from None
 
 
 def read_manifest(path: str | Path, *, format_name: str, versions: tuple[int, ...],
                   format_key: str = "format", version_key: str = "format_version",
-                  what: str = "manifest") -> dict[str, Any]:
-    """A manifest of `format_name` in one of `versions`, else ManifestError saying what was found."""
-    body = read_json(path, what)
+                  what: str = "manifest", error: ErrorFactory = ManifestError, hint: str = "") -> dict[str, Any]:
+    """A manifest of `format_name` in one of `versions`, else `error(path, problem)` naming the field.
+
+    `error` lets each format raise its own exception type (e.g. a CheckpointError) with the same
+    wording everywhere; `hint` says what to do when the file is missing.
+    """
+    body = read_json(path, what, error=error, hint=hint)
     if not isinstance(body, dict):
-        raise ManifestError(path, f"{what} is a JSON {type(body).__name__}, not an object")
+        raise error(path, f"{what} is a JSON {type(body).__name__}, not an object")
     if body.get(format_key) != format_name:
-        raise ManifestError(path, f"not a {format_name} {what} ({format_key}={body.get(format_key)!r})")
+        raise error(path, f"field {format_key!r} is {body.get(format_key)!r}: not a {format_name} {what}")
     if body.get(version_key) not in versions:
-        raise ManifestError(path, f"{version_key} {body.get(version_key)!r} is not supported (this code reads "
-                                  f"{', '.join(map(str, versions))}); upgrade Gauntlet or regenerate it")
+        supported = ", ".join(map(str, versions))
+        raise error(path, f"field {version_key!r} is {body.get(version_key)!r}; this code reads version "
+                          f"{supported} (upgrade Gauntlet, or re-create it with this version)")
     return body
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gauntlet.data.dataset_format import DatasetWriter
+from gauntlet.data.dataset_writer import DatasetWriter
 
 
 def known_action(episode: int, frame: int) -> float:
@@ -62,3 +63,16 @@ def make_dataset(tmp_path: Path) -> Callable[..., tuple[Path, dict[str, Any]]]:
         return root, write_dataset(root, lengths, **kwargs)
 
     return build
+
+
+@pytest.fixture
+def edit_info() -> Callable[[Path, Callable[[dict[str, Any]], Any]], None]:
+    """`edit_info(root, edit)`: applies `edit` to the dataset's meta/info.json in place (a hand-edited file)."""
+
+    def apply(root: Path, edit: Callable[[dict[str, Any]], Any]) -> None:
+        path = root / "meta" / "info.json"
+        info = json.loads(path.read_text())
+        edit(info)
+        path.write_text(json.dumps(info))
+
+    return apply

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from gauntlet.data.collect import CollectConfig, collect_demos
-from gauntlet.data.dataset_format import DatasetError, validate
+from gauntlet.data.dataset_schema import DatasetError
+from gauntlet.data.dataset_validation import validate
 from gauntlet.data.loader import make_loader
 from gauntlet.envs.env import make_env
 from gauntlet.platform.cli import main as cli

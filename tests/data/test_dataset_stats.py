@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gauntlet.data.dataset_format import DatasetWriter, open_dataset
+from gauntlet.data.dataset_reader import open_dataset
+from gauntlet.data.dataset_writer import DatasetWriter
 from gauntlet.data.normalization import FieldStats, NormStats
 from gauntlet.data.stats import compute_stats
 from gauntlet.platform.cli import main as cli

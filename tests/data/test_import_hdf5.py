@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from gauntlet.data.dataset_format import open_dataset, validate
+from gauntlet.data.dataset_reader import open_dataset
+from gauntlet.data.dataset_validation import validate
 from gauntlet.data.import_hdf5 import task_of_env
 from gauntlet.platform.cli import main as cli
 

@@ -8,7 +8,7 @@ import pytest
 
 from gauntlet.envs.env import GauntletEnv, make_env
 from gauntlet.envs.experts import PHASES, grasp_point, make_expert, rollout_expert
-from gauntlet.envs.success import is_grasped
+from gauntlet.envs.tasks.scene import is_grasped
 
 HORIZON = 400  # the benchmark's horizon; the slowest task (square) needs ~150-200 steps
 

@@ -9,7 +9,8 @@ from gauntlet.envs.env import GauntletEnv, make_env
 from gauntlet.envs.errors import UnknownTaskError
 from gauntlet.envs.experts import make_expert
 from gauntlet.envs.injectors import SPECS, apply_injection, hold_action
-from gauntlet.envs.success import is_grasped
+from gauntlet.envs.tasks import TASKS
+from gauntlet.envs.tasks.scene import is_grasped
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,7 @@ def test_every_error_type_is_documented_and_categorised() -> None:
     for spec in SPECS.values():
         assert spec.category in ("impulse", "pose_perturb", "augmented", "natural")
         assert spec.phases and spec.magnitude_range[0] < spec.magnitude_range[1] and spec.description
+        assert callable(spec.apply) and (spec.tasks is None or set(spec.tasks) <= set(TASKS))
 
 
 def test_object_pose_perturb_moves_object_by_magnitude(lift: GauntletEnv) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 from gauntlet.envs.env import EnvConfig, GauntletEnv
 from gauntlet.envs.scene_db import SceneDB
 from gauntlet.keys import EPISODE_ID_KEY, PROMPT_KEY, SIM_STATE_KEY
+from gauntlet.platform.eval.results import new_row, skipped_row
 
 
 class PolicyUnavailableError(RuntimeError):
@@ -84,37 +85,16 @@ class EnvCache:
         return self._envs[env_config_json]
 
 
-def base_row(item: WorkItem, scene: dict[str, Any], worker: str, code_version: str) -> dict[str, Any]:
-    return {
-        "run_id": item.run_id, "scene_id": item.scene_id, "policy": item.policy, "trial": int(item.trial),
-        "task": str(scene.get("task", "")), "variant": str(scene.get("variant", "")),
-        "error_type": str(scene.get("error_type", "")), "category": str(scene.get("category", "")),
-        "success": False, "skipped": False, "skip_reason": "", "steps": 0, "recovery_step": -1,
-        "inference_calls": 0, "latency_ms_mean": float("nan"), "latency_ms_p50": float("nan"),
-        "latency_ms_max": float("nan"), "label_motion": str(scene.get("label_motion", "")),
-        "label_grasp": str(scene.get("label_grasp", "")), "label_command": str(scene.get("label_command", "")),
-        "scene_seed": int(scene.get("seed", -1)), "policy_seed": int(item.trial), "horizon": int(item.horizon),
-        "wall_s": 0.0, "worker": worker, "code_version": code_version,
-    }
-
-
-def skipped_row(item: WorkItem, scene: dict[str, Any], reason: str, worker: str, code_version: str) -> dict:
-    row = base_row(item, scene, worker, code_version)
-    row.update(skipped=True, skip_reason=reason)
-    return row
-
-
 def run_episode(db: SceneDB, envs: EnvCache, item: WorkItem, scene: dict[str, Any], policy: ChunkSource,
                 worker: str, code_version: str) -> dict[str, Any]:
     """Runs one episode and returns its result row; a scene that cannot be restored is skipped."""
     start = time.perf_counter()
-    row = base_row(item, scene, worker, code_version)
     try:
         env = envs.get(scene["env_config"])
         db.restore(env, item.scene_id)
     except Exception as exc:  # noqa: BLE001 - one bad scene is recorded, never fatal
-        row.update(skipped=True, skip_reason=f"restore failed: {type(exc).__name__}: {exc}")
-        return row
+        return skipped_row(item, scene, f"restore failed: {type(exc).__name__}: {exc}", worker, code_version)
+    row = new_row(item, scene, worker, code_version)
     chunk: list[np.ndarray] = []
     latencies: list[float] = []
     for step in range(1, item.horizon + 1):
@@ -124,7 +104,7 @@ def run_episode(db: SceneDB, envs: EnvCache, item: WorkItem, scene: dict[str, An
                 obs[SIM_STATE_KEY] = env.get_state()
             obs[EPISODE_ID_KEY] = item.episode_id
             t = time.perf_counter()
-            actions = policy.infer(filter_obs(obs, policy.spec_keys, getattr(policy, "image_shapes", None)))  # (H, D)
+            actions = policy.infer(filter_obs(obs, policy.spec_keys, policy.image_shapes))  # (H, D)
             latencies.append((time.perf_counter() - t) * 1e3)
             chunk = list(np.asarray(actions, dtype=np.float64))
         if env.step(chunk.pop(0)):

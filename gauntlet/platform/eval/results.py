@@ -1,57 +1,117 @@
-"""The results store: one typed Parquet row per `(run_id, scene_id, policy, trial)`.
+"""The episode result: one typed definition (`EpisodeResult`) and its Parquet store.
 
-Rows are written in small part files as episodes finish (each part atomically: temp + rename), so a
-killed run loses at most the episodes in flight. Readers concatenate the parts and keep the first
-row per key, so a key is reported exactly once even if a part was written twice around a crash;
-`--resume` runs only the keys not yet present. `compact()` folds the parts into `results.parquet`.
-Booleans are booleans: the schema is enforced with pyarrow on every write.
+`EpisodeResult`'s fields are the result columns: the Parquet schema (`arrow_schema`), the column
+list (`RESULT_COLUMNS`), the row builder (`new_row`) and the report's grouping and classifier-label
+columns are all derived from it, so a new column is one field here (plus, for a measured value, the
+line in `episode.py` that sets it).
+
+Rows are written in small part files as episodes finish (each part atomically), so a killed run
+loses at most the episodes in flight. Readers concatenate the parts and keep the first row per key,
+so a key is reported exactly once even if a part was written twice around a crash; `--resume` runs
+only the keys not yet present. `compact()` folds the parts into `results.parquet`. Booleans are
+booleans: the schema is enforced with pyarrow on every write.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-KEY = ("run_id", "scene_id", "policy", "trial")
+from gauntlet.runtime.atomic_files import atomic_write
 
-# column -> (pyarrow type name, meaning)
-RESULT_COLUMNS: dict[str, tuple[str, str]] = {
-    "run_id": ("string", "evaluation run id"),
-    "scene_id": ("string", "scene evaluated"),
-    "policy": ("string", "policy label as given on the command line"),
-    "trial": ("int64", "trial index for this scene and policy"),
-    "task": ("string", "scene task"),
-    "variant": ("string", "scene variant"),
-    "error_type": ("string", "injected error type"),
-    "category": ("string", "error source category"),
-    "success": ("bool", "task solved within the horizon"),
-    "skipped": ("bool", "episode not run (see skip_reason)"),
-    "skip_reason": ("string", "why it was skipped; empty when it ran"),
-    "steps": ("int64", "env steps taken"),
-    "recovery_step": ("int64", "first step at which the task was solved; -1 if never"),
-    "inference_calls": ("int64", "policy requests made"),
-    "latency_ms_mean": ("float64", "mean policy request latency"),
-    "latency_ms_p50": ("float64", "median policy request latency"),
-    "latency_ms_max": ("float64", "slowest policy request"),
-    "label_motion": ("string", "error classifier labels of the scene"),
-    "label_grasp": ("string", ""),
-    "label_command": ("string", ""),
-    "scene_seed": ("int64", "seed of the scene's source rollout"),
-    "policy_seed": ("int64", "seed given to the policy for this episode"),
-    "horizon": ("int64", "step budget"),
-    "wall_s": ("float64", "episode wall time"),
-    "worker": ("string", "actor that ran it"),
-    "code_version": ("string", "gauntlet version (+ git commit when known)"),
-}
-
-
-def arrow_schema() -> Any:
+if TYPE_CHECKING:
+    import pandas as pd
     import pyarrow as pa
 
-    types = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
-    return pa.schema([(name, types[t]) for name, (t, _) in RESULT_COLUMNS.items()])
+    from gauntlet.platform.eval.episode import WorkItem
+
+KEY = ("run_id", "scene_id", "policy", "trial")  # the idempotency key: one row per tuple
+RESULTS_DIR = "results"  # RUN/results/part-*.parquet, written as episodes finish
+COMPACTED_FILE = "results.parquet"  # RUN/results.parquet, the parts folded together at the end
+
+
+def _column(meaning: str, default: Any = dataclasses.MISSING, *, scene: str = "", role: str = "") -> Any:
+    """A result column. `scene`: copied from this scene metadata key (else `default`); `role`:
+    "group" (a report grouping column, never null) or "label" (an error classifier's label)."""
+    return field(default=default, metadata={"meaning": meaning, "scene": scene, "role": role})
+
+
+@dataclass(frozen=True, kw_only=True)
+class EpisodeResult:
+    """One episode's result row. Field order is the Parquet column order."""
+
+    run_id: str = _column("evaluation run id")
+    scene_id: str = _column("scene evaluated", role="group")
+    policy: str = _column("policy label as given on the command line", role="group")
+    trial: int = _column("trial index for this scene and policy")
+    task: str = _column("scene task", "", scene="task", role="group")
+    variant: str = _column("scene variant", "", scene="variant", role="group")
+    error_type: str = _column("injected error type", "", scene="error_type", role="group")
+    category: str = _column("error source category", "", scene="category", role="group")
+    success: bool = _column("task solved within the horizon", False)
+    skipped: bool = _column("episode not run (see skip_reason)", False)
+    skip_reason: str = _column("why it was skipped; empty when it ran", "")
+    steps: int = _column("env steps taken", 0)
+    recovery_step: int = _column("first step at which the task was solved; -1 if never", -1)
+    inference_calls: int = _column("policy requests made", 0)
+    latency_ms_mean: float = _column("mean policy request latency", float("nan"))
+    latency_ms_p50: float = _column("median policy request latency", float("nan"))
+    latency_ms_max: float = _column("slowest policy request", float("nan"))
+    label_motion: str = _column("motion classifier's label of the scene", "", scene="label_motion", role="label")
+    label_grasp: str = _column("grasp classifier's label of the scene", "", scene="label_grasp", role="label")
+    label_command: str = _column("command classifier's label of the scene", "", scene="label_command",
+                                 role="label")
+    scene_seed: int = _column("seed of the scene's source rollout", -1, scene="seed")
+    policy_seed: int = _column("seed given to the policy for this episode")
+    horizon: int = _column("step budget")
+    wall_s: float = _column("episode wall time", 0.0)
+    worker: str = _column("actor that ran it")
+    code_version: str = _column("gauntlet version (+ git commit when known)")
+
+
+_FIELDS = dataclasses.fields(EpisodeResult)
+_ARROW_TYPES = {"str": "string", "int": "int64", "float": "float64", "bool": "bool"}  # annotation -> pyarrow
+_PY_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+# column -> (pyarrow type name, meaning)
+RESULT_COLUMNS: dict[str, tuple[str, str]] = {f.name: (_ARROW_TYPES[f.type], f.metadata["meaning"]) for f in _FIELDS}
+# columns the report groups by; a missing value there would make pandas drop rows silently
+GROUP_COLUMNS: tuple[str, ...] = tuple(f.name for f in _FIELDS if f.metadata["role"] == "group")
+# error classifier name -> the column holding its label of the scene
+LABEL_COLUMNS: dict[str, str] = {f.name.removeprefix("label_"): f.name for f in _FIELDS
+                                 if f.metadata["role"] == "label"}
+
+
+def arrow_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema([(name, pa.type_for_alias(t)) for name, (t, _) in RESULT_COLUMNS.items()])
+
+
+def new_row(item: WorkItem, scene: dict[str, Any], worker: str, code_version: str, **outcome: Any) -> dict[str, Any]:
+    """A result row: the item's key, the scene's labels, defaults for the outcome, then `outcome`.
+
+    Rows are plain dicts (they cross Ray and go straight into pyarrow); `EpisodeResult(**row)` types one.
+    """
+    row: dict[str, Any] = {}
+    for f in _FIELDS:
+        if f.metadata["scene"]:
+            row[f.name] = _PY_TYPES[f.type](scene.get(f.metadata["scene"], f.default))
+        elif f.default is not dataclasses.MISSING:
+            row[f.name] = f.default
+    row.update(run_id=item.run_id, scene_id=item.scene_id, policy=item.policy, trial=int(item.trial),
+               policy_seed=int(item.trial), horizon=int(item.horizon), worker=worker, code_version=code_version)
+    unknown = set(outcome) - set(row)
+    if unknown:
+        raise ValueError(f"not result columns: {sorted(unknown)}")
+    row.update(outcome)
+    return row
+
+
+def skipped_row(item: WorkItem, scene: dict[str, Any], reason: str, worker: str, code_version: str) -> dict[str, Any]:
+    """The row of an episode that never ran (incompatible scene, failed restore, policy unavailable)."""
+    return new_row(item, scene, worker, code_version, skipped=True, skip_reason=reason)
 
 
 def key_of(row: dict[str, Any]) -> tuple:
@@ -59,10 +119,16 @@ def key_of(row: dict[str, Any]) -> tuple:
 
 
 class ResultsStore:
+    """RUN/results/part-*.parquet as episodes finish, folded into RUN/results.parquet by `compact()`."""
+
     def __init__(self, run_dir: Path | str):
-        self.dir = Path(run_dir) / "results"
+        self.dir = Path(run_dir) / RESULTS_DIR
         self.dir.mkdir(parents=True, exist_ok=True)
         self._next_part = 1 + max((int(p.stem.split("-")[1]) for p in self.dir.glob("part-*.parquet")), default=0)
+
+    @property
+    def compacted(self) -> Path:
+        return self.dir.parent / COMPACTED_FILE
 
     def write(self, rows: list[dict[str, Any]]) -> Path | None:
         """Appends rows as one new part file (atomic). Column types are enforced here."""
@@ -78,25 +144,19 @@ class ResultsStore:
         table = pa.Table.from_pylist([{c: r[c] for c in RESULT_COLUMNS} for r in rows], schema=arrow_schema())
         path = self.dir / f"part-{self._next_part:06d}.parquet"
         self._next_part += 1
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".part-", suffix=".tmp")
-        os.close(fd)
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(path, lambda tmp: pq.write_table(table, tmp))
         return path
 
-    def read(self) -> Any:
+    def files(self) -> list[Path]:
+        """The results files a reader would read: the compacted file first, then the parts."""
+        return ([self.compacted] if self.compacted.exists() else []) + sorted(self.dir.glob("part-*.parquet"))
+
+    def read(self) -> pd.DataFrame:
         """All rows, one per key (first written wins), typed. Empty frame if nothing yet."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        parts = sorted(self.dir.glob("part-*.parquet"))
-        compacted = self.dir.parent / "results.parquet"
-        tables = [pq.read_table(compacted, schema=arrow_schema())] if compacted.exists() else []
-        tables += [pq.read_table(p, schema=arrow_schema()) for p in parts]
+        tables = [pq.read_table(p, schema=arrow_schema()) for p in self.files()]
         if not tables:
             return arrow_schema().empty_table().to_pandas()
         frame = pa.concat_tables(tables).to_pandas()
@@ -111,12 +171,8 @@ class ResultsStore:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        frame = self.read()
-        target = self.dir.parent / "results.parquet"
-        table = pa.Table.from_pandas(frame, schema=arrow_schema(), preserve_index=False)
-        tmp = target.with_suffix(".parquet.tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, target)
+        table = pa.Table.from_pandas(self.read(), schema=arrow_schema(), preserve_index=False)
+        atomic_write(self.compacted, lambda tmp: pq.write_table(table, tmp))
         for p in self.dir.glob("part-*.parquet"):
             p.unlink()
-        return target
+        return self.compacted

@@ -8,7 +8,9 @@ from typing import Any
 import ray
 
 from gauntlet.platform.eval.episode import EnvCache, WorkItem, run_episode
-from gauntlet.platform.eval.sources import PolicyTarget, make_source
+from gauntlet.platform.eval.results import skipped_row
+from gauntlet.platform.eval.sources import make_source
+from gauntlet.platform.eval.targets import PolicyTarget
 
 
 # `ready()` has its own concurrency group so it answers while `run()` is busy: the driver's
@@ -36,8 +38,6 @@ class RolloutActor:
         return self.name
 
     def run(self, item: WorkItem) -> dict[str, Any]:
-        from gauntlet.platform.eval.episode import skipped_row
-
         scene = self.scenes[item.scene_id]
         try:
             if item.policy not in self.sources:

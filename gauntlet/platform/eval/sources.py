@@ -7,40 +7,27 @@ replica is being restarted, so a replica crash costs latency, not episodes.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from gauntlet.keys import SIM_STATE_KEY
-from gauntlet.platform.eval.episode import PolicyUnavailableError
-from gauntlet.policies.base import stack_observations
-
-
-@dataclass(frozen=True)
-class PolicyTarget:
-    """Where a policy lives, in a form that can be shipped to an actor (plain strings)."""
-
-    label: str  # results column value
-    kind: str  # "serve" | "remote" | "local"
-    app: str = ""  # Serve application (kind=serve)
-    deployment: str = ""  # Serve deployment (kind=serve)
-    url: str = ""  # endpoint (kind=remote)
-    name: str = ""  # registry name (kind=local)
-    checkpoint: str | None = None  # checkpoint (kind=local)
-    adapter: str = ""  # LoRA adapter the deployment serves by name (kind=serve; "" = the base)
+from gauntlet.platform.eval.episode import ChunkSource, PolicyUnavailableError
+from gauntlet.platform.eval.targets import PolicyTarget
+from gauntlet.policies.base import PolicyMetadata, stack_observations
 
 
 class _SourceBase:
-    def _set_metadata(self, meta: dict[str, Any]) -> None:
-        spec = meta.get("observation_spec", {})
+    """What every source learns from the policy's metadata (the `ChunkSource` attributes)."""
+
+    def _set_metadata(self, meta: PolicyMetadata) -> None:
+        spec = meta.observation_spec
         self.spec_keys = frozenset(spec)
         # Image sizes the policy expects: the actor resizes its renders to them.
-        self.image_shapes = {k: tuple(v["shape"]) for k, v in spec.items()
-                             if isinstance(v, dict) and v.get("dtype") == "uint8" and len(v.get("shape", ())) == 3}
-        self.needs_images = bool(meta.get("needs_images", False))
+        self.image_shapes = {k: v.shape for k, v in spec.items() if v.is_image}
+        self.needs_images = meta.needs_images
         self.needs_sim_state = SIM_STATE_KEY in spec
-        self.chunk_len = int(meta.get("chunk_len", 1))
+        self.chunk_len = meta.chunk_len or 1
 
 
 class ServeSource(_SourceBase):
@@ -52,7 +39,7 @@ class ServeSource(_SourceBase):
         # Multiplexed id: Serve routes an adapter's requests to replicas that already hold it.
         self._infer_handle = self.handle.options(multiplexed_model_id=adapter) if adapter else self.handle
         self.retry_s = retry_s
-        self._set_metadata(self._call(lambda: self.handle.metadata.remote().result()))
+        self._set_metadata(PolicyMetadata.from_dict(self._call(lambda: self.handle.metadata.remote().result())))
 
     def _call(self, fn: Any) -> Any:
         deadline = time.monotonic() + self.retry_s
@@ -78,7 +65,7 @@ class RemoteSource(_SourceBase):
         from gauntlet.policies.remote import RemotePolicy
 
         self.policy = RemotePolicy(url)
-        self._set_metadata(self.policy.metadata.to_dict())
+        self._set_metadata(self.policy.metadata)
 
     def infer(self, obs: dict[str, Any]) -> np.ndarray:
         return self.policy.infer(stack_observations([obs]))["actions"][0]
@@ -91,18 +78,17 @@ class LocalSource(_SourceBase):
 
         self.policy = policy if policy is not None else make_policy(name, checkpoint)
         self._validate = validate_observation
-        self._set_metadata(self.policy.metadata.to_dict())
+        self._set_metadata(self.policy.metadata)
 
     def infer(self, obs: dict[str, Any]) -> np.ndarray:
         obs = self._validate(obs, self.policy.metadata.observation_spec)
         return self.policy.infer(stack_observations([obs]))["actions"][0]
 
 
-def make_source(target: PolicyTarget) -> Any:
+def make_source(target: PolicyTarget) -> ChunkSource:
+    """The source an actor uses for `target` (in-process `LocalSource`s are built directly, by benchmarks)."""
     if target.kind == "serve":
         return ServeSource(target.app, target.deployment, adapter=target.adapter)
     if target.kind == "remote":
         return RemoteSource(target.url)
-    if target.kind == "local":
-        return LocalSource(target.name, target.checkpoint)
     raise ValueError(f"unknown policy target kind {target.kind!r}")

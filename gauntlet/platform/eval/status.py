@@ -1,7 +1,129 @@
-"""An evaluation run directory's files, and RUN/status.json: the live progress of a run."""
+"""An evaluation run directory's small files, and RUN/status.json: the live progress of a run.
+
+`EvalStatus` is the one definition of status.json: the eval driver writes it (through `StatusLine`,
+which also prints the progress line) and readers such as the throughput sweep read it back with
+`EvalStatus.read`, never by hand.
+"""
 
 from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from gauntlet.runtime.manifests import ManifestError, read_json, write_json
+from gauntlet.runtime.progress import format_duration
 
 RUN_MANIFEST = "run.json"  # identity + config of the run (what --resume checks)
 STATUS_FILE = "status.json"  # live progress, rewritten atomically as episodes finish
 SERVING_STATS_FILE = "serving_stats.json"  # what the policy replicas saw (batch sizes, latencies)
+RUNNING, FINISHED = "running", "finished"  # EvalStatus.state values
+
+
+class StatusError(ValueError):
+    """RUN/status.json is missing, unreadable or not a status; the message names the file."""
+
+
+@dataclass(frozen=True)
+class EvalStatus:
+    """RUN/status.json: how far a run got (rewritten atomically as episodes finish)."""
+
+    state: str  # RUNNING while episodes remain, FINISHED once every key is recorded
+    done: int  # episodes recorded, skipped ones and those of earlier (resumed) runs included
+    total: int  # episodes the run holds: scenes x policies x trials
+    skipped: int = 0  # episodes recorded as skipped by this invocation
+    success_rate: float | None = None  # over episodes this invocation ran; None until one ran
+    episodes_per_min: float = 0.0  # this invocation's rate since its first dispatch
+    eta_s: float | None = None  # time left at that rate; None while the rate is unknown
+    elapsed_s: float = 0.0  # seconds since this invocation's first dispatch
+
+    @property
+    def finished(self) -> bool:
+        return self.state == FINISHED
+
+    def write(self, run_dir: Path | str) -> Path:
+        return write_json(Path(run_dir) / STATUS_FILE, asdict(self), indent=2)
+
+    @classmethod
+    def read(cls, run_dir: Path | str) -> EvalStatus:
+        """The status of RUN; StatusError naming the file when it is missing or malformed."""
+        path = Path(run_dir) / STATUS_FILE
+        try:
+            body = read_json(path, "status")
+        except ManifestError as exc:
+            raise StatusError(str(exc)) from None
+        names = {f.name for f in fields(cls)}
+        if not isinstance(body, dict) or not {"state", "done", "total"} <= set(body):
+            raise StatusError(f"{path}: not an evaluation status (needs state, done, total)")
+        try:
+            return cls(**{k: v for k, v in body.items() if k in names})
+        except TypeError as exc:
+            raise StatusError(f"{path}: {exc}") from None
+
+
+def read_serving_stats(run_dir: Path | str) -> dict[str, dict[str, Any]]:
+    """RUN/serving_stats.json: policy name -> what its replicas saw; {} when the run deployed nothing."""
+    try:
+        body = read_json(Path(run_dir) / SERVING_STATS_FILE, "serving stats")
+    except ManifestError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def write_serving_stats(run_dir: Path | str, stats: dict[str, dict[str, Any]]) -> Path:
+    return write_json(Path(run_dir) / SERVING_STATS_FILE, stats, indent=2)
+
+
+class StatusLine:
+    """One unbuffered progress line per update, mirrored into RUN/status.json."""
+
+    def __init__(self, run_dir: Path, total: int, already: int):
+        self.run_dir = run_dir
+        self.total = total
+        self.done = already
+        self.started_with = already
+        self.skipped = 0
+        self.successes = 0
+        self.ran = 0
+        self.start = time.monotonic()
+        self._last = 0.0  # when the last line was printed
+        self._last_done = -1  # episodes done at that time
+
+    def restart_clock(self) -> None:
+        """Rates from the first dispatch, not from Ray/Serve start-up."""
+        self.start = time.monotonic()
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.done += 1
+        if row["skipped"]:
+            self.skipped += 1
+        else:
+            self.ran += 1
+            self.successes += int(row["success"])
+
+    @property
+    def success_rate(self) -> float | None:
+        return self.successes / self.ran if self.ran else None
+
+    def snapshot(self, state: str = RUNNING) -> EvalStatus:
+        elapsed = time.monotonic() - self.start
+        rate = (self.done - self.started_with) / elapsed * 60 if elapsed > 0 else 0.0
+        eta_s = (self.total - self.done) / (rate / 60) if rate > 0 else None
+        return EvalStatus(state=state, done=self.done, total=self.total, skipped=self.skipped,
+                          success_rate=self.success_rate, episodes_per_min=rate, eta_s=eta_s, elapsed_s=elapsed)
+
+    def emit(self, force: bool = False, state: str = RUNNING) -> None:
+        """Prints and writes the status: at most every 2 s, and every 30 s even without news."""
+        now = time.monotonic()
+        changed = self.done != self._last_done
+        if not force and (now - self._last < 2.0 or (not changed and now - self._last < 30.0)):
+            return
+        self._last, self._last_done = now, self.done
+        status = self.snapshot(state)
+        success = math.nan if status.success_rate is None else status.success_rate
+        eta_s = math.inf if status.eta_s is None else status.eta_s
+        print(f"[eval] {status.done}/{status.total} episodes, {status.skipped} skipped, success {success:.1%} so far, "
+              f"{status.episodes_per_min:.1f} episodes/min, ETA {format_duration(eta_s)}", flush=True)
+        status.write(self.run_dir)

@@ -17,17 +17,17 @@ ari_by_method.png and refine_delta.png; prints the table at the end.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gauntlet.fusion.methods import METHOD_NAMES
+from gauntlet.platform.sweeps.tune_progress import sweep_log, trial_progress
 from gauntlet.runtime.config_args import option, parse_config
+from gauntlet.runtime.manifests import write_json
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,12 +35,13 @@ if TYPE_CHECKING:
     from gauntlet.fusion.methods.base import FusionConfig
     from gauntlet.fusion.slide_sources import SlideLoadOptions
 
-PROG = "gauntlet sweep fusion"
+SWEEP = "fusion"
+PROG = f"gauntlet sweep {SWEEP}"
 METRICS = ("ari_kmeans", "nmi_kmeans", "ari_gmm", "nmi_gmm")
 
 
 def _log(message: str) -> None:
-    print(f"[sweep fusion] {message}", flush=True)
+    sweep_log(SWEEP, message)
 
 
 @dataclass(frozen=True)
@@ -145,39 +146,14 @@ def fusion_trainable(params: dict[str, Any], fusion_config: FusionConfig, load_o
     tune.report(run_trial(spec, fusion_config, load_options))
 
 
-def _progress_callback(total: int):
-    from ray.tune import Callback
+def _describe_trial(cfg: dict[str, Any]) -> str:
+    return f"{cfg['method']} refine={cfg['refine_dim']} {Path(str(cfg['slide_id'])).name} seed={cfg['seed']}"
 
-    class Progress(Callback):
-        """Prints done/total, rate and ETA as trials finish, unbuffered."""
 
-        def __init__(self) -> None:
-            self.started = time.monotonic()
-            self.done = 0
-
-        def _tick(self, trial, what: str) -> None:
-            self.done += 1
-            elapsed = time.monotonic() - self.started
-            rate = self.done / max(elapsed, 1e-9)
-            eta = (total - self.done) / rate if rate > 0 else float("inf")
-            cfg = trial.config
-            _log(
-                f"{self.done}/{total} trials, {rate * 60:.1f}/min, ETA {eta:.0f}s | {cfg['method']} "
-                f"refine={cfg['refine_dim']} {Path(str(cfg['slide_id'])).name} seed={cfg['seed']}: {what}"
-            )
-
-        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-            result = trial.last_result or {}
-            if result.get("status") == "ok":
-                what = f"ARI {result['ari_kmeans']:.3f} (gmm {result['ari_gmm']:.3f})"
-            else:
-                what = f"FAILED {result.get('error_type', '')}: {result.get('reason', '')}"
-            self._tick(trial, what)
-
-        def on_trial_error(self, iteration, trials, trial, **info) -> None:
-            self._tick(trial, "ERROR (see the reason column)")
-
-    return Progress()
+def _trial_outcome(result: dict[str, Any]) -> str:
+    if result.get("status") == "ok":
+        return f"ARI {result['ari_kmeans']:.3f} (gmm {result['ari_gmm']:.3f})"
+    return f"FAILED {result.get('error_type', '')}: {result.get('reason', '')}"
 
 
 def run_sweep(config: SweepFusionConfig, slide_ids: list[str]) -> pd.DataFrame:
@@ -203,13 +179,14 @@ def run_sweep(config: SweepFusionConfig, slide_ids: list[str]) -> pd.DataFrame:
         ),
         {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial},
     )
+    progress = trial_progress(SWEEP, total, _describe_trial, _trial_outcome, "ERROR (see the reason column)")
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
         # reusing trial actors skips a fresh worker (and a torch import) per trial
         tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),
         run_config=tune.RunConfig(
-            name="fusion", storage_path=str(out / "tune"), verbose=0, callbacks=[_progress_callback(total)],
+            name="fusion", storage_path=str(out / "tune"), verbose=0, callbacks=[progress],
             failure_config=tune.FailureConfig(max_failures=0),
         ),
     )
@@ -383,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    write_json(out / "config.json", dataclasses.asdict(config), indent=2)
 
     import ray
 

@@ -20,15 +20,17 @@ records and, for eval, each trial's run directory; prints the table at the end.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gauntlet.platform.eval.config import EvalConfig
+from gauntlet.platform.eval.driver import SERVE_REPLICA_CPUS
 from gauntlet.platform.sweeps.ram_floor import GB, MB
 from gauntlet.platform.sweeps.search import (
     GridPlan,
@@ -36,13 +38,13 @@ from gauntlet.platform.sweeps.search import (
     Knobs,
     KnobSpec,
     LadderPlan,
-    PlanSummary,
     knob_table,
     parse_baseline,
     parse_knobs,
     summarise_plan,
     tune_searcher,
 )
+from gauntlet.platform.sweeps.throughput_report import describe_knobs, format_table, write_report
 from gauntlet.platform.sweeps.throughput_trials import (
     STATUS_OK,
     EvalTarget,
@@ -52,12 +54,16 @@ from gauntlet.platform.sweeps.throughput_trials import (
     ThroughputTarget,
     loader_api,
 )
+from gauntlet.platform.sweeps.tune_progress import sweep_log, trial_progress
 from gauntlet.runtime.config_args import option, parse_config
+from gauntlet.runtime.manifests import write_json
 
 if TYPE_CHECKING:
     import pandas as pd
 
-PROG = "gauntlet sweep throughput"
+SWEEP = "throughput"
+PROG = f"gauntlet sweep {SWEEP}"
+_TRIAL_DIED = "ERROR (the trial's process died; see the reason column)"
 TARGETS = ("eval", "loader")
 MODES = ("grid", "ladder")
 
@@ -83,8 +89,7 @@ DEFAULT_KNOBS: dict[str, tuple[str, ...]] = {
     "eval": ("actors=1,2", "max_batch_size=1,8", "batch_wait_timeout_s=0.005,0.02", "replicas=1"),
 }
 # `gauntlet eval`'s own defaults, for knobs a sweep leaves out (used to size the embedded Ray)
-EVAL_DEFAULTS = {"actors": 2, "replicas": 1}
-SERVE_REPLICA_CPUS = 0.5  # what run_eval reserves per deployed replica
+EVAL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(EvalConfig) if f.name in ("actors", "replicas")}
 # CPUs a trial reserves itself: the loader measures in-process; an eval trial only waits on its driver
 TRIAL_CPUS = {"loader": 1.0, "eval": 0.25}
 
@@ -94,7 +99,7 @@ class SweepInputError(ValueError):
 
 
 def _log(message: str) -> None:
-    print(f"[sweep throughput] {message}", flush=True)
+    sweep_log(SWEEP, message)
 
 
 @dataclass(frozen=True)
@@ -273,47 +278,25 @@ def target_of(config: SweepThroughputConfig) -> ThroughputTarget:
 
 # ------------------------------------------------------------------------------------ the sweep
 
-def _describe(knobs: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v}" for k, v in knobs.items())
+def _describe_grid_point(cfg: dict[str, Any]) -> str:
+    return describe_knobs(cfg.get("knobs", {}))
 
 
-def _progress_callback(total: int | None, metric: str):
-    from ray.tune import Callback
+def _describe_ladder_step(cfg: dict[str, Any]) -> str:
+    step = cfg.get("step", {})
+    moved = f"moved {step['changed_knob']}" if step.get("changed_knob") else "baseline"
+    return f"(ladder round {step.get('round', '?')}, {moved}) {_describe_grid_point(cfg)}"
 
-    class Progress(Callback):
-        """One unbuffered line per finished trial: done/total, rate, ETA, the knobs and the outcome."""
 
-        def __init__(self) -> None:
-            self.started = time.monotonic()
-            self.done = 0
+def _outcome(metric: str) -> Callable[[dict[str, Any]], str]:
+    def outcome(r: dict[str, Any]) -> str:
+        memory = (f"peak tree RSS {r.get('peak_tree_rss_mb', math.nan):.0f} MB, min available "
+                  f"{r.get('min_available_mb', math.nan) / 1024:.2f} GB")
+        if r.get("status") == STATUS_OK:
+            return f"{r.get(metric, math.nan):.1f} {metric.replace('_per_', '/')} ({memory})"
+        return f"{str(r.get('status', 'error')).upper()} {r.get('reason', '')} ({memory})"
 
-        def _tick(self, trial: Any, what: str) -> None:
-            self.done += 1
-            elapsed = time.monotonic() - self.started
-            rate = self.done / max(elapsed, 1e-9)
-            cfg = trial.config or {}
-            step = cfg.get("step", {})
-            if total:
-                head = f"{self.done}/{total} trials, ETA {(total - self.done) / rate:.0f}s"
-            else:  # a ladder's length depends on what it measures
-                head = f"trial {self.done} (ladder round {step.get('round', '?')}" + (
-                    f", moved {step['changed_knob']})" if step.get("changed_knob") else ", baseline)")
-            _log(f"{head} | {_describe(cfg.get('knobs', {}))}: {what}")
-
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            r = trial.last_result or {}
-            memory = f"peak tree RSS {r.get('peak_tree_rss_mb', math.nan):.0f} MB, min available " \
-                     f"{r.get('min_available_mb', math.nan) / 1024:.2f} GB"
-            if r.get("status") == STATUS_OK:
-                what = f"{r.get(metric, math.nan):.1f} {metric.replace('_per_', '/')} ({memory})"
-            else:
-                what = f"{str(r.get('status', 'error')).upper()} {r.get('reason', '')} ({memory})"
-            self._tick(trial, what)
-
-        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self._tick(trial, "ERROR (the trial's process died; see the reason column)")
-
-    return Progress()
+    return outcome
 
 
 def run_sweep(config: SweepThroughputConfig, target: ThroughputTarget, plan: GridPlan | LadderPlan,
@@ -330,6 +313,8 @@ def run_sweep(config: SweepThroughputConfig, target: ThroughputTarget, plan: Gri
         tune.with_parameters(throughput_trainable, target=target, limits=limits),
         {"cpu": TRIAL_CPUS.get(config.target, 1.0)},
     )
+    describe = _describe_ladder_step if config.mode == "ladder" else _describe_grid_point
+    progress = trial_progress(SWEEP, plan.total, describe, _outcome(metric), _TRIAL_DIED)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -340,7 +325,7 @@ def run_sweep(config: SweepThroughputConfig, target: ThroughputTarget, plan: Gri
         ),
         run_config=tune.RunConfig(
             name=f"throughput-{config.target}", storage_path=str(out / "tune"), verbose=0,
-            callbacks=[_progress_callback(plan.total, metric)], failure_config=tune.FailureConfig(max_failures=0),
+            callbacks=[progress], failure_config=tune.FailureConfig(max_failures=0),
         ),
     )
     size = f"{plan.total} trials" if plan.total else f"at most {plan.max_trials} trials"
@@ -395,99 +380,6 @@ def _table(rows: list[dict[str, Any]], knob_names: list[str], metric: str, mode:
     return frame.sort_values("trial", kind="stable").reset_index(drop=True)
 
 
-# ------------------------------------------------------------------------------------ reporting
-
-def recommendation(summary: PlanSummary, metric: str) -> dict[str, Any] | None:
-    """The configuration to use: the ladder's end point, or the grid's fastest ok trial."""
-    if summary.recommended is None:
-        return None
-    return {"knobs": summary.recommended, metric: summary.metric}
-
-
-def format_table(trials: pd.DataFrame, knob_names: list[str], metric: str) -> str:
-    extra = "mean_batch_size" if "mean_batch_size" in trials.columns else None
-    head = ["#", *knob_names, "status", metric, *([extra] if extra else []), "peak RSS MB", "min avail GB", "note"]
-    body = []
-    for _, r in trials.iterrows():
-        note = ""
-        if "kept" in trials.columns:
-            note = "baseline" if not r["changed_knob"] else (f"moved {r['changed_knob']}: "
-                                                             + ("kept" if r["kept"] else "not kept"))
-        if r["status"] != STATUS_OK:
-            note = (note + "; " if note else "") + str(r["reason"])[:90]
-        cells = [str(int(r["trial"])), *(str(r[k]) for k in knob_names), str(r["status"]), _num(r[metric])]
-        if extra:
-            cells.append(_num(r[extra], 2))
-        cells += [_num(r.get("peak_tree_rss_mb"), 0), _num(r.get("min_available_mb", math.nan) / 1024, 2), note]
-        body.append(cells)
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + "  {}"
-    lines = [fmt.format(*head), "-" * (sum(widths[:-1]) + 2 * len(widths) + 8)]
-    lines += [fmt.format(*cells) for cells in body]
-    return "\n".join(lines)
-
-
-def _num(value: Any, digits: int = 1) -> str:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return "-"
-    return "-" if math.isnan(v) else f"{v:.{digits}f}"
-
-
-def write_report(trials: pd.DataFrame, summary: PlanSummary, config: SweepThroughputConfig, knob_names: list[str],
-                 limits: RamLimits, out: Path, eval_runs_dir: str | None = None) -> dict[str, Any]:
-    """trials.csv/.parquet, report.json and report.md; returns the report object."""
-    metric = config.metric
-    trials.to_csv(out / "trials.csv", index=False)
-    trials.to_parquet(out / "trials.parquet", index=False)
-    counts = {s: int((trials["status"] == s).sum()) for s in ("ok", "ram_floor", "error")}
-    rec = recommendation(summary, metric)
-    report = {
-        "target": config.target, "mode": config.mode, "metric": metric, "ram_floor_gb": limits.floor_bytes / GB,
-        "ram_headroom_gb": limits.headroom_bytes / GB, "eval_runs_dir": eval_runs_dir,
-        "knobs": {k: list(v) for k, v in summary_knobs(trials, knob_names).items()}, "trials": int(len(trials)),
-        "counts": counts, "recommended": rec, "ladder_path": summary.path,
-    }
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=_json_default))
-    lines = [f"# Throughput sweep: {config.target} ({config.mode})", "",
-             f"- metric: {metric} (higher is better); RAM floor {limits.floor_bytes / GB:.2f} GB of host "
-             f"available memory", f"- trials: {len(trials)} ({counts['ok']} ok, {counts['ram_floor']} stopped at "
-             f"the RAM floor, {counts['error']} errors)", ""]
-    if rec:
-        lines += ["## Recommendation", "", f"`{_describe(rec['knobs'])}`: {rec[metric]:.2f} {metric} — the fastest "
-                  "configuration that stayed above the RAM floor" + (" (where the ladder ended)"
-                                                                      if config.mode == "ladder" else ""), ""]
-    else:
-        lines += ["## Recommendation", "", "none: no configuration finished above the RAM floor", ""]
-    if summary.path:
-        lines += ["## Ladder path", ""]
-        for s in summary.path:
-            what = "baseline" if not s["knob"] else f"round {s['round']}: {s['knob']} -> {s['value']}"
-            verdict = "the start" if not s["knob"] else ("kept" if s["kept"] else "not kept")
-            lines.append(f"- {what}: {_num(s['metric'], 2)} {metric} — {verdict}")
-        lines.append("")
-    lines += ["## Trials", "", "```", format_table(trials, knob_names, metric), "```", ""]
-    failed = trials[trials["status"] != STATUS_OK]
-    if len(failed):
-        lines += ["## Stopped or failed", ""]
-        lines += [f"- trial {int(r['trial'])} `{_describe({k: r[k] for k in knob_names})}`: {r['status']}: "
-                  f"{r['reason']}" for _, r in failed.iterrows()]
-        lines.append("")
-    (out / "report.md").write_text("\n".join(lines))
-    return report
-
-
-def summary_knobs(trials: pd.DataFrame, knob_names: list[str]) -> dict[str, list[Any]]:
-    return {k: sorted({_json_default(v) for v in trials[k].dropna()}) for k in knob_names if k in trials.columns}
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()  # numpy scalars
-    return value
-
-
 def _init_ray(config: SweepThroughputConfig, knobs: Knobs) -> bool:
     """Connects to RAY_ADDRESS or starts an embedded local Ray (as `gauntlet eval` does); True if started."""
     from gauntlet.runtime.ray_session import start_ray
@@ -514,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    write_json(out / "config.json", dataclasses.asdict(config), indent=2)
     limits = config.limits  # fixed now: an automatic floor must not drift between trials
 
     import ray
@@ -533,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     _log(f"{counts['ok']}/{len(trials)} trials ok, {counts['ram_floor']} stopped at the RAM floor, "
          f"{counts['error']} errors; report in {(out / 'report.md').resolve()}")
     if rec:
-        _log(f"recommended: {_describe(rec['knobs'])} ({rec[config.metric]:.2f} {config.metric})")
+        _log(f"recommended: {describe_knobs(rec['knobs'])} ({rec[config.metric]:.2f} {config.metric})")
     else:
         _log("no configuration finished above the RAM floor: nothing to recommend")
     return 0 if rec else 1

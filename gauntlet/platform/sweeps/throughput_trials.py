@@ -17,7 +17,6 @@ Targets:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
@@ -28,12 +27,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
 
+from gauntlet.deployments.app import EVAL_APP
+from gauntlet.platform.eval.status import EvalStatus, StatusError, read_serving_stats
 from gauntlet.platform.sweeps.ram_floor import MB, RamFloorExceeded, RamFloorWatcher, breach_row, kill_tree
 
 STATUS_OK = "ok"
 STATUS_RAM_FLOOR = "ram_floor"
 STATUS_ERROR = "error"
-EVAL_APP = "gauntlet-eval"  # the Serve app name run_eval deploys under
 
 
 class TrialError(RuntimeError):
@@ -265,19 +265,16 @@ def _last_line(path: Path) -> str:
 
 
 def _read_eval_run(run_dir: Path) -> dict[str, Any]:
-    """episodes/min from status.json, mean batch size from serving_stats.json."""
+    """episodes/min from the run's status, mean batch size from its serving stats."""
     try:
-        status = json.loads((run_dir / "status.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TrialError(f"{run_dir}/status.json unreadable: {exc}") from None
-    if status.get("state") != "finished":
-        raise TrialError(f"{run_dir}: the evaluation did not finish (state {status.get('state')!r})")
-    row: dict[str, Any] = {"episodes_per_min": float(status["episodes_per_min"]), "episodes": int(status["done"]),
-                           "skipped": int(status.get("skipped", 0)), "mean_batch_size": math.nan}
-    try:
-        serving = json.loads((run_dir / "serving_stats.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        serving = {}
+        status = EvalStatus.read(run_dir)
+    except StatusError as exc:
+        raise TrialError(str(exc)) from None
+    if not status.finished:
+        raise TrialError(f"{run_dir}: the evaluation did not finish (state {status.state!r})")
+    row: dict[str, Any] = {"episodes_per_min": float(status.episodes_per_min), "episodes": int(status.done),
+                           "skipped": int(status.skipped), "mean_batch_size": math.nan}
+    serving = read_serving_stats(run_dir)
     if serving:
         stats = next(iter(serving.values()))
         row["mean_batch_size"] = float(stats.get("mean_batch_size", math.nan))

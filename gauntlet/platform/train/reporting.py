@@ -1,4 +1,4 @@
-"""Per-step bookkeeping shared by the JAX and torch training loops.
+"""Per-step bookkeeping of the training worker loop (whatever the framework).
 
 One `StepReporter` per worker: it turns a step's numbers into a metrics record (rates, peak memory,
 the resume mark), keeps the history that checkpoints carry, appends rank 0's `metrics.jsonl`, prints
@@ -14,7 +14,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from gauntlet.runtime.atomic_files import atomic_write
+from gauntlet.runtime.progress import format_duration
+
+if TYPE_CHECKING:
+    from gauntlet.platform.train.config import TrainConfig
 
 
 def peak_memory_mb() -> float:
@@ -38,20 +44,19 @@ def peak_memory_mb() -> float:
 def rewrite_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     """metrics.jsonl = the checkpoint's history: steps after the checkpoint (lost with the failed
     attempt) are dropped, so the file never shows a step twice."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
-    tmp.replace(path)
+    text = "".join(json.dumps(h) + "\n" for h in history)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 class StepReporter:
     """Records, logs and reports the steps of one worker (see the module docstring)."""
 
-    def __init__(self, cfg: dict[str, Any], train_dir: Path, rank: int, world: int, start: int,
+    def __init__(self, cfg: TrainConfig, train_dir: Path, rank: int, world: int, start: int,
                  history: list[dict[str, Any]], resumed: bool):
         self.cfg = cfg
         self.metrics_path = train_dir / "metrics.jsonl"
         self.rank, self.world = rank, world
-        self.start, self.total = start, int(cfg["steps"])
+        self.start, self.total = start, cfg.steps
         self.history = history
         self.resumed = resumed
         self.t_start = self.t_last = time.perf_counter()
@@ -63,7 +68,7 @@ class StepReporter:
         """The record of 0-based `step`, appended to the history (and rank 0's metrics file)."""
         now = time.perf_counter()
         dt = max(now - self.t_last, 1e-9)
-        batch = self.cfg["batch_size"]
+        batch = self.cfg.batch_size
         record: dict[str, Any] = {
             "step": step + 1, "loss": loss, "grad_norm": grad_norm, "learning_rate": learning_rate,
             "steps_per_s": 1.0 / dt, "samples_per_s": batch / dt, "samples_per_s_per_worker": batch / self.world / dt,
@@ -76,23 +81,26 @@ class StepReporter:
         if self.rank == 0:
             with self.metrics_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
-            if (step + 1) % self.cfg["log_every"] == 0 or step + 1 == self.total or step == self.start:
-                rate = (step + 1 - self.start) / max(now - self.t_start, 1e-9)
-                eta = (self.total - step - 1) / rate if rate > 0 else float("inf")
-                message = (f"[train] step {step + 1}/{self.total} ({100 * (step + 1) / self.total:.0f}%) "
-                           f"loss {loss:.4f} | {rate:.2f} steps/s, {rate * batch / self.world:.1f} samples/s/worker | "
-                           f"lr {learning_rate:.2e} | ETA {eta:.0f}s")
-                print(message, flush=True)
+            if (step + 1) % self.cfg.log_every == 0 or step + 1 == self.total or step == self.start:
+                self._print_progress(step, now, loss, learning_rate)
         self.unreported.append({k: v for k, v in record.items() if not isinstance(v, bool)})
         return record
+
+    def _print_progress(self, step: int, now: float, loss: float, learning_rate: float) -> None:
+        rate = (step + 1 - self.start) / max(now - self.t_start, 1e-9)
+        eta = (self.total - step - 1) / rate if rate > 0 else float("inf")
+        message = (f"[train] step {step + 1}/{self.total} ({100 * (step + 1) / self.total:.0f}%) "
+                   f"loss {loss:.4f} | {rate:.2f} steps/s, {rate * self.cfg.batch_size / self.world:.1f} "
+                   f"samples/s/worker | lr {learning_rate:.2e} | ETA {format_duration(eta)}")
+        print(message, flush=True)
 
     def report(self, step: int, write_checkpoint: Callable[[Path], None]) -> None:
         """Report to Ray Train when a report or a checkpoint is due after 0-based `step`; on a
         checkpoint step rank 0 calls `write_checkpoint(directory)` and Ray Train copies it."""
         import ray.train
 
-        due = (step + 1) % self.cfg["checkpoint_every"] == 0 or step + 1 == self.total
-        if not due and len(self.unreported) < self.cfg["report_every"]:
+        due = (step + 1) % self.cfg.checkpoint_every == 0 or step + 1 == self.total
+        if not due and len(self.unreported) < self.cfg.report_every:
             return
         # Top-level keys: the latest step; "steps": every step since the last report, so Ray Train
         # sees each step's metrics even when reports are batched (--report-every).

@@ -14,7 +14,6 @@ exactly where the checkpoint left it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 
 from gauntlet.policies.checkpoints import flatten_tree, unflatten_tree
 from gauntlet.runtime.atomic_files import atomic_write
+from gauntlet.runtime.manifests import ManifestError, read_manifest, write_json
 
 STATE_FILE = "state.npz"
 META_FILE = "meta.json"
@@ -31,12 +31,8 @@ FORMAT = "gauntlet-train-state"
 FORMAT_VERSION = 1
 
 
-class TrainStateError(ValueError):
+class TrainStateError(ManifestError):
     """A training checkpoint that cannot continue this run; names the file."""
-
-    def __init__(self, path: str | Path, problem: str):
-        super().__init__(f"{path}: {problem}")
-        self.path = str(path)
 
 
 @dataclass
@@ -69,7 +65,7 @@ def save_train_state(directory: str | Path, state: SavedState) -> Path:
         "num_opt_leaves": len(state.opt_leaves), "has_ema": state.ema is not None,
         "history": state.history, "identity": state.identity,
     }
-    atomic_write(directory / META_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, default=float)))
+    write_json(directory / META_FILE, meta, indent=None)
     return directory
 
 
@@ -79,16 +75,15 @@ def _savez(path: str, arrays: dict[str, np.ndarray]) -> None:
 
 
 def load_train_state(directory: str | Path) -> SavedState:
+    """The checkpoint in `directory`; TrainStateError names the file that is missing or wrong."""
     directory = Path(directory)
     meta_path, state_path = directory / META_FILE, directory / STATE_FILE
     if not meta_path.is_file():
         raise TrainStateError(meta_path, "file not found (an interrupted checkpoint write?)")
     try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TrainStateError(meta_path, f"not valid JSON ({exc})") from None
-    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-        raise TrainStateError(meta_path, f"not a {FORMAT} v{FORMAT_VERSION} file")
+        meta = read_manifest(meta_path, format_name=FORMAT, versions=(FORMAT_VERSION,), what="train state")
+    except ManifestError as exc:
+        raise TrainStateError(meta_path, exc.problem) from None
     try:
         with np.load(state_path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}

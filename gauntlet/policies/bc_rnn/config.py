@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from gauntlet.data.normalization import NORM_MODES
 from gauntlet.keys import OBJECT_STATE_KEY, STATE_KEY
+from gauntlet.policies.base import ModelConfig
 
 LOSSES = ("mse",)  # a GMM head (robomimic's option) is not implemented: scripted demos are unimodal
 
 
 @dataclass(frozen=True)
-class BCRNNConfig:
+class BCRNNConfig(ModelConfig):
     """A robomimic-style BC-RNN over low-dimensional state, extended to return action chunks.
 
     Chunking: one `infer` call sees one observation and must return `chunk_len` actions. The LSTM is
@@ -22,7 +22,12 @@ class BCRNNConfig:
     the same input construction (observations held for `chunk_len` steps from the window start), so
     what the network sees at rollout is what it was trained on. The alternative, predicting the whole
     chunk from one LSTM step, would throw away the recurrence that makes this a BC-RNN.
+
+    `to_dict`, `architecture_dict`, `from_dict` and `replace` come from ModelConfig.
     """
+
+    # The LRU size of served episodes changes neither the weights nor the function.
+    non_architecture_fields: ClassVar[tuple[str, ...]] = ("max_episodes",)
 
     # --- observations ---
     obs_keys: tuple[str, ...] = (STATE_KEY, OBJECT_STATE_KEY)  # batch keys read, concatenated in order
@@ -88,26 +93,6 @@ class BCRNNConfig:
     @property
     def privileged(self) -> bool:
         return OBJECT_STATE_KEY in self.obs_keys
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["obs_keys"], out["obs_dims"] = list(self.obs_keys), list(self.obs_dims)
-        return out
-
-    def architecture_dict(self) -> dict[str, Any]:
-        """The fields that decide the parameters and the function (what a fingerprint covers)."""
-        return {k: v for k, v in self.to_dict().items() if k != "max_episodes"}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BCRNNConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{unknown[0]}: unknown BCRNNConfig field (known: {sorted(known)})")
-        return cls(**data)
-
-    def replace(self, **changes: Any) -> BCRNNConfig:
-        return dataclasses.replace(self, **changes)
 
 
 def config_for_task(task: str, **overrides: Any) -> BCRNNConfig:

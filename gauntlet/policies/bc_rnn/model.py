@@ -1,7 +1,7 @@
 """The BC-RNN network (torch): LSTM over [normalised observation, chunk-offset one-hot] -> action.
 
 Everything here works in normalised units; `policy.py` owns normalisation and the hidden-state
-bookkeeping, `train.py` the loss and the optimiser.
+bookkeeping and the training loss (`train_loss`), `train.py` the training windows and `fit`.
 """
 
 from __future__ import annotations

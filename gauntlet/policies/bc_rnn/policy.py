@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from gauntlet.data.normalization import FieldStats, NormStats, NormStatsError
-from gauntlet.keys import ACTIONS_KEY, EPISODE_ID_KEY
-from gauntlet.policies.base import FieldSpec, PolicyMetadata
+from gauntlet.keys import ACTION_IS_PAD_KEY, ACTIONS_KEY, EPISODE_ID_KEY
+from gauntlet.policies.base import FieldSpec, PolicyMetadata, masked_chunk_mse
 from gauntlet.policies.bc_rnn.config import BCRNNConfig, config_for_task
 from gauntlet.policies.bc_rnn.model import BCRNN, build_model, param_shapes, state_dict_numpy
 from gauntlet.policies.checkpoints import (
@@ -236,6 +236,38 @@ class BCRNNPolicy:
     def num_episodes(self) -> int:
         """Episodes whose hidden state is held."""
         return len(self._episodes)
+
+    # ---------------------------------------------------------------- training (TrainablePolicy)
+
+    def train_weights(self, mode: str, seed: int) -> BCRNN:
+        """The module a trainer updates: every weight (a BC-RNN has no adapters; the training recipe
+        refuses --mode lora before this is asked)."""
+        del mode, seed
+        return self.model
+
+    def prepare_train_batch(self, batch: Mapping[str, Any], rng: np.random.Generator | int,
+                            norm_stats: NormStats | None = None) -> dict[str, np.ndarray]:
+        """Raw windows (`SequenceSampler.sample`) -> inputs (n, L, obs_dim + H): the normalised held
+        observation and the chunk-offset one-hot, exactly as `infer` builds them; targets (n, L, D)
+        normalised actions; valid (n, L) 1.0 for real steps. `rng` is unused: the window draw was
+        the random part."""
+        del rng
+        c = self.config
+        stats = norm_stats or self.norm_stats
+        obs = np.concatenate([stats.normalize(k, np.asarray(batch[k], np.float32), c.norm_mode) for k in c.obs_keys],
+                             axis=-1).astype(np.float32)  # (n, L, obs_dim)
+        n, length = obs.shape[:2]
+        onehot = np.eye(c.chunk_len, dtype=np.float32)[np.arange(length) % c.chunk_len]  # (L, H)
+        inputs = np.concatenate([obs, np.broadcast_to(onehot, (n, length, c.chunk_len))], axis=-1)
+        targets = stats.normalize(ACTIONS_KEY, batch[ACTIONS_KEY], c.norm_mode).astype(np.float32)
+        valid = (~np.asarray(batch[ACTION_IS_PAD_KEY], dtype=bool)).astype(np.float32)
+        return {"inputs": inputs, "targets": targets, "valid": valid}
+
+    def train_loss(self, weights: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Masked MSE on normalised actions; `weights` is the module (DDP-wrapped or not), run from a
+        zero hidden state as at a memory reset."""
+        pred, _ = weights(batch["inputs"])  # (n, L, D)
+        return masked_chunk_mse(pred, batch["targets"], batch["valid"])
 
     # ---------------------------------------------------------------- metadata
 

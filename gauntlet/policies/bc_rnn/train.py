@@ -1,8 +1,9 @@
-"""A small built-in BC-RNN training loop: scripted-expert demos -> sequence batches -> Adam on MSE.
+"""BC-RNN training data and a small in-process loop: scripted-expert demos -> sequence windows -> Adam.
 
 `collect_demos` needs only the simulator (no torch, no images); `fit` imports torch. Batches are
 windows of `seq_len` steps starting anywhere in an episode (robomimic's sampling), padded past the
-episode's end with its last step and masked out of the loss. Inside a window the observation is
+episode's end with its last step and masked out of the loss (the policy's `train_loss`). `gauntlet
+train --policy bc_rnn` draws the same windows (`SequenceSampler`) in the platform's shared loop. Inside a window the observation is
 held for `chunk_len` steps from the window start, exactly as `infer` holds a call's observation
 over its chunk, so training and rollout feed the LSTM the same kind of input.
 """
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gauntlet.data.normalization import NormStats
-from gauntlet.keys import ACTIONS_KEY, OBJECT_STATE_KEY, STATE_KEY
+from gauntlet.keys import ACTION_IS_PAD_KEY, ACTIONS_KEY, OBJECT_STATE_KEY, STATE_KEY
 from gauntlet.policies.bc_rnn.config import BCRNNConfig
 
 if TYPE_CHECKING:
@@ -106,47 +107,50 @@ def compute_norm_stats(episodes: Sequence[DemoEpisode | Mapping[str, np.ndarray]
 
 
 class SequenceSampler:
-    """Random training windows over normalised episodes, built with NumPy indexing.
+    """Random training windows over episodes, in dataset units, built with NumPy indexing.
 
-    sample(n) -> inputs (n, seq_len, obs_dim + H), targets (n, seq_len, D), mask (n, seq_len).
+    sample(n, rng) -> {obs key: (n, seq_len, dim) the held observation of each step,
+    "actions": (n, seq_len, D), "action_is_pad": (n, seq_len) True past the episode's end}; the
+    policy's `prepare_train_batch` normalises it into LSTM inputs.
     """
 
     def __init__(self, episodes: Sequence[DemoEpisode | Mapping[str, np.ndarray]], config: BCRNNConfig,
-                 norm_stats: NormStats, rng: np.random.Generator):
+                 rng: np.random.Generator):
         self.config = config
-        self.rng = rng
-        obs_parts, act_parts, lengths = [], [], []
+        self.rng = rng  # used when `sample` is given none
+        obs_parts: dict[str, list[np.ndarray]] = {k: [] for k in config.obs_keys}
+        act_parts, lengths = [], []
         for ep in episodes:
             obs, actions = _episode_arrays(ep, config.obs_keys)
             if actions.shape[0] == 0:
                 continue
-            normed = [norm_stats.normalize(k, o, config.norm_mode) for k, o in zip(config.obs_keys, obs, strict=True)]
-            obs_parts.append(np.concatenate(normed, axis=1))
-            act_parts.append(norm_stats.normalize(ACTIONS_KEY, actions, config.norm_mode))
+            for key, o in zip(config.obs_keys, obs, strict=True):
+                obs_parts[key].append(o)
+            act_parts.append(actions)
             lengths.append(actions.shape[0])
         if not lengths:
             raise ValueError("episodes: no steps to train on")
-        self.obs = np.concatenate(obs_parts).astype(np.float32)  # (N, obs_dim)
-        self.actions = np.concatenate(act_parts).astype(np.float32)  # (N, D)
+        self.obs = {k: np.concatenate(v) for k, v in obs_parts.items()}  # key -> (N, dim)
+        self.actions = np.concatenate(act_parts)  # (N, D)
         self.lengths = np.asarray(lengths)  # (E,)
         self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])  # (E,) offset of each episode
         self.step_weights = self.lengths / self.lengths.sum()  # every step equally likely as a window start
         h = config.chunk_len
         self._offsets = np.arange(config.seq_len)  # (L,)
         self._held = (self._offsets // h) * h  # (L,) the step whose observation each step sees
-        self._onehot = np.eye(h, dtype=np.float32)[self._offsets % h]  # (L, H)
 
-    def sample(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        ep = self.rng.choice(len(self.lengths), size=n, p=self.step_weights)  # (n,)
-        t0 = (self.rng.random(n) * self.lengths[ep]).astype(np.int64)  # (n,) window start in [0, T)
+    def sample(self, n: int, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+        rng = rng if rng is not None else self.rng
+        ep = rng.choice(len(self.lengths), size=n, p=self.step_weights)  # (n,)
+        t0 = (rng.random(n) * self.lengths[ep]).astype(np.int64)  # (n,) window start in [0, T)
         last = self.lengths[ep, None] - 1  # (n, 1)
         steps = t0[:, None] + self._offsets[None]  # (n, L)
-        mask = (steps <= last).astype(np.float32)  # padding past the end is not learnt
         act_idx = self.starts[ep, None] + np.minimum(steps, last)
         obs_idx = self.starts[ep, None] + np.minimum(t0[:, None] + self._held[None], last)
-        onehot = np.broadcast_to(self._onehot, (n, *self._onehot.shape))
-        inputs = np.concatenate([self.obs[obs_idx], onehot], axis=-1)  # (n, L, obs_dim + H)
-        return inputs, self.actions[act_idx], mask
+        out = {k: v[obs_idx] for k, v in self.obs.items()}
+        out[ACTIONS_KEY] = self.actions[act_idx]
+        out[ACTION_IS_PAD_KEY] = steps > last  # padding past the end is not learnt
+        return out
 
 
 def fit(policy_or_config: BCRNNPolicy | BCRNNConfig, episodes: Sequence[DemoEpisode | Mapping[str, np.ndarray]],
@@ -176,7 +180,7 @@ def fit(policy_or_config: BCRNNPolicy | BCRNNConfig, episodes: Sequence[DemoEpis
         policy.set_norm_stats(norm_stats)
     elif not policy.has_data_stats:
         policy.set_norm_stats(compute_norm_stats(episodes, config))
-    sampler = SequenceSampler(episodes, config, policy.norm_stats, np.random.default_rng(seed))
+    sampler = SequenceSampler(episodes, config, np.random.default_rng(seed))
 
     model = policy.model
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -189,10 +193,9 @@ def fit(policy_or_config: BCRNNPolicy | BCRNNConfig, episodes: Sequence[DemoEpis
     model.train()
     try:
         for _ in range(steps):
-            inputs, targets, mask = (torch.from_numpy(np.ascontiguousarray(a)) for a in sampler.sample(batch_size))
-            pred, _ = model(inputs)  # (n, L, D), from a zero hidden state as at a memory reset
-            err = ((pred - targets) ** 2).mean(-1)  # (n, L)
-            loss = (err * mask).sum() / mask.sum().clamp_min(1.0)
+            x = policy.prepare_train_batch(sampler.sample(batch_size), sampler.rng)
+            # From a zero hidden state, as at a memory reset.
+            loss = policy.train_loss(model, {k: torch.from_numpy(v) for k, v in x.items()})
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip > 0:

@@ -1,7 +1,8 @@
 """A compact pi0-style VLA in JAX/Flax with LoRA adapters.
 
-Importing this package does not import JAX; `VLAPolicy` (and everything under `model`, `lora`,
-`train`, `policy`) does, on first use, so registries can list the VLA without paying for JAX.
+Importing this package (and `config`, `inputs`, `executables`) does not import JAX; `VLAPolicy`
+(and everything under `model`, `lora`, `train`, `trainer`, `policy`) does, on first use, so
+registries can list the VLA without paying for JAX.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from gauntlet.policies.vla.config import PRESETS, VLAConfig, get_config
 
 __all__ = ["PRESETS", "VLAConfig", "get_config", "VLAPolicy", "VLAAdapterView", "VLATrainer", "AdapterNotFoundError"]
 
-_LAZY = {"VLAPolicy", "VLAAdapterView", "VLATrainer", "AdapterNotFoundError"}
+_LAZY = {"VLAPolicy": "policy", "VLAAdapterView": "policy", "VLATrainer": "trainer", "AdapterNotFoundError": "policy"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from gauntlet.policies.vla import policy
+        import importlib
 
-        return getattr(policy, name)
+        return getattr(importlib.import_module(f"gauntlet.policies.vla.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

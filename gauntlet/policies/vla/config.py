@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from gauntlet.data.normalization import NORM_MODES
+from gauntlet.policies.base import ModelConfig
 from gauntlet.policies.tokenizer import VOCAB_SIZE
 
 # Fields that do not change the parameter tree or what the base computes: an adapter may be
@@ -16,10 +16,12 @@ NON_ARCHITECTURE_FIELDS = ("preset", "flow_steps", "lora_rank", "lora_alpha", "c
 
 
 @dataclass(frozen=True)
-class VLAConfig:
+class VLAConfig(ModelConfig):
     """A compact pi0-style VLA: image patches + instruction tokens + a proprio token go through a
     transformer trunk; an action expert cross-attends to the trunk and predicts an action chunk by
-    flow matching."""
+    flow matching. `to_dict`, `architecture_dict`, `from_dict` and `replace` come from ModelConfig."""
+
+    non_architecture_fields: ClassVar[tuple[str, ...]] = NON_ARCHITECTURE_FIELDS  # see the constant
 
     preset: str = "tiny"  # name of the preset this config started from (informational only)
     # --- observations ---
@@ -96,24 +98,6 @@ class VLAConfig:
     @property
     def lora_scale(self) -> float:
         return self.lora_alpha / self.lora_rank if self.lora_rank else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def architecture_dict(self) -> dict[str, Any]:
-        """The fields that define the base parameters and function (what a fingerprint covers)."""
-        return {k: v for k, v in self.to_dict().items() if k not in NON_ARCHITECTURE_FIELDS}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> VLAConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{unknown[0]}: unknown VLAConfig field (known: {sorted(known)})")
-        return cls(**data)
-
-    def replace(self, **changes: Any) -> VLAConfig:
-        return dataclasses.replace(self, **changes)
 
 
 PRESETS: dict[str, VLAConfig] = {

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gauntlet.policies.base import masked_chunk_mse
 from gauntlet.policies.vla.config import VLAConfig
 
 Array = jax.Array
@@ -335,10 +336,5 @@ def flow_matching_loss(model: VLAModel, variables: Variables, batch: dict[str, A
     x_t = t * noise + (1.0 - t) * actions
     target = noise - actions
     pred = model.apply(variables, batch["images"], batch["tokens"], batch["token_mask"], batch["state"], x_t, batch["t"])
-    sq = jnp.square(pred - target)  # (B, H, D)
-    if "action_mask" not in batch:
-        return jnp.mean(sq)
-    # Chunk positions past an episode's end are padding (the last action repeated): they carry no
-    # signal about what to do next, so they are left out of the mean rather than learned.
-    mask = batch["action_mask"].astype(jnp.float32)[:, :, None]  # (B, H, 1)
-    return jnp.sum(sq * mask) / jnp.maximum(jnp.sum(mask) * sq.shape[-1], 1.0)
+    valid = batch["action_mask"].astype(jnp.float32) if "action_mask" in batch else None  # (B, H)
+    return masked_chunk_mse(pred, target, valid)

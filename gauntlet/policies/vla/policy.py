@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -28,12 +28,8 @@ import numpy as np
 import optax
 
 from gauntlet.data.normalization import NormStats
-from gauntlet.keys import ACTION_IS_PAD_KEY, ACTIONS_KEY, IMAGE_KEY, PROMPT_KEY, STATE_KEY, WRIST_IMAGE_KEY
-from gauntlet.policies.base import (
-    PolicyMetadata,
-    image_spec,
-    state_spec,
-)
+from gauntlet.keys import ACTIONS_KEY, STATE_KEY
+from gauntlet.policies.base import PolicyMetadata, image_spec, state_spec
 from gauntlet.policies.checkpoints import (
     CONFIG_FILE,
     CheckpointFormatError,
@@ -45,9 +41,10 @@ from gauntlet.policies.checkpoints import (
     tree_shapes,
 )
 from gauntlet.policies.tokenizer import ByteTokenizer
-from gauntlet.policies.validation import ObservationError
 from gauntlet.policies.vla import lora as lora_lib
 from gauntlet.policies.vla.config import VLAConfig, get_config
+from gauntlet.policies.vla.executables import SHARED_EXECUTABLES, bucket_sizes, clear_executable_cache
+from gauntlet.policies.vla.inputs import NOISE_SEED_KEY, model_inputs
 from gauntlet.policies.vla.model import (
     VLAModel,
     flow_matching_loss,
@@ -56,37 +53,19 @@ from gauntlet.policies.vla.model import (
     sample_flow_inputs,
     sample_noise,
 )
-from gauntlet.policies.vla.train import TrainMode, init_train_state, make_optimizer, make_train_step
+from gauntlet.policies.vla.train import TrainMode, make_optimizer
 
-NOISE_SEED_KEY = "noise_seed"  # optional (B,) ints in a batch: vary the sampling noise per request
+if TYPE_CHECKING:
+    from gauntlet.policies.vla.trainer import VLATrainer
+
 Tree = dict[str, Any]
-
-
-# Executables shared by every policy in the process with the same config: params are arguments,
-# not constants, so two checkpoints of one architecture (or a reloaded one) reuse each other's
-# compiles. Keyed by (config, variant, bucket).
-_EXECUTABLES: dict[tuple[VLAConfig, str, int], Any] = {}
-
-
-def clear_executable_cache() -> None:
-    """Drop the process-wide executables (policies keep the ones they already hold)."""
-    _EXECUTABLES.clear()
+# Re-exported: callers import these from here.
+__all__ = ["NOISE_SEED_KEY", "AdapterNotFoundError", "VLAAdapterView", "VLAPolicy", "bucket_sizes",
+           "clear_executable_cache"]
 
 
 class AdapterNotFoundError(LookupError):
     """`infer(..., adapter=name)` for an adapter that is not loaded."""
-
-
-def bucket_sizes(max_batch_size: int) -> tuple[int, ...]:
-    """Powers of two below max_batch_size, then max_batch_size itself (never a bigger bucket)."""
-    if max_batch_size < 1:
-        raise ValueError(f"max_batch_size: must be >= 1, got {max_batch_size}")
-    sizes, b = [], 1
-    while b < max_batch_size:
-        sizes.append(b)
-        b *= 2
-    sizes.append(max_batch_size)
-    return tuple(sizes)
 
 
 def _as_float32(tree: Any) -> Any:
@@ -338,7 +317,7 @@ class VLAPolicy:
         if exe is not None:
             return exe
         with self._lock:
-            shared = _EXECUTABLES.get((self.config, variant, bucket))
+            shared = SHARED_EXECUTABLES.get((self.config, variant, bucket))
             if shared is not None:
                 self._compiled[key] = shared
             if key not in self._compiled:
@@ -353,7 +332,7 @@ class VLAPolicy:
                 # Ahead-of-time: an executable for exactly these shapes, so a call can never
                 # silently retrace; params are arguments, not constants, so adapters swap freely.
                 self._compiled[key] = self._sample.lower(variables, *args).compile()
-                _EXECUTABLES[(self.config, variant, bucket)] = self._compiled[key]
+                SHARED_EXECUTABLES[(self.config, variant, bucket)] = self._compiled[key]
                 self._compile_count += 1
             return self._compiled[key]
 
@@ -361,62 +340,8 @@ class VLAPolicy:
 
     def prepare(self, batch: Mapping[str, Any], norm_stats: NormStats | None = None,
                 with_actions: bool = False) -> dict[str, np.ndarray]:
-        """Raw batch -> model inputs (NumPy): images (B, C, S, S, 3) uint8, tokens/token_mask (B, L),
-        state (B, Ds) normalised, noise_seed (B,) int32, and with_actions: actions (B, H, D) normalised."""
-        c = self.config
-        stats = norm_stats or self.norm_stats
-        if STATE_KEY not in batch:
-            raise ObservationError(STATE_KEY, "missing")
-        state = np.asarray(batch[STATE_KEY], dtype=np.float32)
-        if state.ndim != 2 or state.shape[1] != c.state_dim:
-            raise ObservationError(STATE_KEY, f"expected shape (B, {c.state_dim}), got {list(state.shape)}")
-        if not np.all(np.isfinite(state)):
-            raise ObservationError(STATE_KEY, "contains NaN or inf")
-        b = state.shape[0]
-        cams = [IMAGE_KEY, WRIST_IMAGE_KEY][: c.num_cameras]
-        images = []
-        for key in cams:
-            if key not in batch:
-                raise ObservationError(key, "missing")
-            img = np.asarray(batch[key])
-            expected = (b, c.image_size, c.image_size, 3)
-            if img.shape != expected:
-                # No resizing here: a silent resize would hide a client rendering at the wrong size.
-                raise ObservationError(key, f"expected shape {list(expected)} (uint8), got {list(img.shape)}")
-            if img.dtype != np.uint8:
-                if img.dtype.kind not in "iu" or (img.size and (img.min() < 0 or img.max() > 255)):
-                    raise ObservationError(key, f"expected uint8 pixels, got dtype {img.dtype}")
-                img = img.astype(np.uint8)
-            images.append(img)
-        if PROMPT_KEY not in batch:
-            raise ObservationError(PROMPT_KEY, "missing")
-        prompts = np.asarray(batch[PROMPT_KEY])
-        if prompts.ndim == 0:
-            prompts = np.full((b,), str(prompts.item()))
-        if prompts.shape != (b,):
-            raise ObservationError(PROMPT_KEY, f"expected {b} prompts, got shape {list(prompts.shape)}")
-        tokens, token_mask = self.tokenizer.encode_batch(prompts)
-        noise_seed = np.asarray(batch.get(NOISE_SEED_KEY, np.zeros((b,))), dtype=np.int64).reshape(-1)
-        if noise_seed.shape != (b,):
-            raise ObservationError(NOISE_SEED_KEY, f"expected {b} ints, got shape {list(noise_seed.shape)}")
-        out = {
-            "images": np.stack(images, axis=1),  # (B, C, S, S, 3)
-            "tokens": tokens,
-            "token_mask": token_mask,
-            "state": stats.normalize(STATE_KEY, state, c.norm_mode).astype(np.float32),
-            "noise_seed": noise_seed,
-        }
-        if with_actions:
-            actions = np.asarray(batch[ACTIONS_KEY], dtype=np.float32)
-            if actions.shape != (b, c.chunk_len, c.action_dim):
-                raise ObservationError(ACTIONS_KEY, f"expected shape {[b, c.chunk_len, c.action_dim]}, got {list(actions.shape)}")
-            out["actions"] = stats.normalize(ACTIONS_KEY, actions, c.norm_mode).astype(np.float32)
-            if ACTION_IS_PAD_KEY in batch:
-                is_pad = np.asarray(batch[ACTION_IS_PAD_KEY], dtype=bool)
-                if is_pad.shape != (b, c.chunk_len):
-                    raise ObservationError(ACTION_IS_PAD_KEY, f"expected shape {[b, c.chunk_len]}, got {list(is_pad.shape)}")
-                out["action_mask"] = ~is_pad
-        return out
+        """Raw batch -> model inputs (NumPy); see `inputs.model_inputs`."""
+        return model_inputs(self.config, self.tokenizer, batch, norm_stats or self.norm_stats, with_actions)
 
     def infer(self, batch: Mapping[str, Any], adapter: str | None = None, seed: int | None = None) -> dict[str, Any]:
         """Raw batch (B leading) -> {"actions": (B, H, D) float32 raw scale, "policy_timing": {...}}.
@@ -464,6 +389,18 @@ class VLAPolicy:
         x.update(sample_flow_inputs(gen, x["state"].shape[0], self.config))
         return x
 
+    def train_weights(self, mode: str, seed: int) -> Tree:
+        """TrainablePolicy: the variables a trainer starts from: the base, plus (mode "lora") a fresh
+        adapter drawn from `seed`."""
+        variables: Tree = {"params": self._params}
+        if mode == "lora":
+            variables["lora"] = self.init_adapter(seed)
+        return variables
+
+    def train_loss(self, weights: Tree, batch: Mapping[str, Any]) -> jax.Array:
+        """TrainablePolicy: the flow-matching loss of a prepared batch (pure in `weights`: jit it)."""
+        return flow_matching_loss(self.model, weights, batch)
+
     def loss(self, variables: Tree | None, batch: Mapping[str, Any], rng: np.random.Generator | int = 0,
              norm_stats: NormStats | None = None) -> float:
         """Flow-matching MSE on a raw batch with `actions` (B, H, D); variables default to the base.
@@ -475,9 +412,11 @@ class VLAPolicy:
                      learning_rate: float = 1e-3, adapter: Tree | None = None, adapter_seed: int = 0,
                      norm_stats: NormStats | None = None) -> VLATrainer:
         """A trainer over this policy's base: mode="lora" trains a (new or given) adapter, "full" the base."""
-        variables: Tree = {"params": self._params}
-        if mode == "lora":
-            variables["lora"] = adapter if adapter is not None else self.init_adapter(adapter_seed)
+        from gauntlet.policies.vla.trainer import VLATrainer
+
+        variables = self.train_weights(mode, adapter_seed)
+        if adapter is not None:
+            variables["lora"] = adapter
         return VLATrainer(self, mode, optimizer or make_optimizer(learning_rate), variables, norm_stats or self.norm_stats)
 
     # ---------------------------------------------------------------- metadata
@@ -513,38 +452,3 @@ class VLAAdapterView:
 
     def reset(self) -> None:
         self.policy.reset()
-
-
-class VLATrainer:
-    """Owns a TrainState; `step(raw_batch)` normalises with the trainer's stats and updates."""
-
-    def __init__(self, policy: VLAPolicy, mode: TrainMode, optimizer: optax.GradientTransformation,
-                 variables: Tree, norm_stats: NormStats):
-        self.policy = policy
-        self.mode = mode
-        self.norm_stats = norm_stats
-        self.state = init_train_state(variables, mode, optimizer)
-        self._step = make_train_step(policy.model, optimizer)
-
-    def step(self, batch: Mapping[str, Any], rng: np.random.Generator | int | None = None) -> dict[str, float]:
-        """One optimizer step on a raw batch (with `actions`); rng seeds noise and t (default: the step)."""
-        x = self.policy.prepare_train_batch(batch, int(self.state.step) if rng is None else rng, self.norm_stats)
-        self.state, metrics = self._step(self.state, x)
-        return {k: float(v) for k, v in metrics.items()}
-
-    @property
-    def variables(self) -> Tree:
-        return {**self.state.frozen, **self.state.trainable}
-
-    @property
-    def adapter_params(self) -> Tree:
-        if self.mode != "lora":
-            raise ValueError("adapter_params: only in mode='lora'")
-        return self.state.trainable["lora"]
-
-    @property
-    def trainable_param_count(self) -> int:
-        return lora_lib.count_params(self.state.trainable)
-
-    def loss(self, batch: Mapping[str, Any], rng: np.random.Generator | int = 0) -> float:
-        return self.policy.loss(self.variables, batch, rng, self.norm_stats)

@@ -1,4 +1,4 @@
-"""Training helpers: an optax train step over a "trainable" and a "frozen" variable tree.
+"""Training helpers: an optax train step over a "trainable" and a "frozen" variable tree, for any loss.
 
 mode="lora": trainable = {"lora": adapter}, frozen = {"params": base}. Gradients, optimizer state
              and updates exist only for the adapter; the base is an input that is never written, so it
@@ -9,6 +9,7 @@ mode="full": trainable = {"params": base}, frozen = {} (no adapter).
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Literal
 
 import flax.struct
@@ -55,16 +56,14 @@ def init_train_state(variables: dict[str, Any], mode: TrainMode, optimizer: opta
     return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable, frozen=frozen, opt_state=optimizer.init(trainable))
 
 
-def make_train_step(model: VLAModel, optimizer: optax.GradientTransformation) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
-    """A jitted `(state, batch) -> (state, {"loss", "grad_norm"})`; batch as for flow_matching_loss
-    (noise and t included, see `sample_flow_inputs`)."""
-
-    def loss_fn(trainable: dict[str, Any], frozen: dict[str, Any], batch: dict[str, Any]) -> jax.Array:
-        return flow_matching_loss(model, {**frozen, **trainable}, batch)
+def make_loss_step(loss_fn: Callable[[dict[str, Any], dict[str, Any]], jax.Array],
+                   optimizer: optax.GradientTransformation) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+    """A jitted `(state, batch) -> (state, {"loss", "grad_norm"})` for any `loss_fn(variables, batch)`
+    (a TrainablePolicy's `train_loss`): only the trainable tree is differentiated."""
 
     def step(state: TrainState, batch: dict[str, Any]) -> tuple[TrainState, dict[str, jax.Array]]:
-        # argnums=0: only the trainable tree is differentiated; the frozen base costs no gradient memory.
-        loss, grads = jax.value_and_grad(loss_fn)(state.trainable, state.frozen, batch)
+        # The frozen base is an input, not an argument of grad: it costs no gradient memory.
+        loss, grads = jax.value_and_grad(lambda tr: loss_fn({**state.frozen, **tr}, batch))(state.trainable)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
         trainable = optax.apply_updates(state.trainable, updates)
         new_state = state.replace(step=state.step + 1, trainable=trainable, opt_state=opt_state)
@@ -72,6 +71,12 @@ def make_train_step(model: VLAModel, optimizer: optax.GradientTransformation) ->
         return new_state, {"loss": loss, "grad_norm": grad_norm}
 
     return jax.jit(step)
+
+
+def make_train_step(model: VLAModel, optimizer: optax.GradientTransformation) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+    """`make_loss_step` with the VLA's flow-matching loss; batch as for flow_matching_loss (noise and
+    t included, see `sample_flow_inputs`)."""
+    return make_loss_step(partial(flow_matching_loss, model), optimizer)
 
 
 def make_eval_loss(model: VLAModel) -> Callable[..., jax.Array]:

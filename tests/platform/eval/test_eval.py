@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -17,8 +16,10 @@ import pandas as pd
 import psutil
 import pytest
 
-from gauntlet.platform.eval.driver import EvalConfig, EvalConfigError, run_eval
+from gauntlet.platform.eval.config import EvalConfig, EvalConfigError
+from gauntlet.platform.eval.driver import run_eval
 from gauntlet.platform.eval.results import KEY, ResultsStore
+from gauntlet.platform.eval.status import EvalStatus
 from gauntlet.runtime.config_args import parse_config
 
 
@@ -70,8 +71,8 @@ def test_mismatched_scenes_are_skipped_and_counted(ray_session, scene_db: Path, 
     ran = frame[~frame["skipped"]]
     assert ran.loc[ran["policy"] == "scripted", "success"].mean() > ran.loc[ran["policy"] == "random", "success"].mean()
     assert (ran["inference_calls"] > 0).all()
-    status = json.loads((run / "status.json").read_text())
-    assert status["state"] == "finished" and status["done"] == status["total"] == len(frame)
+    status = EvalStatus.read(run)
+    assert status.state == "finished" and status.done == status.total == len(frame)
 
 
 def test_driver_killed_mid_run_then_resumed_holds_every_key_once(ray_session, scene_db: Path, tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from gauntlet.platform import report
 from gauntlet.platform.eval.results import RESULT_COLUMNS, ResultsStore
+from gauntlet.platform.report import build as report
 from gauntlet.platform.report.stats import cohen_kappa, fleiss_kappa_from_labels
 
 # (task, error_type, category, scenes); every scene runs 2 trials per policy

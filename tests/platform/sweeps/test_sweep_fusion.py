@@ -8,7 +8,7 @@ import pytest
 
 from gauntlet.fusion.anndata_io import write_h5ad
 from gauntlet.fusion.methods import METHOD_NAMES
-from gauntlet.platform import sweep_fusion
+from gauntlet.platform.sweeps import fusion as sweep_fusion
 from gauntlet.runtime.config_args import parse_config
 
 

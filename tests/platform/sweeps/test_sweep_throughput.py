@@ -20,7 +20,8 @@ import psutil
 import pytest
 import ray.cloudpickle
 
-from gauntlet.platform import sweep_throughput
+from gauntlet.deployments.app import EVAL_APP
+from gauntlet.platform.sweeps import throughput as sweep_throughput
 from gauntlet.platform.sweeps.ram_floor import GB, MB
 from gauntlet.platform.sweeps.search import GridPlan, KnobError, LadderPlan, parse_baseline, parse_knobs
 from gauntlet.platform.sweeps.throughput import KNOB_SPECS, SweepThroughputConfig, run_sweep
@@ -290,7 +291,7 @@ def test_eval_target_end_to_end(tmp_path: Path, scene_db: Path, local_ray, capsy
     assert "2/2 trials" in printed and "recommended: actors=" in printed
     from ray import serve
 
-    assert "gauntlet-eval" not in serve.status().applications  # no Serve app left behind
+    assert EVAL_APP not in serve.status().applications  # no Serve app left behind
 
 
 def test_an_eval_trial_over_the_floor_is_stopped_and_cleaned_up(tmp_path: Path, scene_db: Path, local_ray) -> None:
@@ -311,7 +312,7 @@ def test_an_eval_trial_over_the_floor_is_stopped_and_cleaned_up(tmp_path: Path, 
     assert not leftovers, "the stopped evaluation's driver is gone"
     from ray import serve
 
-    assert "gauntlet-eval" not in serve.status().applications
+    assert EVAL_APP not in serve.status().applications
 
 
 def test_loader_target_end_to_end(tmp_path: Path, local_ray, capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,7 +14,8 @@ import ray
 from ray._private import ray_constants
 from ray.cluster_utils import Cluster
 
-from gauntlet.platform.eval.driver import EvalConfig, run_eval
+from gauntlet.platform.eval.config import EvalConfig
+from gauntlet.platform.eval.driver import run_eval
 from gauntlet.runtime.config_args import parse_config
 
 

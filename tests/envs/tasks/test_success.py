@@ -7,7 +7,9 @@ import pytest
 
 from gauntlet.envs.env import make_env
 from gauntlet.envs.experts import make_expert
-from gauntlet.envs.success import can_success, lift_success, stack_success
+from gauntlet.envs.tasks.lift import lift_success
+from gauntlet.envs.tasks.pick_place_can import can_success
+from gauntlet.envs.tasks.stack import stack_success
 
 
 @pytest.mark.parametrize("task", ["lift", "stack", "square", "pick_place_can"])

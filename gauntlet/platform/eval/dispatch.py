@@ -1,0 +1,159 @@
+"""The eval driver's work queue: rollout actors pull items one at a time; dead actors are replaced.
+
+Work is pulled (one item per idle actor), so a slow scene never idles the others. An actor that dies,
+or stops answering liveness pings, is killed and replaced, and its in-flight items go back to the
+front of the queue. Finished rows go to the results store in batches of `write_every`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from gauntlet.platform.eval.config import EvalConfig
+from gauntlet.platform.eval.episode import WorkItem
+from gauntlet.platform.eval.results import ResultsStore
+from gauntlet.platform.eval.status import StatusLine
+from gauntlet.platform.eval.targets import PolicyTarget
+
+
+class Dispatcher:
+    """Runs `pending` on `cfg.actors` rollout actors until every item has a row."""
+
+    def __init__(self, cfg: EvalConfig, scenes: dict[str, dict[str, Any]], targets: list[PolicyTarget],
+                 version: str, store: ResultsStore, status: StatusLine):
+        self.cfg = cfg
+        self.scenes = scenes
+        self.targets = targets
+        self.version = version
+        self.store = store
+        self.status = status
+        self.pending: deque[WorkItem] = deque()
+        self.actors: dict[int, Any] = {}  # slot -> actor handle
+        self.in_flight: dict[Any, tuple[int, WorkItem]] = {}  # ObjectRef -> (actor slot, item)
+        self.starting: dict[int, Any] = {}  # slot -> ready ping of a new actor
+        self.pings: dict[int, tuple[Any, float]] = {}  # busy slot -> (outstanding liveness ping, sent at)
+        self.buffer: list[dict[str, Any]] = []  # rows not yet written
+        self.ran = 0
+        self.replaced = 0
+
+    def _new_actor(self) -> Any:
+        from gauntlet.platform.eval.rollout_actor import RolloutActor
+
+        resources = {self.cfg.actor_resource: 1} if self.cfg.actor_resource else None
+        return RolloutActor.options(num_cpus=self.cfg.actor_cpus, max_restarts=0, resources=resources).remote(
+            str(Path(self.cfg.scenes).resolve()), self.targets, self.scenes, self.version)
+
+    def _start(self, slot: int) -> None:
+        # A new actor receives work only once it has answered a ping (it may wait for resources).
+        self.actors[slot] = self._new_actor()
+        self.starting[slot] = self.actors[slot].ready.remote()
+
+    def _fill(self) -> None:
+        """Gives every started, idle actor its next item (work is pulled, one item per actor)."""
+        busy = {s for s, _ in self.in_flight.values()}
+        for slot, actor in self.actors.items():
+            if self.pending and slot not in busy and slot not in self.starting:
+                item = self.pending.popleft()
+                self.in_flight[actor.run.remote(item)] = (slot, item)
+
+    def _replace(self, slot: int, why: str) -> None:
+        """The actor (or its node) is gone: its items go back to the queue, the slot gets a new actor."""
+        import ray
+
+        lost = [ref for ref, (s, _) in self.in_flight.items() if s == slot]
+        for ref in lost:
+            self.pending.appendleft(self.in_flight.pop(ref)[1])
+        self.replaced += 1
+        self.pings.pop(slot, None)
+        print(f"[eval] actor {slot} lost ({why}); re-queued {len(lost)} item(s), starting a replacement", flush=True)
+        try:
+            ray.kill(self.actors[slot], no_restart=True)
+        except Exception:  # noqa: BLE001 - it may already be gone
+            pass
+        self._start(slot)
+
+    def _check_starting(self) -> None:
+        import ray
+
+        for slot, ref in list(self.starting.items()):
+            done, _ = ray.wait([ref], timeout=0)
+            if done:
+                del self.starting[slot]
+                try:
+                    ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - could not even start: try again
+                    self._replace(slot, f"failed to start: {type(exc).__name__}")
+
+    def _collect(self) -> None:
+        """Waits up to 2 s for a finished episode and records what finished."""
+        import ray
+
+        ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=2.0)
+        for ref in ready:
+            if ref not in self.in_flight:
+                continue
+            slot, _ = self.in_flight[ref]
+            try:
+                row = ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
+                    ray.exceptions.NodeDiedError, ray.exceptions.ObjectLostError) as exc:
+                self._replace(slot, type(exc).__name__)
+                continue
+            self.in_flight.pop(ref)
+            self.buffer.append(row)
+            self.status.add(row)
+            self.ran += 1
+            if len(self.buffer) >= self.cfg.write_every:
+                self.store.write(self.buffer)
+                self.buffer = []
+
+    def _ping_busy(self, now: float) -> None:
+        """Liveness: a node can vanish without its tasks failing promptly; a ping that stays
+        unanswered for ping_timeout_s marks the actor dead."""
+        import ray
+
+        timeout_s = self.cfg.ping_timeout_s
+        for slot in {s for s, _ in self.in_flight.values()}:
+            ref, sent = self.pings.get(slot, (None, now))
+            if ref is None:
+                self.pings[slot] = (self.actors[slot].ready.remote(), now)
+                continue
+            done, _ = ray.wait([ref], timeout=0)
+            if done:
+                try:
+                    ray.get(ref)
+                    self.pings.pop(slot)
+                except Exception as exc:  # noqa: BLE001
+                    self._replace(slot, f"ping failed: {type(exc).__name__}")
+            elif now - sent > timeout_s:
+                self._replace(slot, f"no answer to a ping for {timeout_s:.0f} s")
+
+    def run(self, pending: deque[WorkItem]) -> dict[str, int]:
+        """Runs every item; returns {"ran", "actors_replaced"}. Rows are written and compacted."""
+        import ray
+
+        self.pending = pending
+        for slot in range(min(self.cfg.actors, len(pending))):
+            self._start(slot)
+        self.status.restart_clock()
+        last_ping = time.monotonic()
+        while self.in_flight or self.pending:
+            self._check_starting()
+            self._fill()
+            if not self.in_flight:
+                time.sleep(0.5)  # every actor is still starting
+                continue
+            self._collect()
+            now = time.monotonic()
+            if now - last_ping > self.cfg.ping_timeout_s / 3:
+                last_ping = now
+                self._ping_busy(now)
+            self.status.emit()
+        self.store.write(self.buffer)
+        self.buffer = []
+        for actor in self.actors.values():
+            ray.kill(actor)
+        return {"ran": self.ran, "actors_replaced": self.replaced}

@@ -1,0 +1,80 @@
+"""The report's plots: grouped bars of success rate per policy with Wilson error bars (PNG files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def _bar_panel(ax: Any, table: pd.DataFrame, x_col: str, x_values: list[str], policies: list[str],
+               confidence: float) -> None:
+    """Grouped bars (one per policy) of success rate with asymmetric Wilson error bars."""
+    import numpy as np
+
+    x = np.arange(len(x_values))
+    width = 0.8 / max(len(policies), 1)
+    for i, policy in enumerate(policies):
+        part = table[table["policy"] == policy].groupby(x_col, sort=False).first().reindex(x_values)
+        rate = part["rate"].to_numpy(dtype=float)
+        low, high = part["ci_low"].to_numpy(dtype=float), part["ci_high"].to_numpy(dtype=float)
+        pos = x + (i - (len(policies) - 1) / 2) * width
+        ax.bar(pos, np.nan_to_num(rate, nan=0.0), width, label=policy)
+        # A cell where nothing ran gets "n/a" instead of a whisker, so it never reads as a measured 0.
+        ok = ~np.isnan(rate)
+        yerr = np.clip(np.vstack([rate[ok] - low[ok], high[ok] - rate[ok]]), 0.0, None)
+        ax.errorbar(pos[ok], rate[ok], yerr=yerr, fmt="none", ecolor="black", capsize=2, linewidth=0.8)
+        for p in pos[~ok]:
+            ax.text(p, 0.01, "n/a", ha="center", va="bottom", fontsize=7, rotation=90, color="gray")
+    ax.set_xticks(x, x_values, rotation=35, ha="right")
+    ax.set_ylim(0.0, 1.05)
+    ax.set_ylabel(f"success rate ({confidence:.0%} Wilson CI)")
+
+
+def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
+    """success_by_error_type.png, success_by_task.png and success_by_task_error_type.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on cluster nodes
+    import matplotlib.pyplot as plt
+
+    tables, policies, confidence = report["tables"], report["policies"], report["confidence"]
+    written = []
+
+    def save(fig: Any, name: str) -> None:
+        fig.tight_layout()
+        path = out / name
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+    by_type = tables["by_policy_error_type"]
+    error_types = sorted(by_type["error_type"].unique())
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(error_types) * max(len(policies), 2) + 2), 4.2))
+    _bar_panel(ax, by_type, "error_type", error_types, policies, confidence)
+    ax.set_title("success rate per policy and error type (all tasks)")
+    ax.legend(fontsize=8)
+    save(fig, "success_by_error_type.png")
+
+    by_task = tables["by_policy_task"]
+    tasks = sorted(by_task["task"].unique())
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * len(tasks) * max(len(policies), 2) + 2), 4.0))
+    _bar_panel(ax, by_task, "task", tasks, policies, confidence)
+    ax.set_title("success rate per policy and task (all error types)")
+    ax.legend(fontsize=8)
+    save(fig, "success_by_task.png")
+
+    # One panel per task: error types differ by task (target_shift is stack-only), so each panel
+    # shows only the types that task has. Category is a function of error type, so cells map 1:1.
+    cells = tables["cells"]
+    fig, axes = plt.subplots(len(tasks), 1, figsize=(max(6.0, 0.35 * len(error_types) * max(len(policies), 2) + 2),
+                                                      3.4 * len(tasks)), squeeze=False)
+    for ax, task in zip(axes[:, 0], tasks, strict=True):
+        part = cells[cells["task"] == task]
+        _bar_panel(ax, part, "error_type", sorted(part["error_type"].unique()), policies, confidence)
+        ax.set_title(f"task {task}: success rate per policy and error type")
+    axes[0, 0].legend(fontsize=8)
+    save(fig, "success_by_task_error_type.png")
+    return written

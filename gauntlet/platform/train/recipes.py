@@ -1,0 +1,119 @@
+"""The trainable policy families `gauntlet train --policy` knows, and what each one provides.
+
+A family is one registration line in RECIPES (its `--policy` name -> the module holding its
+`RECIPE`); the recipe lives in the family's own package beside its loss. Training dispatches on the
+recipe's abilities, never on the family's name. Recipe modules load on first use, so listing the
+names (for `--help`) imports neither JAX nor torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from gauntlet.data.dataset_format import Dataset
+    from gauntlet.platform.train.config import TrainConfig
+    from gauntlet.platform.train.preflight import Preflight
+    from gauntlet.policies.base import ModelConfig, TrainablePolicy
+
+
+@dataclass(frozen=True)
+class RecipeEntry:
+    """One registered family."""
+
+    module: str  # the module that defines RECIPE (a TrainRecipe); imported on first use
+    summary: str  # one line for `--policy`'s help: framework, trainer, modes
+
+
+RECIPES: dict[str, RecipeEntry] = {
+    "vla": RecipeEntry("gauntlet.policies.vla.recipe", "JAX, JaxTrainer, LoRA or full"),
+    "bc_rnn": RecipeEntry("gauntlet.policies.bc_rnn.recipe",
+                          "torch, TorchTrainer with DDP, full only; reads observation/state"),
+}
+
+
+@dataclass(frozen=True)
+class DatasetNeeds:
+    """What a model requires of the dataset it trains on (checked before any worker starts)."""
+
+    action_dim: int  # the dataset's action width must equal the model's
+    state_dim: int  # and its observation/state width
+    cameras: tuple[str, ...] = ()  # camera streams the model reads (dataset camera names)
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """A family's decision on how to train, made in the driver's pre-flight."""
+
+    mode: str  # what will run: "lora" or "full"
+    plan: dict[str, Any]  # plan.json and the plan lines printed before training
+    identity: dict[str, Any]  # family fields --resume must find unchanged (beside the common ones)
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """Where one Ray Train worker stands in its group."""
+
+    rank: int  # this worker's rank, 0..world-1
+    world: int  # workers in the group
+    single_node: bool  # every worker on this node (collectives may bind to loopback)
+
+
+# A worker's raw-batch source: called once per step with that step's generator, returns a batch in
+# dataset units for the policy's `prepare_train_batch`.
+BatchSource = Callable[[np.random.Generator], Mapping[str, Any]]
+
+
+class TrainRecipe(Protocol):
+    """What `gauntlet train` needs from one policy family besides the policy's own loss."""
+
+    name: str  # the --policy value
+    trainer: str  # "jax" or "torch": the Ray Train trainer and worker backend that run it
+    loss_name: str  # what the loss is (loss.png's y axis)
+
+    def model_config(self, cfg: TrainConfig) -> tuple[ModelConfig, str]:
+        """(config of the model that trains, fingerprint of its starting weights) from --base or a
+        fresh model; TrainConfigError names the flag."""
+        ...
+
+    def dataset_needs(self, config: ModelConfig) -> DatasetNeeds:
+        ...
+
+    def plan(self, cfg: TrainConfig, config: ModelConfig, dataset: Dataset, workers_per_node: int) -> TrainPlan:
+        """The mode and plan (e.g. the memory plan); TrainConfigError when the run cannot work."""
+        ...
+
+    def build_policy(self, cfg: TrainConfig, pre: Preflight) -> TrainablePolicy:
+        """In a worker: the policy training starts from, with the dataset's statistics."""
+        ...
+
+    def open_batches(self, cfg: TrainConfig, pre: Preflight, policy: TrainablePolicy, worker: WorkerContext,
+                     start_step: int) -> AbstractContextManager[BatchSource]:
+        """In a worker: this worker's batches from `start_step` on (the ones an uninterrupted run
+        draws at those steps)."""
+        ...
+
+    def write_artifact(self, cfg: TrainConfig, pre: Preflight, state_dir: Path, dest: Path) -> list[dict[str, Any]]:
+        """Write the servable checkpoint into `dest` from the final training checkpoint; returns
+        the loss history it carries."""
+        ...
+
+    def serve_hint(self, cfg: TrainConfig, pre: Preflight, out: Path) -> str:
+        """The command that serves the artifact."""
+        ...
+
+
+def get_recipe(name: str) -> TrainRecipe:
+    """The registered recipe of `name` (its module imported now)."""
+    try:
+        entry = RECIPES[name]
+    except KeyError:
+        raise ValueError(f"--policy: {name!r} is not trainable (trainable: {', '.join(RECIPES)})") from None
+    return importlib.import_module(entry.module).RECIPE

@@ -1,0 +1,128 @@
+"""The one Ray Train worker loop of `gauntlet train`, whatever the policy family and framework.
+
+Every worker: sets up its framework (a backend: JAX or torch, as the family's recipe says), builds
+the policy, restores the latest training checkpoint if Ray Train hands one over, then runs the
+steps. A step draws this worker's raw batch, lets the policy prepare it (`prepare_train_batch`),
+and lets the backend take one optimizer step on the policy's own loss (`train_loss`). Every number
+that decides a step is a function of (seed, step, rank), so a run resumed from a checkpoint repeats
+the uninterrupted run's loss trajectory. `StepReporter` logs, records and reports each step and
+asks the backend to write a checkpoint when one is due.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from gauntlet.platform.train.recipes import WorkerContext
+
+if TYPE_CHECKING:
+    from gauntlet.platform.train.config import TrainConfig
+    from gauntlet.platform.train.preflight import Preflight
+    from gauntlet.policies.base import TrainablePolicy
+
+# Trainer kind (a recipe's `trainer`) -> the module with its backend (see BackendModule).
+BACKENDS = {"jax": "gauntlet.platform.train.backend_jax", "torch": "gauntlet.platform.train.backend_torch"}
+
+
+@dataclass(frozen=True)
+class StepMetrics:
+    """What one optimizer step reports."""
+
+    loss: float  # mean over the workers
+    grad_norm: float  # global gradient norm before clipping
+    learning_rate: float  # the rate this step used
+
+
+class Backend(Protocol):
+    """One framework's half of a worker: optimizer state, a step, checkpoints."""
+
+    def restore(self, directory: Path) -> tuple[int, list[dict[str, Any]]]:
+        """Load a training checkpoint; returns (steps taken, loss history up to there)."""
+        ...
+
+    def step(self, batch: dict[str, np.ndarray], step: int) -> StepMetrics:
+        """One optimizer step on this worker's prepared batch (0-based `step`)."""
+        ...
+
+    def save(self, directory: Path, steps_taken: int, history: list[dict[str, Any]]) -> None:
+        """Write a training checkpoint into `directory` (rank 0 only)."""
+        ...
+
+
+class BackendModule(Protocol):
+    """What a backend module provides (a module, so that importing it can wait for `setup_process`)."""
+
+    def setup_process(self, cfg: TrainConfig, worker: WorkerContext) -> None:
+        """Before the framework is imported in this worker process (device choice, collectives)."""
+        ...
+
+    def open_backend(self, cfg: TrainConfig, pre: Preflight, policy: TrainablePolicy,
+                     worker: WorkerContext) -> Backend:
+        ...
+
+    def ray_trainer(self, loop: Any, loop_config: dict[str, Any], scaling: Any, run_config: Any,
+                    cfg: TrainConfig) -> Any:
+        """The Ray Train trainer that runs `loop` on this framework's worker group."""
+        ...
+
+
+def backend_module(kind: str) -> BackendModule:
+    return importlib.import_module(BACKENDS[kind])  # type: ignore[return-value]
+
+
+def train_loop(loop_config: dict[str, Any]) -> None:
+    """The Ray Train entry point: loop_config = {"config", "preflight", "train_dir"} (plain data)."""
+    import logging
+
+    import ray.train
+
+    from gauntlet.platform.train.config import TrainConfig
+    from gauntlet.platform.train.preflight import Preflight
+    from gauntlet.platform.train.recipes import get_recipe
+    from gauntlet.platform.train.reporting import StepReporter
+    from gauntlet.runtime.manifests import write_json
+
+    # Ray Train logs every report at INFO; the job log should show our progress lines instead.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    cfg, pre = TrainConfig(**loop_config["config"]), Preflight(**loop_config["preflight"])
+    train_dir = Path(loop_config["train_dir"])
+    ctx = ray.train.get_context()
+    worker = WorkerContext(ctx.get_world_rank(), ctx.get_world_size(),
+                           single_node=ctx.get_local_world_size() == ctx.get_world_size())
+    recipe = get_recipe(cfg.policy)
+    backends = backend_module(recipe.trainer)
+    backends.setup_process(cfg, worker)
+    # Whoever watches the run (and the failure-recovery test) finds each rank's process here.
+    write_json(train_dir / "workers" / f"rank{worker.rank}.json", {
+        "pid": os.getpid(), "rank": worker.rank, "world": worker.world, "node": ray.util.get_node_ip_address()})
+
+    policy = recipe.build_policy(cfg, pre)
+    backend = backends.open_backend(cfg, pre, policy, worker)
+    start, history, resumed = 0, [], False
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            start, history = backend.restore(Path(d))
+        resumed = True
+    reporter = StepReporter(cfg, train_dir, worker.rank, worker.world, start, history, resumed=resumed)
+    if worker.rank == 0:
+        message = (f"[train] rank 0/{worker.world} {f'resuming from step {start}' if resumed else 'starting'}; "
+                   f"{cfg.steps} steps, {cfg.policy}, batch {cfg.batch_size} ({cfg.batch_per_worker}/worker), "
+                   f"mode {pre.mode}")
+        print(message, flush=True)
+
+    with recipe.open_batches(cfg, pre, policy, worker, start) as draw:
+        for step in range(start, cfg.steps):
+            rng = np.random.default_rng([cfg.seed, step, worker.rank])
+            metrics = backend.step(policy.prepare_train_batch(draw(rng), rng), step)
+            reporter.record(step, metrics.loss, metrics.grad_norm, metrics.learning_rate)
+            if not np.isfinite(metrics.loss):
+                raise FloatingPointError(f"loss became {metrics.loss} at step {step + 1}; the latest good "
+                                         "checkpoint is kept")
+            reporter.report(step, lambda d, s=step: backend.save(d, s + 1, reporter.history))

@@ -1,0 +1,117 @@
+"""How `gauntlet train --policy bc_rnn` trains the BC-RNN: model config, data windows, artifact.
+
+The loss and batch preparation are the policy's own (`BCRNNPolicy.train_loss`,
+`prepare_train_batch`); this is the rest of what the training platform asks of a family. Datasets
+carry the robot state, not the privileged object state, so the trained model is state-only. torch
+is imported only inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gauntlet.keys import ACTION_FEATURE, ACTIONS_KEY, STATE_FEATURE, STATE_KEY
+from gauntlet.platform.train.config import TrainConfig, TrainConfigError
+from gauntlet.platform.train.recipes import BatchSource, DatasetNeeds, TrainPlan, WorkerContext
+from gauntlet.policies.bc_rnn.config import BCRNNConfig
+
+if TYPE_CHECKING:
+    from gauntlet.data.dataset_format import Dataset
+    from gauntlet.platform.train.preflight import Preflight
+    from gauntlet.policies.bc_rnn.policy import BCRNNPolicy
+
+STATE_ONLY = (STATE_KEY,)  # what a dataset provides to a BC-RNN
+
+
+@dataclass(frozen=True)
+class BCRNNRecipe:
+    """The BC-RNN's training recipe (see gauntlet.platform.train.recipes.TrainRecipe)."""
+
+    name: str = "bc_rnn"  # the --policy value
+    trainer: str = "torch"  # TorchTrainer workers, DDP over Gloo (CPU) or NCCL (GPU)
+    loss_name: str = "masked MSE (normalised actions)"  # loss.png's y axis
+
+    def model_config(self, cfg: TrainConfig) -> tuple[BCRNNConfig, str]:
+        from gauntlet.policies.bc_rnn.policy import MODEL_NAME
+        from gauntlet.policies.checkpoints import CheckpointError, read_manifest
+
+        if cfg.mode == "lora":
+            raise TrainConfigError("--mode lora: bc_rnn has no adapters; use --mode full (or auto)")
+        if not cfg.base:
+            return BCRNNConfig(obs_keys=STATE_ONLY, obs_dims=(8,)), f"fresh-seed-{cfg.seed}"
+        try:
+            manifest = read_manifest(cfg.base)
+            config = BCRNNConfig.from_dict(dict(manifest["model_config"]))
+        except (CheckpointError, TypeError, ValueError) as exc:
+            raise TrainConfigError(f"--base {cfg.base}: not a bc_rnn checkpoint ({exc})") from None
+        model = manifest.get("extra", {}).get("model")
+        if model != MODEL_NAME:
+            raise TrainConfigError(f"--base {cfg.base}: is a {model!r} checkpoint, not bc_rnn")
+        if tuple(config.obs_keys) != STATE_ONLY:
+            raise TrainConfigError(f"--base {cfg.base}: reads {list(config.obs_keys)}, but datasets provide only "
+                                   f"{STATE_KEY!r}")
+        return config, str(manifest["fingerprint"])
+
+    def dataset_needs(self, config: BCRNNConfig) -> DatasetNeeds:
+        return DatasetNeeds(config.action_dim, config.obs_dims[0])
+
+    def plan(self, cfg: TrainConfig, config: BCRNNConfig, dataset: Dataset, workers_per_node: int) -> TrainPlan:
+        """Always full; no memory plan (a small torch model). Each worker needs episodes of its own."""
+        from gauntlet.policies.bc_rnn.model import param_shapes
+
+        episodes = len(dataset.split(cfg.split))
+        if episodes < cfg.workers:
+            raise TrainConfigError(f"--workers {cfg.workers}: split {cfg.split!r} has only {episodes} episodes "
+                                   "to share out")
+        count = int(sum(np.prod(s) for s in param_shapes(config).values()))
+        plan = {"requested_mode": cfg.mode, "mode": "full", "batch_per_device": cfg.batch_per_worker,
+                "device_bytes": 0, "device_source": "not planned (small torch model)", "full": None,
+                "lora": None, "trainable_params": count}
+        return TrainPlan("full", plan, {"policy": self.name})
+
+    def build_policy(self, cfg: TrainConfig, pre: Preflight) -> BCRNNPolicy:
+        from gauntlet.data.normalization import NormStats
+        from gauntlet.policies.bc_rnn.policy import BCRNNPolicy
+
+        config = BCRNNConfig.from_dict(pre.model_config)
+        policy = BCRNNPolicy.load(cfg.base) if cfg.base else BCRNNPolicy.create(config, seed=cfg.seed)
+        policy.set_norm_stats(NormStats.load(pre.stats_path))
+        return policy
+
+    @contextmanager
+    def open_batches(self, cfg: TrainConfig, pre: Preflight, policy: BCRNNPolicy, worker: WorkerContext,
+                     start_step: int) -> Iterator[BatchSource]:
+        """Windows over this worker's disjoint share of the split's episodes (every world-th one);
+        the step's generator draws them, so a resumed run repeats the uninterrupted one."""
+        from gauntlet.data.dataset_format import Dataset
+        from gauntlet.policies.bc_rnn.train import SequenceSampler
+
+        del start_step  # windows depend on the step's generator only
+        ds = Dataset(pre.identity["dataset"])
+        mine = ds.split(cfg.split)[worker.rank::worker.world]
+        cols = ds.load_columns([STATE_FEATURE, ACTION_FEATURE], mine)
+        bounds = np.cumsum(ds.lengths[mine])[:-1]
+        episodes = [{STATE_KEY: s, ACTIONS_KEY: a} for s, a in
+                    zip(np.split(cols[STATE_FEATURE], bounds), np.split(cols[ACTION_FEATURE], bounds), strict=True)]
+        sampler = SequenceSampler(episodes, policy.config, np.random.default_rng(0))
+        yield lambda rng: sampler.sample(cfg.batch_per_worker, rng)
+
+    def write_artifact(self, cfg: TrainConfig, pre: Preflight, state_dir: Path, dest: Path) -> list[dict[str, Any]]:
+        """The training checkpoint already holds a servable BC-RNN checkpoint: copy it."""
+        from gauntlet.platform.train.backend_torch import POLICY_DIR, read_history
+
+        shutil.copytree(state_dir / POLICY_DIR, dest)
+        return read_history(state_dir)
+
+    def serve_hint(self, cfg: TrainConfig, pre: Preflight, out: Path) -> str:
+        return f"gauntlet serve --policy {self.name}={out}"
+
+
+RECIPE = BCRNNRecipe()
