@@ -1,5 +1,12 @@
-"""Keeps Serve's gRPC proxy on the configured host instead of all interfaces.
+"""Settings of Serve's proxy processes: the gRPC bind host and the request size limit.
 
+Size: Serve's gRPC proxy accepts messages up to 2 GiB by default, read into memory whole; the
+runtime_env below lowers that to MAX_REQUEST_BYTES, which gRPC enforces while receiving (the
+caller gets RESOURCE_EXHAUSTED and nothing past the limit is buffered). HTTP bodies are counted
+while they stream in (the ingress), WebSocket frames over 16 MiB are refused by uvicorn's protocol
+layer (`ws_max_size`) before their payload is read.
+
+Bind host:
 Ray Serve 2.60 binds its gRPC proxy to `[::]:PORT` and has no host option, while Gauntlet's servers
 bind to 127.0.0.1 unless configured otherwise. This module is installed as the job's
 `worker_process_setup_hook`, so it runs inside Serve's proxy actor before the gRPC server starts,
@@ -11,6 +18,8 @@ from __future__ import annotations
 import os
 
 HOST_ENV = "GAUNTLET_GRPC_HOST"
+MAX_REQUEST_BYTES = 16 * 2**20  # largest request body, frame or message any protocol accepts
+GRPC_MAX_MESSAGE_ENV = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"  # read by Serve's proxy when it starts
 
 
 def restrict_grpc_bind() -> None:
@@ -36,4 +45,4 @@ def restrict_grpc_bind() -> None:
 def runtime_env(host: str = "127.0.0.1") -> dict:
     """The runtime_env for `ray.init` that applies the hook in every worker (incl. Serve's proxy)."""
     return {"worker_process_setup_hook": "gauntlet.deployments.grpc_bind.restrict_grpc_bind",
-            "env_vars": {HOST_ENV: host}}
+            "env_vars": {HOST_ENV: host, GRPC_MAX_MESSAGE_ENV: str(MAX_REQUEST_BYTES)}}

@@ -11,14 +11,17 @@ from gauntlet.deployments.app import APP_NAME
 
 
 class PolicyGrpcClient:
-    def __init__(self, target: str = "127.0.0.1:9000", application: str = APP_NAME, timeout_s: float = 30.0):
+    def __init__(self, target: str = "127.0.0.1:9000", application: str = APP_NAME, timeout_s: float = 30.0,
+                 api_key: str | None = None):
         import grpc
 
         from gauntlet.deployments.proto import policy_pb2_grpc
 
         self.channel = grpc.insecure_channel(target)
         self.stub = policy_pb2_grpc.PolicyServiceStub(self.channel)
-        self.metadata = (("application", application),)
+        self.metadata: tuple[tuple[str, str], ...] = (("application", application),)
+        if api_key:
+            self.metadata += (("authorization", f"Api-Key {api_key}"),)
         self.timeout_s = timeout_s
 
     def infer(self, policy: str, observation: dict[str, Any], adapter: str = "") -> dict[str, Any]:

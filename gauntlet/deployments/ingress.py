@@ -5,7 +5,8 @@ Serve's class wrapper to recognise `Request`/`WebSocket` parameters.)
 
 All three protocols land on the same `PolicyReplica` deployments through `DeploymentHandle`s, so a
 WebSocket client and an HTTP client share batches. Bad input is answered to its sender only:
-HTTP 4xx, gRPC INVALID_ARGUMENT, or (openpi's convention) a text frame and close code 1011.
+HTTP 4xx, gRPC INVALID_ARGUMENT, or (openpi's convention) a text frame and close code 1011. With an
+API key set, one rule (auth.ApiKeyGuard) guards every route of every protocol but `/healthz`.
 """
 
 
@@ -19,10 +20,13 @@ from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 
+from gauntlet.deployments.auth import REFUSAL, ApiKeyGuard
+from gauntlet.deployments.grpc_bind import MAX_REQUEST_BYTES
 from gauntlet.policies import msgpack_numpy
 from gauntlet.policies.msgpack_numpy import WireFormatError
 
 MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack")
+MAX_BATCH_ITEMS = 1024  # observations in one HTTP {"batch": [...]} (each becomes its own replica request)
 app = FastAPI(title="Gauntlet policy server")
 
 
@@ -43,6 +47,27 @@ def _classify(exc: BaseException) -> tuple[int, str]:
     return 500, f"{type(exc).__name__}: {exc}"
 
 
+def _adapter_name(value: Any) -> str | None:
+    """An adapter named in the body: a string (or nothing), never silently ignored."""
+    if value is None or isinstance(value, str):
+        return value or None
+    raise RequestError(400, f"adapter: expected a string, got {type(value).__name__}")
+
+
+def _grpc_code(status: int) -> Any:
+    import grpc
+
+    return {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
+            404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+            422: grpc.StatusCode.INVALID_ARGUMENT}.get(status, grpc.StatusCode.INTERNAL)
+
+
+def _grpc_refuse(grpc_context: Any, status: int, message: str) -> None:
+    if grpc_context is not None:
+        grpc_context.set_code(_grpc_code(status))
+        grpc_context.set_details(message)
+
+
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return obj.tolist()
@@ -60,9 +85,9 @@ class Gateway:
     """Ingress deployment. `policies` maps names to the bound `PolicyReplica` deployments."""
 
     def __init__(self, policies: dict[str, Any], api_key: str | None = None,
-                 max_request_bytes: int = 16 * 2**20):
+                 max_request_bytes: int = MAX_REQUEST_BYTES):
         self.policies = policies
-        self.api_key = api_key
+        self.guard = ApiKeyGuard(api_key)
         self.max_request_bytes = max_request_bytes
         self._metadata_cache: dict[str, dict] = {}
 
@@ -87,10 +112,29 @@ class Gateway:
             raise RequestError(int(out.get("status", 500)), str(out["error"]))
         return out
 
-    def _check_auth(self, authorization: str | None) -> bool:
-        if not self.api_key:
+    def _check_grpc_auth(self, grpc_context: Any) -> bool:
+        metadata = grpc_context.invocation_metadata() if grpc_context is not None else None
+        if self.guard.allows_grpc(metadata):
             return True
-        return authorization == f"Api-Key {self.api_key}"
+        _grpc_refuse(grpc_context, 401, REFUSAL)
+        return False
+
+    async def _read_body(self, request: Request) -> bytes:
+        """The body, counted as it streams in: a chunked upload past the limit is refused without
+        reading (or holding) the rest of it."""
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.strip().isdigit():
+                raise RequestError(400, f"malformed Content-Length {declared[:40]!r}")
+            if int(declared) > self.max_request_bytes:
+                raise RequestError(413, f"body of {declared} bytes exceeds the limit of {self.max_request_bytes}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_request_bytes:
+                raise RequestError(413, f"body exceeds the limit of {self.max_request_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     # --------------------------------------------------------------------------------- HTTP
     @app.get("/healthz")
@@ -98,7 +142,9 @@ class Gateway:
         return {"status": "ok", "policies": sorted(self.policies)}
 
     @app.get("/v1/policies/{name}/metadata")
-    async def http_metadata(self, name: str) -> Response:
+    async def http_metadata(self, name: str, request: Request) -> Response:
+        if not self.guard.allows(request.headers.get("authorization")):
+            return JSONResponse({"error": REFUSAL}, status_code=401)
         try:
             return JSONResponse(_jsonable(await self._metadata(name)))
         except RequestError as exc:
@@ -106,8 +152,8 @@ class Gateway:
 
     @app.post("/v1/policies/{name}/infer")
     async def http_infer(self, name: str, request: Request) -> Response:
-        if not self._check_auth(request.headers.get("authorization")):
-            return JSONResponse({"error": "missing or wrong Authorization: Api-Key header"}, status_code=401)
+        if not self.guard.allows(request.headers.get("authorization")):
+            return JSONResponse({"error": REFUSAL}, status_code=401)
         use_msgpack = request.headers.get("content-type", "").split(";")[0].strip() in MSGPACK_TYPES
         wants_msgpack = use_msgpack or request.headers.get("accept", "") in MSGPACK_TYPES
 
@@ -117,29 +163,26 @@ class Gateway:
             return JSONResponse(_jsonable(payload), status_code=status)
 
         try:
-            declared = int(request.headers.get("content-length") or 0)
-            if declared > self.max_request_bytes:
-                raise RequestError(413, f"body of {declared} bytes exceeds the limit of {self.max_request_bytes}")
-            body = await request.body()
-            if len(body) > self.max_request_bytes:
-                raise RequestError(413, f"body of {len(body)} bytes exceeds the limit of {self.max_request_bytes}")
+            body = await self._read_body(request)
             if use_msgpack:
                 payload = msgpack_numpy.unpackb(body)
             else:
                 try:
                     payload = json.loads(body)
-                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                    raise RequestError(400, f"malformed JSON: {exc}") from None
+                except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, too deep
+                    raise RequestError(400, f"malformed JSON: {type(exc).__name__}: {exc}") from None
             if not isinstance(payload, dict):
                 raise RequestError(400, "body must be an observation object or {\"batch\": [...]}")
             self._handle(name)
             adapter = request.query_params.get("adapter") or request.headers.get("x-gauntlet-adapter")
-            if isinstance(payload.get("adapter"), str):
-                adapter = payload.pop("adapter")
+            if "adapter" in payload:
+                adapter = _adapter_name(payload.pop("adapter"))
             if "batch" in payload:
                 items = payload["batch"]
                 if not isinstance(items, list) or not items:
                     raise RequestError(400, "batch must be a non-empty list of observations")
+                if len(items) > MAX_BATCH_ITEMS:
+                    raise RequestError(413, f"batch of {len(items)} observations exceeds {MAX_BATCH_ITEMS}")
                 import asyncio
 
                 outs = await asyncio.gather(*(self._infer_one(name, o, adapter) for o in items),
@@ -161,8 +204,8 @@ class Gateway:
     @app.websocket("/v1/policies/{name}/ws")
     async def websocket(self, ws: WebSocket, name: str) -> None:
         """openpi's policy-server protocol: metadata frame, then obs in / actions out."""
-        if not self._check_auth(ws.headers.get("authorization")):
-            await ws.close(code=1008, reason="missing or wrong Authorization: Api-Key header")
+        if not self.guard.allows(ws.headers.get("authorization")):
+            await ws.close(code=1008, reason=REFUSAL)
             return
         if name not in self.policies:
             await ws.close(code=1008, reason=f"unknown policy {name!r}")
@@ -177,9 +220,9 @@ class Gateway:
                 if len(data) > self.max_request_bytes:
                     raise WireFormatError(f"frame of {len(data)} bytes exceeds the limit of {self.max_request_bytes}")
                 obs = msgpack_numpy.unpackb(data)
-                adapter = obs.pop("adapter", None) if isinstance(obs, dict) else None
+                adapter = _adapter_name(obs.pop("adapter", None)) if isinstance(obs, dict) else None
                 infer_start = time.perf_counter()
-                out = await self._infer_one(name, obs, adapter if isinstance(adapter, str) else None)
+                out = await self._infer_one(name, obs, adapter)
                 timing = dict(out.get("server_timing", {}))
                 timing["infer_ms"] = (time.perf_counter() - infer_start) * 1e3
                 if prev_total_ms is not None:
@@ -200,11 +243,12 @@ class Gateway:
 
     # --------------------------------------------------------------------------------- gRPC
     async def Infer(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802 - RPC name
-        import grpc
 
         from gauntlet.deployments.proto import policy_pb2
         from gauntlet.deployments.tensors import from_tensor, to_tensor
 
+        if not self._check_grpc_auth(grpc_context):
+            return policy_pb2.InferResponse()
         try:
             obs: dict[str, Any] = {k: from_tensor(t, k) for k, t in request.observation.items()}
             if request.prompt:
@@ -215,23 +259,16 @@ class Gateway:
                 server_timing={k: float(v) for k, v in out.get("server_timing", {}).items()},
             )
         except Exception as exc:  # noqa: BLE001 - mapped to a gRPC status for this caller
-            status, message = _classify(exc)
-            code = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
-                    413: grpc.StatusCode.RESOURCE_EXHAUSTED}.get(status, grpc.StatusCode.INTERNAL)
-            if grpc_context is not None:
-                grpc_context.set_code(code)
-                grpc_context.set_details(message)
+            _grpc_refuse(grpc_context, *_classify(exc))
             return policy_pb2.InferResponse()
 
     async def Metadata(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802 - RPC name
-        import grpc
-
         from gauntlet.deployments.proto import policy_pb2
 
+        if not self._check_grpc_auth(grpc_context):
+            return policy_pb2.MetadataResponse()
         try:
             return policy_pb2.MetadataResponse(json=json.dumps(_jsonable(await self._metadata(request.policy))))
         except RequestError as exc:
-            if grpc_context is not None:
-                grpc_context.set_code(grpc.StatusCode.NOT_FOUND)
-                grpc_context.set_details(str(exc))
+            _grpc_refuse(grpc_context, exc.status, str(exc))
             return policy_pb2.MetadataResponse()

@@ -1,7 +1,10 @@
 """The batched policy replica: many rollout actors' requests become one `policy.infer` call.
 
 Requests are validated one by one before they join a batch (a malformed one fails alone), grouped
-by LoRA adapter inside the batch, padded by the policy to its compiled bucket, and split back.
+by LoRA adapter inside the batch, padded by the policy to its compiled bucket, and split back. If the
+policy still raises on a group, the group is split in halves and retried, so the request it raises
+on is found and answered alone (422: the policy rejected its content) while its batch-mates get
+their actions; a group in which every request fails is the policy's fault (500).
 `max_batch_size` and `batch_wait_timeout_s` change live through `reconfigure` (Serve's user_config).
 """
 
@@ -36,6 +39,10 @@ def error_value(kind: str, status: int, message: str, **extra: Any) -> dict[str,
 
 class PolicyError(RuntimeError):
     """The policy itself failed on a batch (not the request's fault)."""
+
+
+class RejectedByPolicy(ValueError):
+    """The policy raised on this request's content alone (its batch-mates succeeded)."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +153,9 @@ class PolicyReplica:
                 self.stats.record_request("unknown_adapter")
                 return error_value("unknown_adapter", 404, str(exc))
         result = await self._infer_batch(_Item(validated, adapter or None, time.perf_counter()))
+        if isinstance(result, RejectedByPolicy):
+            self.stats.record_request("invalid")
+            return error_value("rejected_by_policy", 422, f"the policy rejected this observation: {result}")
         if isinstance(result, Exception):
             self.stats.record_request("error")
             return error_value("policy_error", 500, str(result))
@@ -160,21 +170,15 @@ class PolicyReplica:
         for i, item in enumerate(items):
             groups.setdefault(item.adapter, []).append(i)
         for adapter, idx in groups.items():
-            batch = stack_observations([items[i].obs for i in idx])
-            try:
-                if adapter is None:
-                    out = self.policy.infer(batch)
+            answers = self._infer_isolating(adapter, [items[i].obs for i in idx])
+            served = any(isinstance(a, np.ndarray) for a in answers)
+            for i, answer in zip(idx, answers, strict=True):
+                if isinstance(answer, np.ndarray):
+                    results[i] = {"actions": answer}
+                elif served or isinstance(answer, ObservationError):
+                    results[i] = RejectedByPolicy(f"{type(answer).__name__}: {answer}")
                 else:
-                    out = self.policy.infer(batch, adapter=adapter)
-                actions = np.asarray(out["actions"], dtype=np.float32)  # (B, H, D)
-                if actions.shape[0] != len(idx):
-                    raise PolicyError(f"policy returned {actions.shape[0]} action chunks for {len(idx)} requests")
-            except Exception as exc:  # noqa: BLE001 - the group's callers each get the error
-                for i in idx:
-                    results[i] = PolicyError(f"{type(exc).__name__}: {exc}")
-                continue
-            for j, i in enumerate(idx):
-                results[i] = {"actions": actions[j]}
+                    results[i] = PolicyError(f"{type(answer).__name__}: {answer}")
         infer_ms = (time.perf_counter() - start) * 1e3
         waits = [(start - it.enqueued) * 1e3 for it in items]
         self.stats.record_batch(len(items), waits, infer_ms)
@@ -182,3 +186,28 @@ class PolicyReplica:
             if isinstance(r, dict):
                 r["server_timing"] = {"infer_ms": infer_ms, "queue_wait_ms": w, "batch_size": len(items)}
         return results
+
+    def _infer_actions(self, adapter: str | None, observations: list[dict[str, Any]]) -> np.ndarray:
+        batch = stack_observations(observations)
+        out = self.policy.infer(batch) if adapter is None else self.policy.infer(batch, adapter=adapter)
+        actions = np.asarray(out["actions"], dtype=np.float32)  # (B, H, D)
+        if actions.shape[0] != len(observations):
+            raise PolicyError(f"policy returned {actions.shape[0]} action chunks for {len(observations)} requests")
+        if not np.all(np.isfinite(actions)):
+            raise PolicyError("policy returned non-finite actions")
+        return actions
+
+    def _infer_isolating(self, adapter: str | None, observations: list[dict[str, Any]]) -> list[Any]:
+        """Per observation: its (H, D) actions, or the exception inference raised on it.
+
+        A failing group is halved and each half retried, so one request the policy cannot handle
+        costs its batch-mates about 2*log2(B) extra calls, never their answers.
+        """
+        try:
+            return list(self._infer_actions(adapter, observations))
+        except Exception as exc:  # noqa: BLE001 - isolated below, answered per request
+            if len(observations) == 1:
+                return [exc]
+        half = len(observations) // 2
+        return (self._infer_isolating(adapter, observations[:half])
+                + self._infer_isolating(adapter, observations[half:]))

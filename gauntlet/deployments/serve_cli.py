@@ -6,6 +6,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from gauntlet.deployments.auth import resolve_api_key
 from gauntlet.runtime.config_args import option, parse_config, require_at_least, run_command
 
 
@@ -23,7 +24,9 @@ class ServeCLIConfig:
     num_gpus: float = option(0.0, help="GPUs per replica")
     vla_size: str = option("tiny", help="VLA preset when no checkpoint is given")
     adapters_dir: str | None = option(None, help="directory of LoRA adapters served by name (vla)")
-    api_key: str | None = option(None, help="require `Authorization: Api-Key KEY` (or set GAUNTLET_API_KEY)")
+    api_key: str | None = option(None, help="require `Authorization: Api-Key KEY` on every protocol; visible in the "
+                                            "process list, so prefer --api-key-file or GAUNTLET_API_KEY")
+    api_key_file: str | None = option(None, help="read the API key from this file's first line")
 
     def __post_init__(self) -> None:
         if not self.policy:
@@ -43,12 +46,13 @@ def serving_specs(cfg: ServeCLIConfig) -> list:
 def serve_until_interrupted(cfg: ServeCLIConfig) -> int:
     """Starts (or joins) Ray, deploys the policies and blocks until Ctrl-C."""
     specs = serving_specs(cfg)  # a bad --policy fails here, before Ray starts
+    api_key = resolve_api_key(cfg.api_key, cfg.api_key_file)  # and an unreadable key file
     from gauntlet.deployments.app import start_serve
     from gauntlet.runtime.ray_session import start_ray
 
     start_ray("serve", serve_host=cfg.host)
     start_serve(specs, host=cfg.host, http_port=cfg.http_port, grpc_port=cfg.grpc_port or None,
-                api_key=cfg.api_key)
+                api_key=api_key)
     names = ", ".join(s.ref.name for s in specs)
     message = (f"[serve] serving {names}: http://{cfg.host}:{cfg.http_port}/v1/policies/NAME/infer, "
                f"ws://{cfg.host}:{cfg.http_port}/v1/policies/NAME/ws"

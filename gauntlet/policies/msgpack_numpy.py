@@ -56,12 +56,16 @@ def _decode(obj: dict) -> Any:
     if obj.get("__ndarray__", obj.get(b"__ndarray__")) is True:
         try:
             dtype = _check_dtype(_get(obj, "dtype"))
-            shape = tuple(int(s) for s in _get(obj, "shape"))
+            shape = tuple(_get(obj, "shape"))
+            if not all(isinstance(s, int) and not isinstance(s, bool) for s in shape):
+                raise ValueError(f"shape {list(shape)} must be a list of integers")
             data = _get(obj, "data")
         except (KeyError, TypeError, ValueError) as exc:
             raise WireFormatError(f"malformed __ndarray__ map: {exc}") from None
         if not isinstance(data, (bytes, bytearray)):
             raise WireFormatError("__ndarray__ data must be bytes")
+        if any(s < 0 for s in shape):
+            raise WireFormatError(f"__ndarray__ shape {list(shape)} has a negative dimension")
         expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         if len(data) != expected:
             raise WireFormatError(f"__ndarray__ has {len(data)} bytes, shape {shape} of {dtype} needs {expected}")
@@ -89,5 +93,5 @@ def unpackb(data: bytes, max_bytes: int | None = None) -> Any:
         return msgpack.unpackb(data, object_hook=_decode, raw=False, strict_map_key=False)
     except WireFormatError:
         raise
-    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError, TypeError) as exc:
-        raise WireFormatError(f"malformed msgpack: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - whatever the bytes make the decoder raise is the sender's mistake
+        raise WireFormatError(f"malformed msgpack: {type(exc).__name__}: {exc}") from None

@@ -2,7 +2,8 @@
 
 One malformed request must fail alone with a message that names the field, never poison the batch
 it would have joined. JSON bodies arrive as nested lists, msgpack bodies as arrays; both end up as
-arrays of the spec's dtype here.
+arrays of the spec's dtype here. Checks run on the values the policy will see: a finite float64 such
+as 1e300 becomes inf in float32, so the range of the target dtype is checked before the cast.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ MAX_PROMPT_CHARS = 2048
 MAX_EPISODE_ID_CHARS = 256
 MAX_STATE_ENTRIES = 512
 MAX_STATE_ELEMENTS = 100_000
+# Simulator states are positions, velocities and counters; anything this large is not a state, and
+# MuJoCo would turn it into inf/NaN mid-step rather than reject it.
+MAX_STATE_ABS = 1e9
 
 
 class ObservationError(ValueError):
@@ -55,26 +59,14 @@ def validate_observation(obs: Any, spec: dict[str, FieldSpec]) -> dict[str, Any]
                 raise ObservationError(key, f"longer than {MAX_PROMPT_CHARS} characters")
             out[key] = value
             continue
-        try:
-            arr = np.asarray(value)
-        except (ValueError, TypeError) as exc:
-            raise ObservationError(key, f"not an array ({exc})") from None
-        if arr.dtype.kind not in "biuf":
-            raise ObservationError(key, f"expected numbers of dtype {field.dtype}, got dtype {arr.dtype}")
-        if not _shape_matches(arr.shape, field.shape):
-            raise ObservationError(key, f"expected shape {list(field.shape)}, got {list(arr.shape)}")
-        target = np.dtype(field.dtype)
-        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-            raise ObservationError(key, "contains NaN or inf")
-        if target.kind in "ui":
-            info = np.iinfo(target)
-            if arr.dtype.kind == "f" and not np.all(arr == np.round(arr)):
-                raise ObservationError(key, f"expected integers ({field.dtype}), got fractional values")
-            if arr.size and (arr.min() < info.min or arr.max() > info.max):
-                raise ObservationError(key, f"values outside the {field.dtype} range [{info.min}, {info.max}]")
-        out[key] = arr.astype(target, copy=False)
-    if PROMPT_KEY in obs and PROMPT_KEY not in out and isinstance(obs[PROMPT_KEY], str):
-        out[PROMPT_KEY] = obs[PROMPT_KEY][:MAX_PROMPT_CHARS]
+        out[key] = _validate_array(key, value, field)
+    if PROMPT_KEY in obs and PROMPT_KEY not in out:
+        prompt = obs[PROMPT_KEY]
+        if isinstance(prompt, np.ndarray) and prompt.ndim == 0 and prompt.dtype.kind == "U":
+            prompt = prompt.item()
+        if not isinstance(prompt, str):
+            raise ObservationError(PROMPT_KEY, f"expected a string, got {type(prompt).__name__}")
+        out[PROMPT_KEY] = prompt[:MAX_PROMPT_CHARS]
     # Optional strings: recurrent policies key per-episode memory by `episode_id` (bc_rnn, scripted);
     # `task` names the task where the prompt does not.
     for key in (EPISODE_ID_KEY, TASK_KEY):
@@ -84,6 +76,42 @@ def validate_observation(obs: Any, spec: dict[str, FieldSpec]) -> dict[str, Any]
                 raise ObservationError(key, f"expected a string of at most {MAX_EPISODE_ID_CHARS} characters")
             out[key] = value
     return out
+
+
+def _validate_array(key: str, value: Any, field: FieldSpec) -> np.ndarray:
+    """`value` as an array of the field's dtype and shape, every value representable and finite."""
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ObservationError(key, f"not an array ({exc})") from None
+    if arr.dtype.kind not in "biuf":
+        raise ObservationError(key, f"expected numbers of dtype {field.dtype}, got dtype {arr.dtype}")
+    if not _shape_matches(arr.shape, field.shape):
+        raise ObservationError(key, f"expected shape {list(field.shape)}, got {list(arr.shape)}")
+    try:
+        target = np.dtype(field.dtype)
+    except TypeError:
+        raise ObservationError(key, f"the policy declares an unknown dtype {field.dtype!r}") from None
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise ObservationError(key, "contains NaN or inf")
+    if not arr.size:
+        return arr.astype(target)
+    if target.kind == "f":
+        # Range first: the cast would turn a finite 1e300 into inf without a word.
+        limit = float(np.finfo(target).max)
+        if arr.dtype.kind in "iu" or float(np.max(np.abs(arr))) > limit:
+            wide = np.abs(arr.astype(np.float64))
+            if float(wide.max()) > limit:
+                raise ObservationError(key, f"values beyond the {field.dtype} range (|x| up to {wide.max():.3g}, "
+                                            f"limit {limit:.3g})")
+    elif target.kind in "uib":
+        info = np.iinfo(target) if target.kind != "b" else None
+        if arr.dtype.kind == "f" and not np.all(arr == np.round(arr)):
+            raise ObservationError(key, f"expected integers ({field.dtype}), got fractional values")
+        low, high = (info.min, info.max) if info is not None else (0, 1)
+        if arr.min() < low or arr.max() > high:
+            raise ObservationError(key, f"values outside the {field.dtype} range [{low}, {high}]")
+    return arr.astype(target, copy=False)
 
 
 def _validate_state_dict(key: str, value: Any) -> dict[str, np.ndarray]:
@@ -105,6 +133,8 @@ def _validate_state_dict(key: str, value: Any) -> dict[str, np.ndarray]:
             raise ObservationError(f"{key}/{name}", f"dtype {a.dtype} is not allowed")
         if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
             raise ObservationError(f"{key}/{name}", "contains NaN or inf")
+        if a.dtype.kind in "iuf" and a.size and float(np.max(np.abs(a.astype(np.float64)))) > MAX_STATE_ABS:
+            raise ObservationError(f"{key}/{name}", f"values beyond {MAX_STATE_ABS:.0e} are not a simulator state")
         total += a.size
         out[name] = a
     if total > MAX_STATE_ELEMENTS:

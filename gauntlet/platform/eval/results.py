@@ -94,14 +94,19 @@ def new_row(item: WorkItem, scene: dict[str, Any], worker: str, code_version: st
 
     Rows are plain dicts (they cross Ray and go straight into pyarrow); `EpisodeResult(**row)` types one.
     """
+    given = {"run_id": item.run_id, "scene_id": item.scene_id, "policy": item.policy, "trial": int(item.trial),
+             "policy_seed": int(item.trial), "horizon": int(item.horizon), "worker": worker,
+             "code_version": code_version}
     row: dict[str, Any] = {}
-    for f in _FIELDS:
-        if f.metadata["scene"]:
+    for f in _FIELDS:  # in column order
+        if f.name in given:
+            row[f.name] = given[f.name]
+        elif f.metadata["scene"]:
             row[f.name] = _PY_TYPES[f.type](scene.get(f.metadata["scene"], f.default))
         elif f.default is not dataclasses.MISSING:
             row[f.name] = f.default
-    row.update(run_id=item.run_id, scene_id=item.scene_id, policy=item.policy, trial=int(item.trial),
-               policy_seed=int(item.trial), horizon=int(item.horizon), worker=worker, code_version=code_version)
+        else:
+            raise TypeError(f"result column {f.name!r} has no default: give it in new_row")
     unknown = set(outcome) - set(row)
     if unknown:
         raise ValueError(f"not result columns: {sorted(unknown)}")

@@ -33,6 +33,11 @@ def _bar_panel(ax: Any, table: pd.DataFrame, x_col: str, x_values: list[str], po
     ax.set_ylabel(f"success rate ({confidence:.0%} Wilson CI)")
 
 
+def _width(n_groups: int, n_policies: int) -> float:
+    """Figure width (inches) that keeps grouped bars readable."""
+    return max(6.0, 0.35 * n_groups * max(n_policies, 2) + 2)
+
+
 def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
     """success_by_error_type.png, success_by_task.png and success_by_task_error_type.png."""
     import matplotlib
@@ -50,27 +55,25 @@ def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
 
-    by_type = tables["by_policy_error_type"]
-    error_types = sorted(by_type["error_type"].unique())
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(error_types) * max(len(policies), 2) + 2), 4.2))
-    _bar_panel(ax, by_type, "error_type", error_types, policies, confidence)
-    ax.set_title("success rate per policy and error type (all tasks)")
-    ax.legend(fontsize=8)
-    save(fig, "success_by_error_type.png")
+    def single_panel(table: pd.DataFrame, x_col: str, height: float, title: str, name: str) -> list[str]:
+        values = sorted(table[x_col].unique())
+        fig, ax = plt.subplots(figsize=(_width(len(values), len(policies)), height))
+        _bar_panel(ax, table, x_col, values, policies, confidence)
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+        save(fig, name)
+        return values
 
-    by_task = tables["by_policy_task"]
-    tasks = sorted(by_task["task"].unique())
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * len(tasks) * max(len(policies), 2) + 2), 4.0))
-    _bar_panel(ax, by_task, "task", tasks, policies, confidence)
-    ax.set_title("success rate per policy and task (all error types)")
-    ax.legend(fontsize=8)
-    save(fig, "success_by_task.png")
+    error_types = single_panel(tables["by_policy_error_type"], "error_type", 4.2,
+                               "success rate per policy and error type (all tasks)", "success_by_error_type.png")
+    tasks = single_panel(tables["by_policy_task"], "task", 4.0, "success rate per policy and task (all error types)",
+                         "success_by_task.png")
 
     # One panel per task: error types differ by task (target_shift is stack-only), so each panel
     # shows only the types that task has. Category is a function of error type, so cells map 1:1.
     cells = tables["cells"]
-    fig, axes = plt.subplots(len(tasks), 1, figsize=(max(6.0, 0.35 * len(error_types) * max(len(policies), 2) + 2),
-                                                      3.4 * len(tasks)), squeeze=False)
+    fig, axes = plt.subplots(len(tasks), 1, figsize=(_width(len(error_types), len(policies)), 3.4 * len(tasks)),
+                             squeeze=False)
     for ax, task in zip(axes[:, 0], tasks, strict=True):
         part = cells[cells["task"] == task]
         _bar_panel(ax, part, "error_type", sorted(part["error_type"].unique()), policies, confidence)

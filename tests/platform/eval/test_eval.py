@@ -24,13 +24,9 @@ from gauntlet.runtime.config_args import parse_config
 
 
 @pytest.fixture(scope="module")
-def scene_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from gauntlet.platform.cli import main as cli
-
-    out = tmp_path_factory.mktemp("eval") / "scenes"
-    assert cli(["scenes", "generate", "--out", str(out), "--tasks", "lift", "--variants", "D0,D1",
-                "--error-types", "object_pose_perturb,object_push,drop", "--workers", "2", "--no-validate"]) == 0
-    return out
+def scene_db(tmp_path_factory: pytest.TempPathFactory, generate_scenes) -> Path:
+    return generate_scenes(tmp_path_factory.mktemp("eval") / "scenes", variants="D0,D1",
+                           error_types="object_pose_perturb,object_push,drop")
 
 
 def _cfg(**kw) -> EvalConfig:

@@ -31,13 +31,9 @@ def _free_ports(n: int) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def small_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from gauntlet.platform.cli import main as cli
-
-    out = tmp_path_factory.mktemp("cluster") / "scenes"
-    assert cli(["scenes", "generate", "--out", str(out), "--tasks", "lift", "--variants", "D0",
-                "--error-types", "object_pose_perturb,object_push", "--workers", "1", "--no-validate"]) == 0
-    return out
+def small_db(tmp_path_factory: pytest.TempPathFactory, generate_scenes) -> Path:
+    return generate_scenes(tmp_path_factory.mktemp("cluster") / "scenes", variants="D0",
+                           error_types="object_pose_perturb,object_push", workers=1)
 
 
 @pytest.mark.slow

@@ -256,13 +256,9 @@ def test_ladder_over_a_toy_loader_on_tune(tmp_path: Path, local_ray) -> None:
 # ------------------------------------------------------------------------------ CLI end to end
 
 @pytest.fixture(scope="module")
-def scene_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from gauntlet.platform.cli import main as cli
-
-    out = tmp_path_factory.mktemp("sweep") / "scenes"
-    assert cli(["scenes", "generate", "--out", str(out), "--tasks", "lift", "--variants", "D0",
-                "--error-types", "object_pose_perturb,object_push", "--workers", "2", "--no-validate"]) == 0
-    return out
+def scene_db(tmp_path_factory: pytest.TempPathFactory, generate_scenes) -> Path:
+    return generate_scenes(tmp_path_factory.mktemp("sweep") / "scenes", variants="D0",
+                           error_types="object_pose_perturb,object_push")
 
 
 def test_eval_target_end_to_end(tmp_path: Path, scene_db: Path, local_ray, capsys: pytest.CaptureFixture[str]) -> None:

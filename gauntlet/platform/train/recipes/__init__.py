@@ -1,7 +1,8 @@
 """The trainable policy families `gauntlet train --policy` knows, and what each one provides.
 
-A family is one registration line in RECIPES (its `--policy` name -> the module holding its
-`RECIPE`); the recipe lives in the family's own package beside its loss. Training dispatches on the
+A family is one module here defining `RECIPE` (how `gauntlet train` builds, checks and exports it)
+plus one registration line in RECIPES; its loss and batch preparation live with the policy itself
+(`TrainablePolicy` in gauntlet/policies/base.py), so policies never import the platform. Training dispatches on the
 recipe's abilities, never on the family's name. Recipe modules load on first use, so listing the
 names (for `--help`) imports neither JAX nor torch.
 """
@@ -33,8 +34,8 @@ class RecipeEntry:
 
 
 RECIPES: dict[str, RecipeEntry] = {
-    "vla": RecipeEntry("gauntlet.policies.vla.recipe", "JAX, JaxTrainer, LoRA or full"),
-    "bc_rnn": RecipeEntry("gauntlet.policies.bc_rnn.recipe",
+    "vla": RecipeEntry("gauntlet.platform.train.recipes.vla", "JAX, JaxTrainer, LoRA or full"),
+    "bc_rnn": RecipeEntry("gauntlet.platform.train.recipes.bc_rnn",
                           "torch, TorchTrainer with DDP, full only; reads observation/state"),
 }
 
