@@ -8,7 +8,6 @@ policy itself raises on is answered alone, never failing its batch-mates.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures as cf
 import json
 
@@ -19,6 +18,7 @@ import pytest
 
 from gauntlet.deployments.app import PolicyServing, start_serve
 from gauntlet.deployments.grpc_client import PolicyGrpcClient
+from gauntlet.deployments.policy_deployment import PolicyReplica
 from gauntlet.deployments.proto import policy_pb2, policy_pb2_grpc
 from gauntlet.keys import STATE_KEY
 from gauntlet.policies import msgpack_numpy
@@ -39,6 +39,7 @@ OVER_LIMIT = 17 * 2**20  # the servers' limit is 16 MiB
 def secured(ray_session):
     from ray import serve
 
+    serve.shutdown()  # a Serve left running by an earlier test keeps its own ports
     spec = PolicyServing(PolicyRef("random"), max_batch_size=8, batch_wait_timeout_s=0.01, num_cpus=0.5)
     start_serve([spec], http_port=HTTP_PORT, grpc_port=GRPC_PORT, api_key=KEY)
     yield
@@ -291,8 +292,8 @@ def test_fuzz_bad_requests_get_client_errors_and_good_ones_keep_getting_actions(
 
 
 class _PolicyThatRejectsSomeContent:
-    """A real policy that raises on one kind of content its spec cannot express (state[0] == 7),
-    as a model's own input checks do: the replica must answer that request alone."""
+    """A real policy that raises on content its spec cannot express, as a model's own input checks
+    do: state[0] == 7 is "outside the training range"; state[0] == -1 stands for a broken model."""
 
     def __init__(self) -> None:
         from gauntlet.policies.random_policy import RandomPolicy
@@ -303,31 +304,66 @@ class _PolicyThatRejectsSomeContent:
 
     def infer(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.batch_sizes.append(len(batch[STATE_KEY]))
+        if np.any(batch[STATE_KEY][:, 0] == -1):
+            raise RuntimeError("model weights are gone")
         if np.any(batch[STATE_KEY][:, 0] == 7):
             raise ValueError("state[0] == 7 is outside what this model was trained on")
         return self.inner.infer(batch)
 
 
-def test_a_request_the_policy_raises_on_never_fails_its_batch_mates() -> None:
-    from gauntlet.deployments.policy_deployment import PolicyReplica
+class _ReplicaWithThatPolicy(PolicyReplica):
+    """Gauntlet's own replica (batching, isolation, error values), serving the policy above."""
 
-    replica = PolicyReplica("random", max_batch_size=16, batch_wait_timeout_s=0.2)
-    policy = _PolicyThatRejectsSomeContent()
-    replica.policy = policy
+    def __init__(self) -> None:
+        super().__init__("random", max_batch_size=16, batch_wait_timeout_s=0.2)
+        self.policy = _PolicyThatRejectsSomeContent()
 
-    async def run() -> list[dict]:
+    def batch_sizes(self) -> list[int]:
+        return self.policy.batch_sizes
+
+
+def test_a_request_the_policy_raises_on_never_fails_its_batch_mates(secured) -> None:
+    import sys
+
+    from ray import cloudpickle, serve
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the replica class lives in this test
+    app = serve.deployment(_ReplicaWithThatPolicy, name="rejecting", max_ongoing_requests=64,
+                           ray_actor_options={"num_cpus": 0.25}).bind()
+    handle = serve.run(app, name="rejecting", route_prefix=None)
+    try:
         states = [np.full(8, 7.0 if i == 5 else 0.5, np.float32) for i in range(12)]
-        return await asyncio.gather(*(replica.infer({STATE_KEY: s}) for s in states))
+        answers = [r.result() for r in [handle.infer.remote({STATE_KEY: s}) for s in states]]
+        assert max(handle.batch_sizes.remote().result()) > 1  # they did share a batch
+        assert answers[5]["status"] == 422 and "state[0] == 7" in answers[5]["error"]
+        assert all(a["actions"].shape == (8, 7) for i, a in enumerate(answers) if i != 5)
+        broken = handle.infer.remote({STATE_KEY: np.full(8, -1.0, np.float32)}).result()
+        assert broken["status"] == 500 and broken["kind"] == "policy_error"  # the policy's fault, not the client's
+    finally:
+        serve.delete("rejecting")
 
-    answers = asyncio.run(run())
-    assert max(policy.batch_sizes) > 1  # they did share a batch
-    assert answers[5]["status"] == 422 and "state[0] == 7" in answers[5]["error"]
-    assert all(a["actions"].shape == (8, 7) for i, a in enumerate(answers) if i != 5)
 
-    async def alone_and_broken() -> dict:
-        replica.policy = _PolicyThatRejectsSomeContent()
-        replica.policy.infer = lambda batch: (_ for _ in ()).throw(RuntimeError("model weights are gone"))
-        return await replica.infer({STATE_KEY: np.zeros(8, np.float32)})
+# ------------------------------------------------------------------------------ key sources
 
-    broken = asyncio.run(alone_and_broken())
-    assert broken["status"] == 500 and broken["kind"] == "policy_error"  # the policy's fault, not the client's
+
+def test_the_key_comes_from_a_file_or_the_environment_not_only_argv(tmp_path, monkeypatch) -> None:
+    from gauntlet.deployments.auth import API_KEY_ENV, ApiKeyError, ApiKeyGuard, resolve_api_key
+    from gauntlet.deployments.serve_cli import main as serve_main
+
+    key_file = tmp_path / "key"
+    key_file.write_text("from-file\n")
+    monkeypatch.setenv(API_KEY_ENV, "from-env")
+    assert resolve_api_key(None, str(key_file)) == "from-file"  # the file wins over the environment
+    assert resolve_api_key(None, None) == "from-env"
+    monkeypatch.delenv(API_KEY_ENV)
+    assert resolve_api_key(None, None) is None
+    (tmp_path / "empty").write_text("\n")
+    for bad in (tmp_path / "missing", tmp_path / "empty"):
+        with pytest.raises(ApiKeyError, match=str(bad)):
+            resolve_api_key(None, str(bad))
+    # The CLI refuses an unusable key file before it starts anything, naming the flag.
+    assert serve_main(["--policy", "random", "--api-key-file", str(tmp_path / "missing")]) == 2
+    guard = ApiKeyGuard("k")
+    assert guard.allows("Api-Key k") and not guard.allows("Api-Key K") and not guard.allows(None)
+    assert guard.allows_grpc([("authorization", "Api-Key k")]) and not guard.allows_grpc([("authorization", b"x")])
+    assert ApiKeyGuard(None).allows(None)

@@ -21,7 +21,7 @@ from gauntlet.platform.eval.config import EvalConfig, EvalConfigError
 from gauntlet.platform.eval.episode import WorkItem
 from gauntlet.platform.eval.results import ResultsStore, skipped_row
 from gauntlet.platform.eval.scenes import scene_records, select_scenes
-from gauntlet.platform.eval.status import FINISHED, RUN_MANIFEST, StatusLine, write_serving_stats
+from gauntlet.platform.eval.status import RUN_MANIFEST, StatusLine, policy_outcomes, write_serving_stats
 from gauntlet.platform.eval.targets import PolicyTarget, policy_targets
 from gauntlet.runtime.config_args import parse_config
 
@@ -110,9 +110,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     plan, scenes, status = _start_run(cfg, frame, targets, store, version)
     summary = {"run_dir": str(run_dir), "total": plan.total, "ran": 0, "skipped": len(plan.skip_rows)}
     if not plan.pending:
-        store.compact()
-        status.emit(force=True, state=FINISHED)
-        return summary
+        return _finish(store, status, summary)
     cpus = max(os.cpu_count() or 1, int(cfg.actors * cfg.actor_cpus) + len(deploy))
     owns_ray = start_ray("eval", num_cpus=cpus, log_to_driver=False)
     try:
@@ -120,19 +118,26 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         from gauntlet.platform.eval.dispatch import Dispatcher
 
         outcome = Dispatcher(cfg, scenes, targets, version, store, status).run(plan.pending)
-        store.compact()
-        status.emit(force=True, state=FINISHED)
         summary.update(outcome, skipped=status.skipped, success_rate=status.success_rate)
         if deploy:
             # What the replicas saw (batch sizes etc.): the evidence that actors shared batches.
             summary["serving"] = _serving_stats(deploy)
             write_serving_stats(run_dir, summary["serving"])
-        return summary
+        return _finish(store, status, summary)
     finally:
         if deploy:
             _undeploy()
         if owns_ray:
             ray.shutdown()
+
+
+def _finish(store: ResultsStore, status: StatusLine, summary: dict[str, Any]) -> dict[str, Any]:
+    """Folds the results, writes the final status with its per-policy summary; `problems` in the
+    summary name every policy without a usable result (the command then exits 1)."""
+    store.compact()
+    final = status.finish(policy_outcomes(store.read()))
+    summary["problems"] = final.problems
+    return summary
 
 
 def _start_run(cfg: EvalConfig, frame: pd.DataFrame, targets: list[PolicyTarget], store: ResultsStore,
@@ -190,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gauntlet eval: {exc}", file=sys.stderr, flush=True)
         return 2
     print(f"[eval] finished: {json.dumps(summary)}", flush=True)
+    if summary["problems"]:
+        print(f"gauntlet eval: {len(summary['problems'])} policy result(s) unusable; see the PROBLEM lines above "
+              f"and {Path(cfg.out) / 'status.json'}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

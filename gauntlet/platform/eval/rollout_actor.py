@@ -7,7 +7,7 @@ from typing import Any
 
 import ray
 
-from gauntlet.platform.eval.episode import EnvCache, WorkItem, run_episode
+from gauntlet.platform.eval.episode import EnvCache, PolicyUnavailableError, WorkItem, run_episode
 from gauntlet.platform.eval.results import skipped_row
 from gauntlet.platform.eval.sources import make_source
 from gauntlet.platform.eval.targets import PolicyTarget
@@ -41,7 +41,12 @@ class RolloutActor:
         scene = self.scenes[item.scene_id]
         try:
             if item.policy not in self.sources:
-                self.sources[item.policy] = make_source(self.targets[item.policy])
+                try:
+                    self.sources[item.policy] = make_source(self.targets[item.policy])
+                except PolicyUnavailableError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - named as what it is: the policy cannot be reached
+                    raise PolicyUnavailableError(f"cannot reach {item.policy}: {type(exc).__name__}: {exc}") from exc
             return run_episode(self.db, self.envs, item, scene, self.sources[item.policy], self.name,
                                self.code_version)
         except Exception as exc:  # noqa: BLE001 - the episode is recorded as skipped, the actor lives on

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ RUN_MANIFEST = "run.json"  # identity + config of the run (what --resume checks)
 STATUS_FILE = "status.json"  # live progress, rewritten atomically as episodes finish
 SERVING_STATS_FILE = "serving_stats.json"  # what the policy replicas saw (batch sizes, latencies)
 RUNNING, FINISHED = "running", "finished"  # EvalStatus.state values
+# The skip reason of an episode whose policy could not be reached (episode.PolicyUnavailableError).
+UNREACHABLE = "PolicyUnavailableError"
 
 
 class StatusError(ValueError):
@@ -38,6 +41,10 @@ class EvalStatus:
     episodes_per_min: float = 0.0  # this invocation's rate since its first dispatch
     eta_s: float | None = None  # time left at that rate; None while the rate is unknown
     elapsed_s: float = 0.0  # seconds since this invocation's first dispatch
+    # Once FINISHED: per policy label, its episodes, how many ran, and skips counted by reason kind.
+    policies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Once FINISHED: why the run did not give every policy a result (the exit status is then 1).
+    problems: list[str] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
@@ -61,6 +68,45 @@ class EvalStatus:
             return cls(**{k: v for k, v in body.items() if k in names})
         except TypeError as exc:
             raise StatusError(f"{path}: {exc}") from None
+
+
+def skip_kind(reason: str) -> str:
+    """A skip reason's kind: the text before its first colon (an exception name, "restore failed",
+    an incompatibility), so that a summary counts kinds rather than every distinct message."""
+    return reason.split(":", 1)[0].strip() or "unknown"
+
+
+@dataclass(frozen=True)
+class PolicyOutcome:
+    """What a finished run holds for one policy."""
+
+    episodes: int  # result rows of the policy
+    ran: int  # episodes that ran (success or not)
+    skip_reasons: dict[str, int]  # skip kind -> episodes
+
+    @property
+    def unreachable(self) -> int:
+        return self.skip_reasons.get(UNREACHABLE, 0)
+
+    def problem(self, policy: str) -> str | None:
+        """Why this policy's result is not usable, or None when it is."""
+        reasons = ", ".join(f"{n} {kind}" for kind, n in sorted(self.skip_reasons.items(), key=lambda kv: -kv[1]))
+        if self.episodes and not self.ran:
+            return f"{policy}: every one of its {self.episodes} episodes was skipped ({reasons})"
+        if self.unreachable:
+            return f"{policy}: could not be reached for {self.unreachable} of {self.episodes} episodes"
+        return None
+
+
+def policy_outcomes(rows: Any) -> dict[str, PolicyOutcome]:
+    """Per policy, from a results frame (policy, skipped, skip_reason columns)."""
+    outcomes = {}
+    for policy, group in rows.groupby("policy", sort=False):
+        skipped = group[group["skipped"]]
+        kinds = Counter(skip_kind(str(r)) for r in skipped["skip_reason"])
+        outcomes[str(policy)] = PolicyOutcome(episodes=len(group), ran=int(len(group) - len(skipped)),
+                                              skip_reasons=dict(kinds))
+    return outcomes
 
 
 def read_serving_stats(run_dir: Path | str) -> dict[str, dict[str, Any]]:
@@ -107,21 +153,38 @@ class StatusLine:
     def success_rate(self) -> float | None:
         return self.successes / self.ran if self.ran else None
 
-    def snapshot(self, state: str = RUNNING) -> EvalStatus:
+    def snapshot(self, state: str = RUNNING, outcomes: dict[str, PolicyOutcome] | None = None) -> EvalStatus:
         elapsed = time.monotonic() - self.start
         rate = (self.done - self.started_with) / elapsed * 60 if elapsed > 0 else 0.0
         eta_s = (self.total - self.done) / (rate / 60) if rate > 0 else None
+        outcomes = outcomes or {}
+        problems = [p for name, o in outcomes.items() if (p := o.problem(name))]
         return EvalStatus(state=state, done=self.done, total=self.total, skipped=self.skipped,
-                          success_rate=self.success_rate, episodes_per_min=rate, eta_s=eta_s, elapsed_s=elapsed)
+                          success_rate=self.success_rate, episodes_per_min=rate, eta_s=eta_s, elapsed_s=elapsed,
+                          policies={name: {**asdict(o), "unreachable": o.unreachable} for name, o in outcomes.items()},
+                          problems=problems)
 
-    def emit(self, force: bool = False, state: str = RUNNING) -> None:
+    def finish(self, outcomes: dict[str, PolicyOutcome]) -> EvalStatus:
+        """The final status: written, and summarised per policy and skip reason in the log."""
+        status = self.snapshot(FINISHED, outcomes)
+        self._last_done = -1
+        self.emit(force=True, state=FINISHED, final=status)
+        for name, o in outcomes.items():
+            reasons = "; ".join(f"{kind}: {n}" for kind, n in sorted(o.skip_reasons.items(), key=lambda kv: -kv[1]))
+            print(f"[eval] {name}: {o.ran}/{o.episodes} episodes ran" + (f", skipped: {reasons}" if reasons else ""),
+                  flush=True)
+        for problem in status.problems:
+            print(f"[eval] PROBLEM {problem}", flush=True)
+        return status
+
+    def emit(self, force: bool = False, state: str = RUNNING, final: EvalStatus | None = None) -> None:
         """Prints and writes the status: at most every 2 s, and every 30 s even without news."""
         now = time.monotonic()
         changed = self.done != self._last_done
         if not force and (now - self._last < 2.0 or (not changed and now - self._last < 30.0)):
             return
         self._last, self._last_done = now, self.done
-        status = self.snapshot(state)
+        status = final or self.snapshot(state)
         success = math.nan if status.success_rate is None else status.success_rate
         eta_s = math.inf if status.eta_s is None else status.eta_s
         print(f"[eval] {status.done}/{status.total} episodes, {status.skipped} skipped, success {success:.1%} so far, "

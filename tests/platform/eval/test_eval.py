@@ -69,6 +69,10 @@ def test_mismatched_scenes_are_skipped_and_counted(ray_session, scene_db: Path, 
     assert (ran["inference_calls"] > 0).all()
     status = EvalStatus.read(run)
     assert status.state == "finished" and status.done == status.total == len(frame)
+    # Partial skips are counted per policy and reason, and are not a problem (exit status 0).
+    assert summary["problems"] == [] and status.problems == []
+    assert status.policies["random"]["skip_reasons"] == {"fingerprint mismatch": 2}
+    assert status.policies["scripted"]["ran"] == len(meta) - 2
 
 
 def test_driver_killed_mid_run_then_resumed_holds_every_key_once(ray_session, scene_db: Path, tmp_path: Path) -> None:
@@ -198,3 +202,51 @@ def test_base_and_its_adapter_are_evaluated_on_one_deployment(ray_session, scene
     with pytest.raises(EvalConfigError, match="not an adapter checkpoint"):
         run_eval(_cfg(scenes=scene_db, policy=[f"vla={tmp_path / 'base'}@{tmp_path / 'nowhere'}"],
                       out=tmp_path / "bad", horizon=16))
+
+
+def test_a_policy_replica_killed_mid_run_costs_no_episode(ray_session, scene_db: Path, tmp_path: Path) -> None:
+    from gauntlet.deployments.app import EVAL_APP, deployment_name
+
+    run = tmp_path / "run"
+    replica_tag = f"ServeReplica:{EVAL_APP}:{deployment_name('random')}"
+    killed: list[int] = []
+
+    def killer() -> None:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not killed:
+            done = len(list((run / "results").glob("part-*.parquet"))) if (run / "results").exists() else 0
+            ours = psutil.Process().children(recursive=True)  # this session's Ray only
+            replicas = [p for p in ours if replica_tag in " ".join(_cmdline(p))]
+            if done >= 2 and replicas:  # actors are mid-episode, asking the replica for chunks
+                replicas[0].send_signal(signal.SIGKILL)
+                killed.append(replicas[0].pid)
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    summary = run_eval(_cfg(scenes=scene_db, policy=["random"], out=run, trials=3, actors=2, horizon=60, write_every=1))
+    thread.join(5)
+    assert killed, "the policy replica should have been killed mid-run"
+    frame = _keys_exactly_once(run)
+    assert len(frame) == summary["total"] == 18
+    assert not frame["skipped"].any(), frame["skip_reason"].tolist()  # Serve restarted it; actors retried
+    assert summary["problems"] == []
+    # Stats come from the restarted replica, which answered the rest of the run.
+    assert summary["serving"]["random"]["requests"]["ok"] > 0
+
+
+def test_an_unreachable_policy_makes_eval_exit_nonzero_with_reasons(ray_session, scene_db: Path,
+                                                                     tmp_path: Path, capsys) -> None:
+    from gauntlet.platform.eval.driver import main
+
+    run = tmp_path / "run"
+    code = main(["--scenes", str(scene_db), "--policy", "remote=ws://127.0.0.1:9", "random", "--out", str(run),
+                 "--limit", "2", "--horizon", "10"])
+    assert code == 1
+    out = capsys.readouterr()
+    assert "PROBLEM remote:ws://127.0.0.1:9: every one of its 2 episodes was skipped" in out.out
+    status = EvalStatus.read(run)
+    assert len(status.problems) == 1 and "remote:ws://127.0.0.1:9" in status.problems[0]
+    remote = status.policies["remote:ws://127.0.0.1:9"]
+    assert remote["ran"] == 0 and remote["unreachable"] == 2
+    assert status.policies["random"]["ran"] == 2  # the other policy's results are kept and usable
