@@ -25,8 +25,8 @@ GRPC_MAX_MESSAGE_ENV = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"  # read by Serve's prox
 def restrict_grpc_bind() -> None:
     try:
         from ray.serve._private import default_impl
-    except ImportError:  # not a Serve process
-        return
+    except Exception:  # noqa: BLE001 - no usable Serve here (e.g. a runtime_env whose protobuf it cannot load):
+        return  # nothing to rebind, and a setup hook that raises would kill every worker of that env
     if getattr(default_impl.add_grpc_address, "_gauntlet", False):
         return
     original = default_impl.add_grpc_address

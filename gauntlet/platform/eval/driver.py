@@ -104,6 +104,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
     _, frame = select_scenes(cfg)
     targets, deploy = policy_targets(cfg)
+    probe_remotes(targets, frame)
     run_dir = prepare_run_dir(cfg)
     store = ResultsStore(run_dir)
     version = code_version()
@@ -129,6 +130,29 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
             _undeploy()
         if owns_ray:
             ray.shutdown()
+
+
+def probe_remotes(targets: list[PolicyTarget], frame: pd.DataFrame) -> None:
+    """Every remote target answers one request before any episode counts: an unreachable server (past
+    its retry budget), a refusal, or an answer that is not a chunk of the environment's actions stops
+    the run here, before anything is written, with EvalConfigError naming the server and what it sent."""
+    from gauntlet.envs.tasks import get_task
+    from gauntlet.platform.eval.openpi import RemoteAnswerError, RemoteContractError, probe
+    from gauntlet.policies.remote import RemotePolicyError
+
+    prompt = get_task(str(frame["task"].iloc[0])).instruction  # what the first episodes will send
+    for target in targets:
+        if target.kind != "remote" or target.remote is None:
+            continue
+        print(f"[eval] probing {target.url} (retry budget {target.remote.connect_s:.0f} s)", flush=True)
+        try:
+            contract = probe(target.url, target.remote, prompt)
+        except (RemotePolicyError, RemoteContractError, RemoteAnswerError) as exc:
+            raise EvalConfigError(f"{target.label}: {exc}") from None
+        sent = ", ".join(f"{k} {list(v.shape)}" for k, v in contract.spec.items())
+        origin = "its declared spec" if contract.declared else "no spec declared: openpi's LIBERO keys"
+        replan = f"; replanning every {target.replan_steps} steps" if target.replan_steps else ""
+        print(f"[eval] {target.label}: {origin} ({sent}); actions (H, {contract.action_dim}){replan}", flush=True)
 
 
 def _finish(store: ResultsStore, status: StatusLine, summary: dict[str, Any]) -> dict[str, Any]:

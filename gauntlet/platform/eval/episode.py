@@ -30,6 +30,8 @@ class ChunkSource(Protocol):
     needs_sim_state: bool
     spec_keys: frozenset[str]
     image_shapes: dict[str, tuple[int, ...]]
+    replan_steps: int  # execute this many actions of each chunk, then ask again; 0 = the whole chunk
+    pad_images: bool  # resize images keeping their aspect ratio, padded (openpi's clients)
 
     def infer(self, obs: dict[str, Any]) -> np.ndarray:  # (H, D)
         ...
@@ -55,16 +57,24 @@ class WorkItem:
 
 
 def filter_obs(obs: dict[str, Any], keys: frozenset[str],
-               image_shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, Any]:
+               image_shapes: dict[str, tuple[int, ...]] | None = None, pad: bool = False) -> dict[str, Any]:
     """Only what the policy declared (plus prompt/episode id): nothing else crosses the wire.
 
     Camera images are resized to the size the policy declares (scenes are rendered at the scene's
-    own camera size, which is part of its fingerprint, and policies are trained at theirs).
+    own camera size, which is part of its fingerprint, and policies are trained at theirs): with
+    OpenCV's area filter, as Gauntlet's datasets are, or with `pad` as openpi's clients do (keep the
+    aspect ratio, pad to the size), which is what openpi-trained models saw.
     """
     out = {k: v for k, v in obs.items() if k in keys or k in (PROMPT_KEY, EPISODE_ID_KEY)}
     for key, shape in (image_shapes or {}).items():
         img = out.get(key)
-        if img is not None and img.shape != shape:
+        if img is None or img.shape == shape:
+            continue
+        if pad:
+            from gauntlet.platform.eval.openpi import resize_with_pad
+
+            out[key] = resize_with_pad(img, shape[0], shape[1])
+        else:
             import cv2
 
             out[key] = cv2.resize(img, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
@@ -104,9 +114,11 @@ def run_episode(db: SceneDB, envs: EnvCache, item: WorkItem, scene: dict[str, An
                 obs[SIM_STATE_KEY] = env.get_state()
             obs[EPISODE_ID_KEY] = item.episode_id
             t = time.perf_counter()
-            actions = policy.infer(filter_obs(obs, policy.spec_keys, policy.image_shapes))  # (H, D)
+            actions = policy.infer(filter_obs(obs, policy.spec_keys, policy.image_shapes, policy.pad_images))
             latencies.append((time.perf_counter() - t) * 1e3)
-            chunk = list(np.asarray(actions, dtype=np.float64))
+            # openpi's clients execute only the first `replan_steps` actions, then ask again.
+            chunk = list(np.asarray(actions, dtype=np.float64))[: policy.replan_steps or None]  # (H, D)
+            row["replan_steps"] = row["replan_steps"] or len(chunk)
         if env.step(chunk.pop(0)):
             row.update(success=True, recovery_step=step)
             row["steps"] = step

@@ -56,6 +56,8 @@ class EpisodeResult:
     steps: int = _column("env steps taken", 0)
     recovery_step: int = _column("first step at which the task was solved; -1 if never", -1)
     inference_calls: int = _column("policy requests made", 0)
+    replan_steps: int = _column("actions executed from each returned chunk before asking again (--replan-steps K, "
+                                "or the chunk length when the whole chunk is executed); 0 if none came", 0)
     latency_ms_mean: float = _column("mean policy request latency", float("nan"))
     latency_ms_p50: float = _column("median policy request latency", float("nan"))
     latency_ms_max: float = _column("slowest policy request", float("nan"))

@@ -13,12 +13,16 @@ import numpy as np
 
 from gauntlet.keys import SIM_STATE_KEY
 from gauntlet.platform.eval.episode import ChunkSource, PolicyUnavailableError
+from gauntlet.platform.eval.openpi import RemoteOptions, check_answer, effective_metadata, remote_contract
 from gauntlet.platform.eval.targets import PolicyTarget
 from gauntlet.policies.base import PolicyMetadata, stack_observations
 
 
 class _SourceBase:
     """What every source learns from the policy's metadata (the `ChunkSource` attributes)."""
+
+    replan_steps: int = 0  # actions executed per chunk before asking again; 0 = the whole chunk
+    pad_images: bool = False  # resize images with padding (openpi's clients) rather than plain resize
 
     def _set_metadata(self, meta: PolicyMetadata) -> None:
         spec = meta.observation_spec
@@ -61,14 +65,41 @@ class ServeSource(_SourceBase):
 
 
 class RemoteSource(_SourceBase):
-    def __init__(self, url: str):
-        from gauntlet.policies.remote import RemotePolicy
+    """An openpi-protocol server: sent the contract's observation, every answer checked.
 
-        self.policy = RemotePolicy(url)
-        self._set_metadata(self.policy.metadata)
+    A lost connection is retried within the connect budget (the server restarted); an answer that
+    is not an action chunk fails the episode with RemoteAnswerError naming what the server sent.
+    """
+
+    def __init__(self, url: str, options: RemoteOptions | None = None):
+        from gauntlet.policies.remote import RemoteConnectionError, RemotePolicy
+
+        self.options = options or RemoteOptions()
+        self.url = url
+        self._retry_on = RemoteConnectionError
+        try:
+            self.policy = RemotePolicy(url, api_key=self.options.api_key or None, timeout_s=self.options.timeout_s,
+                                       connect_retry_s=self.options.connect_s)
+        except RemoteConnectionError as exc:
+            raise PolicyUnavailableError(str(exc)) from None
+        self.contract = remote_contract(self.policy.metadata, self.options, url)
+        self._set_metadata(effective_metadata(self.policy.metadata, self.contract))
+        # A spec-less (openpi) server gets exactly what openpi's LIBERO client sends, images padded.
+        self.pad_images = not self.contract.declared
 
     def infer(self, obs: dict[str, Any]) -> np.ndarray:
-        return self.policy.infer(stack_observations([obs]))["actions"][0]
+        if not self.contract.declared:
+            obs = {k: v for k, v in obs.items() if k in self.contract.spec}
+        deadline = time.monotonic() + self.options.connect_s
+        while True:
+            try:
+                answer = self.policy.infer_one(obs)
+                break
+            except self._retry_on as exc:
+                if time.monotonic() > deadline:
+                    raise PolicyUnavailableError(f"{self.url}: {exc}") from None
+                time.sleep(0.5)
+        return check_answer(answer, self.url, self.contract)
 
 
 class LocalSource(_SourceBase):
@@ -87,8 +118,12 @@ class LocalSource(_SourceBase):
 
 def make_source(target: PolicyTarget) -> ChunkSource:
     """The source an actor uses for `target` (in-process `LocalSource`s are built directly, by benchmarks)."""
+    source: ChunkSource
     if target.kind == "serve":
-        return ServeSource(target.app, target.deployment, adapter=target.adapter)
-    if target.kind == "remote":
-        return RemoteSource(target.url)
-    raise ValueError(f"unknown policy target kind {target.kind!r}")
+        source = ServeSource(target.app, target.deployment, adapter=target.adapter)
+    elif target.kind == "remote":
+        source = RemoteSource(target.url, target.remote)
+    else:
+        raise ValueError(f"unknown policy target kind {target.kind!r}")
+    source.replan_steps = target.replan_steps
+    return source

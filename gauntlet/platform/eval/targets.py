@@ -4,17 +4,22 @@ the policy) and, for policies this job deploys, one serving spec per policy name
     NAME[=CHECKPOINT]        deployed on Serve by this job (app EVAL_APP)
     vla=BASE@ADAPTER_DIR     a LoRA adapter on that base, served by the base's deployment
     serve=NAME[@ADAPTER]     an already running `gauntlet serve` app (APP_NAME)
-    remote=ws://...|http://  an openpi-protocol policy server
+    remote=ws://...|http://  an openpi-protocol policy server (`--remote-*` flags: what it is sent)
+
+`--replan-steps K` / `LABEL=K` sets, per target, how many actions of each chunk run before the
+policy is asked again.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gauntlet.deployments.app import APP_NAME, EVAL_APP, deployment_name
 from gauntlet.platform.eval.config import EvalConfig, EvalConfigError
+from gauntlet.platform.eval.openpi import RemoteOptions
 
 if TYPE_CHECKING:
     from gauntlet.deployments.app import PolicyServing
@@ -32,6 +37,8 @@ class PolicyTarget:
     deployment: str = ""  # Serve deployment (kind=serve)
     url: str = ""  # endpoint (kind=remote)
     adapter: str = ""  # LoRA adapter the deployment serves by name (kind=serve; "" = the base)
+    replan_steps: int = 0  # actions executed per chunk before asking again; 0 = the whole chunk
+    remote: RemoteOptions | None = None  # how to talk to it (kind=remote)
 
 
 def policy_targets(cfg: EvalConfig) -> tuple[list[PolicyTarget], list[PolicyServing]]:
@@ -51,7 +58,7 @@ def policy_targets(cfg: EvalConfig) -> tuple[list[PolicyTarget], list[PolicyServ
         if kind == "remote":
             if not rest.startswith(REMOTE_SCHEMES):
                 raise EvalConfigError(f"remote={rest!r}: give a ws:// or http:// URL")
-            target = PolicyTarget(label=f"remote:{rest}", kind="remote", url=rest)
+            target = PolicyTarget(label=f"remote:{rest}", kind="remote", url=rest, remote=remote_options(cfg))
         elif kind == "serve":
             name, _, adapter = rest.partition("@")
             PolicyRef.parse(name)
@@ -62,7 +69,38 @@ def policy_targets(cfg: EvalConfig) -> tuple[list[PolicyTarget], list[PolicyServ
         if any(t.label == target.label for t in targets):
             raise EvalConfigError(f"policy {target.label!r} is named twice")
         targets.append(target)
-    return targets, list(deploy.values())
+    steps = replan_steps(cfg, targets)
+    return [replace(t, replan_steps=steps.get(t.label, 0)) for t in targets], list(deploy.values())
+
+
+def remote_options(cfg: EvalConfig) -> RemoteOptions:
+    """The `--remote-*` flags, plus the API key from its environment variable (never from the config,
+    which run.json records)."""
+    return RemoteOptions(image_size=cfg.remote_image_size, action_dim=cfg.remote_action_dim,
+                         chunk_len=cfg.remote_chunk_len, connect_s=cfg.remote_connect_s,
+                         timeout_s=cfg.remote_timeout_s, api_key=os.environ.get(cfg.remote_api_key_env, ""))
+
+
+def replan_steps(cfg: EvalConfig, targets: list[PolicyTarget]) -> dict[str, int]:
+    """policy label -> K from `--replan-steps` items `K` (every policy) and `LABEL=K` (one policy,
+    named by its label or its --policy text; the last `=` splits, so URLs may hold `=`)."""
+    names = {t.label: t.label for t in targets} | dict(zip(cfg.policy, (t.label for t in targets), strict=True))
+    default, own = 0, {}
+    for text in cfg.replan_steps:
+        name, _, number = text.rpartition("=")
+        try:
+            k = int(number)
+        except ValueError:
+            raise EvalConfigError(f"--replan-steps {text!r}: give K or LABEL=K with K a whole number") from None
+        if k < 1:
+            raise EvalConfigError(f"--replan-steps {text!r}: K must be >= 1")
+        if not name:
+            default = k
+        elif name in names:
+            own[names[name]] = k
+        else:
+            raise EvalConfigError(f"--replan-steps {text!r}: no policy {name!r} (policies: {sorted(set(names))})")
+    return {t.label: own.get(t.label, default) for t in targets}
 
 
 def _deployed_target(cfg: EvalConfig, text: str, deploy: dict[str, PolicyServing]) -> PolicyTarget:

@@ -235,18 +235,5 @@ def test_a_policy_replica_killed_mid_run_costs_no_episode(ray_session, scene_db:
     assert summary["serving"]["random"]["requests"]["ok"] > 0
 
 
-def test_an_unreachable_policy_makes_eval_exit_nonzero_with_reasons(ray_session, scene_db: Path,
-                                                                     tmp_path: Path, capsys) -> None:
-    from gauntlet.platform.eval.driver import main
-
-    run = tmp_path / "run"
-    code = main(["--scenes", str(scene_db), "--policy", "remote=ws://127.0.0.1:9", "random", "--out", str(run),
-                 "--limit", "2", "--horizon", "10"])
-    assert code == 1
-    out = capsys.readouterr()
-    assert "PROBLEM remote:ws://127.0.0.1:9: every one of its 2 episodes was skipped" in out.out
-    status = EvalStatus.read(run)
-    assert len(status.problems) == 1 and "remote:ws://127.0.0.1:9" in status.problems[0]
-    remote = status.policies["remote:ws://127.0.0.1:9"]
-    assert remote["ran"] == 0 and remote["unreachable"] == 2
-    assert status.policies["random"]["ran"] == 2  # the other policy's results are kept and usable
+# An unreachable remote server (a clear error within its retry budget, before any work) and a policy whose
+# every episode is skipped (exit 1 with the reasons): tests/platform/eval/test_remote_openpi.py.
