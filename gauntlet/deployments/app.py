@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from gauntlet.policies.registry import PolicyRef
+from gauntlet.policies.registry import PolicyRef, check_checkpoint, runtime_env_for
 
 # Serve names, defined once: whoever deploys and whoever looks a deployment up agree through these.
 APP_NAME = "gauntlet"  # the app `gauntlet serve` runs (what `--policy serve=NAME` targets, gRPC metadata)
@@ -31,6 +31,15 @@ class PolicyServing:
     num_gpus: float = 0.0  # GPUs per replica
     policy_kwargs: dict[str, Any] = field(default_factory=dict)  # constructor arguments
     adapters_dir: str | None = None  # directory of LoRA adapters (one sub-directory per adapter)
+    # Ray runtime_env of the replicas: set for policy families that need other library versions than
+    # Gauntlet's (LeRobot); Ray builds it on each node that hosts a replica. None: Gauntlet's own env.
+    runtime_env: dict[str, Any] | None = None
+
+    def actor_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.runtime_env:
+            options["runtime_env"] = self.runtime_env
+        return options
 
     @property
     def max_ongoing_requests(self) -> int:
@@ -59,7 +68,7 @@ def build_app(policies: list[PolicyServing], api_key: str | None = None,
             name=deployment_name(p.ref.name),
             num_replicas=p.replicas,
             max_ongoing_requests=p.max_ongoing_requests,
-            ray_actor_options={"num_cpus": p.num_cpus, "num_gpus": p.num_gpus},
+            ray_actor_options=p.actor_options(),
             user_config={"max_batch_size": p.max_batch_size, "batch_wait_timeout_s": p.batch_wait_timeout_s},
             health_check_period_s=5,
             health_check_timeout_s=60,
@@ -94,9 +103,13 @@ def specs_from_names(policies: list[str], *, replicas: int = 1, max_batch_size: 
     for text in policies:
         ref = PolicyRef.parse(str(text))
         kwargs = {"config_name": vla_size} if ref.name == "vla" and not ref.checkpoint else {}
+        if ref.name == "lerobot" and num_gpus:
+            kwargs = {"device": "cuda"}  # LeRobot places the model and its processors on this device
+        ref = check_checkpoint(ref)  # a checkpoint that cannot fit the environment is refused before deploying
         specs.append(PolicyServing(ref=ref, replicas=replicas, max_batch_size=max_batch_size,
                                    batch_wait_timeout_s=batch_wait_timeout_s, num_gpus=num_gpus,
-                                   policy_kwargs=kwargs, adapters_dir=adapters_dir if ref.name == "vla" else None))
+                                   policy_kwargs=kwargs, adapters_dir=adapters_dir if ref.name == "vla" else None,
+                                   runtime_env=runtime_env_for(ref.name)))
     return specs
 
 

@@ -21,6 +21,8 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("report",), "gauntlet.platform.report.build", "turn an evaluation run into tables, plots and HTML"),
     (("data", "collect"), "gauntlet.data.collect", "record scripted-expert demonstrations"),
     (("data", "import-hdf5"), "gauntlet.data.import_hdf5", "import robomimic/MimicGen HDF5 demos"),
+    (("data", "export-lerobot"), "gauntlet.data.lerobot_export", "export a dataset in LeRobot's v3.0 format"),
+    (("data", "import-lerobot"), "gauntlet.data.lerobot_import", "import a LeRobot v3.0 dataset"),
     (("data", "stats"), "gauntlet.data.stats", "normalisation statistics of a dataset"),
     (("train",), "gauntlet.platform.train.driver", "fine-tune a policy on Ray Train (LoRA or full)"),
     (("sweep", "fusion"), "gauntlet.platform.sweeps.fusion", "Ray Tune sweep over fusion methods"),

@@ -7,7 +7,7 @@ from typing import Any
 
 from gauntlet.policies.base import Policy
 
-POLICY_NAMES = ("random", "scripted", "bc_rnn", "vla")
+POLICY_NAMES = ("random", "scripted", "bc_rnn", "vla", "lerobot")
 
 
 class UnknownPolicyError(ValueError):
@@ -50,4 +50,36 @@ def make_policy(name: str, checkpoint: str | None = None, **kwargs: Any) -> Poli
         from gauntlet.policies.vla.policy import VLAPolicy
 
         return VLAPolicy.load(checkpoint) if checkpoint else VLAPolicy.create(**kwargs)
+    if name == "lerobot":
+        from gauntlet.policies.lerobot.config import LeRobotAdapterConfig
+        from gauntlet.policies.lerobot.policy import LeRobotPolicy
+
+        if not checkpoint:
+            raise ValueError("lerobot: name a pretrained directory: --policy lerobot=DIR")
+        return LeRobotPolicy(checkpoint, LeRobotAdapterConfig(**kwargs))
     raise UnknownPolicyError(name)
+
+
+def check_checkpoint(ref: PolicyRef, **kwargs: Any) -> PolicyRef:
+    """Refuses, before anything is deployed, a checkpoint that cannot serve Gauntlet's environment, and
+    returns the ref replicas should load (a LeRobot directory made absolute: replicas run elsewhere).
+
+    Only families whose checks need no heavy import run here (the caller's process may lack them)."""
+    if ref.name == "lerobot":
+        from gauntlet.policies.lerobot.config import LeRobotAdapterConfig, read_pretrained
+
+        if not ref.checkpoint:
+            raise ValueError("lerobot: name a pretrained directory: --policy lerobot=DIR")
+        # LeRobotDirError (a ValueError) names the file and the field.
+        return PolicyRef(ref.name, read_pretrained(ref.checkpoint, LeRobotAdapterConfig(**kwargs)).path)
+    return ref
+
+
+def runtime_env_for(name: str) -> dict[str, Any] | None:
+    """The Ray runtime_env a family's replicas need (None: Gauntlet's own environment): families whose
+    libraries pin versions Gauntlet's stack does not have run in their own, never in Gauntlet's."""
+    if name == "lerobot":
+        from gauntlet.policies.lerobot.environment import runtime_env
+
+        return runtime_env()
+    return None

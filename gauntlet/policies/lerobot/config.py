@@ -1,0 +1,168 @@
+"""What Gauntlet reads from a LeRobot pretrained directory, without importing LeRobot.
+
+`save_pretrained` writes `config.json` (the policy type and its input/output features),
+`model.safetensors` and the processor pipelines (`policy_preprocessor.json`,
+`policy_postprocessor.json`). Everything here is plain JSON, so Gauntlet's own process (the eval
+driver, `gauntlet serve`) refuses a directory that cannot fit the environment before any replica,
+runtime environment or episode starts, naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gauntlet.keys import IMAGE_KEY, PROMPT_KEY, STATE_KEY, WRIST_IMAGE_KEY
+from gauntlet.policies.base import FieldSpec, PolicyMetadata
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+PREPROCESSOR_FILE = "policy_preprocessor.json"
+POSTPROCESSOR_FILE = "policy_postprocessor.json"
+
+# LeRobot's feature names (lerobot.utils.constants), spelled once for Gauntlet's side.
+LEROBOT_STATE = "observation.state"
+LEROBOT_IMAGES_PREFIX = "observation.images."
+LEROBOT_ACTION = "action"
+LEROBOT_TASK = "task"
+
+# Policy types of lerobot 0.4.x this adapter knows how to call in one batch (see policy.py).
+SUPPORTED_TYPES = ("act", "diffusion", "pi0", "pi05", "smolvla")
+# Types whose preprocessor tokenizes the `task` string: they need the prompt on every request.
+LANGUAGE_TYPES = ("pi0", "pi05", "smolvla")
+
+
+class LeRobotDirError(ValueError):
+    """A directory that is not a LeRobot pretrained policy, or one that cannot drive Gauntlet's env."""
+
+    def __init__(self, path: Path | str, field_name: str, problem: str):
+        super().__init__(f"{path}: {field_name}: {problem}")
+        self.path = str(path)
+        self.field = field_name
+
+
+@dataclass(frozen=True)
+class LeRobotAdapterConfig:
+    """How a LeRobot policy meets Gauntlet's wire keys and environment."""
+
+    # LeRobot camera name (`observation.images.<name>`) -> Gauntlet wire key. robosuite's agent-view
+    # and wrist cameras arrive as these two keys; a policy trained on other names maps them here.
+    cameras: dict[str, str] = field(default_factory=lambda: {"agentview": IMAGE_KEY, "wrist": WRIST_IMAGE_KEY})
+    state_dim: int = 8  # Gauntlet's proprio state (gauntlet/envs/env.py STATE_DIM)
+    action_dim: int = 7  # Gauntlet's action (gauntlet/envs/env.py ACTION_DIM)
+    device: str = "cpu"  # torch device of the replica ("cuda" when the deployment has a GPU)
+    # Diffusion/flow policies draw noise: each request's chunk uses noise from this seed, so a
+    # request's answer does not depend on which batch it joined (and equals a one-by-one call).
+    noise_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.cameras:
+            raise ValueError("cameras: map at least one LeRobot camera name to a wire key")
+        if self.state_dim < 1 or self.action_dim < 1:
+            raise ValueError("state_dim and action_dim must be >= 1")
+
+
+@dataclass(frozen=True)
+class PretrainedSpec:
+    """The parts of a saved LeRobot config Gauntlet needs (derived, never hand-written)."""
+
+    path: str  # the pretrained directory
+    policy_type: str  # "act", "diffusion", ...
+    state_dim: int  # observation.state shape[0]
+    action_dim: int  # action shape[0]
+    chunk_len: int  # actions per request: the policy's n_action_steps
+    n_obs_steps: int  # observation history length the model takes (1 for most types)
+    cameras: dict[str, tuple[int, int, int]]  # LeRobot camera name -> (C, H, W)
+    uses_language: bool  # whether `task` (Gauntlet's prompt) is an input
+
+    def metadata(self, adapter: LeRobotAdapterConfig, version: str = "") -> PolicyMetadata:
+        """Gauntlet's metadata: images at the size the policy was trained on, (H, W, 3) uint8."""
+        spec: dict[str, FieldSpec] = {STATE_KEY: FieldSpec((self.state_dim,), "float32")}
+        for cam, (_, height, width) in self.cameras.items():
+            spec[adapter.cameras[cam]] = FieldSpec((height, width, 3), "uint8")
+        if self.uses_language:
+            spec[PROMPT_KEY] = FieldSpec((), "str")
+        return PolicyMetadata(
+            name="lerobot", version=version or f"{self.policy_type}:{Path(self.path).name}",
+            action_dim=self.action_dim, chunk_len=self.chunk_len, observation_spec=spec,
+            needs_images=bool(self.cameras),
+            extra={"lerobot_type": self.policy_type, "pretrained_dir": self.path,
+                   "cameras": {cam: adapter.cameras[cam] for cam in self.cameras}},
+        )
+
+
+def _features(cfg: dict[str, Any], key: str, cfg_path: Path) -> dict[str, dict[str, Any]]:
+    features = cfg.get(key)
+    if not isinstance(features, dict):
+        raise LeRobotDirError(cfg_path, key, "missing or not a map of features (not a LeRobot policy config)")
+    return features
+
+
+def _shape(feature: Any, cfg_path: Path, name: str) -> tuple[int, ...]:
+    if not isinstance(feature, dict) or not isinstance(feature.get("shape"), list):
+        raise LeRobotDirError(cfg_path, name, "feature without a shape")
+    return tuple(int(s) for s in feature["shape"])
+
+
+def _chunk_len(cfg: dict[str, Any], cfg_path: Path) -> int:
+    """Actions per request: `n_action_steps` (what LeRobot's select_action executes per chunk)."""
+    steps = cfg.get("n_action_steps")
+    if not isinstance(steps, int) or steps < 1:
+        raise LeRobotDirError(cfg_path, "n_action_steps", f"expected a positive integer, got {steps!r}")
+    return steps
+
+
+def read_pretrained(path: str | Path, adapter: LeRobotAdapterConfig | None = None) -> PretrainedSpec:
+    """Reads and checks `path`; LeRobotDirError names the file and field of the first problem."""
+    adapter = adapter or LeRobotAdapterConfig()
+    root = Path(path)
+    if not root.is_dir():
+        raise LeRobotDirError(root, "<directory>", "does not exist or is not a directory")
+    cfg_path = root / CONFIG_FILE
+    for name in (CONFIG_FILE, WEIGHTS_FILE, PREPROCESSOR_FILE, POSTPROCESSOR_FILE):
+        if not (root / name).is_file():
+            raise LeRobotDirError(root / name, "<file>", "missing: not a LeRobot pretrained directory "
+                                  "(save it with policy.save_pretrained and the processors' save_pretrained)")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise LeRobotDirError(cfg_path, "<json>", f"unreadable: {exc}") from None
+    policy_type = cfg.get("type")
+    if policy_type not in SUPPORTED_TYPES:
+        raise LeRobotDirError(cfg_path, "type", f"{policy_type!r} is not supported (supported: {SUPPORTED_TYPES})")
+    inputs = _features(cfg, "input_features", cfg_path)
+    outputs = _features(cfg, "output_features", cfg_path)
+    if LEROBOT_STATE not in inputs:
+        raise LeRobotDirError(cfg_path, f"input_features.{LEROBOT_STATE}", "missing: Gauntlet sends an 8-d state")
+    state = _shape(inputs[LEROBOT_STATE], cfg_path, f"input_features.{LEROBOT_STATE}")
+    if state != (adapter.state_dim,):
+        raise LeRobotDirError(cfg_path, f"input_features.{LEROBOT_STATE}.shape",
+                              f"{list(state)} does not match the environment's state ({adapter.state_dim},)")
+    if LEROBOT_ACTION not in outputs:
+        raise LeRobotDirError(cfg_path, f"output_features.{LEROBOT_ACTION}", "missing")
+    action = _shape(outputs[LEROBOT_ACTION], cfg_path, f"output_features.{LEROBOT_ACTION}")
+    if action != (adapter.action_dim,):
+        raise LeRobotDirError(cfg_path, f"output_features.{LEROBOT_ACTION}.shape",
+                              f"{list(action)} does not match the environment's action ({adapter.action_dim},)")
+    cameras: dict[str, tuple[int, int, int]] = {}
+    for name, feature in inputs.items():
+        if name == LEROBOT_STATE:
+            continue
+        if not name.startswith(LEROBOT_IMAGES_PREFIX):
+            raise LeRobotDirError(cfg_path, f"input_features.{name}",
+                                  "Gauntlet's environment provides no such observation (state and cameras only)")
+        cam = name[len(LEROBOT_IMAGES_PREFIX):]
+        if cam not in adapter.cameras:
+            raise LeRobotDirError(cfg_path, f"input_features.{name}",
+                                  f"camera {cam!r} has no wire key; map it (cameras: {sorted(adapter.cameras)})")
+        shape = _shape(feature, cfg_path, f"input_features.{name}")
+        if len(shape) != 3 or shape[0] != 3:
+            raise LeRobotDirError(cfg_path, f"input_features.{name}.shape", f"{list(shape)} is not (3, H, W)")
+        cameras[cam] = (shape[0], shape[1], shape[2])
+    return PretrainedSpec(
+        path=str(root.resolve()), policy_type=policy_type, state_dim=state[0], action_dim=action[0],
+        chunk_len=_chunk_len(cfg, cfg_path), n_obs_steps=int(cfg.get("n_obs_steps", 1) or 1), cameras=cameras,
+        uses_language=policy_type in LANGUAGE_TYPES,
+    )

@@ -1,0 +1,116 @@
+"""A LeRobot pretrained policy as a Gauntlet Policy: one batched call per batch.
+
+Runs where LeRobot is importable: inside a LeRobot replica's runtime environment (environment.py),
+never in Gauntlet's own process. Per batch:
+
+    wire keys (B, ...) NumPy  --to_lerobot-->  LeRobot's raw batch (observation.state (B, 8) float32,
+    observation.images.<cam> (B, 3, H, W) float in [0, 1], task: list[str])
+    --policy_preprocessor (saved with the policy: normalise, tokenize, device)-->
+    one batched model call  --policy_postprocessor (unnormalise, to CPU)-->  (B, H, D) NumPy
+
+LeRobot's `select_action` keeps an action queue per policy *instance* (one episode at a time); a
+batched replica serves many episodes, so the adapter calls the chunk-level entry point
+(`predict_action_chunk`) on a freshly reset policy for every batch and returns `n_action_steps`
+actions per request, the part of the chunk `select_action` would execute before asking again.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from gauntlet.keys import PROMPT_KEY, STATE_KEY
+from gauntlet.policies.base import PolicyMetadata
+from gauntlet.policies.lerobot.config import (
+    LEROBOT_IMAGES_PREFIX,
+    LEROBOT_STATE,
+    LEROBOT_TASK,
+    LeRobotAdapterConfig,
+    PretrainedSpec,
+    read_pretrained,
+)
+from gauntlet.policies.lerobot.environment import TORCH_THREADS_ENV
+
+
+def to_lerobot(batch: dict[str, Any], spec: PretrainedSpec, adapter: LeRobotAdapterConfig) -> dict[str, Any]:
+    """Gauntlet's wire batch -> LeRobot's raw observation batch, as LeRobot's env wrappers build it
+    (lerobot.envs.utils.preprocess_observation: channel-first float images in [0, 1], `task` strings)."""
+    import torch
+
+    out: dict[str, Any] = {LEROBOT_STATE: torch.as_tensor(np.asarray(batch[STATE_KEY], np.float32))}
+    for cam in spec.cameras:
+        images = torch.as_tensor(np.ascontiguousarray(batch[adapter.cameras[cam]]))  # (B, H, W, 3) uint8
+        out[LEROBOT_IMAGES_PREFIX + cam] = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+    prompts = batch.get(PROMPT_KEY)
+    count = out[LEROBOT_STATE].shape[0]
+    out[LEROBOT_TASK] = [str(p) for p in prompts] if prompts is not None else [""] * count
+    return out
+
+
+class LeRobotPolicy:
+    """Gauntlet's Policy contract over a LeRobot `PreTrainedPolicy` and its saved processors."""
+
+    def __init__(self, path: str, adapter: LeRobotAdapterConfig | None = None):
+        import torch
+        from lerobot.configs.policies import PreTrainedConfig
+        from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+
+        torch.set_num_threads(int(os.environ.get(TORCH_THREADS_ENV, "1")))
+        self.adapter = adapter or LeRobotAdapterConfig()
+        self.spec = read_pretrained(path, self.adapter)  # refuses a misfit before loading weights
+        config = PreTrainedConfig.from_pretrained(self.spec.path, local_files_only=True)
+        config.device = self.adapter.device
+        self.model = get_policy_class(config.type).from_pretrained(self.spec.path, config=config,
+                                                                   local_files_only=True)
+        self.model.eval()
+        device_override = {"device_processor": {"device": self.adapter.device}}
+        self.preprocess, self.postprocess = make_pre_post_processors(
+            config, pretrained_path=self.spec.path, preprocessor_overrides=device_override)
+        self.config = config
+        self.metadata: PolicyMetadata = self.spec.metadata(self.adapter)
+
+    def reset(self) -> None:
+        """Nothing per episode: every batch starts from a reset LeRobot policy (see module doc)."""
+
+    def infer(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        import torch
+
+        raw = to_lerobot(batch, self.spec, self.adapter)
+        with torch.inference_mode():
+            model_in = self.preprocess(raw)
+            chunk = self._predict_chunk(model_in, len(raw[LEROBOT_TASK]))
+            actions = self.postprocess(chunk)
+        actions = actions[:, : self.spec.chunk_len].detach().to("cpu", torch.float32).numpy()
+        return {"actions": actions}
+
+    def _predict_chunk(self, batch: dict[str, Any], count: int) -> Any:
+        """One batched model call: (B, >= n_action_steps, D) normalised actions."""
+        self.model.reset()  # queues sized for another batch (or episode) must not leak in
+        if self.spec.policy_type == "diffusion":
+            return self._diffusion_chunk(batch, count)
+        return self.model.predict_action_chunk(batch)
+
+    def _diffusion_chunk(self, batch: dict[str, Any], count: int) -> Any:
+        """Diffusion's chunk call reads its observation queues (n_obs_steps deep): fill them with the
+        current observation, as `select_action` does on an episode's first step, and draw the initial
+        noise per request from `noise_seed` so an answer does not depend on its batch-mates."""
+        import torch
+        from lerobot.policies.utils import populate_queues
+        from lerobot.utils.constants import ACTION, OBS_IMAGES
+
+        # The preprocessor's batch carries `action: None`; it must not enter the action queue.
+        batch = {k: v for k, v in batch.items() if k != ACTION}
+        if self.config.image_features:
+            batch[OBS_IMAGES] = torch.stack([batch[key] for key in self.config.image_features], dim=-4)
+        self.model._queues = populate_queues(self.model._queues, batch)
+        return self.model.predict_action_chunk(batch, noise=self.noise(count))
+
+    def noise(self, count: int) -> Any:
+        """(count, horizon, action_dim) initial diffusion noise, the same draw for every request."""
+        import torch
+
+        generator = torch.Generator().manual_seed(self.adapter.noise_seed)
+        one = torch.randn((self.config.horizon, self.spec.action_dim), generator=generator)
+        return one.expand(count, -1, -1).to(self.adapter.device).contiguous()

@@ -1,0 +1,232 @@
+"""`gauntlet data import-lerobot`: the round trip Gauntlet -> LeRobot -> Gauntlet, LIBERO-style
+feature names with a user mapping, bad input refused before any work, and (slow) a dataset written
+by lerobot 0.4.4's own `LeRobotDataset` writer, built in the same Ray runtime_env as the export tests
+(Ray caches it by its spec, so the session builds it once)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from ray._private.ray_constants import WORKER_PROCESS_SETUP_HOOK_ENV_VAR
+
+from gauntlet.data.dataset_reader import open_dataset
+from gauntlet.data.dataset_validation import validate
+from gauntlet.data.images import decode_png
+from gauntlet.data.lerobot_export import ExportConfig, export_lerobot
+from gauntlet.data.lerobot_format import DEFAULT_FEATURES, data_schema
+from gauntlet.data.lerobot_import import ImportConfig, import_lerobot
+from gauntlet.platform.cli import main as cli
+from gauntlet.policies.lerobot.environment import runtime_env
+
+
+def test_round_trip_is_lossless(make_dataset, tmp_path):
+    lengths = [6, 4, 9]
+    src, written = make_dataset(lengths, image_size=12, sim=True, splits=["train", "valid", "train"])
+    lerobot = export_lerobot(ExportConfig(dataset=str(src), out=str(tmp_path / "lr")))
+    back = import_lerobot(ImportConfig(source=str(lerobot), out=str(tmp_path / "back")))
+    a, b = open_dataset(src), open_dataset(back)
+    assert b.num_episodes == 3 and list(b.lengths) == lengths and b.cameras == ["agentview", "wrist"]
+    assert b.info["source"]["kind"] == "lerobot" and b.split("valid").tolist() == [1]
+    cols = ["task", "variant", "prompt", "success", "split", "seed"]
+    pd.testing.assert_frame_equal(a.episodes[cols], b.episodes[cols])
+    for ep in range(3):
+        x, y = a.episode(ep, sim=True), b.episode(ep, sim=True)
+        np.testing.assert_array_equal(y["observation.state"], written["states"][ep])
+        np.testing.assert_array_equal(y["action"], written["actions"][ep])
+        for cam in ("agentview", "wrist"):
+            np.testing.assert_array_equal(y[f"observation.images.{cam}"], written["images"][ep][cam])
+        np.testing.assert_array_equal(y["sim_states"], x["sim_states"])
+        assert y["model_xml"] == x["model_xml"]
+    validate(back)
+
+
+def test_cli_then_stats(make_dataset, tmp_path):
+    src, _ = make_dataset([5, 5])
+    lerobot = tmp_path / "lr"
+    assert cli(["data", "export-lerobot", str(src), "--out", str(lerobot)]) == 0
+    assert cli(["data", "import-lerobot", str(lerobot), "--out", str(tmp_path / "ds"), "--limit", "1"]) == 0
+    assert open_dataset(tmp_path / "ds").num_episodes == 1
+    assert cli(["data", "stats", str(tmp_path / "ds")]) == 0  # what `gauntlet train` needs next
+    assert (tmp_path / "ds" / "meta" / "stats.json").is_file()
+
+
+# ------------------------------------------------------------------ a LIBERO-style dataset
+def _jpeg(img: np.ndarray) -> bytes:
+    import cv2
+
+    return cv2.imencode(".jpg", np.ascontiguousarray(img[..., ::-1]))[1].tobytes()
+
+
+def write_libero_style(root: Path, lengths: list[int], video: bool = False) -> dict[str, Any]:
+    """A v3.0 dataset with openpi-LIBERO-like names (observation.images.image, ...wrist_image, a 9-d
+    state under `observation.state`), JPEG frames, episodes spread over two data files."""
+    rng = np.random.default_rng(3)
+    feats: dict[str, Any] = {
+        "observation.images.image": {"dtype": "video" if video else "image", "shape": [10, 10, 3],
+                                     "names": ["height", "width", "channel"]},
+        "observation.images.wrist_image": {"dtype": "image", "shape": [10, 10, 3],
+                                           "names": ["height", "width", "channel"]},
+        "observation.state": {"dtype": "float32", "shape": [9], "names": {"motors": [f"m{i}" for i in range(9)]}},
+        "action": {"dtype": "float32", "shape": [7], "names": None},
+        **DEFAULT_FEATURES,
+    }
+    tasks = ["put the bowl on the plate", "open the drawer"]
+    schema = data_schema(feats)
+    written: dict[str, list[Any]] = {"state": [], "action": [], "image": [], "wrist": [], "task": []}
+    rows, start = [], 0
+    for ep, n in enumerate(lengths):
+        cols = {"observation.state": rng.normal(size=(n, 9)).astype(np.float32),
+                "action": rng.uniform(-1, 1, (n, 7)).astype(np.float32)}
+        imgs = {k: rng.integers(0, 256, (n, 10, 10, 3), dtype=np.uint8) for k in ("image", "wrist_image")}
+        file_index = 0 if ep < 2 else 1
+        arrays = {"observation.state": pa.FixedSizeListArray.from_arrays(pa.array(cols["observation.state"].ravel()), 9),
+                  "action": pa.FixedSizeListArray.from_arrays(pa.array(cols["action"].ravel()), 7),
+                  "timestamp": pa.array(np.arange(n, dtype=np.float32) / 10), "frame_index": pa.array(np.arange(n)),
+                  "episode_index": pa.array(np.full(n, ep)), "index": pa.array(start + np.arange(n)),
+                  "task_index": pa.array(np.full(n, ep % 2))}
+        for k, v in imgs.items():
+            if f"observation.images.{k}" in schema.names:
+                arrays[f"observation.images.{k}"] = pa.array([{"bytes": _jpeg(i), "path": None} for i in v],
+                                                             type=schema.field(f"observation.images.{k}").type)
+        path = root / f"data/chunk-000/file-{file_index:03d}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table = pa.table([arrays[f.name] for f in schema], schema=schema)
+        if path.exists():  # episodes 0 and 1 share file-000, as LeRobot's writer packs them
+            table = pa.concat_tables([pq.read_table(path, schema=schema), table])
+        pq.write_table(table, path)
+        rows.append({"episode_index": ep, "tasks": [tasks[ep % 2]], "length": n, "data/chunk_index": 0,
+                     "data/file_index": file_index, "dataset_from_index": start, "dataset_to_index": start + n})
+        start += n
+        written["state"].append(cols["observation.state"])
+        written["action"].append(cols["action"])
+        written["image"].append([decode_png(_jpeg(i)) for i in imgs["image"]])
+        written["wrist"].append([decode_png(_jpeg(i)) for i in imgs["wrist_image"]])
+        written["task"].append(tasks[ep % 2])
+    (root / "meta/episodes/chunk-000").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), root / "meta/episodes/chunk-000/file-000.parquet")
+    pd.DataFrame({"task_index": [0, 1]}, index=tasks).to_parquet(root / "meta/tasks.parquet")
+    (root / "meta/info.json").write_text(json.dumps({
+        "codebase_version": "v3.0", "robot_type": "panda", "total_episodes": len(lengths), "total_frames": start,
+        "total_tasks": 2, "chunks_size": 1000, "fps": 10, "splits": {"train": f"0:{len(lengths)}"},
+        "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
+        "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4" if video else None,
+        "features": feats}))
+    return written
+
+
+def test_libero_names_found_and_mapping_flags(tmp_path):
+    written = write_libero_style(tmp_path / "libero", [4, 3, 5])
+    ds = open_dataset(import_lerobot(ImportConfig(source=str(tmp_path / "libero"), out=str(tmp_path / "a"))))
+    assert ds.cameras == ["agentview", "wrist"] and ds.state_dim == 9 and ds.fps == 10
+    assert ds.info["features"]["observation.state"]["names"] == [f"m{i}" for i in range(9)]
+    assert ds.episodes["prompt"].tolist() == written["task"]
+    for ep in range(3):
+        got = ds.episode(ep)
+        np.testing.assert_array_equal(got["observation.state"], written["state"][ep])
+        np.testing.assert_array_equal(got["action"], written["action"][ep])
+        np.testing.assert_array_equal(got["observation.images.agentview"], np.stack(written["image"][ep]))
+        np.testing.assert_array_equal(got["observation.images.wrist"], np.stack(written["wrist"][ep]))
+    # the user's mapping: swap the cameras, resize, one camera only
+    assert cli(["data", "import-lerobot", str(tmp_path / "libero"), "--out", str(tmp_path / "b"),
+                "--camera", "wrist=observation.images.image", "--image-size", "8",
+                "--state-feature", "observation.state", "--action-feature", "action", "--task", "libero"]) == 0
+    b = open_dataset(tmp_path / "b")
+    assert b.cameras == ["wrist"] and b.image_shape("wrist") == (8, 8, 3) and set(b.episodes["task"]) == {"libero"}
+
+
+def _refused(capsys, argv: list[str], *needles: str) -> None:
+    assert cli(["data", "import-lerobot", *argv]) == 1
+    err = capsys.readouterr().err
+    for needle in needles:
+        assert needle in err, err
+
+
+def test_bad_input_refused_before_any_work(tmp_path, capsys):
+    root = tmp_path / "libero"
+    write_libero_style(root, [3, 3, 3])
+    out = str(tmp_path / "out")
+    _refused(capsys, [str(root), "--out", out, "--state-feature", "state"],
+             "meta/info.json", "features: no 'state'", "--state-feature")
+    _refused(capsys, [str(root), "--out", out, "--camera", "agentview=observation.images.front"],
+             "no 'observation.images.front'")
+    info = json.loads((root / "meta/info.json").read_text())
+    (root / "meta/info.json").write_text(json.dumps({**info, "codebase_version": "v2.1"}))
+    _refused(capsys, [str(root), "--out", out], "meta/info.json", "'codebase_version' is 'v2.1'",
+             "convert_dataset_v21_to_v30")
+    (root / "meta/info.json").write_text(json.dumps({k: v for k, v in info.items() if k != "fps"}))
+    _refused(capsys, [str(root), "--out", out], "meta/info.json", "'fps'")
+    (root / "meta/info.json").write_text(json.dumps(info))
+    (root / "data/chunk-000/file-001.parquet").unlink()
+    _refused(capsys, [str(root), "--out", out], "data/chunk-000/file-001.parquet", "missing")
+    _refused(capsys, [str(tmp_path / "nowhere"), "--out", out], "does not exist")
+    video = tmp_path / "video"
+    write_libero_style(video, [2, 2], video=True)
+    _refused(capsys, [str(video), "--out", out], "observation.images.image", "'video'", "--no-images")
+    assert not Path(out).exists()
+    assert cli(["data", "import-lerobot", str(video), "--out", out, "--no-images"]) == 0
+
+
+# -------------------------------------------------------- lerobot 0.4.4's own writer (slow)
+def lerobot_runtime_env(tmp: Path) -> dict[str, Any]:
+    """The LeRobot replicas' runtime_env (one build per Ray session for every LeRobot test), offline."""
+    env = runtime_env()
+    env["env_vars"] = {**env["env_vars"], "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                       "HF_HOME": str(tmp / "hf_home"), "HF_DATASETS_CACHE": str(tmp / "hf_datasets"),
+                       # The session's Serve gRPC bind hook imports ray.serve, which the LeRobot venv's
+                       # protobuf breaks; these tasks start no Serve proxy, so they skip the hook.
+                       WORKER_PROCESS_SETUP_HOOK_ENV_VAR: ""}
+    return env
+
+
+def _write_with_lerobot(root: str) -> dict[str, Any]:
+    """Runs inside the lerobot environment: a small dataset recorded with LeRobot's own API."""
+    import numpy as np
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    features = {
+        "observation.state": {"dtype": "float32", "shape": (8,), "names": None},
+        "action": {"dtype": "float32", "shape": (7,), "names": None},
+        "observation.images.agentview": {"dtype": "image", "shape": (12, 12, 3),
+                                         "names": ["height", "width", "channel"]},
+    }
+    ds = LeRobotDataset.create("gauntlet/import-test", fps=10, features=features, root=root, robot_type="panda",
+                               use_videos=False)
+    rng = np.random.default_rng(0)
+    written: dict[str, list[Any]] = {"state": [], "action": [], "image": [], "task": []}
+    for ep, n in enumerate([4, 6]):
+        task = f"stack the blocks {ep}"
+        for _ in range(n):
+            frame = {"observation.state": rng.normal(size=8).astype(np.float32),
+                     "action": rng.uniform(-1, 1, 7).astype(np.float32),
+                     "observation.images.agentview": rng.integers(0, 256, (12, 12, 3), dtype=np.uint8), "task": task}
+            ds.add_frame(frame)
+            written["state"].append(frame["observation.state"].tolist())
+            written["action"].append(frame["action"].tolist())
+            written["image"].append(frame["observation.images.agentview"].tolist())
+            written["task"].append(task)
+        ds.save_episode()
+    ds.finalize()
+    return written
+
+
+@pytest.mark.slow
+def test_imports_what_lerobot_itself_wrote(ray_session, tmp_path):
+    ray_session.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests
+    task = ray_session.remote(_write_with_lerobot).options(runtime_env=lerobot_runtime_env(tmp_path), num_cpus=1)
+    written = ray_session.get(task.remote(str(tmp_path / "lerobot")), timeout=900)
+    ds = open_dataset(import_lerobot(ImportConfig(source=str(tmp_path / "lerobot"), out=str(tmp_path / "ds"))))
+    assert list(ds.lengths) == [4, 6] and ds.cameras == ["agentview"] and ds.fps == 10
+    cols = ds.load_columns()
+    np.testing.assert_array_equal(cols["observation.state"], np.array(written["state"], dtype=np.float32))
+    np.testing.assert_array_equal(cols["action"], np.array(written["action"], dtype=np.float32))
+    images = np.concatenate([ds.episode(ep)["observation.images.agentview"] for ep in range(2)])
+    np.testing.assert_array_equal(images, np.array(written["image"], dtype=np.uint8))  # LeRobot stores PNG
+    assert ds.episodes["prompt"].tolist() == ["stack the blocks 0", "stack the blocks 1"]

@@ -1,0 +1,120 @@
+"""LeRobot pretrained directories read and refused in Gauntlet's own process (LeRobot absent here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from gauntlet.deployments.app import specs_from_names
+from gauntlet.policies.lerobot.config import (
+    CONFIG_FILE,
+    POSTPROCESSOR_FILE,
+    PREPROCESSOR_FILE,
+    WEIGHTS_FILE,
+    LeRobotAdapterConfig,
+    LeRobotDirError,
+    read_pretrained,
+)
+from gauntlet.policies.registry import PolicyRef, runtime_env_for
+
+
+def _config(**changes) -> dict:
+    """A config.json as ACTPolicy.save_pretrained writes it (the fields Gauntlet reads)."""
+    cfg = {
+        "type": "act", "n_obs_steps": 1, "chunk_size": 10, "n_action_steps": 5,
+        "input_features": {
+            "observation.state": {"type": "STATE", "shape": [8]},
+            "observation.images.agentview": {"type": "VISUAL", "shape": [3, 32, 48]},
+            "observation.images.wrist": {"type": "VISUAL", "shape": [3, 32, 48]},
+        },
+        "output_features": {"action": {"type": "ACTION", "shape": [7]}},
+    }
+    cfg.update(changes)
+    return cfg
+
+
+def _pretrained(root: Path, cfg: dict) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / CONFIG_FILE).write_text(json.dumps(cfg))
+    for name in (WEIGHTS_FILE, PREPROCESSOR_FILE, POSTPROCESSOR_FILE):
+        (root / name).write_text("{}")
+    return root
+
+
+def test_lerobot_is_not_importable_in_gauntlets_env() -> None:
+    # The premise of the isolation: this process must never need LeRobot (or its torch pin).
+    assert importlib.util.find_spec("lerobot") is None
+
+
+def test_metadata_is_derived_from_the_saved_config(tmp_path: Path) -> None:
+    spec = read_pretrained(_pretrained(tmp_path / "act", _config()))
+    meta = spec.metadata(LeRobotAdapterConfig())
+    assert (meta.action_dim, meta.chunk_len, meta.needs_images) == (7, 5, True)
+    assert {k: (v.shape, v.dtype) for k, v in meta.observation_spec.items()} == {
+        "observation/state": ((8,), "float32"),
+        "observation/image": ((32, 48, 3), "uint8"),
+        "observation/wrist_image": ((32, 48, 3), "uint8"),
+    }
+    language = read_pretrained(_pretrained(tmp_path / "pi0", _config(type="pi0", n_action_steps=50)))
+    assert "prompt" in language.metadata(LeRobotAdapterConfig()).observation_spec
+
+
+def test_camera_names_are_configurable(tmp_path: Path) -> None:
+    cfg = _config()
+    cfg["input_features"] = {"observation.state": {"type": "STATE", "shape": [8]},
+                             "observation.images.front": {"type": "VISUAL", "shape": [3, 16, 16]}}
+    root = _pretrained(tmp_path / "d", cfg)
+    with pytest.raises(LeRobotDirError, match=r"config.json: input_features.observation.images.front: camera 'front'"):
+        read_pretrained(root)
+    meta = read_pretrained(root, LeRobotAdapterConfig(cameras={"front": "observation/image"})).metadata(
+        LeRobotAdapterConfig(cameras={"front": "observation/image"}))
+    assert set(meta.observation_spec) == {"observation/state", "observation/image"}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"type": "tdmpc"}, r"config.json: type: 'tdmpc' is not supported"),
+    ({"input_features": {"observation.state": {"type": "STATE", "shape": [14]}}},
+     r"config.json: input_features.observation.state.shape: \[14\] does not match the environment's state \(8,\)"),
+    ({"output_features": {"action": {"type": "ACTION", "shape": [14]}}},
+     r"config.json: output_features.action.shape: \[14\] does not match the environment's action \(7,\)"),
+    ({"input_features": {"observation.images.agentview": {"type": "VISUAL", "shape": [3, 8, 8]}}},
+     r"config.json: input_features.observation.state: missing"),
+    ({"input_features": {"observation.state": {"type": "STATE", "shape": [8]},
+                         "observation.environment_state": {"type": "ENV", "shape": [10]}}},
+     r"config.json: input_features.observation.environment_state: Gauntlet's environment provides no such"),
+    ({"n_action_steps": 0}, r"config.json: n_action_steps"),
+])
+def test_misfit_policies_are_refused_naming_file_and_field(tmp_path: Path, change: dict, message: str) -> None:
+    with pytest.raises(LeRobotDirError, match=message):
+        read_pretrained(_pretrained(tmp_path / "d", _config(**change)))
+
+
+def test_a_directory_that_is_not_a_pretrained_policy_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(LeRobotDirError, match="does not exist"):
+        read_pretrained(tmp_path / "nope")
+    root = _pretrained(tmp_path / "d", _config())
+    (root / PREPROCESSOR_FILE).unlink()
+    with pytest.raises(LeRobotDirError, match=r"policy_preprocessor.json: <file>: missing"):
+        read_pretrained(root)
+    (root / PREPROCESSOR_FILE).write_text("{}")
+    (root / CONFIG_FILE).write_text("{not json")
+    with pytest.raises(LeRobotDirError, match=r"config.json: <json>: unreadable"):
+        read_pretrained(root)
+
+
+def test_serving_specs_refuse_before_deploying_and_carry_the_runtime_env(tmp_path: Path, monkeypatch) -> None:
+    # What `gauntlet serve --policy lerobot=DIR` and `gauntlet eval --policy lerobot=DIR` both go through.
+    with pytest.raises(ValueError, match="output_features.action.shape"):
+        specs_from_names([f"lerobot={_pretrained(tmp_path / 'bad', _config(output_features={'action': {'shape': [6]}}))}"])
+    with pytest.raises(ValueError, match="name a pretrained directory"):
+        specs_from_names(["lerobot"])
+    _pretrained(tmp_path / "ok", _config())
+    monkeypatch.chdir(tmp_path)
+    spec = specs_from_names(["lerobot=ok"])[0]
+    assert spec.ref == PolicyRef("lerobot", str((tmp_path / "ok").resolve()))  # replicas run in another cwd
+    assert spec.actor_options()["runtime_env"] == runtime_env_for("lerobot")
+    assert spec.runtime_env["uv"]["packages"][0] == "lerobot==0.4.4"
+    assert specs_from_names(["random"])[0].actor_options() == {"num_cpus": 1.0, "num_gpus": 0.0}
