@@ -20,10 +20,10 @@ def ray_session():
     """Ray starts once per test session (starting it per test costs seconds each on 2 cores)."""
     import ray
 
-    from gauntlet.deployments.grpc_bind import runtime_env
+    from gauntlet.runtime.ray_session import worker_runtime_env
 
-    env = runtime_env("127.0.0.1")  # keeps Serve's gRPC proxy on loopback, as `gauntlet serve` does
-    env["env_vars"].update({"MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1"})
+    env = worker_runtime_env()  # what every entry point's workers get (loopback gRPC, limits, MUJOCO_GL)
+    env["env_vars"]["OMP_NUM_THREADS"] = "1"
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=TEST_RAY_CPUS, include_dashboard=False, log_to_driver=False,
                  runtime_env=env)

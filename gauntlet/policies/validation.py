@@ -99,11 +99,10 @@ def _validate_array(key: str, value: Any, field: FieldSpec) -> np.ndarray:
     if target.kind == "f":
         # Range first: the cast would turn a finite 1e300 into inf without a word.
         limit = float(np.finfo(target).max)
-        if arr.dtype.kind in "iu" or float(np.max(np.abs(arr))) > limit:
-            wide = np.abs(arr.astype(np.float64))
-            if float(wide.max()) > limit:
-                raise ObservationError(key, f"values beyond the {field.dtype} range (|x| up to {wide.max():.3g}, "
-                                            f"limit {limit:.3g})")
+        peak = float(np.max(np.abs(arr.astype(np.float64))))  # float64: |int64 min| must not overflow
+        if peak > limit:
+            raise ObservationError(key, f"values beyond the {field.dtype} range (|x| up to {peak:.3g}, "
+                                        f"limit {limit:.3g})")
     elif target.kind in "uib":
         info = np.iinfo(target) if target.kind != "b" else None
         if arr.dtype.kind == "f" and not np.all(arr == np.round(arr)):

@@ -167,7 +167,6 @@ class StatusLine:
     def finish(self, outcomes: dict[str, PolicyOutcome]) -> EvalStatus:
         """The final status: written, and summarised per policy and skip reason in the log."""
         status = self.snapshot(FINISHED, outcomes)
-        self._last_done = -1
         self.emit(force=True, state=FINISHED, final=status)
         for name, o in outcomes.items():
             reasons = "; ".join(f"{kind}: {n}" for kind, n in sorted(o.skip_reasons.items(), key=lambda kv: -kv[1]))

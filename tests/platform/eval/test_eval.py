@@ -112,24 +112,31 @@ def _cmdline(proc: psutil.Process) -> list[str]:
         return []
 
 
-def test_a_killed_actor_is_replaced_and_its_item_rerun(ray_session, scene_db: Path, tmp_path: Path) -> None:
-    run = tmp_path / "run"
+def _kill_mid_run(run: Path, process_tag: str, timeout_s: float) -> tuple[threading.Thread, list[int]]:
+    """SIGKILLs the first of this session's processes whose command line holds `process_tag`, once
+    two result parts exist (the run is mid-way); returns the thread and the killed pids."""
     killed: list[int] = []
 
     def killer() -> None:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not killed:
             done = len(list((run / "results").glob("part-*.parquet"))) if (run / "results").exists() else 0
-            # Only this session's actors (descendants of this process's Ray), never another cluster's.
-            ours = psutil.Process().children(recursive=True)
-            actors = [p for p in ours if "RolloutActor" in " ".join(_cmdline(p))]
-            if done >= 2 and actors:
-                actors[0].send_signal(signal.SIGKILL)
-                killed.append(actors[0].pid)
+            ours = psutil.Process().children(recursive=True)  # this session's Ray only
+            matches = [p for p in ours if process_tag in " ".join(_cmdline(p))]
+            if done >= 2 and matches:
+                matches[0].send_signal(signal.SIGKILL)
+                killed.append(matches[0].pid)
             time.sleep(0.1)
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
+    return thread, killed
+
+
+def test_a_killed_actor_is_replaced_and_its_item_rerun(ray_session, scene_db: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    # Only this session's actors (descendants of this process's Ray), never another cluster's.
+    thread, killed = _kill_mid_run(run, "RolloutActor", timeout_s=120)
     summary = run_eval(_cfg(scenes=scene_db, policy=["random"], out=run, trials=3, actors=2, horizon=40, write_every=1))
     thread.join(5)
     assert killed, "an actor should have been killed mid-run"
@@ -209,21 +216,8 @@ def test_a_policy_replica_killed_mid_run_costs_no_episode(ray_session, scene_db:
 
     run = tmp_path / "run"
     replica_tag = f"ServeReplica:{EVAL_APP}:{deployment_name('random')}"
-    killed: list[int] = []
-
-    def killer() -> None:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and not killed:
-            done = len(list((run / "results").glob("part-*.parquet"))) if (run / "results").exists() else 0
-            ours = psutil.Process().children(recursive=True)  # this session's Ray only
-            replicas = [p for p in ours if replica_tag in " ".join(_cmdline(p))]
-            if done >= 2 and replicas:  # actors are mid-episode, asking the replica for chunks
-                replicas[0].send_signal(signal.SIGKILL)
-                killed.append(replicas[0].pid)
-            time.sleep(0.1)
-
-    thread = threading.Thread(target=killer, daemon=True)
-    thread.start()
+    # Actors are mid-episode, asking the replica for chunks, when it is killed.
+    thread, killed = _kill_mid_run(run, replica_tag, timeout_s=180)
     summary = run_eval(_cfg(scenes=scene_db, policy=["random"], out=run, trials=3, actors=2, horizon=60, write_every=1))
     thread.join(5)
     assert killed, "the policy replica should have been killed mid-run"
