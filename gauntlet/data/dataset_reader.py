@@ -50,6 +50,11 @@ class Dataset:
         if not self.root.is_dir():
             raise DatasetError(self.root, "no such dataset (directory does not exist)")
         self.info = read_info(self.info_path)
+        # read_info has checked these fields' presence and types
+        self.num_frames = int(self.info["total_frames"])
+        self.fps = int(self.info["fps"])
+        self.state_dim = int(self.info["state_dim"])
+        self.action_dim = int(self.info["action_dim"])
         self.episodes = self._read_episodes()
         self._lengths = self.episodes["length"].to_numpy(dtype=np.int64)
         self._starts = self.episodes["dataset_from_index"].to_numpy(dtype=np.int64)
@@ -102,22 +107,6 @@ class Dataset:
     @property
     def num_episodes(self) -> int:
         return len(self.episodes)
-
-    @property
-    def num_frames(self) -> int:
-        return int(self.info["total_frames"])
-
-    @property
-    def fps(self) -> int:
-        return int(self.info["fps"])
-
-    @property
-    def state_dim(self) -> int:
-        return int(self.info["state_dim"])
-
-    @property
-    def action_dim(self) -> int:
-        return int(self.info["action_dim"])
 
     @property
     def image_features(self) -> list[str]:

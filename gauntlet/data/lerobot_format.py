@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from gauntlet.data.dataset_schema import DatasetError
+from gauntlet.runtime.manifests import read_json
 
 CODEBASE_VERSION = "v3.0"
 SUPPORTED_VERSIONS = (CODEBASE_VERSION,)
@@ -158,12 +159,8 @@ def read_info(root: Path) -> dict[str, Any]:
     path = root / INFO_PATH
     if not root.is_dir():
         raise DatasetError(root, "no such LeRobot dataset (directory does not exist)")
-    if not path.is_file():
-        raise DatasetError(path, "missing: not a LeRobot dataset (LeRobot datasets have meta/info.json)")
-    try:
-        info = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(path, f"not valid JSON ({exc})") from None
+    info = read_json(path, "LeRobot info", error=DatasetError,
+                     hint="not a LeRobot dataset (LeRobot datasets have meta/info.json)")
     if not isinstance(info, dict):
         raise DatasetError(path, "not a JSON object")
     version = info.get("codebase_version")

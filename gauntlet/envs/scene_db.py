@@ -12,7 +12,6 @@ damages what was already there.
 
 from __future__ import annotations
 
-import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 from gauntlet import __version__
 from gauntlet.envs.errors import EnvironmentMismatchError, GauntletEnvError
 from gauntlet.runtime.atomic_files import atomic_write
-from gauntlet.runtime.manifests import write_json
+from gauntlet.runtime.manifests import read_json, write_json
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -115,12 +114,8 @@ class SceneDB:
         if not root.exists():
             raise SceneDBError(root, "no such scene database (directory does not exist)")
         manifest = root / "manifest.json"
-        if not manifest.is_file():
-            raise SceneDBError(manifest, "missing: not a scene database (run `gauntlet scenes generate`)")
-        try:
-            info = json.loads(manifest.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise SceneDBError(manifest, f"corrupt JSON ({exc})") from None
+        info = read_json(manifest, "scene database manifest", error=SceneDBError,
+                         hint="not a scene database: run `gauntlet scenes generate`")
         if not isinstance(info, dict) or info.get("format") != FORMAT_NAME:
             raise SceneDBError(manifest, f"not a {FORMAT_NAME} manifest")
         if info.get("schema_version") != SCHEMA_VERSION:

@@ -25,10 +25,10 @@ import hashlib
 import json
 import shutil
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -43,6 +43,7 @@ PARAMS_FILE = "params.npz"
 NORM_STATS_FILE = "norm_stats.json"
 KINDS = ("base", "adapter")
 CheckpointKind = Literal["base", "adapter"]
+C = TypeVar("C")  # a model config type (has architecture_dict())
 
 _SEP = "/"
 # NumPy dtypes np.load reads back with allow_pickle=False
@@ -272,6 +273,35 @@ def load_checkpoint(
         fingerprint=manifest["fingerprint"], base_fingerprint=manifest.get("base_fingerprint"),
         norm_stats=_read_norm_stats(path, manifest["files"]), extra=manifest.get("extra", {}),
     )
+
+
+def load_model_checkpoint(
+    path: str | Path,
+    config_from_dict: Callable[[dict[str, Any]], C],
+    expected_shapes_of: Callable[[C], Mapping[str, tuple[int, ...]]],
+    *,
+    model: str | None = None,
+) -> tuple[C, Checkpoint]:
+    """(model config, checkpoint) of a base checkpoint whose config.json still describes its params.
+
+    `model`: the `extra.model` name the checkpoint must carry (policies that share the format).
+    The file digests prove the bytes are intact; the fingerprint check proves config.json still
+    describes them (a hand-edited field can keep every shape but change the function).
+    """
+    path = Path(path)
+    cfg_file = path / CONFIG_FILE
+    manifest = read_manifest(path)
+    if model is not None and manifest.get("extra", {}).get("model") != model:
+        found = manifest.get("extra", {}).get("model")
+        raise CheckpointMismatchError(cfg_file, f"is a {found!r} checkpoint, not a {model!r} one")
+    try:
+        config = config_from_dict(dict(manifest["model_config"]))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointMismatchError(cfg_file, f"invalid model_config ({exc})") from None
+    ckpt = load_checkpoint(path, expected_kind="base", expected_shapes=expected_shapes_of(config))
+    if fingerprint(config.architecture_dict(), ckpt.params) != ckpt.fingerprint:
+        raise CheckpointFormatError(cfg_file, "fingerprint does not match model_config + params (edited by hand?)")
+    return config, ckpt
 
 
 def _check_manifest_fits(cfg_file: Path, manifest: Mapping[str, Any], expected_kind: str | None,

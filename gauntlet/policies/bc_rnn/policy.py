@@ -38,13 +38,11 @@ from gauntlet.policies.base import FieldSpec, PolicyMetadata, masked_chunk_mse
 from gauntlet.policies.bc_rnn.config import BCRNNConfig, config_for_task
 from gauntlet.policies.bc_rnn.model import BCRNN, build_model, param_shapes, state_dict_numpy
 from gauntlet.policies.checkpoints import (
-    CONFIG_FILE,
     NORM_STATS_FILE,
     CheckpointFormatError,
     CheckpointMismatchError,
     fingerprint,
-    load_checkpoint,
-    read_manifest,
+    load_model_checkpoint,
     save_checkpoint,
 )
 from gauntlet.policies.validation import ObservationError
@@ -97,20 +95,7 @@ class BCRNNPolicy:
     def load(cls, checkpoint_dir: str | Path, *, name: str = MODEL_NAME) -> BCRNNPolicy:
         """A checkpoint written by `save`; every file is validated (errors name the file)."""
         checkpoint_dir = Path(checkpoint_dir)
-        cfg_file = checkpoint_dir / CONFIG_FILE
-        manifest = read_manifest(checkpoint_dir)
-        model_kind = manifest.get("extra", {}).get("model")
-        if model_kind != MODEL_NAME:
-            raise CheckpointMismatchError(cfg_file, f"is a {model_kind!r} checkpoint, not a {MODEL_NAME!r} one")
-        try:
-            config = BCRNNConfig.from_dict(dict(manifest["model_config"]))
-        except (TypeError, ValueError) as exc:
-            raise CheckpointMismatchError(cfg_file, f"invalid model_config ({exc})") from None
-        ckpt = load_checkpoint(checkpoint_dir, expected_kind="base", expected_shapes=param_shapes(config))
-        if fingerprint(config.architecture_dict(), ckpt.params) != ckpt.fingerprint:
-            # The digests prove the bytes are intact; this proves config.json still describes them
-            # (e.g. seq_len or norm_mode edited by hand keeps every shape but changes the function).
-            raise CheckpointFormatError(cfg_file, "fingerprint does not match model_config + params (edited by hand?)")
+        config, ckpt = load_model_checkpoint(checkpoint_dir, BCRNNConfig.from_dict, param_shapes, model=MODEL_NAME)
         if ckpt.norm_stats is None:
             raise CheckpointFormatError(checkpoint_dir / NORM_STATS_FILE, "missing: a BC-RNN checkpoint needs its statistics")
         try:

@@ -100,6 +100,16 @@ def _features(cfg: dict[str, Any], key: str, cfg_path: Path) -> dict[str, dict[s
     return features
 
 
+def _require_vector(features: dict[str, Any], group: str, key: str, dim: int, what: str, cfg_path: Path) -> None:
+    """`group.key` must be present with shape (dim,): the environment's state or action size."""
+    if key not in features:
+        raise LeRobotDirError(cfg_path, f"{group}.{key}", f"missing: Gauntlet's {what} is {dim}-d")
+    shape = _shape(features[key], cfg_path, f"{group}.{key}")
+    if shape != (dim,):
+        raise LeRobotDirError(cfg_path, f"{group}.{key}.shape",
+                              f"{list(shape)} does not match the environment's {what} ({dim},)")
+
+
 def _shape(feature: Any, cfg_path: Path, name: str) -> tuple[int, ...]:
     if not isinstance(feature, dict) or not isinstance(feature.get("shape"), list):
         raise LeRobotDirError(cfg_path, name, "feature without a shape")
@@ -134,18 +144,8 @@ def read_pretrained(path: str | Path, adapter: LeRobotAdapterConfig | None = Non
         raise LeRobotDirError(cfg_path, "type", f"{policy_type!r} is not supported (supported: {SUPPORTED_TYPES})")
     inputs = _features(cfg, "input_features", cfg_path)
     outputs = _features(cfg, "output_features", cfg_path)
-    if LEROBOT_STATE not in inputs:
-        raise LeRobotDirError(cfg_path, f"input_features.{LEROBOT_STATE}", "missing: Gauntlet sends an 8-d state")
-    state = _shape(inputs[LEROBOT_STATE], cfg_path, f"input_features.{LEROBOT_STATE}")
-    if state != (adapter.state_dim,):
-        raise LeRobotDirError(cfg_path, f"input_features.{LEROBOT_STATE}.shape",
-                              f"{list(state)} does not match the environment's state ({adapter.state_dim},)")
-    if LEROBOT_ACTION not in outputs:
-        raise LeRobotDirError(cfg_path, f"output_features.{LEROBOT_ACTION}", "missing")
-    action = _shape(outputs[LEROBOT_ACTION], cfg_path, f"output_features.{LEROBOT_ACTION}")
-    if action != (adapter.action_dim,):
-        raise LeRobotDirError(cfg_path, f"output_features.{LEROBOT_ACTION}.shape",
-                              f"{list(action)} does not match the environment's action ({adapter.action_dim},)")
+    _require_vector(inputs, "input_features", LEROBOT_STATE, adapter.state_dim, "state", cfg_path)
+    _require_vector(outputs, "output_features", LEROBOT_ACTION, adapter.action_dim, "action", cfg_path)
     cameras: dict[str, tuple[int, int, int]] = {}
     for name, feature in inputs.items():
         if name == LEROBOT_STATE:
@@ -162,7 +162,7 @@ def read_pretrained(path: str | Path, adapter: LeRobotAdapterConfig | None = Non
             raise LeRobotDirError(cfg_path, f"input_features.{name}.shape", f"{list(shape)} is not (3, H, W)")
         cameras[cam] = (shape[0], shape[1], shape[2])
     return PretrainedSpec(
-        path=str(root.resolve()), policy_type=policy_type, state_dim=state[0], action_dim=action[0],
+        path=str(root.resolve()), policy_type=policy_type, state_dim=adapter.state_dim, action_dim=adapter.action_dim,
         chunk_len=_chunk_len(cfg, cfg_path), n_obs_steps=int(cfg.get("n_obs_steps", 1) or 1), cameras=cameras,
         uses_language=policy_type in LANGUAGE_TYPES,
     )

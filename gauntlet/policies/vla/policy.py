@@ -33,9 +33,9 @@ from gauntlet.policies.base import PolicyMetadata, image_spec, state_spec
 from gauntlet.policies.checkpoints import (
     CONFIG_FILE,
     CheckpointFormatError,
-    CheckpointMismatchError,
     fingerprint,
     load_checkpoint,
+    load_model_checkpoint,
     read_manifest,
     save_checkpoint,
     tree_shapes,
@@ -142,21 +142,10 @@ class VLAPolicy:
     def load(cls, checkpoint_dir: str | Path, *, seed: int = 0, max_batch_size: int = 16, name: str = "vla") -> VLAPolicy:
         """A base checkpoint (see gauntlet.policies.checkpoints); every file is validated."""
         checkpoint_dir = Path(checkpoint_dir)
-        manifest = read_manifest(checkpoint_dir)
-        try:
-            config = VLAConfig.from_dict(manifest["model_config"])
-        except (TypeError, ValueError) as exc:
-            raise CheckpointMismatchError(checkpoint_dir / CONFIG_FILE, f"invalid model_config ({exc})") from None
-        expected = tree_shapes(lora_lib.variable_shapes(config)["params"])
-        ckpt = load_checkpoint(checkpoint_dir, expected_kind="base", expected_shapes=expected)
+        config, ckpt = load_model_checkpoint(
+            checkpoint_dir, VLAConfig.from_dict, lambda c: tree_shapes(lora_lib.variable_shapes(c)["params"]))
         policy = cls(config, ckpt.params, ckpt.norm_stats, name=name, seed=seed, max_batch_size=max_batch_size,
                      version=ckpt.extra.get("version"))
-        # The file digests prove the bytes are intact; this proves config.json still describes
-        # them (e.g. num_heads edited by hand keeps every shape but changes the function).
-        if policy.base_fingerprint != ckpt.fingerprint:
-            raise CheckpointFormatError(
-                checkpoint_dir / CONFIG_FILE, "fingerprint does not match model_config + params (edited by hand?)"
-            )
         return policy
 
     def save(self, checkpoint_dir: str | Path) -> Path:
