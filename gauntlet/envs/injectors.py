@@ -35,6 +35,11 @@ if TYPE_CHECKING:
     from gauntlet.envs.env import GauntletEnv
 
 CATEGORIES = ("impulse", "pose_perturb", "augmented", "natural")
+# A nominal scene is the task's start state with nothing injected: the baseline a policy's recovery
+# success is compared with. It is not an error type (no spec, never in ERROR_TYPES), so `all` keeps
+# meaning every injected error; "none" is also what the error classifiers say when they see no error.
+NOMINAL = "none"  # the error_type column of a nominal scene
+NOMINAL_CATEGORY = "nominal"  # its category column
 
 # (env, magnitude, rng) -> the parameters used beyond the magnitude (JSON-serialisable)
 ApplyFn = Callable[["GauntletEnv", float, np.random.Generator], dict[str, Any]]

@@ -4,6 +4,9 @@ For each (task, variant, error type, k): run the expert from a seeded reset unti
 phase the error belongs to, inject, let the error play out for the injector's settle steps, and
 capture the full state. Then let the expert try to recover from that exact state (oracle
 validation) and let the error classifiers label the recorded trajectory.
+
+A nominal job (error type `injectors.NOMINAL`) captures the task's start state after a seeded reset
+instead: nothing is injected, and the oracle validation checks that the expert solves the task from it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from gauntlet import __version__
 from gauntlet.envs.env import EnvConfig, GauntletEnv
 from gauntlet.envs.error_classifiers import CLASSIFIERS
 from gauntlet.envs.experts import ScriptedExpert, make_expert
-from gauntlet.envs.injectors import SPECS, apply_injection, hold_action
+from gauntlet.envs.injectors import NOMINAL, NOMINAL_CATEGORY, SPECS, apply_injection, hold_action
 from gauntlet.envs.scene_db import SCHEMA_VERSION, SceneRecord
 from gauntlet.envs.trajectory import TrajectoryRecorder
 
@@ -31,7 +34,7 @@ class SceneJob:
 
     task: str
     variant: str
-    error_type: str
+    error_type: str  # an injector's error type, or NOMINAL for the task's untouched start state
     index: int  # k-th scene of this (task, variant, error_type)
     base_seed: int  # the run's --seed
     image_size: int
@@ -62,6 +65,8 @@ def _env_for(job: SceneJob) -> GauntletEnv:
 
 def generate_scene(job: SceneJob) -> tuple[SceneRecord | None, str]:
     """(record, "") on success; (None, reason) when no seed reached the injection phase."""
+    if job.error_type == NOMINAL:
+        return _nominal_scene(job), ""
     env = _env_for(job)
     spec = SPECS[job.error_type]
     reason = ""
@@ -87,6 +92,31 @@ def generate_scene(job: SceneJob) -> tuple[SceneRecord | None, str]:
         arrays.update(traj)
         return SceneRecord(row=row, arrays=arrays), ""
     return None, reason
+
+
+def _nominal_scene(job: SceneJob) -> SceneRecord:
+    """The task's start state after a reset with the scene's seed; nothing injected.
+
+    The trajectory is that one frame before and after an empty "injection", so the classifiers run on
+    it like on any scene (and say "none": nothing happened), and the oracle check tells whether the
+    expert solves the task from the start, which is what makes the scene a fair baseline.
+    """
+    env = _env_for(job)
+    seed = job.seed(0)
+    env.reset(seed)
+    recorder = TrajectoryRecorder(window=1)
+    recorder.record(env, hold_action(env)[6])
+    recorder.mark_injection()
+    recorder.record(env, hold_action(env)[6])
+    state = env.get_state()
+    traj = recorder.arrays()
+    labels = {name: clf(traj) for name, clf in CLASSIFIERS.items()}
+    recovery_steps = _oracle_recovery_steps(env, seed, job.recovery_horizon) if job.validate else -1
+    params = {"magnitude": 0.0, "magnitude_unit": ""}
+    row = _scene_row(job, env, "start", params, 0, seed, labels, recovery_steps)
+    arrays = {f"state/{k}": v for k, v in state.items()}
+    arrays.update(traj)
+    return SceneRecord(row=row, arrays=arrays)
 
 
 def _run_into_phase(env: GauntletEnv, expert: ScriptedExpert, recorder: TrajectoryRecorder, phase: str,
@@ -132,19 +162,19 @@ def _oracle_recovery_steps(env: GauntletEnv, seed: int, horizon: int) -> int:
 def _scene_row(job: SceneJob, env: GauntletEnv, phase: str, params: dict[str, Any], inject_step: int,
                seed: int, labels: dict[str, str], recovery_steps: int) -> dict[str, Any]:
     """The scene's metadata row (columns: scene_db.SCENE_COLUMNS)."""
-    spec = SPECS[job.error_type]
+    spec = SPECS.get(job.error_type)  # None for a nominal scene
     return {
         "scene_id": job.scene_id,
         "task": job.task,
         "variant": job.variant,
         "error_type": job.error_type,
-        "category": spec.category,
+        "category": spec.category if spec else NOMINAL_CATEGORY,
         "phase": phase,
         "magnitude": float(params["magnitude"]),
-        "magnitude_unit": spec.magnitude_unit,
+        "magnitude_unit": spec.magnitude_unit if spec else "",
         "injection_params": json.dumps(params, sort_keys=True),
         "inject_step": int(inject_step),
-        "settle_steps": int(spec.settle_steps),
+        "settle_steps": int(spec.settle_steps) if spec else 0,
         "seed": int(seed),
         "env_config": json.dumps(asdict(env.config), sort_keys=True),
         "fingerprint": env.fingerprint,

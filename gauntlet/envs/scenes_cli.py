@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 
 from gauntlet.envs.errors import GauntletEnvError
-from gauntlet.envs.injectors import ERROR_TYPES, SPECS, get_spec
+from gauntlet.envs.injectors import ERROR_TYPES, NOMINAL, SPECS, get_spec
 from gauntlet.envs.scene_db import SceneDB
 from gauntlet.envs.tasks import TASKS, VARIANTS, check_variant, get_task
 from gauntlet.runtime.config_args import as_tuple, option, parse_config
@@ -26,7 +26,14 @@ class GenerateConfig:
     out: str = option(help="scene database directory (created, or appended to if it exists)")
     tasks: tuple[str, ...] = option(ALL_TASKS, help="tasks")
     variants: tuple[str, ...] = option(VARIANTS, help="placement variants")
-    error_types: tuple[str, ...] = option(("all",), help="'all' or error types")
+    error_types: tuple[str, ...] = option(("all",), help="'all' (every injected error type) or error types; "
+                                                         f"'{NOMINAL}' asks for nominal scenes (see --nominal), "
+                                                         f"so '--error-types {NOMINAL}' writes only those")
+    # Off by default: a plain `generate` keeps writing exactly the error-recovery scenes it always did
+    # (appending to an existing database must not slip new kinds of rows into it); the demo turns it on.
+    nominal: bool = option(False, help=f"also write nominal scenes (category nominal, error type {NOMINAL}): each "
+                                       "task's start state after a seeded reset, nothing injected, per_combo per "
+                                       "task x variant; the report compares recovery success with success on them")
     per_combo: int = option(1, help="scenes per task x variant x error type")
     seed: int = option(0, help="base seed; scene seeds derive from it and the scene id")
     image_size: int = option(128, help="camera image size of the envs the scenes are for (pixels)")
@@ -47,6 +54,8 @@ class GenerateConfig:
             get_spec(e)
         if not self.task_list or not self.variant_list:
             raise ValueError("tasks and variants must not be empty")
+        if not self.error_types:
+            raise ValueError("error_types must not be empty")
         if self.per_combo < 1:
             raise ValueError(f"per_combo must be >= 1, got {self.per_combo}")
         if self.workers < 1:
@@ -62,7 +71,14 @@ class GenerateConfig:
 
     @property
     def error_type_list(self) -> tuple[str, ...]:
-        return ERROR_TYPES if self.error_types == ("all",) else self.error_types
+        """The injected error types asked for (never NOMINAL)."""
+        if "all" in self.error_types:
+            return ERROR_TYPES
+        return tuple(e for e in self.error_types if e != NOMINAL)
+
+    @property
+    def wants_nominal(self) -> bool:
+        return self.nominal or NOMINAL in self.error_types
 
 
 @dataclass(frozen=True)
@@ -83,14 +99,15 @@ class ShowConfig:
 
 
 def jobs_for(cfg: GenerateConfig) -> list:
-    """One `SceneJob` per applicable (task, variant, error type) and k < per_combo."""
+    """One `SceneJob` per applicable (task, variant, error type) and k < per_combo, nominal ones first."""
     from gauntlet.envs.scene_generation import SceneJob  # see generate(): keeps the CLI GL-free
 
     jobs = []
+    kinds = ((NOMINAL,) if cfg.wants_nominal else ()) + cfg.error_type_list
     for task in cfg.task_list:
         for variant in cfg.variant_list:
-            for error_type in cfg.error_type_list:
-                if not SPECS[error_type].applies_to(task):
+            for error_type in kinds:
+                if error_type != NOMINAL and not SPECS[error_type].applies_to(task):
                     continue
                 for k in range(cfg.per_combo):
                     jobs.append(SceneJob(task, variant, error_type, k, cfg.seed, cfg.image_size,

@@ -1,10 +1,12 @@
 """`gauntlet demo`: the main job end to end on an embedded local Ray (or RAY_ADDRESS).
 
-1. builds a scene database covering every task x variant x error type, with oracle validation;
+1. builds a scene database covering every task x variant x error type, plus one nominal scene (the
+   untouched start state) per task x variant, with oracle validation;
 2. runs the pre-flight check on it;
 3. serves the scripted oracle and the tiny VLA on Ray Serve and evaluates both over every scene
    with several rollout actors;
-4. writes the report (tables, plots, one HTML page).
+4. writes the report (tables, plots, one HTML page), with each policy's recovery gap (success on the
+   nominal scenes minus success on the error-recovery scenes).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     db_path = out / "scenes"
     print(f"[demo] 1/4 building the scene database at {db_path}", flush=True)
     summary = generate(GenerateConfig(out=str(db_path), tasks=cfg.tasks, per_combo=cfg.per_combo,
-                                      workers=cfg.workers, seed=cfg.seed))
+                                      workers=cfg.workers, seed=cfg.seed, nominal=True))
     print("[demo] 2/4 pre-flight check of the scene database", flush=True)
     report = check_report(SceneDB.open(db_path))
     print_check(report)

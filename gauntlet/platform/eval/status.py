@@ -1,7 +1,8 @@
 """An evaluation run directory's small files, and RUN/status.json: the live progress of a run.
 
 `EvalStatus` is the one definition of status.json: the eval driver writes it (through `StatusLine`,
-which also prints the progress line) and readers such as the throughput sweep read it back with
+which also prints the progress line and, with `--report-to`, sends the same numbers and the final
+tables to the run's tracker) and readers such as the throughput sweep read it back with
 `EvalStatus.read`, never by hand.
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 
 from gauntlet.runtime.manifests import ManifestError, read_json, write_json
 from gauntlet.runtime.progress import format_duration
+from gauntlet.runtime.tracking import NullTracker, Tracker
 
 RUN_MANIFEST = "run.json"  # identity + config of the run (what --resume checks)
 STATUS_FILE = "status.json"  # live progress, rewritten atomically as episodes finish
@@ -83,6 +85,11 @@ class PolicyOutcome:
     episodes: int  # result rows of the policy
     ran: int  # episodes that ran (success or not)
     skip_reasons: dict[str, int]  # skip kind -> episodes
+    successes: int = 0  # episodes that ran and succeeded
+
+    @property
+    def success_rate(self) -> float | None:
+        return self.successes / self.ran if self.ran else None
 
     @property
     def unreachable(self) -> int:
@@ -104,8 +111,9 @@ def policy_outcomes(rows: Any) -> dict[str, PolicyOutcome]:
     for policy, group in rows.groupby("policy", sort=False):
         skipped = group[group["skipped"]]
         kinds = Counter(skip_kind(str(r)) for r in skipped["skip_reason"])
+        successes = int((group["success"].astype(bool) & ~group["skipped"].astype(bool)).sum())
         outcomes[str(policy)] = PolicyOutcome(episodes=len(group), ran=int(len(group) - len(skipped)),
-                                              skip_reasons=dict(kinds))
+                                              skip_reasons=dict(kinds), successes=successes)
     return outcomes
 
 
@@ -123,10 +131,12 @@ def write_serving_stats(run_dir: Path | str, stats: dict[str, dict[str, Any]]) -
 
 
 class StatusLine:
-    """One unbuffered progress line per update, mirrored into RUN/status.json."""
+    """One unbuffered progress line per update, mirrored into RUN/status.json and the run's tracker
+    (`--report-to`: the same numbers as scalars at step = episodes done, the final tables at the end)."""
 
-    def __init__(self, run_dir: Path, total: int, already: int):
+    def __init__(self, run_dir: Path, total: int, already: int, tracker: Tracker | None = None):
         self.run_dir = run_dir
+        self.tracker: Tracker = tracker or NullTracker()
         self.total = total
         self.done = already
         self.started_with = already
@@ -174,7 +184,30 @@ class StatusLine:
                   flush=True)
         for problem in status.problems:
             print(f"[eval] PROBLEM {problem}", flush=True)
+        self._track_final(outcomes)
+        self.close()
         return status
+
+    def _track_final(self, outcomes: dict[str, PolicyOutcome]) -> None:
+        """The final tables: per policy, and per policy x task x error type with Wilson CIs (the
+        report's numbers, so a dashboard and `gauntlet report` never disagree)."""
+        if isinstance(self.tracker, NullTracker):
+            return
+        self.tracker.log_table("eval/policies", [
+            {"policy": name, "episodes": o.episodes, "ran": o.ran, "skipped": o.episodes - o.ran,
+             "successes": o.successes, "success_rate": o.success_rate} for name, o in outcomes.items()])
+        from gauntlet.platform.eval.results import ResultsStore
+        from gauntlet.platform.report.tables import success_table
+
+        rows = ResultsStore(self.run_dir).read()
+        if len(rows):
+            cells = success_table(rows, ["policy", "task", "error_type", "category"])
+            self.tracker.log_table("eval/success_by_policy_task_error_type", cells.to_dict("records"))
+
+    def close(self) -> None:
+        """Closes the tracker (idempotent; `finish` does it, the driver again on its way out)."""
+        self.tracker.close()
+        self.tracker = NullTracker()
 
     def emit(self, force: bool = False, state: str = RUNNING, final: EvalStatus | None = None) -> None:
         """Prints and writes the status: at most every 2 s, and every 30 s even without news."""
@@ -189,3 +222,7 @@ class StatusLine:
         print(f"[eval] {status.done}/{status.total} episodes, {status.skipped} skipped, success {success:.1%} so far, "
               f"{status.episodes_per_min:.1f} episodes/min, ETA {format_duration(eta_s)}", flush=True)
         status.write(self.run_dir)
+        self.tracker.log_scalars(status.done, {
+            "eval/episodes_done": status.done, "eval/episodes_total": status.total, "eval/skipped": status.skipped,
+            "eval/success_rate": status.success_rate, "eval/episodes_per_min": status.episodes_per_min,
+            "eval/eta_s": status.eta_s})

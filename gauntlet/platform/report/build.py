@@ -7,9 +7,12 @@ Reads RUN/results (the results store) and RUN/run.json, and writes into RUN/repo
 - by_policy.csv, by_policy_task.csv, by_policy_error_type.csv: the same, coarser
 - comparison.csv: policies side by side, rows task / error type, one "rate [lo, hi] n=.." column
   per policy
+- recovery_gap.csv: per policy and task, success on nominal scenes (error type `none`: the task's
+  start state) next to success on error-recovery scenes, and the gap nominal - recovery with its CI
 - classifier_agreement.csv (Fleiss' kappa of the three error classifiers, pairwise Cohen's kappa),
-  classifier_accuracy.csv and classifier_accuracy_by_error_type.csv (each vs the injected type)
-- separability.csv: Kruskal-Wallis of per-episode success across error types, per policy
+  classifier_accuracy.csv and classifier_accuracy_by_error_type.csv (each vs the injected type), on
+  error-recovery scenes only
+- separability.csv: Kruskal-Wallis of per-episode success across (injected) error types, per policy
 - success_by_error_type.png, success_by_task.png, success_by_task_error_type.png
 - report.html (with --html): one self-contained page, plots embedded as data URIs
 
@@ -31,7 +34,10 @@ from gauntlet.platform.report.plots import write_plots
 from gauntlet.platform.report.tables import (
     classifier_tables,
     comparison_table,
+    is_nominal,
     policy_order,
+    recovery_gap_display,
+    recovery_gap_table,
     separability_table,
     success_table,
 )
@@ -75,15 +81,18 @@ def build_report(run_dir: Path | str, confidence: float = 0.95) -> dict[str, Any
     run_config, config_note = load_run_config(run_dir)
     policies = policy_order(frame, run_config)
     notes = [config_note] if config_note else []
+    # Classifiers and separability are about injected errors: nominal scenes have none to tell apart.
+    errors = frame[~is_nominal(frame)]
 
     tables: dict[str, pd.DataFrame] = {
         "by_policy": success_table(frame, ["policy"], confidence),
         "comparison": comparison_table(frame, policies, confidence),
+        "recovery_gap": recovery_gap_table(frame, policies, confidence),
         "cells": success_table(frame, ["policy", "task", "error_type", "category"], confidence),
         "by_policy_task": success_table(frame, ["policy", "task"], confidence),
         "by_policy_error_type": success_table(frame, ["policy", "error_type", "category"], confidence),
-        **classifier_tables(frame, confidence),
-        "separability": separability_table(frame, policies),
+        **classifier_tables(errors, confidence),
+        "separability": separability_table(errors, policies),
     }
 
     # Every table lists policies in the same (run.json) order as the side-by-side columns.
@@ -101,6 +110,9 @@ def build_report(run_dir: Path | str, confidence: float = 0.95) -> dict[str, Any
     run_ids = sorted(frame["run_id"].dropna().astype(str).unique())
     if len(run_ids) > 1:
         notes.append(f"results hold {len(run_ids)} run ids ({', '.join(run_ids)}): they are pooled")
+    if tables["recovery_gap"].empty:
+        notes.append("no nominal scenes ran in this run, so there is no recovery gap: generate them with "
+                     "`gauntlet scenes generate --nominal` (or `--error-types none`)")
     for row in tables["classifier_agreement"].itertuples():
         if math.isnan(row.kappa) and row.n_scenes:
             notes.append(f"{row.measure} ({row.raters}) is undefined: every label falls in one category")
@@ -155,6 +167,9 @@ def format_summary(report: dict[str, Any]) -> str:
         lines.append(f"{r.policy:<24} {_num(r.rate):>6} {ci:>16} {r.n:>6} {r.skipped:>8}")
     lines += ["", "policies side by side (rate [CI] n=episodes that ran)",
               tables["comparison"].to_string(index=False), ""]
+    if not tables["recovery_gap"].empty:
+        lines += [f"nominal vs recovery success per policy and task (gap = nominal - recovery, {conf} CI)",
+                  recovery_gap_display(tables["recovery_gap"]).to_string(index=False), ""]
     lines.append("error classifiers (each scene once):")
     for r in tables["classifier_agreement"].itertuples():
         lines.append(f"  {r.measure:<13} {r.raters:<24} kappa {_num(r.kappa):>6} ({r.strength}), "

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gauntlet.platform.report.load import run_fields
-from gauntlet.platform.report.tables import ALL
+from gauntlet.platform.report.tables import ALL, recovery_gap_display
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -32,6 +32,20 @@ def _float_format(value: float) -> str:
 
 def _html_table(frame: pd.DataFrame) -> str:
     return frame.to_html(index=False, float_format=_float_format, na_rep="–", border=0, escape=True)
+
+
+def _gap_section(gap: pd.DataFrame, conf: str) -> list[str]:
+    """Nominal vs recovery success per policy and task, and the gap between them."""
+    head = "<h2>Nominal vs recovery success (the recovery gap)</h2>"
+    if gap.empty:
+        return [head, "<p>No nominal scenes ran in this run. Generate them with <code>gauntlet scenes generate "
+                      "--nominal</code> to see how much of each task a policy can do at all, next to how well it "
+                      "recovers.</p>"]
+    return [head, f"<p>Success on nominal scenes (the task's start state, nothing injected) next to success on "
+                  f"error-recovery scenes, each with its {conf} Wilson interval; the gap is nominal minus recovery, "
+                  f"with Newcombe's {conf} interval built from those two. <code>{ALL}</code> pools the tasks, whose "
+                  "shares differ between the two sides: read the per-task rows first.</p>",
+            _html_table(recovery_gap_display(gap))]
 
 
 def render_html(report: dict[str, Any], plots: list[Path]) -> str:
@@ -60,6 +74,7 @@ def render_html(report: dict[str, Any], plots: list[Path]) -> str:
         f"<code>skipped</code>), with {conf} Wilson intervals.</p>", _html_table(tables["by_policy"]),
         "<h2>Policies side by side</h2><p>Rate [CI] and episodes that ran, per task and error type; "
         f"<code>{ALL}</code> rows pool the rows above them.</p>", _html_table(tables["comparison"]),
+        *_gap_section(tables["recovery_gap"], conf),
         "<h2>Plots</h2>",
     ]
     for path in plots:

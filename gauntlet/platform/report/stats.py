@@ -1,4 +1,5 @@
-"""Small, guarded statistics for evaluation reports: Wilson intervals, kappas, Kruskal-Wallis.
+"""Small, guarded statistics for evaluation reports: Wilson intervals (and the rate difference
+built from them), kappas, Kruskal-Wallis.
 
 Everything here takes plain NumPy-compatible inputs and returns floats or plain dicts, so reports,
 notebooks and tests can use it without pandas. Degenerate inputs (no data, a single category, all
@@ -8,7 +9,8 @@ must never take down a whole report.
 
 Rules for degenerate cases:
 
-- `wilson_interval`: n = 0 -> (nan, nan): no episodes, no estimate.
+- `wilson_interval`: n = 0 -> (nan, nan): no episodes, no estimate; `rate_difference_interval`
+  likewise when either side has n = 0.
 - `fleiss_kappa` / `cohen_kappa`: no items, fewer than two raters, or chance agreement P_e = 1
   (every rating falls in one single category) -> nan. Kappa is agreement *beyond chance*; when
   chance alone already explains perfect agreement there is nothing beyond it to measure, and
@@ -57,6 +59,25 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     low = 0.0 if successes == 0 else max(0.0, centre - half)
     high = 1.0 if successes == n else min(1.0, centre + half)
     return (low, high)
+
+
+def rate_difference_interval(successes_a: int, n_a: int, successes_b: int, n_b: int,
+                             confidence: float = 0.95) -> tuple[float, float, float]:
+    """(difference, low, high) of the rate difference a - b, Newcombe's hybrid score interval.
+
+    Built from each rate's own Wilson interval (Newcombe 1998, method 10), so it inherits their
+    good behaviour at small n and rates of 0 or 1, where a Wald interval of the difference collapses;
+    it stays inside [-1, 1]. Either n = 0 -> (nan, nan, nan): a missing rate has no difference.
+    """
+    if n_a == 0 or n_b == 0:
+        return (math.nan, math.nan, math.nan)
+    p_a, p_b = successes_a / n_a, successes_b / n_b
+    low_a, high_a = wilson_interval(successes_a, n_a, confidence)
+    low_b, high_b = wilson_interval(successes_b, n_b, confidence)
+    diff = p_a - p_b
+    low = diff - math.sqrt((p_a - low_a) ** 2 + (high_b - p_b) ** 2)
+    high = diff + math.sqrt((high_a - p_a) ** 2 + (p_b - low_b) ** 2)
+    return (diff, max(-1.0, low), min(1.0, high))
 
 
 def _is_missing(value: Any) -> bool:

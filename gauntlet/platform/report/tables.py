@@ -1,5 +1,6 @@
-"""The report's tables: success rates with Wilson intervals, policies side by side, classifier
-agreement and accuracy, and how well error types are told apart."""
+"""The report's tables: success rates with Wilson intervals, policies side by side, nominal versus
+recovery success (the recovery gap), classifier agreement and accuracy, and how well error types are
+told apart."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import itertools
 import math
 from typing import TYPE_CHECKING, Any
 
+from gauntlet.envs.injectors import NOMINAL
 from gauntlet.platform.eval.results import LABEL_COLUMNS
 from gauntlet.platform.report.load import run_fields
 from gauntlet.platform.report.stats import (
@@ -14,6 +16,7 @@ from gauntlet.platform.report.stats import (
     fleiss_kappa_from_labels,
     kappa_strength,
     kruskal_wallis,
+    rate_difference_interval,
     wilson_interval,
 )
 
@@ -22,6 +25,15 @@ if TYPE_CHECKING:
 
 COUNT_COLUMNS = ["episodes", "skipped", "n", "successes", "rate", "ci_low", "ci_high"]  # of every success table
 ALL = "all"  # the pooled row in the side-by-side table
+_SIDES = ("nominal", "recovery")
+GAP_COLUMNS = ["policy", "task", *(f"{side}_{c}" for side in _SIDES for c in ("n", "successes", "rate", "ci_low",
+                                                                            "ci_high")),
+               "gap", "gap_ci_low", "gap_ci_high"]
+
+
+def is_nominal(frame: pd.DataFrame) -> pd.Series:
+    """Rows of nominal scenes (the task's start state, nothing injected): the recovery gap's baseline."""
+    return frame["error_type"] == NOMINAL
 
 
 def success_table(frame: pd.DataFrame, by: list[str], confidence: float = 0.95) -> pd.DataFrame:
@@ -92,6 +104,55 @@ def comparison_table(frame: pd.DataFrame, policies: list[str], confidence: float
                         row[policy] = ""
                 rows.append(row)
     return pd.DataFrame(rows, columns=["task", "error_type", *policies])
+
+
+def recovery_gap_table(frame: pd.DataFrame, policies: list[str], confidence: float = 0.95) -> pd.DataFrame:
+    """Per policy and task (plus its pooled `all` row): success on nominal scenes next to success on
+    error-recovery scenes, each with its Wilson CI, and the gap nominal - recovery with Newcombe's
+    interval built from those two. Skipped episodes are left out, as in every rate.
+
+    A large gap says the policy can do the task but not recover; a small one with low rates says it
+    cannot do the task at all. Empty (columns only) when the run has no nominal episode.
+    """
+    import pandas as pd
+
+    ran = frame[~frame["skipped"]]
+    nominal = is_nominal(ran)
+    if not nominal.any():
+        return pd.DataFrame(columns=GAP_COLUMNS)
+    rows = []
+    for policy in policies:
+        part = ran[ran["policy"] == policy]
+        for task in [*sorted(part["task"].unique()), ALL]:
+            cell = part if task == ALL else part[part["task"] == task]
+            row: dict[str, Any] = {"policy": policy, "task": task}
+            counts = {}
+            for side, rows_of_side in zip(_SIDES, (cell[is_nominal(cell)], cell[~is_nominal(cell)]), strict=True):
+                n, successes = len(rows_of_side), int(rows_of_side["success"].sum())
+                low, high = wilson_interval(successes, n, confidence)
+                row.update({f"{side}_n": n, f"{side}_successes": successes,
+                            f"{side}_rate": successes / n if n else math.nan, f"{side}_ci_low": low,
+                            f"{side}_ci_high": high})
+                counts[side] = (successes, n)
+            row["gap"], row["gap_ci_low"], row["gap_ci_high"] = rate_difference_interval(
+                *counts["nominal"], *counts["recovery"], confidence)
+            rows.append(row)
+    return pd.DataFrame(rows, columns=GAP_COLUMNS)
+
+
+def recovery_gap_display(gap: pd.DataFrame) -> pd.DataFrame:
+    """The gap table for reading: "rate [lo, hi] n=N" per side and "+gap [lo, hi]"."""
+    import pandas as pd
+
+    def side(r: Any, name: str) -> str:
+        n = int(r[f"{name}_n"])
+        return _format_rate(r[f"{name}_rate"], r[f"{name}_ci_low"], r[f"{name}_ci_high"], n) if n else "n/a"
+
+    rows = [{"policy": r["policy"], "task": r["task"], "nominal": side(r, "nominal"), "recovery": side(r, "recovery"),
+             "gap (nominal - recovery)": "n/a" if math.isnan(r["gap"]) else
+             f"{r['gap']:+.2f} [{r['gap_ci_low']:+.2f}, {r['gap_ci_high']:+.2f}]"}
+            for _, r in gap.iterrows()]
+    return pd.DataFrame(rows, columns=["policy", "task", "nominal", "recovery", "gap (nominal - recovery)"])
 
 
 def classifier_tables(frame: pd.DataFrame, confidence: float = 0.95) -> dict[str, pd.DataFrame]:

@@ -8,7 +8,8 @@ as failed with the reason, and the sweep goes on.
 
 Writes to --out: trials.csv/.parquet (one row per trial), summary.csv/.parquet (mean and sd per
 method and refine setting), refine_delta.csv/.parquet (refine minus no refine, per method),
-ari_by_method.png and refine_delta.png; prints the table at the end.
+ari_by_method.png and refine_delta.png; prints the table at the end. With `--report-to`, each
+trial's config and metrics and the final tables also go to OUT/tensorboard/ or OUT/wandb/.
 
     gauntlet sweep fusion --slides synthetic:3 --out runs/fusion
     python -m gauntlet.platform.sweeps.fusion --slides a.h5ad b.h5ad --methods concat staig --out runs/f
@@ -28,6 +29,7 @@ from gauntlet.fusion.methods import METHOD_NAMES
 from gauntlet.platform.sweeps.tune_progress import sweep_log, trial_progress
 from gauntlet.runtime.config_args import option, parse_config
 from gauntlet.runtime.manifests import write_json
+from gauntlet.runtime.tracking import REPORT_TO, REPORT_TO_HELP, Tracker, open_tracker
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -90,6 +92,9 @@ class SweepFusionConfig:
     cpus_per_trial: int = option(1, help="CPUs per trial (torch threads)")
     # GPUs per trial; > 0 runs the methods on CUDA
     gpus_per_trial: float = option(0.0, help="GPUs per trial; > 0 runs the methods on cuda")
+    # where each trial's config and metrics and the final tables are tracked
+    report_to: str = option("none", help=REPORT_TO_HELP.replace("RUN/", "OUT/") + "; each trial's config and "
+                                         "metrics, and the final tables", choices=REPORT_TO)
 
     def __post_init__(self) -> None:
         if self.seeds < 1:
@@ -156,8 +161,8 @@ def _trial_outcome(result: dict[str, Any]) -> str:
     return f"FAILED {result.get('error_type', '')}: {result.get('reason', '')}"
 
 
-def run_sweep(config: SweepFusionConfig, slide_ids: list[str]) -> pd.DataFrame:
-    """Runs the Tune grid on the current Ray and returns one row per trial."""
+def run_sweep(config: SweepFusionConfig, slide_ids: list[str], tracker: Tracker | None = None) -> pd.DataFrame:
+    """Runs the Tune grid on the current Ray and returns one row per trial (each also sent to `tracker`)."""
     import pandas as pd
     from ray import tune
 
@@ -179,7 +184,8 @@ def run_sweep(config: SweepFusionConfig, slide_ids: list[str]) -> pd.DataFrame:
         ),
         {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial},
     )
-    progress = trial_progress(SWEEP, total, _describe_trial, _trial_outcome, "ERROR (see the reason column)")
+    progress = trial_progress(SWEEP, total, _describe_trial, _trial_outcome, "ERROR (see the reason column)",
+                              tracker=tracker, metrics=(*METRICS, "fit_s"))
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
@@ -364,13 +370,18 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
+    tracker = open_tracker(config.report_to, out, name=f"{SWEEP}-{out.resolve().name}", job_type=f"sweep-{SWEEP}",
+                           config=dataclasses.asdict(config))
     started = _init_ray(config)
     try:
-        trials = run_sweep(config, slide_ids)
+        trials = run_sweep(config, slide_ids, tracker)
+        summary, delta = write_results(trials, out)
+        for name, frame in (("trials", trials), ("summary", summary), ("refine_delta", delta)):
+            tracker.log_table(f"sweep/{name}", frame.to_dict("records"))
     finally:
+        tracker.close()
         if started:
             ray.shutdown()
-    summary, delta = write_results(trials, out)
     print(format_table(summary, delta, trials), flush=True)
     n_ok = int((trials["status"] == "ok").sum())
     _log(f"{n_ok}/{len(trials)} trials ok; tables and plots in {out.resolve()}")

@@ -11,7 +11,8 @@ keeping only improvements beyond `--noise-margin`.
 
 Writes to --out: trials.csv/.parquet (one row per trial), report.md and report.json (the
 recommendation: the fastest configuration that stayed above the floor; the ladder's path), Tune's
-records and, for eval, each trial's run directory; prints the table at the end.
+records and, for eval, each trial's run directory; prints the table at the end. With `--report-to`,
+each trial's knobs and measurements and the final tables also go to OUT/tensorboard/ or OUT/wandb/.
 
     gauntlet sweep throughput --target loader --dataset DS --knobs num_workers=0,1,2 batch_size=32,64 --out runs/tp
     gauntlet sweep throughput --target eval --scenes DB --policy vla --mode ladder --out runs/tp-eval
@@ -57,6 +58,7 @@ from gauntlet.platform.sweeps.throughput_trials import (
 from gauntlet.platform.sweeps.tune_progress import sweep_log, trial_progress
 from gauntlet.runtime.config_args import option, parse_config
 from gauntlet.runtime.manifests import write_json
+from gauntlet.runtime.tracking import REPORT_TO, REPORT_TO_HELP, Tracker, open_tracker
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -161,6 +163,9 @@ class SweepThroughputConfig:
     vla_size: str = option("tiny", help="eval: VLA preset for `vla` without a checkpoint")
     # CPUs reserved per rollout actor
     actor_cpus: float = option(1.0, help="eval: CPUs reserved per rollout actor")
+    # where each trial's knobs and measurements and the final tables are tracked
+    report_to: str = option("none", help=REPORT_TO_HELP.replace("RUN/", "OUT/") + "; each trial's knobs and "
+                                         "measurements, and the final tables", choices=REPORT_TO)
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -300,8 +305,9 @@ def _outcome(metric: str) -> Callable[[dict[str, Any]], str]:
 
 
 def run_sweep(config: SweepThroughputConfig, target: ThroughputTarget, plan: GridPlan | LadderPlan,
-              limits: RamLimits | None = None) -> pd.DataFrame:
-    """Runs `plan` on Ray Tune (one trial at a time, on the current Ray); one row per trial."""
+              limits: RamLimits | None = None, tracker: Tracker | None = None) -> pd.DataFrame:
+    """Runs `plan` on Ray Tune (one trial at a time, on the current Ray); one row per trial (each also
+    sent to `tracker`)."""
     from ray import tune
 
     from gauntlet.platform.sweeps.throughput_trials import throughput_trainable
@@ -314,7 +320,8 @@ def run_sweep(config: SweepThroughputConfig, target: ThroughputTarget, plan: Gri
         {"cpu": TRIAL_CPUS.get(config.target, 1.0)},
     )
     describe = _describe_ladder_step if config.mode == "ladder" else _describe_grid_point
-    progress = trial_progress(SWEEP, plan.total, describe, _outcome(metric), _TRIAL_DIED)
+    progress = trial_progress(SWEEP, plan.total, describe, _outcome(metric), _TRIAL_DIED, tracker=tracker,
+                              metrics=_RESULT_COLUMNS)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -411,14 +418,21 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
+    tracker = open_tracker(config.report_to, out, name=f"{SWEEP}-{out.resolve().name}", job_type=f"sweep-{SWEEP}",
+                           config=dataclasses.asdict(config))
     started = _init_ray(config, knobs)
     try:
-        trials = run_sweep(config, target, plan, limits)
+        trials = run_sweep(config, target, plan, limits, tracker)
+        summary = summarise_plan(plan)
+        report = write_report(trials, summary, config, list(knobs), limits, out, getattr(target, "runs_dir", None))
+        tracker.log_table("sweep/trials", trials.to_dict("records"))
+        if report["recommended"]:
+            tracker.log_table("sweep/recommended", [{**report["recommended"]["knobs"],
+                                                     config.metric: report["recommended"][config.metric]}])
     finally:
+        tracker.close()
         if started:
             ray.shutdown()
-    summary = summarise_plan(plan)
-    report = write_report(trials, summary, config, list(knobs), limits, out, getattr(target, "runs_dir", None))
     print(format_table(trials, list(knobs), config.metric), flush=True)
     rec = report["recommended"]
     counts = report["counts"]

@@ -9,6 +9,7 @@ from typing import Any
 
 from gauntlet.platform.train.recipes import RECIPES
 from gauntlet.runtime.config_args import option
+from gauntlet.runtime.tracking import REPORT_TO, REPORT_TO_HELP
 
 TRAIN_DIR = "train"  # run state inside --out
 RAY_RUN_NAME = "ray_train"  # Ray Train's run name under TRAIN_DIR (what --resume finds)
@@ -71,6 +72,8 @@ class TrainConfig:
     decode_workers: int = option(2, help="threads decoding images per worker")
     loader_memory_mb: int = option(2048, help="memory budget of each worker's loader (MiB)")
     adapter_name: str = option("", help="adapter name recorded in the artifact (default: --out's directory name)")
+    report_to: str = option("none", help=REPORT_TO_HELP.replace("RUN/", "CKPT/train/") + "; per-step loss, learning "
+                                         "rate, steps/s and samples/s, logged by the driver", choices=REPORT_TO)
 
     def __post_init__(self) -> None:
         _check_at_least(self, 1, ("steps", "workers", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every",

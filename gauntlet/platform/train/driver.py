@@ -16,7 +16,8 @@ Output, `--out CKPT`: a checkpoint directory the policies load as they are (an a
 served with `gauntlet serve --policy vla=BASE --adapters-dir PARENT` and requested by its directory
 name; a base checkpoint for `full`), with the dataset's normalisation statistics. Run state lives
 under `CKPT/train/`: Ray Train's storage (checkpoints, keep K), `metrics.jsonl`, `plan.json`,
-`loss.png`, `summary.json` and one pid file per worker.
+`loss.png`, `summary.json`, one pid file per worker and, with `--report-to`, `tensorboard/` or `wandb/`
+(`live_metrics.py`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from gauntlet.platform.train.config import (
     TrainConfigError,
     TrainRunError,
 )
+from gauntlet.platform.train.live_metrics import LiveTraining
 from gauntlet.platform.train.preflight import Preflight, check_run_dir, plan_text, preflight
 from gauntlet.platform.train.recipes import get_recipe
 from gauntlet.runtime.config_args import parse_config
@@ -119,18 +121,21 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     recipe = get_recipe(cfg.policy)
 
     start_ray("train")
-    result = _fit(cfg, pre, recipe.trainer)
-    _remove_orphan_checkpoints(cfg.train_dir / RAY_RUN_NAME)
-    with result.checkpoint.as_directory() as state_dir:
-        out, history = write_artifact(cfg, pre, Path(state_dir))
-    plot = plot_loss(history, cfg.train_dir / "loss.png", f"{pre.mode} fine-tuning ({Path(cfg.dataset).name})",
-                     recipe.loss_name)
-    summary = {
-        "out": str(out), "mode": pre.mode, "steps": history[-1]["step"] if history else 0,
-        "final_loss": history[-1]["loss"] if history else None, "first_loss": history[0]["loss"] if history else None,
-        "plan": pre.plan, "loss_plot": str(plot) if plot else None, "metrics": dict(result.metrics or {}),
-        "serve": recipe.serve_hint(cfg, pre, out),
-    }
+    with LiveTraining(cfg, pre) as live:
+        result = _fit(cfg, pre, recipe.trainer, live.callbacks)
+        _remove_orphan_checkpoints(cfg.train_dir / RAY_RUN_NAME)
+        with result.checkpoint.as_directory() as state_dir:
+            out, history = write_artifact(cfg, pre, Path(state_dir))
+        plot = plot_loss(history, cfg.train_dir / "loss.png", f"{pre.mode} fine-tuning ({Path(cfg.dataset).name})",
+                         recipe.loss_name)
+        summary = {
+            "out": str(out), "mode": pre.mode, "steps": history[-1]["step"] if history else 0,
+            "final_loss": history[-1]["loss"] if history else None,
+            "first_loss": history[0]["loss"] if history else None, "plan": pre.plan,
+            "loss_plot": str(plot) if plot else None, "metrics": dict(result.metrics or {}),
+            "serve": recipe.serve_hint(cfg, pre, out),
+        }
+        live.finish(summary)
     write_json(cfg.train_dir / "summary.json", json.loads(json.dumps(summary, default=str)))
     message = (f"[train] done: {summary['steps']} steps, loss {summary['first_loss']} -> {summary['final_loss']}; "
                f"artifact {out}")
@@ -139,8 +144,9 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     return summary
 
 
-def _fit(cfg: TrainConfig, pre: Preflight, trainer_kind: str) -> Any:
-    """Run the worker group on the trainer of `trainer_kind`; Ray Train's result, with a checkpoint."""
+def _fit(cfg: TrainConfig, pre: Preflight, trainer_kind: str, callbacks: list[Any] | None = None) -> Any:
+    """Run the worker group on the trainer of `trainer_kind`; Ray Train's result, with a checkpoint.
+    `callbacks`: Ray Train callbacks run on its controller (--report-to's forwarding)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
     from gauntlet.platform.train.worker import backend_module, train_loop
@@ -151,7 +157,7 @@ def _fit(cfg: TrainConfig, pre: Preflight, trainer_kind: str) -> Any:
     run_config = RunConfig(
         name=RAY_RUN_NAME, storage_path=str(cfg.train_dir),
         failure_config=FailureConfig(max_failures=cfg.max_failures),
-        checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+        checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints), callbacks=callbacks or [],
     )
     trainer = backend_module(trainer_kind).ray_trainer(train_loop, loop_config, scaling, run_config, cfg)
     message = (f"[train] {pre.mode} fine-tuning on {cfg.workers} worker(s), {cfg.steps} steps, global batch "

@@ -70,3 +70,22 @@ def test_small_sweep_end_to_end(tmp_path, local_ray, capsys):
     printed = capsys.readouterr().out
     assert "8/16 trials ok" in printed and "(2 FAILED)" in printed and "MissingLabelsError" in printed
     assert "16/16 trials" in printed  # unbuffered progress lines, one per finished trial
+
+
+def test_report_to_tensorboard_logs_each_trial_and_the_final_tables(tmp_path, local_ray):
+    from gauntlet.runtime.tracking import read_tensorboard
+
+    out = tmp_path / "tracked"
+    rc = sweep_fusion.main([
+        "--slides", "synthetic:1", "--methods", "concat", "--seeds", "2", "--refine-dims", "0",
+        "--synthetic-spots", "120", "--synthetic-layers", "3", "--synthetic-genes", "40", "--num-cpus", "2",
+        "--report-to", "tensorboard", "--out", str(out),
+    ])
+    assert rc == 0
+    trials = pd.read_parquet(out / "trials.parquet")
+    logged = read_tensorboard(out / "tensorboard")
+    scalars = logged["scalars"]
+    assert [s for s, _ in scalars["trial/ari_kmeans"]] == [1, 2]
+    assert sorted(v for _, v in scalars["trial/ari_kmeans"]) == pytest.approx(sorted(trials["ari_kmeans"]), rel=1e-5)
+    assert sorted(v for _, v in scalars["trial/config/seed"]) == [0.0, 1.0]
+    assert "ari_kmeans" in logged["texts"]["sweep/trials"][0] and "concat" in logged["texts"]["sweep/summary"][0]

@@ -342,3 +342,25 @@ def _tiny_dataset(root: Path) -> Path:
             writer.add_episode(rng.normal(size=(n, 8)).astype(np.float32), rng.normal(size=(n, 7)).astype(np.float32),
                                task="lift", variant="D0", prompt="lift the cube", success=True, images=images, seed=ep)
     return root
+
+
+def test_report_to_tensorboard_logs_each_trial_and_the_final_tables(tmp_path: Path, local_ray) -> None:
+    from gauntlet.runtime.tracking import read_tensorboard
+
+    dataset = _tiny_dataset(tmp_path / "ds")
+    out = tmp_path / "sweep"
+    rc = sweep_throughput.main(["--target", "loader", "--dataset", str(dataset), "--knobs", "batch_size=4,8",
+                                "--warmup-batches", "1", "--measure-s", "0.3", "--report-to", "tensorboard",
+                                "--out", str(out)])
+    assert rc == 0
+    trials = pd.read_parquet(out / "trials.parquet")
+    logged = read_tensorboard(out / "tensorboard")
+    scalars = logged["scalars"]
+    assert [s for s, _ in scalars["trial/samples_per_s"]] == [1, 2]  # one point per finished trial
+    assert sorted(v for _, v in scalars["trial/config/knobs/batch_size"]) == [4.0, 8.0]
+    assert sorted(v for _, v in scalars["trial/samples_per_s"]) == pytest.approx(
+        sorted(trials["samples_per_s"]), rel=1e-5)
+    assert [v for _, v in scalars["trial/ok"]] == [1.0, 1.0]
+    assert "samples_per_s" in logged["texts"]["sweep/trials"][0]
+    assert "batch_size" in logged["texts"]["sweep/recommended"][0]
+    assert '"report_to": "tensorboard"' in logged["texts"]["config"][0]

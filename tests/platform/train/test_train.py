@@ -262,3 +262,22 @@ def test_torch_policy_trains_on_torch_trainer_with_two_workers(ray_session, data
     batch = {"observation/state": rng.normal(size=(2, 8)).astype(np.float32), "episode_id": np.array(["a", "b"])}
     actions = policy.infer(batch)["actions"]
     assert actions.shape == (2, policy.config.chunk_len, 7) and np.isfinite(actions).all()
+
+
+def test_report_to_tensorboard_logs_every_step_once_from_the_driver(ray_session, dataset: Path,
+                                                                     tmp_path: Path) -> None:
+    """Two workers, reports batched every 2 steps: the driver writes each step once, in one event file."""
+    from gauntlet.runtime.tracking import read_tensorboard
+
+    out = tmp_path / "tracked"
+    summary = run_train(_cfg(dataset, out, policy="bc_rnn", mode="full", steps=5, workers=2, checkpoint_every=5,
+                             report_every=2, report_to="tensorboard"))
+    assert summary["steps"] == 5
+    logdir = out / "train" / "tensorboard"
+    assert len(list(logdir.glob("events.out.tfevents.*"))) == 1  # one writer, not one per worker
+    logged = read_tensorboard(logdir)
+    for tag in ("train/loss", "train/learning_rate", "train/steps_per_s", "train/samples_per_s", "train/grad_norm"):
+        assert [step for step, _ in logged["scalars"][tag]] == [1, 2, 3, 4, 5], tag
+    np.testing.assert_allclose([v for _, v in logged["scalars"]["train/loss"]], _losses(out), rtol=1e-6)
+    assert '"report_to": "tensorboard"' in logged["texts"]["config"][0]
+    assert "final_loss" in logged["texts"]["train/summary"][0]
