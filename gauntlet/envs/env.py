@@ -57,6 +57,10 @@ class EnvConfig:
     cameras: tuple[str, ...] = ("agentview", "robot0_eye_in_hand")  # cameras `observe` renders
     control_freq: int = 20  # policy steps per simulated second
     robot: str = "Panda"  # robosuite robot model
+    # Step with `fast_control.FastStepper` (robosuite's OSC + gripper control loop with its Python
+    # overhead hoisted; bit-exact with robosuite's own `step`, so it stays out of the fingerprint);
+    # False: robosuite's `raw.step`. Configurations the fast path does not reproduce use raw.step anyway.
+    fast_control: bool = True
 
     def __post_init__(self) -> None:
         get_task(self.task)
@@ -149,6 +153,11 @@ class GauntletEnv:
         self._arm_qvel_idx = list(self.raw.robots[0]._ref_joint_vel_indexes)
         self._fingerprint: str | None = None
         self._target = np.zeros(3)
+        self._stepper: Any = None  # the fast path's stepper (None: robosuite's raw.step)
+        if config.fast_control:
+            from gauntlet.envs.fast_control import FastStepper
+
+            self._stepper = FastStepper(self.raw)
         self.reset(seed=0)
 
     # ----------------------------------------------------------------------------------- setup
@@ -198,7 +207,10 @@ class GauntletEnv:
         if self.disturbances.gripper_stall_steps > 0:
             a[6] = self.disturbances.gripper_stall_command
             self.disturbances.gripper_stall_steps -= 1
-        self.raw.step(a)
+        if self._stepper is not None:
+            self._stepper.step(a)
+        else:
+            self.raw.step(a)
         self.counters.steps += 1
         return self.success()
 
