@@ -3,10 +3,12 @@
 1. builds a scene database covering every task x variant x error type, plus one nominal scene (the
    untouched start state) per task x variant, with oracle validation;
 2. runs the pre-flight check on it;
-3. serves the scripted oracle and the tiny VLA on Ray Serve and evaluates both over every scene
-   with several rollout actors;
-4. writes the report (tables, plots, one HTML page), with each policy's recovery gap (success on the
-   nominal scenes minus success on the error-recovery scenes).
+3. trains a BC-RNN on a few scripted-expert demonstrations of one task (about half a minute);
+4. evaluates the scripted oracle, an untrained tiny VLA and the trained BC-RNN over every scene with
+   several rollout actors (the BC-RNN knows one task's observation: the other tasks' scenes are
+   skipped for it and recorded as such), recording a few rollout videos;
+5. writes the report (tables, plots, videos, one HTML page), with each policy's recovery gap
+   (success on the nominal scenes minus success on the error-recovery scenes).
 """
 
 from __future__ import annotations
@@ -30,8 +32,14 @@ class DemoConfig:
     workers: int = option(2, help="simulation processes for scene generation")
     actors: int = option(2, help="rollout actors for the evaluation")
     horizon: int = option(200, help="steps per evaluation episode")
-    policies: tuple[str, ...] = option(("scripted", "vla"), help="policies to serve and evaluate")
+    policies: tuple[str, ...] = option(("scripted", "vla"), help="policies to evaluate besides the trained one")
     seed: int = option(0, help="base seed")
+    train_task: str = option("lift", help="task the demo's BC-RNN is trained on ('' = train nothing)")
+    train_demos: int = option(30, help="scripted-expert demonstrations it learns from (half D0, half D1)")
+    train_steps: int = option(600, help="training steps (batch 32; about 30 s on one core)")
+    record_video: int = option(1, help="videos per policy x task x error type (see --video-error-types)")
+    video_error_types: tuple[str, ...] = option(("none", "drop", "object_push", "gripper_stall"),
+                                                help="error types recorded, on the trained task")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,21 +56,25 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     db_path = out / "scenes"
-    print(f"[demo] 1/4 building the scene database at {db_path}", flush=True)
+    print(f"[demo] 1/5 building the scene database at {db_path}", flush=True)
     summary = generate(GenerateConfig(out=str(db_path), tasks=cfg.tasks, per_combo=cfg.per_combo,
                                       workers=cfg.workers, seed=cfg.seed, nominal=True))
-    print("[demo] 2/4 pre-flight check of the scene database", flush=True)
+    print("[demo] 2/5 pre-flight check of the scene database", flush=True)
     report = check_report(SceneDB.open(db_path))
     print_check(report)
     write_json(out / "scenes_check.json", report, indent=2)
     run_dir = out / "run"
     policies = cfg.policies
-    message = (f"[demo] 3/4 evaluating {', '.join(policies)} over {report['total']} scenes with {cfg.actors} "
+    if cfg.train_task:
+        print(f"[demo] 3/5 training a BC-RNN on {cfg.train_demos} expert demonstrations of {cfg.train_task}",
+              flush=True)
+        policies = (*policies, f"bc_rnn={train_demo_policy(cfg, out / f'bc_rnn_{cfg.train_task}')}")
+    message = (f"[demo] 4/5 evaluating {', '.join(policies)} over {report['total']} scenes with {cfg.actors} "
                f"rollout actors (policies on Ray Serve)")
     print(message, flush=True)
     result = run_eval(EvalConfig(scenes=str(db_path), policy=policies, out=str(run_dir), actors=cfg.actors,
                                  horizon=cfg.horizon, resume=(run_dir / RUN_MANIFEST).exists()))
-    print("[demo] 4/4 writing the report", flush=True)
+    print("[demo] 5/5 writing the report", flush=True)
     built = build_report(run_dir)
     paths = write_report_files(built, run_dir / REPORT_DIR, html=True)
     print(format_summary(built), flush=True)
@@ -71,6 +83,37 @@ def main(argv: list[str] | None = None) -> int:
                f"report: {paths.get('html', run_dir / 'report')}")
     print(message, flush=True)
     return 0
+
+
+def train_demo_policy(cfg: DemoConfig, ckpt: Path) -> Path:
+    """A BC-RNN fitted on scripted-expert demos of `cfg.train_task` (kept if a finished one exists)."""
+    from gauntlet.policies.checkpoints import CONFIG_FILE
+
+    if (ckpt / CONFIG_FILE).is_file():
+        print(f"[demo]   reusing {ckpt}", flush=True)
+        return ckpt
+    import torch
+
+    from gauntlet.policies.bc_rnn.config import config_for_task
+    from gauntlet.policies.bc_rnn.train import collect_demos, fit
+
+    half = max(cfg.train_demos // 2, 1)
+    # Demo seeds start far from the scene seeds, so the policy is evaluated on starts it never saw.
+    demos = (collect_demos(cfg.train_task, "D0", half, seed=cfg.seed + 10_000)
+             + collect_demos(cfg.train_task, "D1", cfg.train_demos - half or 1, seed=cfg.seed + 20_000))
+    frames = sum(len(d) for d in demos)
+    print(f"[demo]   {len(demos)} demonstrations, {frames} frames; fitting {cfg.train_steps} steps", flush=True)
+    # A small LSTM runs best on one thread; more threads spin against the rollouts on a small machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        policy, losses = fit(config_for_task(cfg.train_task), demos, steps=cfg.train_steps, batch_size=32,
+                             lr=1e-3, seed=cfg.seed, progress=True)
+    finally:
+        torch.set_num_threads(threads)
+    print(f"[demo]   loss {losses[0]:.3f} -> {losses[-1]:.3f}", flush=True)
+    policy.save(ckpt)
+    return ckpt
 
 
 if __name__ == "__main__":

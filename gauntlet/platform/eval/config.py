@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from gauntlet.runtime.config_args import as_tuple, option
+from gauntlet.runtime.tracking import REPORT_TO, REPORT_TO_HELP
 
 # EvalConfig fields that select scenes -> the scene metadata column each one filters
 SCENE_FILTERS: dict[str, str] = {"tasks": "task", "variants": "variant", "error_types": "error_type",
@@ -22,13 +23,19 @@ class EvalConfig:
     """Evaluates policies over a scene database on Ray (RAY_ADDRESS, else an embedded local Ray)."""
 
     scenes: str = option(help="scene database directory")
-    policy: tuple[str, ...] = option(help="NAME[=CHECKPOINT] (deployed on Serve by this job; vla=BASE@ADAPTER_DIR "
+    policy: tuple[str, ...] = option(help="NAME[=CHECKPOINT] (deployed on Serve by this job, except scripted and "
+                                          "random, which run in-process in the rollout actors; "
+                                          "deploy=NAME[=CHECKPOINT] deploys any policy on Serve, e.g. "
+                                          "deploy=scripted; vla=BASE@ADAPTER_DIR "
                                           "for a LoRA adapter on that base), "
                                           "remote=URL (an openpi-protocol ws:// or http:// server; see --remote-*), or serve=NAME "
                                           "(an already running `gauntlet serve` app); repeatable")
     out: str = option(help="run directory (results, status, report)")
     trials: int = option(1, help="trials per scene and policy")
     actors: int = option(2, help="rollout actors")
+    envs_per_actor: int = option(1, help="episodes each rollout actor runs at once, each in its own env: "
+                                         "while some wait for the policy's answer the actor steps the "
+                                         "others, and their requests reach the replica together (batches)")
     horizon: int = option(300, help="steps per episode")
     replan_steps: tuple[str, ...] = option((), help="K or LABEL=K: execute only the first K actions of each "
                                                     "returned chunk, then ask the policy again (openpi's "
@@ -70,12 +77,28 @@ class EvalConfig:
     ping_timeout_s: float = option(30.0, help="an actor that does not answer a liveness ping for this "
                                               "long is treated as dead and its items re-queued")
     run_id: str = option("", help="run id (default: derived from the run directory name)")
+    report_to: str = option("none", help=REPORT_TO_HELP + "; progress (episodes done, success so far, "
+                                         "episodes/min) and the final tables", choices=REPORT_TO)
+    record_video: int = option(0, help="record this many episodes per policy x task x error type as MP4 "
+                                       "(RUN/videos/, a gallery in the HTML report), the same scenes for every "
+                                       "policy; when a group has both outcomes and the recorded ones show one, "
+                                       "an episode with the other is replayed with recording. Frames are "
+                                       "rendered only for recorded episodes (0 = none)")
+    video_cameras: tuple[str, ...] = option(("agentview",), help="cameras in each video, side by side "
+                                                                "(agentview, robot0_eye_in_hand)")
+    video_size: int = option(160, help="video frame height = width per camera, pixels (even)")
+    video_stride: int = option(2, help="a video frame every this many env steps (played at 10 frames/s)")
+    video_tasks: tuple[str, ...] = option((), help="record videos only for these tasks (default: all)")
+    video_error_types: tuple[str, ...] = option((), help="record videos only for these error types (default: "
+                                                         "all; `none` = nominal scenes)")
 
     def __post_init__(self) -> None:
         for name in SCENE_FILTERS:
             object.__setattr__(self, name, as_tuple(getattr(self, name)))
-        object.__setattr__(self, "replan_steps", as_tuple(self.replan_steps))
-        for name in ("trials", "actors", "horizon", "write_every", "remote_image_size"):
+        for name in ("replan_steps", "video_cameras", "video_tasks", "video_error_types"):
+            object.__setattr__(self, name, as_tuple(getattr(self, name)))
+        self._check_video()
+        for name in ("trials", "actors", "envs_per_actor", "horizon", "write_every", "remote_image_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("remote_action_dim", "remote_chunk_len"):
@@ -86,6 +109,19 @@ class EvalConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not self.policy:
             raise ValueError("policy: name at least one policy")
+
+    def _check_video(self) -> None:
+        from gauntlet.keys import ROBOSUITE_CAMERAS
+
+        if self.record_video < 0:
+            raise ValueError(f"record_video must be >= 0, got {self.record_video}")
+        if self.video_size % 2 or not 16 <= self.video_size <= 1024:
+            raise ValueError(f"video_size must be even and in [16, 1024], got {self.video_size}")
+        if self.video_stride < 1:
+            raise ValueError(f"video_stride must be >= 1, got {self.video_stride}")
+        unknown = [c for c in self.video_cameras if c not in ROBOSUITE_CAMERAS]
+        if unknown or not self.video_cameras:
+            raise ValueError(f"video_cameras: unknown {unknown}; choose from {', '.join(ROBOSUITE_CAMERAS)}")
 
     @property
     def effective_run_id(self) -> str:

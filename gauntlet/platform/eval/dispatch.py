@@ -1,14 +1,15 @@
-"""The eval driver's work queue: rollout actors pull items one at a time; dead actors are replaced.
+"""The eval driver's work queue: rollout actors pull items; dead actors are replaced.
 
-Work is pulled (one item per idle actor), so a slow scene never idles the others. An actor that dies,
-or stops answering liveness pings, is killed and replaced, and its in-flight items go back to the
-front of the queue. Finished rows go to the results store in batches of `write_every`.
+Each actor has `envs_per_actor` slots; work is pulled (an actor gets its next item as soon as one of
+its episodes finishes), so a slow scene never idles the others. An actor that dies, or stops
+answering liveness pings, is killed and replaced, and all its in-flight items go back to the front
+of the queue, in their order. Finished rows go to the results store in batches of `write_every`.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +18,16 @@ from gauntlet.platform.eval.episode import WorkItem
 from gauntlet.platform.eval.results import ResultsStore
 from gauntlet.platform.eval.status import StatusLine
 from gauntlet.platform.eval.targets import PolicyTarget
+from gauntlet.platform.eval.video import VIDEO_KEY, write_video
 
 
 class Dispatcher:
     """Runs `pending` on `cfg.actors` rollout actors until every item has a row."""
 
     def __init__(self, cfg: EvalConfig, scenes: dict[str, dict[str, Any]], targets: list[PolicyTarget],
-                 version: str, store: ResultsStore, status: StatusLine):
+                 version: str, store: ResultsStore, status: StatusLine, replay: bool = False):
         self.cfg = cfg
+        self.replay = replay  # items re-run only for their videos: rows are not stored again
         self.scenes = scenes
         self.targets = targets
         self.version = version
@@ -44,7 +47,7 @@ class Dispatcher:
 
         resources = {self.cfg.actor_resource: 1} if self.cfg.actor_resource else None
         return RolloutActor.options(num_cpus=self.cfg.actor_cpus, max_restarts=0, resources=resources).remote(
-            str(Path(self.cfg.scenes).resolve()), self.targets, self.scenes, self.version)
+            str(Path(self.cfg.scenes).resolve()), self.targets, self.scenes, self.version, self.cfg.envs_per_actor)
 
     def _start(self, slot: int) -> None:
         # A new actor receives work only once it has answered a ping (it may wait for resources).
@@ -52,19 +55,24 @@ class Dispatcher:
         self.starting[slot] = self.actors[slot].ready.remote()
 
     def _fill(self) -> None:
-        """Gives every started, idle actor its next item (work is pulled, one item per actor)."""
-        busy = {s for s, _ in self.in_flight.values()}
-        for slot, actor in self.actors.items():
-            if self.pending and slot not in busy and slot not in self.starting:
-                item = self.pending.popleft()
-                self.in_flight[actor.run.remote(item)] = (slot, item)
+        """Gives started actors items until each has `envs_per_actor` in flight, least loaded first
+        (so the last items of a run spread over the actors rather than queue on one)."""
+        load = Counter(s for s, _ in self.in_flight.values())
+        started = [slot for slot in self.actors if slot not in self.starting]
+        while self.pending and started:
+            slot = min(started, key=lambda s: load[s])
+            if load[slot] >= self.cfg.envs_per_actor:
+                break
+            item = self.pending.popleft()
+            self.in_flight[self.actors[slot].run.remote(item)] = (slot, item)
+            load[slot] += 1
 
     def _replace(self, slot: int, why: str) -> None:
         """The actor (or its node) is gone: its items go back to the queue, the slot gets a new actor."""
         import ray
 
         lost = [ref for ref, (s, _) in self.in_flight.items() if s == slot]
-        for ref in lost:
+        for ref in reversed(lost):  # the earliest sent goes first again
             self.pending.appendleft(self.in_flight.pop(ref)[1])
         self.replaced += 1
         self.pings.pop(slot, None)
@@ -103,6 +111,11 @@ class Dispatcher:
                 self._replace(slot, type(exc).__name__)
                 continue
             self.in_flight.pop(ref)
+            video = row.pop(VIDEO_KEY, None)
+            if video is not None:
+                write_video(Path(self.cfg.out), row, video)
+            if self.replay:
+                continue  # a replay for its video: the episode's row is already stored
             self.buffer.append(row)
             self.status.add(row)
             self.ran += 1

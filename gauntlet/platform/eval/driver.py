@@ -23,7 +23,9 @@ from gauntlet.platform.eval.results import ResultsStore, skipped_row
 from gauntlet.platform.eval.scenes import scene_records, select_scenes
 from gauntlet.platform.eval.status import RUN_MANIFEST, StatusLine, policy_outcomes, write_serving_stats
 from gauntlet.platform.eval.targets import PolicyTarget, policy_targets
+from gauntlet.platform.eval.video import mark_recorded
 from gauntlet.runtime.config_args import parse_config
+from gauntlet.runtime.tracking import open_tracker
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -119,6 +121,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         from gauntlet.platform.eval.dispatch import Dispatcher
 
         outcome = Dispatcher(cfg, scenes, targets, version, store, status).run(plan.pending)
+        _record_missing_outcomes(cfg, scenes, targets, version, store, status)
         summary.update(outcome, skipped=status.skipped, success_rate=status.success_rate)
         if deploy:
             # What the replicas saw (batch sizes etc.): the evidence that actors shared batches.
@@ -126,6 +129,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
             write_serving_stats(run_dir, summary["serving"])
         return _finish(store, status, summary)
     finally:
+        status.close()  # --report-to's tracker, also when the run fails
         if deploy:
             _undeploy()
         if owns_ray:
@@ -155,6 +159,21 @@ def probe_remotes(targets: list[PolicyTarget], frame: pd.DataFrame) -> None:
         print(f"[eval] {target.label}: {origin} ({sent}); actions (H, {contract.action_dim}){replan}", flush=True)
 
 
+def _record_missing_outcomes(cfg: EvalConfig, scenes: dict[str, dict[str, Any]], targets: list[PolicyTarget],
+                              version: str, store: ResultsStore, status: StatusLine) -> None:
+    """--record-video: replays, with recording, an episode of each outcome a group's videos lack."""
+    if not cfg.record_video:
+        return
+    from gauntlet.platform.eval.dispatch import Dispatcher
+    from gauntlet.platform.eval.video import replay_items
+
+    items = replay_items(cfg, store.read(), Path(cfg.out))
+    if items:
+        print(f"[eval] recording {len(items)} more episode(s) so each group's videos show both outcomes",
+              flush=True)
+        Dispatcher(cfg, scenes, targets, version, store, status, replay=True).run(items)
+
+
 def _finish(store: ResultsStore, status: StatusLine, summary: dict[str, Any]) -> dict[str, Any]:
     """Folds the results, writes the final status with its per-policy summary; `problems` in the
     summary name every policy without a usable result (the command then exits 1)."""
@@ -169,7 +188,9 @@ def _start_run(cfg: EvalConfig, frame: pd.DataFrame, targets: list[PolicyTarget]
     """Plans the run, records the pre-flight skips and prints what is about to happen."""
     scenes = scene_records(frame)
     plan = plan_work(cfg, scenes, targets, store.done_keys(), version)
-    status = StatusLine(Path(cfg.out), plan.total, plan.done)
+    recorded = mark_recorded(cfg, scenes, plan.pending)
+    tracker = open_tracker(cfg.report_to, cfg.out, name=cfg.effective_run_id, job_type="eval", config=asdict(cfg))
+    status = StatusLine(Path(cfg.out), plan.total, plan.done, tracker)
     if plan.skip_rows:
         store.write(plan.skip_rows)
         for row in plan.skip_rows:
@@ -178,7 +199,13 @@ def _start_run(cfg: EvalConfig, frame: pd.DataFrame, targets: list[PolicyTarget]
               flush=True)
     print(f"[eval] run {cfg.effective_run_id}: {len(scenes)} scenes x {len(targets)} policies x {cfg.trials} "
           f"trials = {plan.total} episodes; {plan.done} already done, {len(plan.pending)} to run on "
-          f"{cfg.actors} actors", flush=True)
+          f"{cfg.actors} actors x {cfg.envs_per_actor} envs", flush=True)
+    if recorded:
+        print(f"[eval] recording {recorded} episode(s) as video ({Path(cfg.out) / 'videos'})", flush=True)
+    local = [t.label for t in targets if t.kind == "local"]
+    if local:  # no Serve replica, hence no `serving` stats, for these
+        print(f"[eval] {', '.join(local)}: in-process in each rollout actor (deploy=NAME serves it instead)",
+              flush=True)
     status.emit(force=True)
     return plan, scenes, status
 

@@ -1,11 +1,19 @@
 """Episodes: restore a scene, step it, ask the policy for a chunk only when the last one is used up.
 
 Images are rendered only for those requests (and only if the policy needs them); privileged
-policies also get the simulator state. Used by the rollout actors and, in-process, by benchmarks.
+policies also get the simulator state.
+
+One episode loop, two drivers. `Episode` holds everything an episode does (restore, request, step,
+result row); a driver only decides how to wait for the policy's answer:
+
+- `run_episode`: blocks on `policy.infer` (in-process callers, benchmarks);
+- `run_episode_async`: awaits `policy.infer_async`, so a rollout actor runs several episodes on its
+  one rendering thread and steps whichever env has actions while the others wait for theirs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -17,6 +25,7 @@ from gauntlet.envs.env import EnvConfig, GauntletEnv
 from gauntlet.envs.scene_db import SceneDB
 from gauntlet.keys import EPISODE_ID_KEY, PROMPT_KEY, SIM_STATE_KEY
 from gauntlet.platform.eval.results import new_row, skipped_row
+from gauntlet.platform.eval.video import VIDEO_KEY, EpisodeRecorder, VideoOptions
 
 
 class PolicyUnavailableError(RuntimeError):
@@ -36,6 +45,9 @@ class ChunkSource(Protocol):
     def infer(self, obs: dict[str, Any]) -> np.ndarray:  # (H, D)
         ...
 
+    async def infer_async(self, obs: dict[str, Any]) -> np.ndarray:  # (H, D); never blocks the event loop
+        ...
+
 
 @dataclass(frozen=True)
 class WorkItem:
@@ -46,6 +58,7 @@ class WorkItem:
     policy: str  # policy label (results column)
     trial: int
     horizon: int
+    video: VideoOptions | None = None  # record this episode (not part of its identity)
 
     @property
     def key(self) -> tuple:
@@ -82,50 +95,186 @@ def filter_obs(obs: dict[str, Any], keys: frozenset[str],
 
 
 class EnvCache:
-    """One env per distinct env configuration, built on first use and reused across episodes."""
+    """Envs by env configuration, built on first use and reused across episodes.
 
-    def __init__(self) -> None:
-        self._envs: dict[str, GauntletEnv] = {}
+    One pool per configuration: each episode running at the same time holds its own env (an env
+    carries one episode's physics), so a pool grows to the most episodes of that configuration that
+    ran at once. `capacity` bounds the envs alive in all pools together (an env with its renderer
+    holds a few hundred MB): a new one past it replaces the least recently used idle env of another
+    configuration (work items come grouped by scene, so that one's configuration is usually done).
+    It must be at least the number of episodes run at once; None = no bound.
+    """
 
-    def get(self, env_config_json: str) -> GauntletEnv:
-        if env_config_json not in self._envs:
-            cfg = json.loads(env_config_json)
-            cfg["cameras"] = tuple(cfg.get("cameras", ()))
-            self._envs[env_config_json] = GauntletEnv(EnvConfig(**cfg))
-        return self._envs[env_config_json]
+    def __init__(self, capacity: int | None = None) -> None:
+        self.capacity = capacity
+        self._idle: dict[str, list[GauntletEnv]] = {}
+        self._idle_order: list[tuple[str, GauntletEnv]] = []  # least recently released first
+        self.alive = 0  # envs built and not closed
+        self.built = 0  # envs built so far
+
+    def acquire(self, env_config_json: str) -> GauntletEnv:
+        """An idle env of this configuration, or a new one; hand it back with `release`."""
+        idle = self._idle.get(env_config_json)
+        if idle:
+            env = idle.pop()
+            self._idle_order.remove((env_config_json, env))
+            return env
+        if self.capacity is not None and self.alive >= self.capacity and self._idle_order:
+            old_config, old = self._idle_order.pop(0)
+            self._idle[old_config].remove(old)
+            old.close()  # frees its renderer's GL context and buffers
+            self.alive -= 1
+        cfg = json.loads(env_config_json)
+        cfg["cameras"] = tuple(cfg.get("cameras", ()))
+        env = GauntletEnv(EnvConfig(**cfg))
+        self.alive += 1
+        self.built += 1
+        return env
+
+    def release(self, env_config_json: str, env: GauntletEnv) -> None:
+        # Whatever state the env is left in does not matter: the next episode restores its scene.
+        self._idle.setdefault(env_config_json, []).append(env)
+        self._idle_order.append((env_config_json, env))
+
+
+class Episode:
+    """One episode, advanced by a driver: `start`, then until `done`: if `wants_chunk`, build
+    `request()`, call `sending()` as it leaves for the policy and hand the answer to `give`; then
+    `step()`. `close()` always.
+
+    The row is `self.row` (a skipped row if the scene could not be restored). Latency is measured
+    per request, from `sending()` to `give()`, whichever driver waits (with several envs per actor
+    it includes the step the actor was taking for another env when the answer came).
+    """
+
+    def __init__(self, db: SceneDB, item: WorkItem, scene: dict[str, Any], policy: ChunkSource, worker: str,
+                 code_version: str):
+        self.db, self.item, self.scene, self.policy = db, item, scene, policy
+        self.worker, self.code_version = worker, code_version
+        self.row = new_row(item, scene, worker, code_version)
+        self.env: GauntletEnv | None = None
+        self.done = False
+        self.step_index = 0  # env steps taken so far
+        self._envs: EnvCache | None = None
+        self._chunk: list[np.ndarray] = []
+        self._latencies_ms: list[float] = []
+        self._asked_at = 0.0
+        self._started_at = time.perf_counter()
+        self._recorder: EpisodeRecorder | None = None
+
+    def start(self, envs: EnvCache) -> None:
+        """Takes an env and restores the scene into it; a scene that cannot be restored is skipped."""
+        try:
+            self.env = envs.acquire(self.scene["env_config"])
+            self._envs = envs
+            self.db.restore(self.env, self.item.scene_id)
+            if self.item.video is not None:
+                title = f"{self.item.policy} | {self.scene.get('task', '')} {self.scene.get('variant', '')}"
+                self._recorder = EpisodeRecorder(self.env, self.item.video, title, self.scene.get("error_type", ""))
+                self._recorder.capture(0, force=True)
+        except Exception as exc:  # noqa: BLE001 - one bad scene is recorded, never fatal
+            self.row = skipped_row(self.item, self.scene, f"restore failed: {type(exc).__name__}: {exc}",
+                                   self.worker, self.code_version)
+            self.done = True
+
+    @property
+    def wants_chunk(self) -> bool:
+        return not self.done and not self._chunk
+
+    def request(self) -> dict[str, Any]:
+        """The observation to send: rendered now, filtered to what the policy declared."""
+        assert self.env is not None
+        obs = self.env.observe(images=self.policy.needs_images)
+        if self.policy.needs_sim_state:
+            obs[SIM_STATE_KEY] = self.env.get_state()
+        obs[EPISODE_ID_KEY] = self.item.episode_id
+        return filter_obs(obs, self.policy.spec_keys, self.policy.image_shapes, self.policy.pad_images)
+
+    def sending(self) -> None:
+        """The request leaves now: its latency counts from here."""
+        self._asked_at = time.perf_counter()
+
+    def give(self, actions: np.ndarray) -> None:
+        """The policy's answer to the last `request()`: an (H, D) chunk."""
+        self._latencies_ms.append((time.perf_counter() - self._asked_at) * 1e3)
+        # openpi's clients execute only the first `replan_steps` actions, then ask again.
+        self._chunk = list(np.asarray(actions, dtype=np.float64))[: self.policy.replan_steps or None]
+        self.row["replan_steps"] = self.row["replan_steps"] or len(self._chunk)
+
+    def step(self) -> None:
+        """One env step with the chunk's next action.
+
+        Per-step hooks (e.g. rendering a video frame at chosen steps) belong at the end of this
+        method: `self.env` has just stepped and `self.step_index` is the step's 1-based number."""
+        assert self.env is not None
+        self.step_index += 1
+        solved = self.env.step(self._chunk.pop(0))
+        self.row["steps"] = self.step_index
+        if solved:
+            self.row.update(success=True, recovery_step=self.step_index)
+        if self._recorder is not None:
+            self._recorder.capture(self.step_index, solved)
+        if solved or self.step_index >= self.item.horizon:
+            self._finish()
+
+    def _finish(self) -> None:
+        lat = self._latencies_ms
+        if lat:
+            self.row.update(inference_calls=len(lat), latency_ms_mean=float(np.mean(lat)),
+                            latency_ms_p50=float(np.median(lat)), latency_ms_max=float(np.max(lat)))
+        if self._recorder is not None:
+            self.row[VIDEO_KEY] = self._recorder.finish(bool(self.row["success"]), self.step_index)
+            self._recorder = None
+        self.row["wall_s"] = time.perf_counter() - self._started_at
+        self.done = True
+
+    def close(self) -> None:
+        """Returns the env to its pool (also after an exception: the next restore resets it)."""
+        if self._recorder is not None:  # the episode failed mid-way: no video
+            self._recorder.discard()
+            self._recorder = None
+        if self._envs is not None and self.env is not None:
+            self._envs.release(self.scene["env_config"], self.env)
+        self._envs = None
 
 
 def run_episode(db: SceneDB, envs: EnvCache, item: WorkItem, scene: dict[str, Any], policy: ChunkSource,
                 worker: str, code_version: str) -> dict[str, Any]:
-    """Runs one episode and returns its result row; a scene that cannot be restored is skipped."""
-    start = time.perf_counter()
+    """Runs one episode, blocking on each policy call; returns its result row."""
+    episode = Episode(db, item, scene, policy, worker, code_version)
     try:
-        env = envs.get(scene["env_config"])
-        db.restore(env, item.scene_id)
-    except Exception as exc:  # noqa: BLE001 - one bad scene is recorded, never fatal
-        return skipped_row(item, scene, f"restore failed: {type(exc).__name__}: {exc}", worker, code_version)
-    row = new_row(item, scene, worker, code_version)
-    chunk: list[np.ndarray] = []
-    latencies: list[float] = []
-    for step in range(1, item.horizon + 1):
-        if not chunk:
-            obs = env.observe(images=policy.needs_images)
-            if policy.needs_sim_state:
-                obs[SIM_STATE_KEY] = env.get_state()
-            obs[EPISODE_ID_KEY] = item.episode_id
-            t = time.perf_counter()
-            actions = policy.infer(filter_obs(obs, policy.spec_keys, policy.image_shapes, policy.pad_images))
-            latencies.append((time.perf_counter() - t) * 1e3)
-            # openpi's clients execute only the first `replan_steps` actions, then ask again.
-            chunk = list(np.asarray(actions, dtype=np.float64))[: policy.replan_steps or None]  # (H, D)
-            row["replan_steps"] = row["replan_steps"] or len(chunk)
-        if env.step(chunk.pop(0)):
-            row.update(success=True, recovery_step=step)
-            row["steps"] = step
-            break
-        row["steps"] = step
-    if latencies:
-        row.update(inference_calls=len(latencies), latency_ms_mean=float(np.mean(latencies)),
-                   latency_ms_p50=float(np.median(latencies)), latency_ms_max=float(np.max(latencies)))
-    row["wall_s"] = time.perf_counter() - start
-    return row
+        episode.start(envs)
+        while not episode.done:
+            if episode.wants_chunk:
+                request = episode.request()
+                episode.sending()
+                episode.give(policy.infer(request))
+            episode.step()
+    finally:
+        episode.close()
+    return episode.row
+
+
+async def run_episode_async(db: SceneDB, envs: EnvCache, item: WorkItem, scene: dict[str, Any],
+                            policy: ChunkSource, worker: str, code_version: str) -> dict[str, Any]:
+    """`run_episode` for an event loop: while this episode awaits its chunk, the loop steps the
+    actor's other episodes. Everything touching the env runs on the loop's thread (EGL)."""
+    episode = Episode(db, item, scene, policy, worker, code_version)
+    try:
+        episode.start(envs)
+        while not episode.done:
+            if episode.wants_chunk:
+                request = episode.request()
+                # Other episodes whose chunks ran out in this round render theirs first, then all
+                # requests leave back to back and the replica batches them; envs answered together
+                # stay in step, so they keep asking together.
+                await asyncio.sleep(0)
+                episode.sending()
+                episode.give(await policy.infer_async(request))
+            episode.step()
+            # The actor's other episodes take their turn step by step, so an answer that arrived
+            # while this one was stepping is taken up within a step, not after this whole chunk.
+            await asyncio.sleep(0)
+    finally:
+        episode.close()
+    return episode.row

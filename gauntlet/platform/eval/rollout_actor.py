@@ -1,56 +1,85 @@
-"""The rollout actor: a Ray actor with its envs, pulling work items one at a time from the driver."""
+"""The rollout actor: an asyncio Ray actor running up to `--envs-per-actor` episodes at once.
+
+Each `run(item)` call is one episode, a coroutine on the actor's event loop. An episode that waits
+for its policy's answer yields the loop, which steps the actor's other episodes; so the actor's core
+keeps simulating while requests are in flight, and requests of several envs reach the replica
+together. The driver decides how many `run` calls an actor has at a time.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
 import ray
 
-from gauntlet.platform.eval.episode import EnvCache, PolicyUnavailableError, WorkItem, run_episode
+from gauntlet.platform.eval.episode import (
+    ChunkSource,
+    EnvCache,
+    PolicyUnavailableError,
+    WorkItem,
+    run_episode_async,
+)
 from gauntlet.platform.eval.results import skipped_row
-from gauntlet.platform.eval.sources import make_source
+from gauntlet.platform.eval.sources import open_source
 from gauntlet.platform.eval.targets import PolicyTarget
 
 
-# `ready()` has its own concurrency group so it answers while `run()` is busy: the driver's
-# liveness ping tells a busy actor from a dead one (e.g. on a node that vanished without notice).
-# `run()` stays in the default group, a single thread: an EGL context is current on one thread only,
-# and rendering from another thread fails with EGL_BAD_ACCESS.
+# An async actor runs each concurrency group's coroutines on that group's one event-loop thread.
+# `run()` is in the default group: every env is built, stepped and rendered on that one thread (an EGL
+# context is current on one thread only; rendering from another fails with EGL_BAD_ACCESS).
+# `ready()` has its own group, hence its own thread, so it answers while episodes are stepping: the
+# driver's liveness ping tells a busy actor from a dead one (e.g. on a node that vanished).
 @ray.remote(max_restarts=0, concurrency_groups={"ping": 1})
 class RolloutActor:
     def __init__(self, db_path: str, targets: list[PolicyTarget], scenes: dict[str, dict[str, Any]],
-                 code_version: str):
+                 code_version: str, envs_per_actor: int = 1):
         os.environ.setdefault("MUJOCO_GL", "egl")
         from gauntlet.envs.scene_db import SceneDB
 
         self.db = SceneDB.open(db_path)
         self.scenes = scenes
         self.targets = {t.label: t for t in targets}
-        self.sources: dict[str, Any] = {}
-        self.envs = EnvCache()
+        # label -> the source being opened or open: concurrent first episodes share one connection.
+        self.sources: dict[str, asyncio.Future[ChunkSource]] = {}
+        # Room for the episodes in flight plus as many idle envs, kept for the next configurations.
+        self.envs = EnvCache(capacity=2 * envs_per_actor)
         self.code_version = code_version
         ctx = ray.get_runtime_context()
         self.name = f"{ctx.get_node_id()[:8]}/{ctx.get_actor_id()[:8]}"
 
     @ray.method(concurrency_group="ping")
-    def ready(self) -> str:
+    async def ready(self) -> str:
         return self.name
 
-    def run(self, item: WorkItem) -> dict[str, Any]:
+    async def run(self, item: WorkItem) -> dict[str, Any]:
         scene = self.scenes[item.scene_id]
         try:
-            if item.policy not in self.sources:
-                try:
-                    self.sources[item.policy] = make_source(self.targets[item.policy])
-                except PolicyUnavailableError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - named as what it is: the policy cannot be reached
-                    raise PolicyUnavailableError(f"cannot reach {item.policy}: {type(exc).__name__}: {exc}") from exc
-            return run_episode(self.db, self.envs, item, scene, self.sources[item.policy], self.name,
-                               self.code_version)
+            source = await self._source(item.policy)
+            return await run_episode_async(self.db, self.envs, item, scene, source, self.name, self.code_version)
         except Exception as exc:  # noqa: BLE001 - the episode is recorded as skipped, the actor lives on
             return skipped_row(item, scene, f"{type(exc).__name__}: {exc}", self.name, self.code_version)
 
-    def pid(self) -> int:
+    async def _source(self, label: str) -> ChunkSource:
+        opening = self.sources.get(label)
+        if opening is None:
+            opening = self.sources[label] = asyncio.ensure_future(self._open(self.targets[label]))
+        try:
+            return await opening
+        except Exception:
+            if self.sources.get(label) is opening:
+                del self.sources[label]  # the next episode tries again
+            raise
+
+    @staticmethod
+    async def _open(target: PolicyTarget) -> ChunkSource:
+        try:
+            return await open_source(target)
+        except PolicyUnavailableError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - named as what it is: the policy cannot be reached
+            raise PolicyUnavailableError(f"cannot reach {target.label}: {type(exc).__name__}: {exc}") from exc
+
+    async def pid(self) -> int:
         return os.getpid()

@@ -1,11 +1,13 @@
 """How a rollout actor reaches a policy: a Serve DeploymentHandle, a remote URL, or in-process.
 
-All three present the same `ChunkSource` face to `run_episode`. The Serve client retries while a
-replica is being restarted, so a replica crash costs latency, not episodes.
+All three present the same `ChunkSource` face to the episode loop, blocking (`infer`) and awaitable
+(`infer_async`, what the rollout actors use to keep several envs' requests in flight). The Serve
+client retries while a replica is being restarted, so a replica crash costs latency, not episodes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -34,6 +36,21 @@ class _SourceBase:
         self.chunk_len = meta.chunk_len or 1
 
 
+class _RetryBudget:
+    """Backoff while a replica restarts: the next delay, until `budget_s` is spent."""
+
+    def __init__(self, budget_s: float):
+        self.budget_s = budget_s
+        self.deadline = time.monotonic() + budget_s
+        self.delay = 0.2
+
+    def next_delay(self, exc: Exception) -> float:
+        if time.monotonic() > self.deadline:
+            raise PolicyUnavailableError(f"policy unavailable for {self.budget_s:.0f} s: {exc}") from exc
+        delay, self.delay = self.delay, min(self.delay * 2, 5.0)
+        return delay
+
+
 class ServeSource(_SourceBase):
     def __init__(self, app: str, deployment: str, retry_s: float = 120.0, adapter: str = ""):
         from ray import serve
@@ -43,25 +60,35 @@ class ServeSource(_SourceBase):
         # Multiplexed id: Serve routes an adapter's requests to replicas that already hold it.
         self._infer_handle = self.handle.options(multiplexed_model_id=adapter) if adapter else self.handle
         self.retry_s = retry_s
+        # Blocking, so never on an event loop: the rollout actor builds sources in a worker thread.
         self._set_metadata(PolicyMetadata.from_dict(self._call(lambda: self.handle.metadata.remote().result())))
 
     def _call(self, fn: Any) -> Any:
-        deadline = time.monotonic() + self.retry_s
-        delay = 0.2
+        budget = _RetryBudget(self.retry_s)
         while True:
             try:
                 return fn()
             except Exception as exc:  # noqa: BLE001 - replica restarting: retry within the budget
-                if time.monotonic() > deadline:
-                    raise PolicyUnavailableError(f"policy unavailable for {self.retry_s:.0f} s: {exc}") from exc
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                time.sleep(budget.next_delay(exc))
 
-    def infer(self, obs: dict[str, Any]) -> np.ndarray:
-        out = self._call(lambda: self._infer_handle.infer.remote(obs, self.adapter).result())
+    @staticmethod
+    def _actions(out: dict[str, Any]) -> np.ndarray:
         if "error" in out:
             raise PolicyUnavailableError(f"policy answered an error: {out['error']}")
         return np.asarray(out["actions"])
+
+    def infer(self, obs: dict[str, Any]) -> np.ndarray:
+        return self._actions(self._call(lambda: self._infer_handle.infer.remote(obs, self.adapter).result()))
+
+    async def infer_async(self, obs: dict[str, Any]) -> np.ndarray:
+        budget = _RetryBudget(self.retry_s)
+        while True:
+            try:
+                out = await self._infer_handle.infer.remote(obs, self.adapter)
+                break
+            except Exception as exc:  # noqa: BLE001 - replica restarting: retry within the budget
+                await asyncio.sleep(budget.next_delay(exc))
+        return self._actions(out)
 
 
 class RemoteSource(_SourceBase):
@@ -101,8 +128,15 @@ class RemoteSource(_SourceBase):
                 time.sleep(0.5)
         return check_answer(answer, self.url, self.contract)
 
+    async def infer_async(self, obs: dict[str, Any]) -> np.ndarray:
+        # The client blocks on its socket; in a worker thread (each with its own connection, see
+        # RemotePolicy) it leaves the event loop free to step the actor's other envs.
+        return await asyncio.to_thread(self.infer, obs)
+
 
 class LocalSource(_SourceBase):
+    """The policy in this process (cheap privileged policies in the rollout actors; benchmarks)."""
+
     def __init__(self, name: str, checkpoint: str | None = None, policy: Any = None):
         from gauntlet.policies.registry import make_policy
         from gauntlet.policies.validation import validate_observation
@@ -115,15 +149,34 @@ class LocalSource(_SourceBase):
         obs = self._validate(obs, self.policy.metadata.observation_spec)
         return self.policy.infer(stack_observations([obs]))["actions"][0]
 
+    async def infer_async(self, obs: dict[str, Any]) -> np.ndarray:
+        # On the loop's own thread: the policy is cheap, and the scripted oracle steps mirror envs,
+        # which belong to the actor's one rendering thread like every other env.
+        return self.infer(obs)
+
 
 def make_source(target: PolicyTarget) -> ChunkSource:
-    """The source an actor uses for `target` (in-process `LocalSource`s are built directly, by benchmarks)."""
+    """The source for `target`, built in this thread (Serve and remote sources block while they connect)."""
     source: ChunkSource
     if target.kind == "serve":
         source = ServeSource(target.app, target.deployment, adapter=target.adapter)
     elif target.kind == "remote":
         source = RemoteSource(target.url, target.remote)
+    elif target.kind == "local":
+        from gauntlet.policies.registry import PolicyRef
+
+        ref = PolicyRef.parse(target.policy)
+        source = LocalSource(ref.name, ref.checkpoint)
     else:
         raise ValueError(f"unknown policy target kind {target.kind!r}")
     source.replan_steps = target.replan_steps
     return source
+
+
+async def open_source(target: PolicyTarget) -> ChunkSource:
+    """`make_source` for an event loop: connecting (Serve metadata, a remote handshake) happens in a
+    worker thread so the loop keeps stepping envs; an in-process policy is built on the loop's thread,
+    where its envs (the oracle's mirrors) must live."""
+    if target.kind == "local":
+        return make_source(target)
+    return await asyncio.to_thread(make_source, target)

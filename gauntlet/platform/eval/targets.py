@@ -1,7 +1,10 @@
 """The `--policy` grammar of `gauntlet eval`: each TARGET becomes a PolicyTarget (where an actor finds
 the policy) and, for policies this job deploys, one serving spec per policy name.
 
-    NAME[=CHECKPOINT]        deployed on Serve by this job (app EVAL_APP)
+    NAME[=CHECKPOINT]        deployed on Serve by this job (app EVAL_APP), except cheap privileged
+                             policies (registry LOCAL_BY_DEFAULT: scripted, random), which run
+                             in-process in each rollout actor (no network hop, like a serial loop)
+    deploy=NAME[=CHECKPOINT] deployed on Serve by this job, whatever the policy (e.g. deploy=scripted)
     vla=BASE@ADAPTER_DIR     a LoRA adapter on that base, served by the base's deployment
     serve=NAME[@ADAPTER]     an already running `gauntlet serve` app (APP_NAME)
     remote=ws://...|http://  an openpi-protocol policy server (`--remote-*` flags: what it is sent)
@@ -32,7 +35,8 @@ class PolicyTarget:
     """Where a policy lives, in a form that can be shipped to an actor (plain strings)."""
 
     label: str  # results column value
-    kind: str  # "serve" | "remote"
+    kind: str  # "serve" | "remote" | "local" (in-process in each rollout actor)
+    policy: str = ""  # registry NAME[=CHECKPOINT] (kind=local)
     app: str = ""  # Serve application (kind=serve)
     deployment: str = ""  # Serve deployment (kind=serve)
     url: str = ""  # endpoint (kind=remote)
@@ -64,8 +68,10 @@ def policy_targets(cfg: EvalConfig) -> tuple[list[PolicyTarget], list[PolicyServ
             PolicyRef.parse(name)
             target = PolicyTarget(label=rest, kind="serve", app=APP_NAME, deployment=deployment_name(name),
                                   adapter=adapter)
+        elif kind == "deploy":
+            target = _deployed_target(cfg, rest, deploy)
         else:
-            target = _deployed_target(cfg, text, deploy)
+            target = _local_target(text) or _deployed_target(cfg, text, deploy)
         if any(t.label == target.label for t in targets):
             raise EvalConfigError(f"policy {target.label!r} is named twice")
         targets.append(target)
@@ -101,6 +107,20 @@ def replan_steps(cfg: EvalConfig, targets: list[PolicyTarget]) -> dict[str, int]
         else:
             raise EvalConfigError(f"--replan-steps {text!r}: no policy {name!r} (policies: {sorted(set(names))})")
     return {t.label: own.get(t.label, default) for t in targets}
+
+
+def _local_target(text: str) -> PolicyTarget | None:
+    """`NAME` of a policy the registry runs in the actors by default; None for every other text
+    (unknown names are reported by the deployed path, with the same message as before)."""
+    from gauntlet.policies.registry import LOCAL_BY_DEFAULT, PolicyRef
+
+    try:
+        ref = PolicyRef.parse(text)
+    except ValueError:
+        return None
+    if ref.name not in LOCAL_BY_DEFAULT or ref.checkpoint or "@" in text:
+        return None
+    return PolicyTarget(label=ref.name, kind="local", policy=ref.name)
 
 
 def _deployed_target(cfg: EvalConfig, text: str, deploy: dict[str, PolicyServing]) -> PolicyTarget:

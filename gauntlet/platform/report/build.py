@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gauntlet.platform.eval.video import read_videos
 from gauntlet.platform.report.html import render_html
 from gauntlet.platform.report.load import ReportInputError, load_results, load_run_config
 from gauntlet.platform.report.plots import write_plots
@@ -123,6 +124,7 @@ def build_report(run_dir: Path | str, confidence: float = 0.95) -> dict[str, Any
     return {
         "run_dir": str(run_dir), "run_config": run_config, "confidence": confidence, "policies": policies,
         "run_ids": run_ids, "n_rows": len(frame), "n_skipped": n_skipped, "tables": tables, "notes": notes,
+        "videos": read_videos(Path(run_dir)),
     }
 
 

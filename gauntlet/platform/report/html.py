@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gauntlet.platform.report.gallery import gallery_html
 from gauntlet.platform.report.load import run_fields
 from gauntlet.platform.report.tables import ALL, recovery_gap_display
 
@@ -23,6 +24,7 @@ th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
 .meta td { text-align: left; } .note { color: #8a4b00; }
+.gallery td { text-align: center; vertical-align: top; } .ok { color: #1a7f37; } .fail { color: #b42318; }
 """
 
 
@@ -81,6 +83,7 @@ def render_html(report: dict[str, Any], plots: list[Path]) -> str:
         data = base64.b64encode(path.read_bytes()).decode("ascii")
         parts.append(f'<figure><img alt="{esc(path.stem)}" src="data:image/png;base64,{data}">'
                      f"<figcaption>{esc(path.name)}</figcaption></figure>")
+    parts.append(gallery_html(report.get("videos", []), report["policies"], report["run_dir"]))
     parts += [
         "<h2>Success rate per policy, task, error type and category</h2>", _html_table(tables["cells"]),
         "<h2>Per policy and error type</h2>", _html_table(tables["by_policy_error_type"]),
