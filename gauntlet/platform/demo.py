@@ -73,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
                f"rollout actors (policies on Ray Serve)")
     print(message, flush=True)
     result = run_eval(EvalConfig(scenes=str(db_path), policy=policies, out=str(run_dir), actors=cfg.actors,
-                                 horizon=cfg.horizon, resume=(run_dir / RUN_MANIFEST).exists()))
+                                 horizon=cfg.horizon, resume=(run_dir / RUN_MANIFEST).exists(),
+                                 policy_tasks=(f"bc_rnn={cfg.train_task}",) if cfg.train_task else (),
+                                 record_video=cfg.record_video, video_tasks=(cfg.train_task or cfg.tasks[0],),
+                                 video_error_types=cfg.video_error_types))
     print("[demo] 5/5 writing the report", flush=True)
     built = build_report(run_dir)
     paths = write_report_files(built, run_dir / REPORT_DIR, html=True)

@@ -42,6 +42,10 @@ class EvalConfig:
                                                     "replan_steps); a bare K applies to every policy without "
                                                     "its own; LABEL is the policy's results label or its "
                                                     "--policy text (default: the whole chunk)")
+    policy_tasks: tuple[str, ...] = option((), help="LABEL=TASK, repeatable: evaluate that policy only on these "
+                                                    "tasks (e.g. one trained for a single task); its scenes of "
+                                                    "other tasks are recorded as skipped, with the reason. LABEL "
+                                                    "as for --replan-steps (default: every policy, every task)")
     remote_image_size: int = option(224, help="remote targets whose metadata declares no observation_spec "
                                               "(openpi's server sends {}) get openpi's LIBERO observation: both "
                                               "cameras resized with padding to this many pixels square, uint8, "
@@ -95,7 +99,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         for name in SCENE_FILTERS:
             object.__setattr__(self, name, as_tuple(getattr(self, name)))
-        for name in ("replan_steps", "video_cameras", "video_tasks", "video_error_types"):
+        for name in ("replan_steps", "policy_tasks", "video_cameras", "video_tasks", "video_error_types"):
             object.__setattr__(self, name, as_tuple(getattr(self, name)))
         self._check_video()
         for name in ("trials", "actors", "envs_per_actor", "horizon", "write_every", "remote_image_size"):
@@ -140,6 +144,8 @@ class EvalConfig:
         # Recorded only when they can change results, so runs started before these flags still resume.
         if self.replan_steps:
             out["replan_steps"] = list(self.replan_steps)
+        if self.policy_tasks:
+            out["policy_tasks"] = list(self.policy_tasks)
         if any(p.startswith("remote=") for p in self.policy):
             for name in ("remote_image_size", "remote_action_dim", "remote_chunk_len"):
                 out[name] = getattr(self, name)

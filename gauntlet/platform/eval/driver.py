@@ -22,7 +22,7 @@ from gauntlet.platform.eval.episode import WorkItem
 from gauntlet.platform.eval.results import ResultsStore, skipped_row
 from gauntlet.platform.eval.scenes import scene_records, select_scenes
 from gauntlet.platform.eval.status import RUN_MANIFEST, StatusLine, policy_outcomes, write_serving_stats
-from gauntlet.platform.eval.targets import PolicyTarget, policy_targets
+from gauntlet.platform.eval.targets import PolicyTarget, policy_targets, policy_tasks
 from gauntlet.platform.eval.video import mark_recorded
 from gauntlet.runtime.config_args import parse_config
 from gauntlet.runtime.tracking import open_tracker
@@ -83,18 +83,21 @@ class WorkPlan:
 def plan_work(cfg: EvalConfig, scenes: dict[str, dict[str, Any]], targets: list[PolicyTarget],
               done_keys: set[tuple], version: str) -> WorkPlan:
     plan = WorkPlan(done=len(done_keys))
+    only = policy_tasks(cfg, targets)
     for scene_id, scene in scenes.items():
         for target in targets:
+            reason = "" if scene["compatible"] else scene["incompatible_reason"]
+            if not reason and target.label in only and scene["task"] not in only[target.label]:
+                reason = f"policy_tasks: {target.label} is evaluated on {', '.join(sorted(only[target.label]))} only"
             for trial in range(cfg.trials):
                 item = WorkItem(cfg.effective_run_id, scene_id, target.label, trial, cfg.horizon)
                 plan.total += 1
                 if item.key in done_keys:
                     continue
-                if scene["compatible"]:
-                    plan.pending.append(item)
+                if reason:
+                    plan.skip_rows.append(skipped_row(item, scene, reason, DRIVER_WORKER, version))
                 else:
-                    plan.skip_rows.append(skipped_row(item, scene, scene["incompatible_reason"], DRIVER_WORKER,
-                                                      version))
+                    plan.pending.append(item)
     return plan
 
 
@@ -106,6 +109,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
     _, frame = select_scenes(cfg)
     targets, deploy = policy_targets(cfg)
+    policy_tasks(cfg, targets)  # a bad --policy-tasks is refused before any work
     probe_remotes(targets, frame)
     run_dir = prepare_run_dir(cfg)
     store = ResultsStore(run_dir)

@@ -39,6 +39,7 @@ class ChunkSource(Protocol):
     needs_sim_state: bool
     spec_keys: frozenset[str]
     image_shapes: dict[str, tuple[int, ...]]
+    vector_shapes: dict[str, tuple[int, ...]]  # declared non-image arrays (a mismatch skips the scene)
     replan_steps: int  # execute this many actions of each chunk, then ask again; 0 = the whole chunk
     pad_images: bool  # resize images keeping their aspect ratio, padded (openpi's clients)
 
@@ -92,6 +93,19 @@ def filter_obs(obs: dict[str, Any], keys: frozenset[str],
 
             out[key] = cv2.resize(img, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
     return out
+
+
+class PolicyMismatchError(ValueError):
+    """The scene's observation does not fit the policy (e.g. a policy trained for another task's
+    object state): the episode is skipped with this reason, never sent."""
+
+
+def check_fits(obs: dict[str, Any], vector_shapes: dict[str, tuple[int, ...]], task: str) -> None:
+    for key, shape in vector_shapes.items():
+        value = obs.get(key)
+        if value is not None and np.shape(value) != tuple(shape):
+            raise PolicyMismatchError(f"incompatible with the policy: it takes {key} of shape {tuple(shape)}, "
+                                      f"task {task!r} gives {np.shape(value)}")
 
 
 class EnvCache:
@@ -188,6 +202,8 @@ class Episode:
         if self.policy.needs_sim_state:
             obs[SIM_STATE_KEY] = self.env.get_state()
         obs[EPISODE_ID_KEY] = self.item.episode_id
+        if self.step_index == 0:
+            check_fits(obs, self.policy.vector_shapes, self.scene.get("task", ""))
         return filter_obs(obs, self.policy.spec_keys, self.policy.image_shapes, self.policy.pad_images)
 
     def sending(self) -> None:

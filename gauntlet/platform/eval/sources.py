@@ -31,6 +31,8 @@ class _SourceBase:
         self.spec_keys = frozenset(spec)
         # Image sizes the policy expects: the actor resizes its renders to them.
         self.image_shapes = {k: v.shape for k, v in spec.items() if v.is_image}
+        # Vector sizes the policy was built for: a scene whose task gives another size is skipped.
+        self.vector_shapes = {k: v.shape for k, v in spec.items() if not v.is_image and v.dtype != "str"}
         self.needs_images = meta.needs_images
         self.needs_sim_state = SIM_STATE_KEY in spec
         self.chunk_len = meta.chunk_len or 1

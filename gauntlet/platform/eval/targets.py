@@ -109,6 +109,23 @@ def replan_steps(cfg: EvalConfig, targets: list[PolicyTarget]) -> dict[str, int]
     return {t.label: own.get(t.label, default) for t in targets}
 
 
+def policy_tasks(cfg: EvalConfig, targets: list[PolicyTarget]) -> dict[str, frozenset[str]]:
+    """policy label -> the only tasks it is evaluated on, from `--policy-tasks LABEL=TASK` items
+    (repeatable; LABEL as for --replan-steps). Policies not named run on every task."""
+    from gauntlet.envs.tasks import TASKS
+
+    names = {t.label: t.label for t in targets} | dict(zip(cfg.policy, (t.label for t in targets), strict=True))
+    allowed: dict[str, set[str]] = {}
+    for text in cfg.policy_tasks:
+        name, _, task = text.rpartition("=")
+        if name not in names:
+            raise EvalConfigError(f"--policy-tasks {text!r}: no policy {name!r} (policies: {sorted(set(names))})")
+        if task not in TASKS:
+            raise EvalConfigError(f"--policy-tasks {text!r}: unknown task {task!r} (tasks: {sorted(TASKS)})")
+        allowed.setdefault(names[name], set()).add(task)
+    return {label: frozenset(tasks) for label, tasks in allowed.items()}
+
+
 def _local_target(text: str) -> PolicyTarget | None:
     """`NAME` of a policy the registry runs in the actors by default; None for every other text
     (unknown names are reported by the deployed path, with the same message as before)."""

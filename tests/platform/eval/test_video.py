@@ -81,3 +81,19 @@ def test_replay_picks_the_missing_outcome_per_group(tmp_path: Path) -> None:
     # drop: the first failure (s2) is replayed; push has no success among episodes that ran.
     assert [(i.scene_id, i.policy, i.trial, i.horizon) for i in items] == [("s2", "a", 0, 50)]
     assert items[0].video is not None and items[0].video.size == cfg.video_size
+
+
+def test_policy_tasks_skips_other_tasks_with_the_reason(ray_session, scene_db: Path, tmp_path: Path) -> None:
+    from gauntlet.platform.eval.config import EvalConfigError
+
+    with pytest.raises(EvalConfigError, match="unknown task 'lfit'"):
+        run_eval(EvalConfig(scenes=str(scene_db), policy=("scripted",), out=str(tmp_path / "bad"),
+                            policy_tasks=("scripted=lfit",)))
+    assert not (tmp_path / "bad").exists()
+    run = tmp_path / "run"
+    run_eval(EvalConfig(scenes=str(scene_db), policy=("scripted", "random"), out=str(run), horizon=5,
+                        actors=1, policy_tasks=("random=stack",), limit=2))
+    results = pd.read_parquet(run / "results.parquet")
+    scripted, random_ = results[results.policy == "scripted"], results[results.policy == "random"]
+    assert not scripted["skipped"].any() and len(scripted) == 2  # the lift DB: random is for stack only
+    assert random_["skipped"].all() and (random_["skip_reason"] == "policy_tasks: random is evaluated on stack only").all()
