@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gauntlet.fusion.methods import METHOD_NAMES
+from gauntlet.fusion.methods.base import FusionConfig
+from gauntlet.fusion.slide_sources import SlideLoadOptions
+from gauntlet.fusion.synthetic import SyntheticConfig
 from gauntlet.platform.sweeps.tune_progress import sweep_log, trial_progress
 from gauntlet.runtime.config_args import option, parse_config
 from gauntlet.runtime.manifests import write_json
@@ -34,11 +37,11 @@ from gauntlet.runtime.tracking import REPORT_TO, REPORT_TO_HELP, Tracker, open_t
 if TYPE_CHECKING:
     import pandas as pd
 
-    from gauntlet.fusion.methods.base import FusionConfig
-    from gauntlet.fusion.slide_sources import SlideLoadOptions
 
 SWEEP = "fusion"
 PROG = f"gauntlet sweep {SWEEP}"
+# The flags' defaults are the library's: one definition of each (the sweep only exposes them).
+_METHOD, _SYNTHETIC, _LOADING = FusionConfig(), SyntheticConfig(), SlideLoadOptions()
 METRICS = ("ari_kmeans", "nmi_kmeans", "ari_gmm", "nmi_gmm")
 
 
@@ -63,23 +66,23 @@ class SweepFusionConfig:
     # refine settings to compare: PCA width per modality before fusion, 0 = no refine
     refine_dims: tuple[int, ...] = option((0, 32), help="refine PCA widths to compare; 0 means no refine")
     # training epochs of the learned methods
-    epochs: int = option(150, help="full-batch training epochs of learned methods")
+    epochs: int = option(_METHOD.epochs, help="full-batch training epochs of learned methods")
     # learning rate of the learned methods
-    lr: float = option(2e-3, help="AdamW learning rate of learned methods")
+    lr: float = option(_METHOD.lr, help="AdamW learning rate of learned methods")
     # fused embedding width of the learned methods
-    out_dim: int = option(32, help="fused embedding width of learned methods")
+    out_dim: int = option(_METHOD.out_dim, help="fused embedding width of learned methods")
     # hidden width of the learned methods
-    hidden_dim: int = option(64, help="hidden width of learned methods")
+    hidden_dim: int = option(_METHOD.hidden_dim, help="hidden width of learned methods")
     # spots per synthetic slide
-    synthetic_spots: int = option(1000, help="spots per synthetic slide")
+    synthetic_spots: int = option(_SYNTHETIC.n_spots, help="spots per synthetic slide")
     # layers per synthetic slide
-    synthetic_layers: int = option(5, help="laminar layers per synthetic slide")
+    synthetic_layers: int = option(_SYNTHETIC.n_layers, help="laminar layers per synthetic slide")
     # difficulty of synthetic slides (0 clean .. 1 hard)
-    difficulty: float = option(0.3, help="synthetic difficulty in [0, 1]: weaker layer signal, more noise")
+    difficulty: float = option(_SYNTHETIC.difficulty, help="synthetic difficulty in [0, 1]: weaker layer signal, more noise")
     # genes in synthetic count matrices
-    synthetic_genes: int = option(200, help="genes per synthetic slide")
+    synthetic_genes: int = option(_SYNTHETIC.n_genes, help="genes per synthetic slide")
     # most-variable genes kept as expression features
-    max_genes: int = option(512, help="most-variable genes kept as expression features")
+    max_genes: int = option(_LOADING.max_genes, help="most-variable genes kept as expression features")
     # obs column holding layer labels in .h5ad slides
     label_key: str | None = option(None, help="obs column with layer labels (default: try layer_guess, ground_truth, ...)")
     # obsm key holding the image embedding in .h5ad slides
@@ -114,17 +117,12 @@ class SweepFusionConfig:
             raise ValueError("--cpus-per-trial must be >= 1, --gpus-per-trial and --num-cpus >= 0")
 
     def fusion_config(self) -> FusionConfig:
-        from gauntlet.fusion.methods.base import FusionConfig
-
         return FusionConfig(
             epochs=self.epochs, lr=self.lr, out_dim=self.out_dim, hidden_dim=self.hidden_dim,
             device="cuda" if self.gpus_per_trial > 0 else "cpu",
         )
 
     def load_options(self) -> SlideLoadOptions:
-        from gauntlet.fusion.slide_sources import SlideLoadOptions
-        from gauntlet.fusion.synthetic import SyntheticConfig
-
         synthetic = SyntheticConfig(
             n_spots=self.synthetic_spots, n_layers=self.synthetic_layers, n_genes=self.synthetic_genes,
             difficulty=self.difficulty,
