@@ -1,13 +1,25 @@
 """Evaluation throughput: the same scenes with the scripted oracle, in one run.
 
-(a) serial: one process, one env, the policy called in-process (today's set-up);
-(b) N in-process workers (multiprocessing), the policy called locally: the simulation-bound ceiling
+(a) serial: one process, one env, the oracle called in-process (today's set-up);
+(b) N in-process workers (multiprocessing), the oracle called locally: the simulation-bound ceiling
     for N cores;
-(c) Gauntlet: N rollout actors, the policy on Ray Serve (DeploymentHandles, batched replica).
-Prints episodes/min for each, (c)/(a) and (c)/(b). With --vla it also runs (c) with the tiny VLA
-and prints the mean batch size its replica saw.
+(c) Gauntlet: N rollout actors, the oracle in-process in each actor (as in (a) and (b): like with like),
+    with one env per actor and with K (`--envs-per-actor`).
+With --vla: the tiny VLA deployed on Serve, N actors x 1 env and N actors x K envs, with the mean batch
+its replica saw and the ratio K / 1. These rows run the scenes of one env configuration (--vla-tasks,
+--vla-variants) with --vla-trials trials each: an actor builds K envs per configuration it meets (an env
+with its renderer takes seconds on a CPU), which a real run amortises over hundreds of episodes but a
+24-episode benchmark over four configurations would mostly measure.
 
-    .venv/bin/python benchmarks/bench_eval.py [--scenes DB] [--workers 2] [--horizon 150]
+Every row is timed twice, the same way for all:
+- cold: from handing the work over (worker processes spawned / actors created) to the last episode,
+  so process start, imports and env builds count once per worker, in every row;
+- warm: from the moment every worker has finished its first episode (its envs are built) to the last
+  episode, over the episodes finished in that window (timestamps per episode: the workers' own for
+  (a)/(b), the results part files for (c), written one per episode).
+
+    .venv/bin/python benchmarks/bench_eval.py [--scenes DB] [--workers 2] [--horizon 150] [--vla]
+        [--envs-per-actor 4] [--vla-batch-wait-ms 5] [--vla-tasks lift] [--vla-variants D0] [--vla-trials 4]
 """
 
 from __future__ import annotations
@@ -18,11 +30,16 @@ import tempfile
 import time
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("MUJOCO_GL", "egl")
+# One BLAS thread per process in every row, as Ray gives its actors (two spinning BLAS pools per
+# process on two cores would slow (a) and (b) for no reason of their own).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def _run_serial(db_path: str, scene_ids: list[str], horizon: int) -> int:
+def _run_serial(db_path: str, scene_ids: list[str], horizon: int) -> list[tuple[str, float]]:
+    """Runs the episodes in this process; returns (worker, finished-at) per episode (wall clock)."""
     from gauntlet.envs.scene_db import SceneDB
     from gauntlet.platform.eval.episode import EnvCache, WorkItem, run_episode
     from gauntlet.platform.eval.sources import LocalSource
@@ -31,73 +48,175 @@ def _run_serial(db_path: str, scene_ids: list[str], horizon: int) -> int:
     meta = db.metadata().set_index("scene_id")
     source = LocalSource("scripted")
     envs = EnvCache()
+    done = []
     for sid in scene_ids:
         scene = dict(meta.loc[sid])
         scene["scene_id"] = sid
         run_episode(db, envs, WorkItem("bench", sid, "scripted", 0, horizon), scene, source, "bench", "bench")
-    return len(scene_ids)
+        done.append((str(os.getpid()), time.time()))
+    return done
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--scenes", default="", help="scene DB (default: generate a small one)")
-    parser.add_argument("--workers", type=int, default=2, help="N: processes for (b), actors for (c)")
-    parser.add_argument("--horizon", type=int, default=150)
-    parser.add_argument("--vla", action="store_true", help="also run (c) with the tiny VLA")
-    args = parser.parse_args()
+def _rates(started: float, finished: list[tuple[str, float]]) -> tuple[float, float]:
+    """(cold, warm) episodes/min from (worker, finished-at) stamps; see the module docstring."""
+    ends = sorted(t for _, t in finished)
+    cold = len(ends) / (ends[-1] - started) * 60
+    firsts: dict[str, float] = {}
+    for worker, t in finished:
+        firsts[worker] = min(t, firsts.get(worker, t))
+    warm_from = max(firsts.values())
+    after = [t for t in ends if t > warm_from]
+    warm = len(after) / (ends[-1] - warm_from) * 60 if after else float("nan")
+    return cold, warm
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench_eval_"))
-    db_path = args.scenes
-    if not db_path:
-        from gauntlet.envs.scenes_cli import GenerateConfig, generate
 
-        db_path = str(tmp / "scenes")
-        generate(GenerateConfig(out=db_path, tasks="lift,stack", variants="D0,D1",
-                                error_types="object_pose_perturb,object_push,drop,gripper_stall,"
-                                            "robot_joint_push,collision_nudge",
-                                workers=args.workers, validate=False))
-    from gauntlet.envs.scene_db import SceneDB
+def _pool_rates(db_path: str, shards: list[list[str]], horizon: int) -> tuple[float, float]:
+    t = time.time()
+    with get_context("spawn").Pool(len(shards)) as pool:
+        done = pool.starmap(_run_serial, [(db_path, s, horizon) for s in shards])
+    return _rates(t, [stamp for worker in done for stamp in worker])
 
-    scene_ids = sorted(SceneDB.open(db_path).metadata()["scene_id"])
-    n = len(scene_ids)
-    print(f"{n} scenes, horizon {args.horizon}, N = {args.workers}", flush=True)
 
-    t = time.perf_counter()
-    _run_serial(db_path, scene_ids, args.horizon)
-    serial = n / (time.perf_counter() - t) * 60
-    print(f"(a) serial: {serial:.1f} episodes/min", flush=True)
+class _PartWatcher:
+    """Stamps each results part file as it appears (the driver compacts them away at the end); with
+    one episode per part, part i is row i of the compacted results. Only `stat`s, every 20 ms: the
+    watcher shares the driver's process and the machine's cores."""
 
-    shards = [scene_ids[i :: args.workers] for i in range(args.workers)]
-    t = time.perf_counter()
-    with get_context("spawn").Pool(args.workers) as pool:
-        pool.starmap(_run_serial, [(db_path, s, args.horizon) for s in shards])
-    parallel = n / (time.perf_counter() - t) * 60
-    print(f"(b) {args.workers} in-process workers: {parallel:.1f} episodes/min", flush=True)
+    def __init__(self, run_dir: Path):
+        import threading
+
+        self.dir = run_dir / "results"
+        self.mtimes: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.02):
+            try:
+                entries = list(os.scandir(self.dir))
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                if entry.name.startswith("part-") and entry.name not in self.mtimes:
+                    try:
+                        self.mtimes[entry.name] = entry.stat().st_mtime
+                    except FileNotFoundError:  # compacted away meanwhile
+                        pass
+
+    def stop(self, workers: list[str]) -> list[tuple[str, float]]:
+        """(worker, finished-at) per episode, given the compacted rows' workers in part order."""
+        self._stop.set()
+        self._thread.join()
+        return list(zip(workers, (self.mtimes[name] for name in sorted(self.mtimes)), strict=False))
+
+
+def _gauntlet(db_path: str, out: Path, policy: str, workers: int, envs_per_actor: int, horizon: int,
+              batch_wait_s: float, **select: Any) -> dict[str, Any]:
+    """One `run_eval`; rates from its status (cold) and its one-episode part files (warm)."""
+    import json
+
+    import pandas as pd
 
     from gauntlet.platform.eval.config import EvalConfig
     from gauntlet.platform.eval.driver import run_eval
 
-    rows = []
-    for policy in ["scripted"] + (["vla"] if args.vla else []):
-        t = time.perf_counter()
-        summary = run_eval(EvalConfig(scenes=db_path, policy=(policy,), out=str(tmp / f"run-{policy}"),
-                                      actors=args.workers, horizon=args.horizon, actor_cpus=0.5))
-        with_startup = n / (time.perf_counter() - t) * 60
-        import json
+    watcher = _PartWatcher(out)
+    summary = run_eval(EvalConfig(scenes=db_path, policy=(policy,), out=str(out), actors=workers,
+                                  envs_per_actor=envs_per_actor, horizon=horizon, actor_cpus=0.5, write_every=1,
+                                  batch_wait_timeout_s=batch_wait_s, **select))
+    stamps = watcher.stop(pd.read_parquet(out / "results.parquet")["worker"].tolist())
+    status = json.loads((out / "status.json").read_text())
+    _, warm = _rates(min(t for _, t in stamps), stamps)  # cold: the status clock, from the first dispatch
+    name = policy.removeprefix("deploy=")
+    batch = summary.get("serving", {}).get(name, {}).get("mean_batch_size", float("nan"))
+    return {"cold": status["episodes_per_min"], "warm": warm, "batch": batch, "seen": len(stamps)}
 
-        steady = json.loads((tmp / f"run-{policy}" / "status.json").read_text())["episodes_per_min"]
-        batch = summary.get("serving", {}).get(policy, {}).get("mean_batch_size", float("nan"))
-        rows.append((policy, steady, batch))
-        print(f"(c) Gauntlet, {args.workers} actors, {policy} on Serve: {steady:.1f} episodes/min once running "
-              f"({with_startup:.1f} including Ray/Serve start-up), mean batch {batch:.2f}", flush=True)
 
-    print(f"\n{'row':<44}{'episodes/min':>14}")
-    print(f"{'(a) serial, in-process policy':<44}{serial:>14.1f}")
-    print(f"{f'(b) {args.workers} in-process workers':<44}{parallel:>14.1f}")
-    for policy, rate, batch in rows:
-        print(f"{f'(c) Gauntlet {args.workers} actors + Serve ({policy})':<44}{rate:>14.1f}   mean batch {batch:.2f}")
-    c = rows[0][1]
-    print(f"\n(c)/(a) = {c / serial:.2f}   (c)/(b) = {c / parallel:.2f}", flush=True)
+def _generate(tmp: Path, workers: int) -> str:
+    from gauntlet.envs.scenes_cli import GenerateConfig, generate
+
+    db_path = str(tmp / "scenes")
+    generate(GenerateConfig(out=db_path, tasks="lift,stack", variants="D0,D1",
+                            error_types="object_pose_perturb,object_push,drop,gripper_stall,"
+                                        "robot_joint_push,collision_nudge",
+                            workers=workers, validate=False))
+    return db_path
+
+
+def _measure(args: argparse.Namespace, db_path: str, scene_ids: list[str], tmp: Path) -> dict[str, dict[str, float]]:
+    """One pass over every row: row key -> {"cold", "warm"(, "batch")}."""
+    n, k = args.workers, args.envs_per_actor
+    out = {"a": dict(zip(("cold", "warm"), _pool_rates(db_path, [scene_ids], args.horizon), strict=True))}
+    print("(a)", out["a"], flush=True)
+    shards = [scene_ids[i::n] for i in range(n)]
+    out["b"] = dict(zip(("cold", "warm"), _pool_rates(db_path, shards, args.horizon), strict=True))
+    print("(b)", out["b"], flush=True)
+    for envs in (1, k):
+        out[f"oracle{envs}"] = _gauntlet(db_path, tmp / f"oracle-k{envs}", "scripted", n, envs, args.horizon, 0.005)
+        print(f"(c) oracle K={envs}", out[f"oracle{envs}"], flush=True)
+    for envs in (1, k) if args.vla else ():
+        out[f"vla{envs}"] = _gauntlet(db_path, tmp / f"vla-k{envs}", "vla", n, envs, args.horizon,
+                                      args.vla_batch_wait_ms / 1e3, tasks=args.vla_tasks,
+                                      variants=args.vla_variants, trials=args.vla_trials)
+        print(f"(c) VLA K={envs}", out[f"vla{envs}"], flush=True)
+    return out
+
+
+def _report(args: argparse.Namespace, runs: list[dict[str, dict[str, float]]]) -> None:
+    """Each row's median over the repeats, and the ratios of those medians."""
+    import math
+    import statistics
+
+    n, k = args.workers, args.envs_per_actor
+    med = {row: {m: statistics.median(r[row][m] for r in runs) for m in runs[0][row]} for row in runs[0]}
+    names = {"a": "(a) serial, oracle in-process", "b": f"(b) {n} in-process workers"}
+    for envs in (1, k):
+        names[f"oracle{envs}"] = f"(c) Gauntlet {n} actors x {envs} env, oracle in actors"
+        names[f"vla{envs}"] = f"(c) {n} actors x {envs} env, tiny VLA on Serve ({args.vla_tasks} {args.vla_variants})"
+    print(f"\nmedians of {len(runs)} pass(es)\n{'row':<60}{'cold ep/min':>12}{'warm ep/min':>12}")
+    for row, m in med.items():
+        note = f"   mean batch {m['batch']:.2f}" if not math.isnan(m.get("batch", math.nan)) else ""
+        print(f"{names[row]:<60}{m['cold']:>12.1f}{m['warm']:>12.1f}{note}")
+    for t in ("cold", "warm"):
+        c1, ck = med["oracle1"][t], med[f"oracle{k}"][t]
+        print(f"{t}: (c)/(a) = {c1 / med['a'][t]:.2f} (K={k}: {ck / med['a'][t]:.2f})   "
+              f"(c)/(b) = {c1 / med['b'][t]:.2f} (K={k}: {ck / med['b'][t]:.2f})", flush=True)
+    if args.vla:
+        v1, vk = med["vla1"], med[f"vla{k}"]
+        print(f"tiny VLA, batch wait {args.vla_batch_wait_ms:g} ms: K={k} / K=1 = {vk['cold'] / v1['cold']:.2f} "
+              f"cold, {vk['warm'] / v1['warm']:.2f} warm; mean batch {v1['batch']:.2f} -> {vk['batch']:.2f}",
+              flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenes", default="", help="scene DB (default: generate 24 lift/stack scenes)")
+    parser.add_argument("--workers", type=int, default=2, help="N: processes for (b), actors for (c)")
+    parser.add_argument("--horizon", type=int, default=150)
+    parser.add_argument("--envs-per-actor", type=int, default=4, help="K: envs per actor in the K rows")
+    parser.add_argument("--vla", action="store_true", help="also run the tiny VLA on Serve, K = 1 and K")
+    parser.add_argument("--vla-batch-wait-ms", type=float, default=5.0,
+                        help="the VLA replica's batch wait (both VLA rows); 5 ms is `gauntlet eval`'s default")
+    parser.add_argument("--vla-tasks", default="lift", help="VLA rows: only these tasks")
+    parser.add_argument("--vla-variants", default="D0", help="VLA rows: only these variants")
+    parser.add_argument("--vla-trials", type=int, default=4, help="VLA rows: trials per scene")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="passes over all rows (interleaved); each row reports its median")
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_eval_"))
+    db_path = args.scenes or _generate(tmp, args.workers)
+    from gauntlet.envs.scene_db import SceneDB
+    from gauntlet.runtime.ray_session import start_ray
+
+    scene_ids = sorted(SceneDB.open(db_path).metadata()["scene_id"])
+    print(f"{len(scene_ids)} scenes, horizon {args.horizon}, N = {args.workers}, K = {args.envs_per_actor}",
+          flush=True)
+    # Once, first: no row pays Ray's start, and every row runs beside the same idle Ray daemons.
+    start_ray("bench", num_cpus=max(4, args.workers + 2), log_to_driver=False)
+    runs = [_measure(args, db_path, scene_ids, tmp / f"pass{i}") for i in range(args.repeats)]
+    _report(args, runs)
 
 
 if __name__ == "__main__":

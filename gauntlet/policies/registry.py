@@ -8,6 +8,10 @@ from typing import Any
 from gauntlet.policies.base import Policy
 
 POLICY_NAMES = ("random", "scripted", "bc_rnn", "vla", "lerobot")
+# Policies `gauntlet eval` runs in-process in each rollout actor unless told to deploy them
+# (`deploy=NAME`): they cost less than a round trip to a replica (the scripted oracle is privileged
+# and plans by simulation, random is a draw), so serving them would only add overhead.
+LOCAL_BY_DEFAULT = frozenset({"random", "scripted"})
 
 
 class UnknownPolicyError(ValueError):

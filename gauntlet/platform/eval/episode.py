@@ -254,21 +254,24 @@ class Episode:
         self._envs = None
 
 
+class _Blocking:
+    """A source seen through `infer_async` that answers with its blocking `infer`."""
+
+    def __init__(self, source: ChunkSource):
+        self._source = source
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._source, name)
+
+    async def infer_async(self, obs: dict[str, Any]) -> np.ndarray:
+        return self._source.infer(obs)
+
+
 def run_episode(db: SceneDB, envs: EnvCache, item: WorkItem, scene: dict[str, Any], policy: ChunkSource,
                 worker: str, code_version: str) -> dict[str, Any]:
-    """Runs one episode, blocking on each policy call; returns its result row."""
-    episode = Episode(db, item, scene, policy, worker, code_version)
-    try:
-        episode.start(envs)
-        while not episode.done:
-            if episode.wants_chunk:
-                request = episode.request()
-                episode.sending()
-                episode.give(policy.infer(request))
-            episode.step()
-    finally:
-        episode.close()
-    return episode.row
+    """Runs one episode on this thread, blocking on each policy call; returns its result row.
+    (The one episode loop, `run_episode_async`, on a private event loop.)"""
+    return asyncio.run(run_episode_async(db, envs, item, scene, _Blocking(policy), worker, code_version))
 
 
 async def run_episode_async(db: SceneDB, envs: EnvCache, item: WorkItem, scene: dict[str, Any],

@@ -152,7 +152,8 @@ class SweepThroughputConfig:
     # scene database each evaluation runs on
     scenes: str | None = option(None, help="eval: scene database directory")
     # the policy each evaluation deploys
-    policy: str = option("vla", help="eval: NAME[=CHECKPOINT] each trial deploys on Serve")
+    policy: str = option("vla", help="eval: the --policy target each trial evaluates (NAME[=CHECKPOINT] on "
+                                      "Serve; scripted and random run in the actors unless given as deploy=NAME)")
     # episodes per scene in each trial's evaluation
     eval_trials: int = option(1, help="eval: trials per scene in each evaluation")
     # steps per episode

@@ -75,10 +75,14 @@ def test_mismatched_scenes_are_skipped_and_counted(ray_session, scene_db: Path, 
     assert status.policies["scripted"]["ran"] == len(meta) - 2
 
 
-def test_driver_killed_mid_run_then_resumed_holds_every_key_once(ray_session, scene_db: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("envs_per_actor", [1, 4])
+def test_driver_killed_mid_run_then_resumed_holds_every_key_once(ray_session, scene_db: Path, tmp_path: Path,
+                                                                 envs_per_actor: int) -> None:
     run = tmp_path / "run"
+    # Random runs in the actors (no round trips): episodes long enough that the kill lands mid-run.
     args = [sys.executable, "-m", "gauntlet.platform.eval", "--scenes", str(scene_db), "--policy", "random",
-            "--out", str(run), "--trials", "3", "--actors", "2", "--horizon", "40", "--write-every", "1"]
+            "--out", str(run), "--trials", "3", "--actors", "2", "--horizon", "100", "--write-every", "1",
+            "--envs-per-actor", str(envs_per_actor)]
     env = dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address)
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
@@ -94,10 +98,12 @@ def test_driver_killed_mid_run_then_resumed_holds_every_key_once(ray_session, sc
     assert 0 < len(partial) < total, "the kill should land mid-run"
     # Resuming with a different configuration is refused before any work.
     with pytest.raises(EvalConfigError, match="different configuration"):
-        run_eval(_cfg(scenes=scene_db, policy=["random"], out=run, trials=2, actors=2, horizon=40, resume=True))
+        run_eval(_cfg(scenes=scene_db, policy=["random"], out=run, trials=2, actors=2, horizon=100, resume=True))
     with pytest.raises(EvalConfigError, match="--resume"):
-        run_eval(_cfg(scenes=scene_db, policy=["random"], out=run, trials=3, actors=2, horizon=40))
-    summary = run_eval(_cfg(scenes=scene_db, policy=["random"], out=run, trials=3, actors=2, horizon=40, resume=True))
+        run_eval(_cfg(scenes=scene_db, policy=["random"], out=run, trials=3, actors=2, horizon=100))
+    # Envs per actor are not part of the run's identity: a run resumes with any number.
+    summary = run_eval(_cfg(scenes=scene_db, policy=["random"], out=run, trials=3, actors=2, horizon=100, resume=True,
+                            envs_per_actor=5 - envs_per_actor))
     frame = _keys_exactly_once(run)
     assert len(frame) == total and summary["ran"] == total - len(partial)
     before = partial.set_index(list(KEY)).sort_index()
@@ -133,11 +139,15 @@ def _kill_mid_run(run: Path, process_tag: str, timeout_s: float) -> tuple[thread
     return thread, killed
 
 
-def test_a_killed_actor_is_replaced_and_its_item_rerun(ray_session, scene_db: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("envs_per_actor", [1, 4])
+def test_a_killed_actor_is_replaced_and_its_items_rerun(ray_session, scene_db: Path, tmp_path: Path,
+                                                        envs_per_actor: int) -> None:
     run = tmp_path / "run"
     # Only this session's actors (descendants of this process's Ray), never another cluster's.
     thread, killed = _kill_mid_run(run, "RolloutActor", timeout_s=120)
-    summary = run_eval(_cfg(scenes=scene_db, policy=["random"], out=run, trials=3, actors=2, horizon=40, write_every=1))
+    # With several envs per actor, every episode the killed actor had in flight goes back to the queue.
+    summary = run_eval(_cfg(scenes=scene_db, policy=["random"], out=run, trials=3, actors=2, horizon=100,
+                            write_every=1, envs_per_actor=envs_per_actor))
     thread.join(5)
     assert killed, "an actor should have been killed mid-run"
     assert summary["actors_replaced"] >= 1
@@ -216,9 +226,11 @@ def test_a_policy_replica_killed_mid_run_costs_no_episode(ray_session, scene_db:
 
     run = tmp_path / "run"
     replica_tag = f"ServeReplica:{EVAL_APP}:{deployment_name('random')}"
-    # Actors are mid-episode, asking the replica for chunks, when it is killed.
+    # Actors are mid-episode, asking the replica for chunks, when it is killed (`deploy=`: random would
+    # otherwise run in the actors). Two envs per actor: both their requests are retried.
     thread, killed = _kill_mid_run(run, replica_tag, timeout_s=180)
-    summary = run_eval(_cfg(scenes=scene_db, policy=["random"], out=run, trials=3, actors=2, horizon=60, write_every=1))
+    summary = run_eval(_cfg(scenes=scene_db, policy=["deploy=random"], out=run, trials=3, actors=2, horizon=60,
+                            write_every=1, envs_per_actor=2))
     thread.join(5)
     assert killed, "the policy replica should have been killed mid-run"
     frame = _keys_exactly_once(run)

@@ -265,7 +265,8 @@ def test_eval_target_end_to_end(tmp_path: Path, scene_db: Path, local_ray, capsy
     from gauntlet.platform.cli import main as cli
 
     out = tmp_path / "sweep"
-    rc = cli(["sweep", "throughput", "--target", "eval", "--scenes", str(scene_db), "--policy", "random",
+    # deploy=: the batch knobs act on a Serve replica (plain `random` runs inside the rollout actors).
+    rc = cli(["sweep", "throughput", "--target", "eval", "--scenes", str(scene_db), "--policy", "deploy=random",
               "--knobs", "actors=1,2", "max_batch_size=4", "--horizon", "20", "--actor-cpus", "0.5",
               "--out", str(out)])
     printed = capsys.readouterr().out

@@ -1,0 +1,101 @@
+"""Several envs per rollout actor (`--envs-per-actor K`) and policies that run inside the actors.
+
+Real local Ray, real robosuite envs, real Serve. The fault tests (driver killed then resumed, actor
+killed) run with K > 1 in test_eval.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from gauntlet.platform.eval.config import EvalConfig
+from gauntlet.platform.eval.driver import run_eval
+from gauntlet.platform.eval.results import KEY
+from gauntlet.platform.eval.targets import policy_targets
+
+# What an episode did; wall time, worker and latencies depend on the schedule, these must not.
+OUTCOME = ["success", "skipped", "steps", "recovery_step", "inference_calls", "replan_steps"]
+
+
+@pytest.fixture(scope="module")
+def scene_db(tmp_path_factory: pytest.TempPathFactory, generate_scenes) -> Path:
+    return generate_scenes(tmp_path_factory.mktemp("multi_env") / "scenes", variants="D0,D1",
+                           error_types="object_pose_perturb,object_push,drop")
+
+
+def _outcomes(run_dir: Path) -> pd.DataFrame:
+    frame = pd.read_parquet(run_dir / "results.parquet")
+    assert not frame.duplicated(subset=list(KEY)).any()
+    return frame.set_index(["scene_id", "policy", "trial"]).sort_index()[OUTCOME]
+
+
+def test_envs_per_actor_is_checked_and_not_part_of_the_resume_identity(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="envs_per_actor must be >= 1"):
+        EvalConfig(scenes="s", policy=("random",), out=str(tmp_path / "r"), envs_per_actor=0)
+    one, four = (EvalConfig(scenes="s", policy=("random",), out=str(tmp_path / "r"), envs_per_actor=k) for k in (1, 4))
+    assert one.identity() == four.identity()
+
+
+def test_cheap_privileged_policies_run_in_the_actors_unless_deployed(tmp_path: Path) -> None:
+    cfg = EvalConfig(scenes="s", out=str(tmp_path / "r"),
+                     policy=("scripted", "random", "deploy=bc_rnn", "vla"))
+    targets, deploy = policy_targets(cfg)
+    assert [(t.label, t.kind) for t in targets] == [("scripted", "local"), ("random", "local"),
+                                                    ("bc_rnn", "serve"), ("vla", "serve")]
+    assert [s.ref.name for s in deploy] == ["bc_rnn", "vla"]
+    targets, deploy = policy_targets(EvalConfig(scenes="s", out=str(tmp_path / "r"), policy=("deploy=scripted",)))
+    assert [(t.label, t.kind) for t in targets] == [("scripted", "serve")]  # same label as in-actor runs
+    assert [s.ref.name for s in deploy] == ["scripted"]
+
+
+def test_k_envs_per_actor_give_the_rows_of_one_env_per_actor(ray_session, scene_db: Path, tmp_path: Path) -> None:
+    """The oracle in the actors, 12 episodes: one actor with one env, then one actor with four."""
+    runs = {}
+    for k in (1, 4):
+        runs[k] = tmp_path / f"k{k}"
+        summary = run_eval(EvalConfig(scenes=str(scene_db), policy=("scripted",), out=str(runs[k]), trials=2,
+                                      actors=1, envs_per_actor=k, horizon=100, run_id="same"))
+        assert summary["ran"] == 12 and summary["problems"] == []
+        assert "serving" not in summary  # nothing deployed: the oracle ran in the actor
+    one, four = _outcomes(runs[1]), _outcomes(runs[4])
+    assert not one["skipped"].any() and one["success"].all()
+    pd.testing.assert_frame_equal(one, four)
+
+
+def test_k_envs_of_one_actor_reach_the_replica_together(ray_session, scene_db: Path, tmp_path: Path) -> None:
+    """One actor x four envs, random deployed on Serve: the replica sees batches of more than one
+    request, which one actor with one env can never send. A short ping timeout proves the actor
+    answers its liveness pings while its envs step."""
+    run = tmp_path / "run"
+    summary = run_eval(EvalConfig(scenes=str(scene_db), policy=("deploy=random",), out=str(run), trials=2,
+                                  actors=1, envs_per_actor=4, horizon=48, batch_wait_timeout_s=0.2,
+                                  ping_timeout_s=6.0))
+    stats = summary["serving"]["random"]
+    assert stats["max_batch_size_seen"] > 1 and stats["mean_batch_size"] > 1.2, stats
+    assert summary["actors_replaced"] == 0
+    frame = pd.read_parquet(run / "results.parquet")
+    assert len(frame) == 12 and not frame["skipped"].any(), frame["skip_reason"].tolist()
+    assert (frame["inference_calls"] == 6).all() and (frame["latency_ms_mean"] > 0).all()
+    assert stats["requests"]["ok"] == 72
+
+
+def test_env_cache_pools_per_configuration_within_its_capacity(scene_db: Path) -> None:
+    from gauntlet.envs.scene_db import SceneDB
+    from gauntlet.platform.eval.episode import EnvCache
+
+    d0, d1 = sorted(set(SceneDB.open(scene_db).metadata()["env_config"]))[:2]
+    cache = EnvCache(capacity=2)
+    first, second = cache.acquire(d0), cache.acquire(d0)
+    assert first is not second  # two episodes at once: two envs of one configuration
+    cache.release(d0, first)
+    cache.release(d0, second)
+    assert cache.acquire(d0) is second  # reused, not rebuilt
+    cache.release(d0, second)
+    other = cache.acquire(d1)  # at capacity: the least recently released idle env makes room
+    assert cache.alive == 2 and cache.built == 3
+    assert cache.acquire(d0) is second
+    cache.release(d1, other)
+    assert cache.acquire(d1) is other
