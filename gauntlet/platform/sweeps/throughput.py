@@ -269,7 +269,7 @@ def target_of(config: SweepThroughputConfig) -> ThroughputTarget:
     except GauntletEnvError as exc:
         raise SweepInputError(f"--scenes: {exc}") from None
     try:
-        ref = PolicyRef.parse(config.policy)
+        ref = PolicyRef.parse(config.policy.removeprefix("deploy="))
     except ValueError as exc:
         raise SweepInputError(f"--policy: {exc}") from None
     if ref.checkpoint and not Path(ref.checkpoint).exists():
