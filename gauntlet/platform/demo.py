@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         policies = (*policies, f"bc_rnn={train_demo_policy(cfg, out / f'bc_rnn_{cfg.train_task}')}")
     message = (f"[demo] 4/5 evaluating {', '.join(policies)} over {report['total']} scenes with {cfg.actors} "
-               f"rollout actors (policies on Ray Serve)")
+               f"rollout actors (the oracle inside them, the others on Ray Serve)")
     print(message, flush=True)
     result = run_eval(EvalConfig(scenes=str(db_path), policy=policies, out=str(run_dir), actors=cfg.actors,
                                  horizon=cfg.horizon, resume=(run_dir / RUN_MANIFEST).exists(),
