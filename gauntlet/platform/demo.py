@@ -28,6 +28,7 @@ class DemoConfig:
 
     out: str = option("demo_out", help="output directory (scene DB, run, report)")
     tasks: tuple[str, ...] = option(("lift", "stack", "square", "pick_place_can"), help="tasks")
+    error_types: tuple[str, ...] = option(("all",), help="error types of the scene database ('all' or names)")
     per_combo: int = option(1, help="scenes per task x variant x error type")
     workers: int = option(2, help="simulation processes for scene generation")
     actors: int = option(2, help="rollout actors for the evaluation")
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     db_path = out / "scenes"
     print(f"[demo] 1/5 building the scene database at {db_path}", flush=True)
-    summary = generate(GenerateConfig(out=str(db_path), tasks=cfg.tasks, per_combo=cfg.per_combo,
+    summary = generate(GenerateConfig(out=str(db_path), tasks=cfg.tasks, error_types=cfg.error_types,
+                                      per_combo=cfg.per_combo,
                                       workers=cfg.workers, seed=cfg.seed, nominal=True))
     print("[demo] 2/5 pre-flight check of the scene database", flush=True)
     report = check_report(SceneDB.open(db_path))
