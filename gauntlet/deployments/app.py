@@ -1,4 +1,4 @@
-"""Typed app builders: policies -> `PolicyReplica` deployments behind one `Gateway` ingress."""
+"""Typed app builders: policies -> batched policy deployments, the first of them also the ingress."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ class PolicyServing:
     ref: PolicyRef  # which policy (and checkpoint)
     replicas: int = 1  # Serve replicas
     max_batch_size: int = 32  # largest batch one infer call sees
-    batch_wait_timeout_s: float = 0.005  # how long a partial batch waits for company
+    batch_wait_timeout_s: float = 0.005  # how long a partial batch waits for company (only while requests overlap)
     num_cpus: float = 1.0  # CPUs reserved per replica
     num_gpus: float = 0.0  # GPUs per replica
     policy_kwargs: dict[str, Any] = field(default_factory=dict)  # constructor arguments
@@ -43,45 +43,71 @@ class PolicyServing:
 
     @property
     def max_ongoing_requests(self) -> int:
-        # Serve's default (5) silently caps @serve.batch; leave room for a full batch in flight
-        # plus one queued behind it.
+        # Serve's default (5) would silently cap every batch at 5; leave room for a full batch in
+        # flight plus one queued behind it.
         from gauntlet.deployments.policy_deployment import ONGOING_PER_BATCH_SLOT
 
         return max(8, self.max_batch_size * ONGOING_PER_BATCH_SLOT)
 
 
+INGRESS_MAX_ONGOING = 1024  # an ingress holds one slot per open WebSocket for the connection's lifetime
+
+
 def build_app(policies: list[PolicyServing], api_key: str | None = None,
               max_request_bytes: int = 16 * 2**20) -> Any:
-    """The Serve application (not yet running): `serve.run(build_app(...))`."""
+    """The Serve application (not yet running): `serve.run(build_app(...))`.
+
+    The first policy that runs in Gauntlet's own environment is the app's ingress itself
+    (`ingress.PolicyIngress`): its HTTP, WebSocket and gRPC requests join its batches in-process,
+    with no second deployment hop. The other policies are plain replicas it reaches by handle; an
+    app whose policies all need their own runtime_env gets a routes-only `Gateway` in front.
+    """
     from ray import serve
 
-    from gauntlet.deployments.ingress import Gateway
+    from gauntlet.deployments.ingress import Gateway, PolicyIngress
     from gauntlet.deployments.policy_deployment import PolicyReplica
 
-    bound = {}
     names = [p.ref.name for p in policies]
     if len(set(names)) != len(names):
         raise ValueError(f"each policy may be served once; got {names}")
-    for p in policies:
-        deployment = serve.deployment(
-            PolicyReplica,
-            name=deployment_name(p.ref.name),
-            num_replicas=p.replicas,
-            max_ongoing_requests=p.max_ongoing_requests,
-            ray_actor_options=p.actor_options(),
-            user_config={"max_batch_size": p.max_batch_size, "batch_wait_timeout_s": p.batch_wait_timeout_s},
-            health_check_period_s=5,
-            health_check_timeout_s=60,
-        )
-        bound[p.ref.name] = deployment.bind(
-            policy=p.ref.name, checkpoint=p.ref.checkpoint, policy_kwargs=p.policy_kwargs,
-            adapters_dir=p.adapters_dir, max_batch_size=p.max_batch_size,
-            batch_wait_timeout_s=p.batch_wait_timeout_s,
-        )
-    gateway = serve.deployment(Gateway, name="gateway", num_replicas=1, max_ongoing_requests=1024,
-                               ray_actor_options={"num_cpus": 0})
-    return gateway.bind(bound, api_key=api_key or os.environ.get("GAUNTLET_API_KEY"),
-                        max_request_bytes=max_request_bytes)
+    front = next((p for p in policies if _in_gauntlets_env(p)), None)
+    others = {p.ref.name: _bind_policy(serve, PolicyReplica, p) for p in policies if p is not front}
+    api_key = api_key or os.environ.get("GAUNTLET_API_KEY")
+    if front is None:
+        gateway = serve.deployment(Gateway, name="gateway", num_replicas=1, max_ongoing_requests=INGRESS_MAX_ONGOING,
+                                   ray_actor_options={"num_cpus": 0})
+        return gateway.bind(others, api_key=api_key, max_request_bytes=max_request_bytes)
+    return _bind_policy(serve, PolicyIngress, front, max_ongoing_requests=INGRESS_MAX_ONGOING, others=others,
+                        api_key=api_key, max_request_bytes=max_request_bytes)
+
+
+def _in_gauntlets_env(p: PolicyServing) -> bool:
+    """Whether the policy's replicas run Gauntlet's own Python environment (a runtime_env that only
+    sets variables), so that they can also run the ingress code."""
+    return not set(p.runtime_env or {}) - {"env_vars", "config"}
+
+
+def _bind_policy(serve: Any, cls: type, p: PolicyServing, max_ongoing_requests: int = 0, **extra: Any) -> Any:
+    from gauntlet.deployments.policy_deployment import REPLICA_ENV_VARS
+
+    options = p.actor_options()
+    env = dict(options.get("runtime_env") or {})  # Ray merges these env_vars with the job's, key by key
+    env["env_vars"] = {**REPLICA_ENV_VARS, **env.get("env_vars", {})}
+    deployment = serve.deployment(
+        cls,
+        name=deployment_name(p.ref.name),
+        num_replicas=p.replicas,
+        max_ongoing_requests=max(p.max_ongoing_requests, max_ongoing_requests),
+        ray_actor_options={**options, "runtime_env": env},
+        user_config={"max_batch_size": p.max_batch_size, "batch_wait_timeout_s": p.batch_wait_timeout_s},
+        health_check_period_s=5,
+        health_check_timeout_s=60,
+    )
+    return deployment.bind(
+        policy=p.ref.name, checkpoint=p.ref.checkpoint, policy_kwargs=p.policy_kwargs,
+        adapters_dir=p.adapters_dir, max_batch_size=p.max_batch_size,
+        batch_wait_timeout_s=p.batch_wait_timeout_s, **extra,
+    )
 
 
 def start_serve(policies: list[PolicyServing], host: str = "127.0.0.1", http_port: int = 8000,

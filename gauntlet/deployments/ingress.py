@@ -1,33 +1,45 @@
-"""The ingress: HTTP, openpi WebSocket and gRPC in front of the policy replicas.
+"""The ingress: HTTP, openpi WebSocket and gRPC, answered by the policy replica itself where it can.
 
-(No `from __future__ import annotations` here: FastAPI must see real annotation objects through
-Serve's class wrapper to recognise `Request`/`WebSocket` parameters.)
+`PolicyRoutes` is the one definition of the surface. It runs in one of two Serve ingress classes:
 
-All three protocols land on the same `PolicyReplica` deployments through `DeploymentHandle`s, so a
-WebSocket client and an HTTP client share batches. Bad input is answered to its sender only:
-HTTP 4xx, gRPC INVALID_ARGUMENT, or (openpi's convention) a text frame and close code 1011. With an
-API key set, one rule (auth.ApiKeyGuard) guards every route of every protocol but `/healthz`.
+- `PolicyIngress`: a policy replica that is also the app's ingress. Requests for its own policy go
+  straight into its batcher, in-process: no second deployment hop (a Serve handle call costs more
+  than a small model's inference on a CPU). Other policies of the same app are reached through
+  their DeploymentHandles. `app.build_app` uses it whenever a policy runs in Gauntlet's own env.
+- `Gateway`: routes only, every policy through handles (an app whose policies all run in their own
+  runtime_env, e.g. LeRobot, whose environment is not Gauntlet's).
+
+WebSocket clients, HTTP clients and handle callers (rollout actors) share batches either way. Bad
+input is answered to its sender only: HTTP 4xx, gRPC INVALID_ARGUMENT, or (openpi's convention) a
+text frame and close code 1011. With an API key set, one rule (auth.ApiKeyGuard) guards every route
+of every protocol but `/healthz`. Routes are plain Starlette (FastAPI's per-request dependency
+resolution buys nothing here), built per replica by `__serve_build_asgi_app__`.
 """
 
+from __future__ import annotations
 
+import asyncio
 import json
 import time
 import traceback
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
-from fastapi.responses import JSONResponse, Response
 from ray import serve
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gauntlet.deployments.auth import REFUSAL, ApiKeyGuard
 from gauntlet.deployments.grpc_bind import MAX_REQUEST_BYTES
+from gauntlet.deployments.policy_deployment import PolicyReplica
 from gauntlet.policies import msgpack_numpy
 from gauntlet.policies.msgpack_numpy import WireFormatError
 
 MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack")
 MAX_BATCH_ITEMS = 1024  # observations in one HTTP {"batch": [...]} (each becomes its own replica request)
-app = FastAPI(title="Gauntlet policy server")
 
 
 class RequestError(Exception):
@@ -80,34 +92,49 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-@serve.ingress(app)
-class Gateway:
-    """Ingress deployment. `policies` maps names to the bound `PolicyReplica` deployments."""
+class PolicyRoutes:
+    """HTTP, openpi WebSocket and gRPC over `_infer_one` / `_metadata`: requests for `local_policy`
+    run in this replica (`self.infer`, `self.metadata` of PolicyReplica), others via `remote` handles."""
 
-    def __init__(self, policies: dict[str, Any], api_key: str | None = None,
-                 max_request_bytes: int = MAX_REQUEST_BYTES):
-        self.policies = policies
+    local_policy: str | None = None
+
+    def _init_routes(self, remote: dict[str, Any], api_key: str | None, max_request_bytes: int) -> None:
+        self.remote_policies = remote
         self.guard = ApiKeyGuard(api_key)
         self.max_request_bytes = max_request_bytes
         self._metadata_cache: dict[str, dict] = {}
+        self.policy_names = sorted({*remote, *([self.local_policy] if self.local_policy else [])})
+
+    def __serve_build_asgi_app__(self) -> Starlette:
+        return Starlette(routes=[
+            Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/v1/policies/{name}/metadata", self.http_metadata, methods=["GET"]),
+            Route("/v1/policies/{name}/infer", self.http_infer, methods=["POST"]),
+            WebSocketRoute("/v1/policies/{name}/ws", self.websocket),
+        ])
 
     # ------------------------------------------------------------------------------ helpers
-    def _handle(self, name: str) -> Any:
-        handle = self.policies.get(name)
-        if handle is None:
-            raise RequestError(404, f"unknown policy {name!r}; serving: {sorted(self.policies)}")
-        return handle
+    def _check_name(self, name: str) -> None:
+        if name != self.local_policy and name not in self.remote_policies:
+            raise RequestError(404, f"unknown policy {name!r}; serving: {self.policy_names}")
 
     async def _metadata(self, name: str) -> dict:
+        self._check_name(name)
+        if name == self.local_policy:
+            return self.metadata()  # type: ignore[attr-defined] - PolicyReplica's
         if name not in self._metadata_cache:
-            self._metadata_cache[name] = await self._handle(name).metadata.remote()
+            self._metadata_cache[name] = await self.remote_policies[name].metadata.remote()
         return self._metadata_cache[name]
 
     async def _infer_one(self, name: str, obs: Any, adapter: str | None) -> dict:
-        handle = self._handle(name)
-        if adapter:
-            handle = handle.options(multiplexed_model_id=adapter)
-        out = await handle.infer.remote(obs, adapter)
+        self._check_name(name)
+        if name == self.local_policy:
+            out = await self.infer(obs, adapter)  # type: ignore[attr-defined] - PolicyReplica's
+        else:
+            handle = self.remote_policies[name]
+            if adapter:
+                handle = handle.options(multiplexed_model_id=adapter)
+            out = await handle.infer.remote(obs, adapter)
         if "error" in out:
             raise RequestError(int(out.get("status", 500)), str(out["error"]))
         return out
@@ -137,21 +164,18 @@ class Gateway:
         return b"".join(chunks)
 
     # --------------------------------------------------------------------------------- HTTP
-    @app.get("/healthz")
-    async def healthz(self) -> dict:
-        return {"status": "ok", "policies": sorted(self.policies)}
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "policies": self.policy_names})
 
-    @app.get("/v1/policies/{name}/metadata")
-    async def http_metadata(self, name: str, request: Request) -> Response:
+    async def http_metadata(self, request: Request) -> Response:
         if not self.guard.allows(request.headers.get("authorization")):
             return JSONResponse({"error": REFUSAL}, status_code=401)
         try:
-            return JSONResponse(_jsonable(await self._metadata(name)))
+            return JSONResponse(_jsonable(await self._metadata(request.path_params["name"])))
         except RequestError as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
-    @app.post("/v1/policies/{name}/infer")
-    async def http_infer(self, name: str, request: Request) -> Response:
+    async def http_infer(self, request: Request) -> Response:
         if not self.guard.allows(request.headers.get("authorization")):
             return JSONResponse({"error": REFUSAL}, status_code=401)
         use_msgpack = request.headers.get("content-type", "").split(";")[0].strip() in MSGPACK_TYPES
@@ -163,51 +187,56 @@ class Gateway:
             return JSONResponse(_jsonable(payload), status_code=status)
 
         try:
-            body = await self._read_body(request)
-            if use_msgpack:
-                payload = msgpack_numpy.unpackb(body)
-            else:
-                try:
-                    payload = json.loads(body)
-                except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, too deep
-                    raise RequestError(400, f"malformed JSON: {type(exc).__name__}: {exc}") from None
-            if not isinstance(payload, dict):
-                raise RequestError(400, "body must be an observation object or {\"batch\": [...]}")
-            self._handle(name)
+            name = request.path_params["name"]
+            payload = self._decode_body(await self._read_body(request), use_msgpack)
+            self._check_name(name)
             adapter = request.query_params.get("adapter") or request.headers.get("x-gauntlet-adapter")
             if "adapter" in payload:
                 adapter = _adapter_name(payload.pop("adapter"))
             if "batch" in payload:
-                items = payload["batch"]
-                if not isinstance(items, list) or not items:
-                    raise RequestError(400, "batch must be a non-empty list of observations")
-                if len(items) > MAX_BATCH_ITEMS:
-                    raise RequestError(413, f"batch of {len(items)} observations exceeds {MAX_BATCH_ITEMS}")
-                import asyncio
-
-                outs = await asyncio.gather(*(self._infer_one(name, o, adapter) for o in items),
-                                            return_exceptions=True)
-                results = []
-                for out in outs:
-                    if isinstance(out, BaseException):
-                        status, message = _classify(out)
-                        results.append({"error": message, "status": status})
-                    else:
-                        results.append(out)
-                return reply({"results": results})
+                return reply({"results": await self._infer_items(name, payload["batch"], adapter)})
             return reply(await self._infer_one(name, payload, adapter))
         except Exception as exc:  # noqa: BLE001 - every failure becomes a response, never a crash
             status, message = _classify(exc)
             return reply({"error": message}, status)
 
+    @staticmethod
+    def _decode_body(body: bytes, use_msgpack: bool) -> dict:
+        if use_msgpack:
+            payload = msgpack_numpy.unpackb(body)
+        else:
+            try:
+                payload = json.loads(body)
+            except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, too deep
+                raise RequestError(400, f"malformed JSON: {type(exc).__name__}: {exc}") from None
+        if not isinstance(payload, dict):
+            raise RequestError(400, "body must be an observation object or {\"batch\": [...]}")
+        return payload
+
+    async def _infer_items(self, name: str, items: Any, adapter: str | None) -> list[dict]:
+        """`{"batch": [...]}`: each item its own request (they share replica batches), answered alone."""
+        if not isinstance(items, list) or not items:
+            raise RequestError(400, "batch must be a non-empty list of observations")
+        if len(items) > MAX_BATCH_ITEMS:
+            raise RequestError(413, f"batch of {len(items)} observations exceeds {MAX_BATCH_ITEMS}")
+        outs = await asyncio.gather(*(self._infer_one(name, o, adapter) for o in items), return_exceptions=True)
+        results = []
+        for out in outs:
+            if isinstance(out, BaseException):
+                status, message = _classify(out)
+                results.append({"error": message, "status": status})
+            else:
+                results.append(out)
+        return results
+
     # ---------------------------------------------------------------------- openpi WebSocket
-    @app.websocket("/v1/policies/{name}/ws")
-    async def websocket(self, ws: WebSocket, name: str) -> None:
+    async def websocket(self, ws: WebSocket) -> None:
         """openpi's policy-server protocol: metadata frame, then obs in / actions out."""
+        name = ws.path_params["name"]
         if not self.guard.allows(ws.headers.get("authorization")):
             await ws.close(code=1008, reason=REFUSAL)
             return
-        if name not in self.policies:
+        if name != self.local_policy and name not in self.remote_policies:
             await ws.close(code=1008, reason=f"unknown policy {name!r}")
             return
         await ws.accept()
@@ -215,7 +244,7 @@ class Gateway:
         prev_total_ms: float | None = None
         while True:
             try:
-                start = time.perf_counter()
+                start = time.perf_counter()  # openpi's server_timing: total includes the wait for the frame
                 data = await ws.receive_bytes()
                 if len(data) > self.max_request_bytes:
                     raise WireFormatError(f"frame of {len(data)} bytes exceeds the limit of {self.max_request_bytes}")
@@ -243,7 +272,6 @@ class Gateway:
 
     # --------------------------------------------------------------------------------- gRPC
     async def Infer(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802 - RPC name
-
         from gauntlet.deployments.proto import policy_pb2
         from gauntlet.deployments.tensors import from_tensor, to_tensor
 
@@ -272,3 +300,23 @@ class Gateway:
         except RequestError as exc:
             _grpc_refuse(grpc_context, exc.status, str(exc))
             return policy_pb2.MetadataResponse()
+
+
+@serve.ingress()
+class Gateway(PolicyRoutes):
+    """Ingress deployment without a policy of its own: `policies` maps names to bound deployments."""
+
+    def __init__(self, policies: dict[str, Any], api_key: str | None = None,
+                 max_request_bytes: int = MAX_REQUEST_BYTES):
+        self._init_routes(policies, api_key, max_request_bytes)
+
+
+@serve.ingress()
+class PolicyIngress(PolicyReplica, PolicyRoutes):
+    """A policy replica that is also the app's ingress (see the module docstring)."""
+
+    def __init__(self, policy: str, *, others: dict[str, Any] | None = None, api_key: str | None = None,
+                 max_request_bytes: int = MAX_REQUEST_BYTES, **replica_kwargs: Any):
+        PolicyReplica.__init__(self, policy, **replica_kwargs)
+        self.local_policy = policy
+        self._init_routes(others or {}, api_key, max_request_bytes)

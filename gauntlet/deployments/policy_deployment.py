@@ -5,12 +5,13 @@ by LoRA adapter inside the batch, padded by the policy to its compiled bucket, a
 policy still raises on a group, the group is split in halves and retried, so the request it raises
 on is found and answered alone (422: the policy rejected its content) while its batch-mates get
 their actions; a group in which every request fails is the policy's fault (500).
+Batches form in `batcher.Batcher` (no wait for a lone request; inference on its own thread);
 `max_batch_size` and `batch_wait_timeout_s` change live through `reconfigure` (Serve's user_config).
 """
 
 from __future__ import annotations
 
-import asyncio
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from gauntlet.deployments.batcher import Batcher
 from gauntlet.deployments.replica_stats import ReplicaStats
 from gauntlet.policies.base import stack_observations
 from gauntlet.policies.validation import ObservationError, validate_observation
@@ -25,6 +27,17 @@ from gauntlet.policies.validation import ObservationError, validate_observation
 # Serve's own default max_ongoing_requests (5) would silently cap every batch at 5; the deployment
 # options set it to a multiple of the largest batch instead (see app.py).
 ONGOING_PER_BATCH_SLOT = 2
+# Environment of the replica processes. Serve runs user code on a second event loop in its own thread
+# by default, so that blocking user code cannot stall the replica; here inference already runs on the
+# batcher's thread and the request path never blocks, so that second loop only added a cross-thread
+# hop to every request and every WebSocket message (C = 1, no-op policy: WebSocket 5.1 -> 2.7 ms,
+# gRPC 8.5 -> 5.7 ms on the 2-core CI machine). Ray documents the switch among its throughput settings.
+REPLICA_ENV_VARS = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+
+
+def _check_batching(max_batch_size: int, batch_wait_timeout_s: float) -> None:
+    if max_batch_size < 1 or batch_wait_timeout_s < 0:
+        raise ValueError("max_batch_size must be >= 1 and batch_wait_timeout_s >= 0")
 
 
 class UnknownAdapterError(ValueError):
@@ -49,23 +62,30 @@ class RejectedByPolicy(ValueError):
 class _Item:
     obs: dict[str, Any]
     adapter: str | None
-    enqueued: float
 
 
 class _AdapterRef:
-    """What `serve.multiplexed` caches: unloads the adapter from the shared base when evicted."""
+    """What `serve.multiplexed` caches: unloads the adapter from the shared base when evicted, on
+    the inference thread (between batches, never under one that is running)."""
 
-    def __init__(self, policy: Any, name: str):
+    def __init__(self, policy: Any, name: str, batcher: Batcher):
         self.policy = policy
         self.name = name
+        self.batcher = batcher
 
-    def __del__(self) -> None:
+    def _unload(self) -> None:
         unload = getattr(self.policy, "remove_adapter", None)
         if unload is not None:
             try:
                 unload(self.name)
             except Exception:  # noqa: BLE001 - eviction must never take the replica down
                 pass
+
+    def __del__(self) -> None:
+        try:
+            self.batcher.executor.submit(self._unload)
+        except RuntimeError:  # the replica is shutting down: nothing left to unload for
+            pass
 
 
 class PolicyReplica:
@@ -82,27 +102,34 @@ class PolicyReplica:
         self.adapters_dir = adapters_dir
         self.stats = ReplicaStats(policy)
         self._warm_buckets = 0
-        self._apply_batching(max_batch_size, batch_wait_timeout_s)
+        _check_batching(max_batch_size, batch_wait_timeout_s)
+        self._warm(max_batch_size)  # before Serve reports the replica healthy
+        self.batcher = Batcher(self._infer_batch, max_batch_size, batch_wait_timeout_s)
 
     # ---------------------------------------------------------------------- configuration
-    def _apply_batching(self, max_batch_size: int, batch_wait_timeout_s: float) -> None:
-        if max_batch_size < 1 or batch_wait_timeout_s < 0:
-            raise ValueError("max_batch_size must be >= 1 and batch_wait_timeout_s >= 0")
-        # Compile every bucket up to the new maximum *before* the batch size grows, so no request
-        # ever waits on a compile (the constructor runs this before Serve reports the replica healthy).
+    def _warm(self, max_batch_size: int) -> None:
+        """Compiles every bucket up to `max_batch_size`, so no request ever waits on a compile."""
         warmup = getattr(self.policy, "warmup", None)
         if warmup is not None and max_batch_size > self._warm_buckets:
             warmup(max_batch_size)
             self._warm_buckets = max_batch_size
-        self._infer_batch.set_max_batch_size(max_batch_size)
-        self._infer_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
-        self.max_batch_size = max_batch_size
-        self.batch_wait_timeout_s = batch_wait_timeout_s
 
-    def reconfigure(self, user_config: dict) -> None:
+    @property
+    def max_batch_size(self) -> int:
+        return self.batcher.max_batch_size
+
+    @property
+    def batch_wait_timeout_s(self) -> float:
+        return self.batcher.batch_wait_timeout_s
+
+    async def reconfigure(self, user_config: dict) -> None:
         """Live batch settings: {"max_batch_size": N, "batch_wait_timeout_s": T}."""
-        self._apply_batching(int(user_config.get("max_batch_size", self.max_batch_size)),
-                             float(user_config.get("batch_wait_timeout_s", self.batch_wait_timeout_s)))
+        size = int(user_config.get("max_batch_size", self.max_batch_size))
+        timeout_s = float(user_config.get("batch_wait_timeout_s", self.batch_wait_timeout_s))
+        _check_batching(size, timeout_s)
+        # Compile on the inference thread, between batches, *before* the batch size grows.
+        await self.batcher.run_on_inference_thread(self._warm, size)
+        self.batcher.configure(size, timeout_s)
 
     # ---------------------------------------------------------------------------- serving
     def metadata(self) -> dict[str, Any]:
@@ -124,15 +151,13 @@ class PolicyReplica:
 
     @serve.multiplexed(max_num_models_per_replica=8)
     async def _load_adapter(self, adapter: str) -> _AdapterRef:
-        import os
-
         loader = getattr(self.policy, "load_adapter", None)
         path = os.path.join(self.adapters_dir, adapter) if self.adapters_dir else None
         if loader is None or path is None or not os.path.isdir(path):
             known = sorted(os.listdir(self.adapters_dir)) if self.adapters_dir and os.path.isdir(self.adapters_dir) else []
             raise UnknownAdapterError(adapter, known)
-        await asyncio.get_running_loop().run_in_executor(None, loader, adapter, path)
-        return _AdapterRef(self.policy, adapter)
+        await self.batcher.run_on_inference_thread(loader, adapter, path)  # never during a batch
+        return _AdapterRef(self.policy, adapter, self.batcher)
 
     async def infer(self, obs: Any, adapter: str | None = None) -> dict[str, Any]:
         """One observation -> {"actions": (H, D), "server_timing": {...}}, or an error *value*
@@ -152,7 +177,7 @@ class PolicyReplica:
             except UnknownAdapterError as exc:
                 self.stats.record_request("unknown_adapter")
                 return error_value("unknown_adapter", 404, str(exc))
-        result = await self._infer_batch(_Item(validated, adapter or None, time.perf_counter()))
+        result = await self.batcher.submit(_Item(validated, adapter or None))
         if isinstance(result, RejectedByPolicy):
             self.stats.record_request("invalid")
             return error_value("rejected_by_policy", 422, f"the policy rejected this observation: {result}")
@@ -162,8 +187,8 @@ class PolicyReplica:
         self.stats.record_request("ok")
         return result
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _infer_batch(self, items: list[_Item]) -> list[Any]:
+    def _infer_batch(self, items: list[_Item], enqueued_at: list[float]) -> list[Any]:
+        """Runs on the batcher's inference thread: one result (or exception value) per item."""
         start = time.perf_counter()
         results: list[Any] = [None] * len(items)
         groups: dict[str | None, list[int]] = {}
@@ -180,7 +205,7 @@ class PolicyReplica:
                 else:
                     results[i] = PolicyError(f"{type(answer).__name__}: {answer}")
         infer_ms = (time.perf_counter() - start) * 1e3
-        waits = [(start - it.enqueued) * 1e3 for it in items]
+        waits = [(start - t) * 1e3 for t in enqueued_at]
         self.stats.record_batch(len(items), waits, infer_ms)
         for r, w in zip(results, waits, strict=True):
             if isinstance(r, dict):

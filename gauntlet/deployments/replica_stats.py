@@ -1,11 +1,13 @@
 """Per-replica serving metrics: exported through Ray's metrics and kept locally for `stats()`.
 
 Ray's metrics (Prometheus, dashboard) are what operators watch; the local copy is what a benchmark or
-test asks a replica for, so both read the same numbers.
+test asks a replica for, so both read the same numbers. Batches are recorded on the replica's
+inference thread, requests and snapshots on its event loop: a lock keeps a snapshot consistent.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +28,7 @@ class ReplicaStats:
     def __post_init__(self) -> None:
         from ray.util import metrics
 
+        self._lock = threading.Lock()
         tags = {"policy": self.policy}
         self._batch = metrics.Histogram("gauntlet_batch_size", "requests per executed batch",
                                         boundaries=_BATCH_BOUNDARIES, tag_keys=("policy",))
@@ -39,20 +42,26 @@ class ReplicaStats:
             m.set_default_tags(tags)
 
     def record_batch(self, size: int, waits_ms: list[float], inference_ms: float) -> None:
-        self.batches += 1
-        self.batch_sizes[size] += 1
-        self.inference_ms_sum += inference_ms
+        with self._lock:
+            self.batches += 1
+            self.batch_sizes[size] += 1
+            self.inference_ms_sum += inference_ms
+            self.queue_wait_ms_sum += sum(waits_ms)
         self._batch.observe(size)
         self._infer.observe(inference_ms)
         for w in waits_ms:
-            self.queue_wait_ms_sum += w
             self._wait.observe(w)
 
     def record_request(self, status: str) -> None:
-        self.requests[status] += 1
+        with self._lock:
+            self.requests[status] += 1
         self._count.inc(tags={"policy": self.policy, "status": status})
 
     def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return self._snapshot()
+
+    def _snapshot(self) -> dict[str, Any]:
         served = sum(size * n for size, n in self.batch_sizes.items())
         return {
             "policy": self.policy,

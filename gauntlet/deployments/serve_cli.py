@@ -19,7 +19,8 @@ class ServeCLIConfig:
     http_port: int = option(8000, help="HTTP/WebSocket port")
     grpc_port: int = option(9000, help="gRPC port (0 disables gRPC)")
     max_batch_size: int = option(32, help="largest batch one replica runs")
-    batch_wait_timeout_s: float = option(0.005, help="how long a partial batch waits for more requests")
+    batch_wait_timeout_s: float = option(0.005, help="how long a partial batch waits for more requests while "
+                                                     "requests overlap (a lone request never waits)")
     replicas: int = option(1, help="replicas per policy")
     num_gpus: float = option(0.0, help="GPUs per replica")
     vla_size: str = option("tiny", help="VLA preset when no checkpoint is given")

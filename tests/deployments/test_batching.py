@@ -1,0 +1,208 @@
+"""The replica's batcher, alone (asyncio, no Ray) and inside real Serve replicas.
+
+A lone request runs at once instead of waiting out the batch timeout; requests that arrive together
+or while a batch runs share the next batch; the limits change live; a caller that raises or goes
+away never takes another's answer. Assertions are on recorded batch sizes and queue waits (the
+replica's own statistics), never on wall-clock speed: the timeouts here are seconds long, so a
+request that waited one would show it in its recorded wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from gauntlet.deployments.batcher import Batcher
+
+LONG_S = 30.0  # a batch timeout no lone request may pay
+
+
+class _Recorder:
+    """run_batch for the tests: answers each item with itself * 10 and records sizes and waits."""
+
+    def __init__(self, gate: threading.Event | None = None):
+        self.sizes: list[int] = []
+        self.waits_s: list[float] = []
+        self.gate = gate  # when set, the first batch holds until the gate opens
+        self.started = threading.Event()
+
+    def __call__(self, items: list[int], enqueued_at: list[float]) -> list[int]:
+        now = time.perf_counter()
+        self.waits_s += [now - t for t in enqueued_at]
+        self.sizes.append(len(items))
+        self.started.set()
+        if self.gate is not None and len(self.sizes) == 1:
+            self.gate.wait(60)
+        return [i * 10 for i in items]
+
+
+def _run(coro):
+    return asyncio.run(asyncio.wait_for(coro, LONG_S / 2))  # a hang fails instead of waiting LONG_S
+
+
+def test_a_lone_request_runs_at_once_without_waiting_the_timeout() -> None:
+    rec = _Recorder()
+    batcher = Batcher(rec, max_batch_size=8, batch_wait_timeout_s=LONG_S)
+
+    async def one_at_a_time() -> list[int]:
+        return [await batcher.submit(i) for i in range(5)]
+
+    assert _run(one_at_a_time()) == [0, 10, 20, 30, 40]
+    assert rec.sizes == [1] * 5
+    assert max(rec.waits_s) < LONG_S / 10  # none of them waited for company
+    assert not batcher.concurrent
+
+
+def test_requests_that_arrive_together_fill_batches_before_the_timeout() -> None:
+    rec = _Recorder()
+    batcher = Batcher(rec, max_batch_size=4, batch_wait_timeout_s=LONG_S)
+
+    async def together() -> list[int]:
+        return list(await asyncio.gather(*(batcher.submit(i) for i in range(9))))
+
+    assert _run(together()) == [i * 10 for i in range(9)]
+    # The first found the batcher idle and ran at once; the others overlapped it and went in full
+    # batches, each flushed when full, never held for the timeout.
+    assert rec.sizes == [1, 4, 4]
+    assert batcher.concurrent
+
+
+def test_requests_that_queue_while_a_batch_runs_form_the_next_one() -> None:
+    gate = threading.Event()
+    rec = _Recorder(gate)
+    batcher = Batcher(rec, max_batch_size=16, batch_wait_timeout_s=0.0)
+
+    async def scenario() -> list[int]:
+        first = asyncio.ensure_future(batcher.submit(100))
+        while not rec.started.is_set():  # the lone first request is running
+            await asyncio.sleep(0.01)
+        rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(10)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        return [await first] + [await r for r in rest]
+
+    assert _run(scenario()) == [1000] + [i * 10 for i in range(10)]
+    assert rec.sizes == [1, 10]
+
+
+def test_configure_changes_the_batch_size_live() -> None:
+    rec = _Recorder()
+    batcher = Batcher(rec, max_batch_size=16, batch_wait_timeout_s=0.01)
+    batcher.configure(max_batch_size=2, batch_wait_timeout_s=0.01)
+
+    async def together() -> list[int]:
+        return list(await asyncio.gather(*(batcher.submit(i) for i in range(7))))
+
+    assert _run(together()) == [i * 10 for i in range(7)]
+    assert max(rec.sizes) == 2 and sum(rec.sizes) == 7
+
+
+def test_a_failing_batch_fails_its_callers_and_the_next_batch_runs() -> None:
+    calls = []
+
+    def flaky(items: list[int], enqueued_at: list[float]) -> list[int]:
+        calls.append(list(items))
+        if 1 in items:
+            raise RuntimeError("boom")
+        return items
+
+    batcher = Batcher(flaky, max_batch_size=4, batch_wait_timeout_s=0.0)
+
+    async def scenario() -> tuple[list, int]:
+        first = await asyncio.gather(batcher.submit(1), batcher.submit(2), return_exceptions=True)
+        return first, await batcher.submit(3)
+
+    first, after = _run(scenario())
+    assert calls == [[1], [2], [3]]
+    assert isinstance(first[0], RuntimeError) and first[1] == 2 and after == 3
+
+
+def test_a_caller_that_went_away_is_not_run() -> None:
+    gate = threading.Event()
+    rec = _Recorder(gate)
+    batcher = Batcher(rec, max_batch_size=16, batch_wait_timeout_s=0.0)
+
+    async def scenario() -> list[int]:
+        first = asyncio.ensure_future(batcher.submit(0))
+        while not rec.started.is_set():
+            await asyncio.sleep(0.01)
+        gone = asyncio.ensure_future(batcher.submit(1))
+        kept = asyncio.ensure_future(batcher.submit(2))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        gate.set()
+        return [await first, await kept]
+
+    assert _run(scenario()) == [0, 20]
+    assert rec.sizes == [1, 1]  # the cancelled request never reached the policy
+
+
+# ------------------------------------------------------------------------------ on real Serve
+
+STATE = "observation/state"
+REPLICA_TIMEOUT_S = 2.0  # the replica's batch timeout: long next to its 0.3 s batches
+
+
+class _SlowPolicy:
+    """The random policy, 0.3 s per call (a model whose batch takes a while), rejecting state[0] == 7."""
+
+    def __init__(self) -> None:
+        from gauntlet.policies.random_policy import RandomPolicy
+
+        self.inner = RandomPolicy()
+        self.metadata = self.inner.metadata
+
+    def infer(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        time.sleep(0.3)
+        if np.any(batch[STATE][:, 0] == 7):
+            raise ValueError("state[0] == 7 is outside what this model was trained on")
+        return self.inner.infer(batch)
+
+
+def _slow_replica_class():
+    from gauntlet.deployments.policy_deployment import PolicyReplica
+
+    class SlowReplica(PolicyReplica):
+        def __init__(self) -> None:
+            super().__init__("random", max_batch_size=8, batch_wait_timeout_s=REPLICA_TIMEOUT_S)
+            self.policy = _SlowPolicy()
+
+    return SlowReplica
+
+
+@pytest.fixture(scope="module")
+def slow(ray_session):
+    import sys
+
+    from ray import cloudpickle, serve
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the test policy lives in this module
+    app = serve.deployment(_slow_replica_class(), name="slow", max_ongoing_requests=64,
+                           ray_actor_options={"num_cpus": 0.25}).bind()
+    handle = serve.run(app, name="slow-batching", route_prefix=None)
+    yield handle
+    serve.delete("slow-batching")
+
+
+def test_lone_requests_on_a_replica_are_not_held_for_the_timeout(slow) -> None:
+    slow.reset_stats.remote().result()
+    for i in range(3):
+        out = slow.infer.remote({STATE: np.full(8, i, np.float32)}).result()
+        assert out["actions"].shape == (8, 7) and out["server_timing"]["batch_size"] == 1
+    stats = slow.get_stats.remote().result()
+    assert stats["batch_sizes"] == {1: 3}
+    assert stats["mean_queue_wait_ms"] < REPLICA_TIMEOUT_S * 1e3 / 2  # recorded by the replica: no timeout waited
+
+
+def test_concurrent_requests_share_batches_and_a_bad_one_fails_alone(slow) -> None:
+    slow.reset_stats.remote().result()
+    states = [np.full(8, 7.0 if i == 6 else 0.5, np.float32) for i in range(12)]
+    answers = [r.result() for r in [slow.infer.remote({STATE: s}) for s in states]]
+    stats = slow.get_stats.remote().result()
+    assert stats["max_batch_size_seen"] > 1 and sum(k * v for k, v in stats["batch_sizes"].items()) == 12
+    assert answers[6]["status"] == 422 and "state[0] == 7" in answers[6]["error"]
+    assert all(a["actions"].shape == (8, 7) for i, a in enumerate(answers) if i != 6)
