@@ -59,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     db_path = out / "scenes"
     print(f"[demo] 1/5 building the scene database at {db_path}", flush=True)
     summary = generate(GenerateConfig(out=str(db_path), tasks=cfg.tasks, error_types=cfg.error_types,
-                                      per_combo=cfg.per_combo,
-                                      workers=cfg.workers, seed=cfg.seed, nominal=True))
+                                      per_combo=cfg.per_combo, workers=cfg.workers, seed=cfg.seed, nominal=True))
     print("[demo] 2/5 pre-flight check of the scene database", flush=True)
     report = check_report(SceneDB.open(db_path))
     print_check(report)
