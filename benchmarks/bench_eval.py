@@ -1,8 +1,11 @@
 """Evaluation throughput: the same scenes with the scripted oracle, in one run.
 
-(a) serial: one process, one env, the oracle called in-process (today's set-up);
+(a) serial: one process, one env, the oracle called in-process;
 (b) N in-process workers (multiprocessing), the oracle called locally: the simulation-bound ceiling
     for N cores;
+each twice: stepping with robosuite's own controller (today's set-up: what every robosuite-based
+harness runs) and with Gauntlet's bit-exact fast stepping (`envs/fast_control.py`, what (c) uses), so
+(c)/(a) is printed against today's set-up and like for like;
 (c) Gauntlet: N rollout actors, the oracle in-process in each actor (as in (a) and (b): like with like),
     with one env per actor and with K (`--envs-per-actor`).
 With --vla: the tiny VLA deployed on Serve, N actors x 1 env and N actors x K envs, with the mean batch
@@ -38,8 +41,11 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def _run_serial(db_path: str, scene_ids: list[str], horizon: int) -> list[tuple[str, float]]:
-    """Runs the episodes in this process; returns (worker, finished-at) per episode (wall clock)."""
+def _run_serial(db_path: str, scene_ids: list[str], horizon: int, fast: bool) -> list[tuple[str, float]]:
+    """Runs the episodes in this process; returns (worker, finished-at) per episode (wall clock).
+    `fast`: Gauntlet's fast stepping, else robosuite's own (the same states either way)."""
+    import json
+
     from gauntlet.envs.scene_db import SceneDB
     from gauntlet.platform.eval.episode import EnvCache, WorkItem, run_episode
     from gauntlet.platform.eval.sources import LocalSource
@@ -52,6 +58,7 @@ def _run_serial(db_path: str, scene_ids: list[str], horizon: int) -> list[tuple[
     for sid in scene_ids:
         scene = dict(meta.loc[sid])
         scene["scene_id"] = sid
+        scene["env_config"] = json.dumps({**json.loads(scene["env_config"]), "fast_control": fast}, sort_keys=True)
         run_episode(db, envs, WorkItem("bench", sid, "scripted", 0, horizon), scene, source, "bench", "bench")
         done.append((str(os.getpid()), time.time()))
     return done
@@ -70,10 +77,10 @@ def _rates(started: float, finished: list[tuple[str, float]]) -> tuple[float, fl
     return cold, warm
 
 
-def _pool_rates(db_path: str, shards: list[list[str]], horizon: int) -> tuple[float, float]:
+def _pool_rates(db_path: str, shards: list[list[str]], horizon: int, fast: bool) -> tuple[float, float]:
     t = time.time()
     with get_context("spawn").Pool(len(shards)) as pool:
-        done = pool.starmap(_run_serial, [(db_path, s, horizon) for s in shards])
+        done = pool.starmap(_run_serial, [(db_path, s, horizon, fast) for s in shards])
     return _rates(t, [stamp for worker in done for stamp in worker])
 
 
@@ -147,11 +154,13 @@ def _generate(tmp: Path, workers: int) -> str:
 def _measure(args: argparse.Namespace, db_path: str, scene_ids: list[str], tmp: Path) -> dict[str, dict[str, float]]:
     """One pass over every row: row key -> {"cold", "warm"(, "batch")}."""
     n, k = args.workers, args.envs_per_actor
-    out = {"a": dict(zip(("cold", "warm"), _pool_rates(db_path, [scene_ids], args.horizon), strict=True))}
-    print("(a)", out["a"], flush=True)
     shards = [scene_ids[i::n] for i in range(n)]
-    out["b"] = dict(zip(("cold", "warm"), _pool_rates(db_path, shards, args.horizon), strict=True))
-    print("(b)", out["b"], flush=True)
+    out = {}
+    for fast, tag in ((False, "robosuite"), (True, "fast")):
+        out[f"a-{tag}"] = dict(zip(("cold", "warm"), _pool_rates(db_path, [scene_ids], args.horizon, fast), strict=True))
+        print(f"(a) {tag}", out[f"a-{tag}"], flush=True)
+        out[f"b-{tag}"] = dict(zip(("cold", "warm"), _pool_rates(db_path, shards, args.horizon, fast), strict=True))
+        print(f"(b) {tag}", out[f"b-{tag}"], flush=True)
     for envs in (1, k):
         out[f"oracle{envs}"] = _gauntlet(db_path, tmp / f"oracle-k{envs}", "scripted", n, envs, args.horizon, 0.005)
         print(f"(c) oracle K={envs}", out[f"oracle{envs}"], flush=True)
@@ -170,7 +179,10 @@ def _report(args: argparse.Namespace, runs: list[dict[str, dict[str, float]]]) -
 
     n, k = args.workers, args.envs_per_actor
     med = {row: {m: statistics.median(r[row][m] for r in runs) for m in runs[0][row]} for row in runs[0]}
-    names = {"a": "(a) serial, oracle in-process", "b": f"(b) {n} in-process workers"}
+    names = {}
+    for tag, how in (("robosuite", "robosuite stepping"), ("fast", "fast stepping")):
+        names[f"a-{tag}"] = f"(a) serial, oracle in-process, {how}"
+        names[f"b-{tag}"] = f"(b) {n} in-process workers, {how}"
     for envs in (1, k):
         names[f"oracle{envs}"] = f"(c) Gauntlet {n} actors x {envs} env, oracle in actors"
         names[f"vla{envs}"] = f"(c) {n} actors x {envs} env, tiny VLA on Serve ({args.vla_tasks} {args.vla_variants})"
@@ -180,8 +192,10 @@ def _report(args: argparse.Namespace, runs: list[dict[str, dict[str, float]]]) -
         print(f"{names[row]:<60}{m['cold']:>12.1f}{m['warm']:>12.1f}{note}")
     for t in ("cold", "warm"):
         c1, ck = med["oracle1"][t], med[f"oracle{k}"][t]
-        print(f"{t}: (c)/(a) = {c1 / med['a'][t]:.2f} (K={k}: {ck / med['a'][t]:.2f})   "
-              f"(c)/(b) = {c1 / med['b'][t]:.2f} (K={k}: {ck / med['b'][t]:.2f})", flush=True)
+        for tag, against in (("robosuite", "today's set-up (robosuite stepping)"), ("fast", "like for like (fast stepping)")):
+            a, b = med[f"a-{tag}"][t], med[f"b-{tag}"][t]
+            print(f"{t}, against {against}: (c)/(a) = {c1 / a:.2f} (K={k}: {ck / a:.2f})   "
+                  f"(c)/(b) = {c1 / b:.2f} (K={k}: {ck / b:.2f})   (b)/(a) = {b / a:.2f}", flush=True)
     if args.vla:
         v1, vk = med["vla1"], med[f"vla{k}"]
         print(f"tiny VLA, batch wait {args.vla_batch_wait_ms:g} ms: K={k} / K=1 = {vk['cold'] / v1['cold']:.2f} "

@@ -3,8 +3,9 @@
 (a) serial: an openpi-style server in its own process (the `websockets` library + msgpack-numpy, as
     openpi's `serve_policy.py`), running `policy.infer` on one request at a time in its event loop;
 (b) Gauntlet: the same policy on Gauntlet's batched replica, reached over the same WebSocket protocol
-    through Serve's proxy ("gauntlet" rows), and through DeploymentHandles, the in-cluster path
-    rollout actors use ("handle" rows).
+    through Serve's proxy ("gauntlet" rows), on the replica's own WebSocket port (`--ws-port`,
+    "direct" rows), and through DeploymentHandles, the in-cluster path rollout actors use
+    ("handle" rows).
 
 Part 1 (no-op, `random` policy): what each path adds per request at C = 1, next to the bare server
 of (a) and a bare Serve handle call (a deployment whose method returns at once): p50 latency and
@@ -35,7 +36,7 @@ import numpy as np  # noqa: E402
 
 from gauntlet.policies import msgpack_numpy  # noqa: E402
 
-HTTP_PORT, GRPC_PORT, SERIAL_PORT = 18766, 19766, 18765
+HTTP_PORT, GRPC_PORT, SERIAL_PORT, DIRECT_PORT = 18766, 19766, 18765, 18767
 
 
 def make_obs(meta: dict, rng: np.random.Generator) -> dict:
@@ -205,6 +206,7 @@ def _noop_calls(obs: dict, handle: Any, bare_handle: Any, actor: Any) -> dict[st
         "Gauntlet DeploymentHandle": lambda: handle.infer.remote(obs).result(),
         "Gauntlet HTTP (msgpack)": http_call,
         "Gauntlet WebSocket": ws_call(f"ws://127.0.0.1:{HTTP_PORT}/v1/policies/random/ws"),
+        "Gauntlet WebSocket, replica's own port": ws_call(f"ws://127.0.0.1:{DIRECT_PORT}"),
         "Gauntlet gRPC": lambda: grpc_client.infer("random", obs),
     }
 
@@ -230,7 +232,8 @@ def noop_table(requests: int) -> list[tuple[str, float, float, float]]:
 
     obs = make_obs(RandomPolicy().metadata.to_dict(), np.random.default_rng(0))
     serial = start_serial("random", {})
-    serve.run(build_app([PolicyServing(PolicyRef("random"), num_cpus=0)]), name=APP_NAME, route_prefix="/")
+    serve.run(build_app([PolicyServing(PolicyRef("random"), num_cpus=0)], ws_port=DIRECT_PORT), name=APP_NAME,
+              route_prefix="/")
     bare = serve.run(serve.deployment(_NoOp, name="noop", ray_actor_options={"num_cpus": 0}).bind(),
                      name="noop", route_prefix=None)
     actor = ray.remote(num_cpus=0)(_NoOp).remote()
@@ -295,12 +298,13 @@ def model_rows(args: argparse.Namespace, obs: dict, clients: list[int]) -> list[
     spec = PolicyServing(PolicyRef(args.policy), max_batch_size=args.max_batch_size,
                          batch_wait_timeout_s=args.batch_wait_timeout_s, policy_kwargs=kwargs,
                          num_cpus=1, num_gpus=args.num_gpus, runtime_env={"env_vars": env_vars} if env_vars else None)
-    serve.run(build_app([spec]), name=APP_NAME, route_prefix="/")
+    serve.run(build_app([spec], ws_port=DIRECT_PORT), name=APP_NAME, route_prefix="/")
     handle = serve.get_deployment_handle(deployment_name(args.policy), app_name=APP_NAME)
     url = f"ws://127.0.0.1:{HTTP_PORT}/v1/policies/{args.policy}/ws"
     serial_infer_ms: dict[int, list[float]] = {c: [] for c in clients}
     drivers = {"serial": lambda c, t: drive(f"ws://127.0.0.1:{SERIAL_PORT}", c, t, obs, serial_infer_ms.get(c)),
                "gauntlet": lambda c, t: drive(url, c, t, obs),
+               "direct": lambda c, t: drive(f"ws://127.0.0.1:{DIRECT_PORT}", c, t, obs),
                "handle": lambda c, t: drive_handle(handle, c, t, obs)}
     for run in drivers.values():
         asyncio.run(run(4, 1.0))  # warm-up: connections, routing
@@ -354,7 +358,7 @@ def print_model(args: argparse.Namespace, results: list[dict], ceil: dict[int, f
           f"seconds/row={args.seconds} rounds={args.rounds} ray_worker_niceness={args.ray_worker_niceness}", flush=True)
     print(f"{'server':<10}{'C':>4}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'mean batch':>12}"
           f"{'infer ms':>10}{'queue ms':>10}  commonest batch sizes (replica's record)")
-    order = ["serial", "gauntlet", "handle"]
+    order = ["serial", "gauntlet", "direct", "handle"]
     for r in sorted(results, key=lambda r: (order.index(r["server"]), r["clients"])):
         print(f"{r['server']:<10}{r['clients']:>4}{r['req_s']:>10.1f}{r['p50_ms']:>10.1f}{r['p99_ms']:>10.1f}"
               f"{r['mean_batch']:>12.2f}{r.get('infer_ms', float('nan')):>10.1f}{r.get('queue_ms', float('nan')):>10.1f}"
@@ -364,7 +368,8 @@ def print_model(args: argparse.Namespace, results: list[dict], ceil: dict[int, f
     pick = {(r["server"], r["clients"]): r["req_s"] for r in results}
     for c in sorted({r["clients"] for r in results}):
         if ("serial", c) in pick:
-            print(f"(b)/(a) at C={c}: {pick[('gauntlet', c)] / pick[('serial', c)]:.2f}x over WebSocket, "
+            print(f"(b)/(a) at C={c}: {pick[('gauntlet', c)] / pick[('serial', c)]:.2f}x over WebSocket via the proxy, "
+                  f"{pick[('direct', c)] / pick[('serial', c)]:.2f}x on the replica's own port, "
                   f"{pick[('handle', c)] / pick[('serial', c)]:.2f}x through DeploymentHandles", flush=True)
 
 
@@ -378,10 +383,11 @@ def print_targets(noop: list[tuple[str, float, float, float]], results: list[dic
                      f"({'met' if a <= 1.0 else 'MISSED'})")
     pick = {(r["server"], r["clients"]): r["req_s"] for r in results}
     for c, goal in ((1, 0.9), (16, 1.1)):
-        if ("serial", c) in pick and ("gauntlet", c) in pick:
-            ratio = pick[("gauntlet", c)] / pick[("serial", c)]
-            lines.append(f"WebSocket >= {goal}x the serial server at C={c}: {ratio:.2f}x "
-                         f"({'met' if ratio >= goal else 'MISSED'})")
+        for server, how in (("direct", "on the replica's own port"), ("gauntlet", "via Serve's proxy")):
+            if ("serial", c) in pick and (server, c) in pick:
+                ratio = pick[(server, c)] / pick[("serial", c)]
+                lines.append(f"WebSocket ({how}) >= {goal}x the serial server at C={c}: {ratio:.2f}x "
+                             f"({'met' if ratio >= goal else 'MISSED'})")
     if lines:
         print("\ntargets:\n  " + "\n  ".join(lines), flush=True)
 

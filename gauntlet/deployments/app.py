@@ -54,13 +54,15 @@ INGRESS_MAX_ONGOING = 1024  # an ingress holds one slot per open WebSocket for t
 
 
 def build_app(policies: list[PolicyServing], api_key: str | None = None,
-              max_request_bytes: int = 16 * 2**20) -> Any:
+              max_request_bytes: int = 16 * 2**20, ws_port: int | None = None, ws_host: str = "127.0.0.1") -> Any:
     """The Serve application (not yet running): `serve.run(build_app(...))`.
 
     The first policy that runs in Gauntlet's own environment is the app's ingress itself
     (`ingress.PolicyIngress`): its HTTP, WebSocket and gRPC requests join its batches in-process,
     with no second deployment hop. The other policies are plain replicas it reaches by handle; an
     app whose policies all need their own runtime_env gets a routes-only `Gateway` in front.
+    `ws_port`: the ingress policy's replicas also serve openpi's WebSocket themselves on
+    ws_host:ws_port (+ replica rank), without Serve's proxy in between (`direct_ws`).
     """
     from ray import serve
 
@@ -74,11 +76,13 @@ def build_app(policies: list[PolicyServing], api_key: str | None = None,
     others = {p.ref.name: _bind_policy(serve, PolicyReplica, p) for p in policies if p is not front}
     api_key = api_key or os.environ.get("GAUNTLET_API_KEY")
     if front is None:
+        if ws_port:
+            raise ValueError("ws_port: a direct WebSocket needs a policy that runs in Gauntlet's own environment")
         gateway = serve.deployment(Gateway, name="gateway", num_replicas=1, max_ongoing_requests=INGRESS_MAX_ONGOING,
                                    ray_actor_options={"num_cpus": 0})
         return gateway.bind(others, api_key=api_key, max_request_bytes=max_request_bytes)
     return _bind_policy(serve, PolicyIngress, front, max_ongoing_requests=INGRESS_MAX_ONGOING, others=others,
-                        api_key=api_key, max_request_bytes=max_request_bytes)
+                        api_key=api_key, max_request_bytes=max_request_bytes, ws_port=ws_port or None, ws_host=ws_host)
 
 
 def _in_gauntlets_env(p: PolicyServing) -> bool:
@@ -111,14 +115,17 @@ def _bind_policy(serve: Any, cls: type, p: PolicyServing, max_ongoing_requests: 
 
 
 def start_serve(policies: list[PolicyServing], host: str = "127.0.0.1", http_port: int = 8000,
-                grpc_port: int | None = 9000, api_key: str | None = None, blocking: bool = False) -> Any:
-    """Starts Serve's proxies (HTTP on host:http_port, gRPC on grpc_port) and deploys the app."""
+                grpc_port: int | None = 9000, api_key: str | None = None, blocking: bool = False,
+                ws_port: int | None = None) -> Any:
+    """Starts Serve's proxies (HTTP on host:http_port, gRPC on grpc_port) and deploys the app;
+    `ws_port`: the first policy's replicas also serve openpi's WebSocket on host:ws_port themselves."""
     from ray import serve
     from ray.serve.config import HTTPOptions, gRPCOptions
 
     grpc_options = gRPCOptions(port=grpc_port, grpc_servicer_functions=[GRPC_SERVICER]) if grpc_port else None
     serve.start(http_options=HTTPOptions(host=host, port=http_port), grpc_options=grpc_options)
-    return serve.run(build_app(policies, api_key=api_key), name=APP_NAME, route_prefix="/", blocking=blocking)
+    return serve.run(build_app(policies, api_key=api_key, ws_port=ws_port, ws_host=host), name=APP_NAME,
+                     route_prefix="/", blocking=blocking)
 
 
 def specs_from_names(policies: list[str], *, replicas: int = 1, max_batch_size: int = 32,
@@ -147,4 +154,5 @@ def app_from_args(args: dict[str, Any]) -> Any:
         batch_wait_timeout_s=float(args.get("batch_wait_timeout_s", 0.005)),
         vla_size=str(args.get("vla_size", "tiny")), adapters_dir=args.get("adapters_dir"),
     )
-    return build_app(specs, api_key=args.get("api_key"))
+    return build_app(specs, api_key=args.get("api_key"), ws_port=int(args.get("ws_port", 0)) or None,
+                     ws_host=str(args.get("ws_host", "127.0.0.1")))

@@ -13,7 +13,10 @@ on the replica's event loop, so no request is even received while a batch runs. 
   request arrived or after the previous batch ended, whichever is later (the callers that batch
   just answered are the ones about to send again: with 16 closed-loop clients this keeps batches
   of 16 instead of alternating 15 and 1). A wait that brings nobody switches back to running lone
-  requests at once.
+  requests at once;
+- `submit_many` queues several items as one group (a rollout actor's envs whose chunks ran out
+  together): they join the queue together, so an idle batcher starts them as one batch rather than
+  the first alone and the rest after it.
 
 `configure` changes both limits live (Serve's `reconfigure`).
 """
@@ -28,7 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 ItemT = TypeVar("ItemT")
-_Entry = tuple[Any, float, asyncio.Future]  # (item, time.perf_counter() when submitted, the caller's future)
+# (item, time.perf_counter() when submitted, the caller's future, the submission it came in)
+_Entry = tuple[Any, float, asyncio.Future, int]
 
 
 class Batcher(Generic[ItemT]):
@@ -51,6 +55,7 @@ class Batcher(Generic[ItemT]):
         self._timer: asyncio.TimerHandle | None = None  # a partial batch's deadline
         self._in_flight = 0  # submitted, not yet answered
         self._free_since = 0.0  # time.perf_counter() when the last batch ended
+        self._submissions = 0  # submissions so far: numbers each entry's group
 
     def configure(self, max_batch_size: int, batch_wait_timeout_s: float) -> None:
         self.max_batch_size = max_batch_size
@@ -60,18 +65,27 @@ class Batcher(Generic[ItemT]):
             self._dispatch(asyncio.get_running_loop())  # a waiting batch re-reads the limits
 
     async def submit(self, item: ItemT) -> Any:
+        return (await self.submit_many([item]))[0]
+
+    async def submit_many(self, items: list[ItemT]) -> list[Any]:
+        """Queues `items` together and returns their results in order (a batch larger than
+        `max_batch_size` is split; the first `max_batch_size` run together)."""
         loop = asyncio.get_running_loop()
         if self._in_flight:
             self.concurrent = True
-        self._in_flight += 1
-        future = loop.create_future()
-        self._queue.append((item, time.perf_counter(), future))
+        self._in_flight += len(items)
+        self._submissions += 1
+        now = time.perf_counter()
+        futures = [loop.create_future() for _ in items]
+        self._queue.extend((item, now, future, self._submissions) for item, future in zip(items, futures, strict=True))
         try:
             if not self._running:
                 self._dispatch(loop)
-            return await future
+            if len(futures) == 1:
+                return [await futures[0]]
+            return list(await asyncio.gather(*futures))
         finally:
-            self._in_flight -= 1
+            self._in_flight -= len(items)
 
     async def run_on_inference_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         """`fn(*args)` between batches (e.g. loading an adapter, compiling buckets)."""
@@ -102,7 +116,7 @@ class Batcher(Generic[ItemT]):
             entry = self._queue.popleft()
             if not entry[2].done():
                 batch.append(entry)
-        if waiting and len(batch) == 1:
+        if waiting and len({e[3] for e in batch}) == 1:
             self.concurrent = False  # a whole wait brought nobody: lone requests run at once again
         self._running = True
         done = loop.run_in_executor(self.executor, self.run_batch, [e[0] for e in batch], [e[1] for e in batch])
@@ -121,7 +135,7 @@ class Batcher(Generic[ItemT]):
         if len(results) != len(batch):
             exc = RuntimeError(f"run_batch answered {len(results)} of {len(batch)} requests")
             results = [None] * len(batch)
-        for (_, _, future), result in zip(batch, results, strict=True):
+        for (_, _, future, _), result in zip(batch, results, strict=True):
             if future.done():
                 continue
             if exc is not None:

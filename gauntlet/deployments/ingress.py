@@ -231,15 +231,29 @@ class PolicyRoutes:
 
     # ---------------------------------------------------------------------- openpi WebSocket
     async def websocket(self, ws: WebSocket) -> None:
-        """openpi's policy-server protocol: metadata frame, then obs in / actions out."""
+        """openpi's policy-server protocol through Serve's proxy (see `openpi_session`)."""
         name = ws.path_params["name"]
-        if not self.guard.allows(ws.headers.get("authorization")):
-            await ws.close(code=1008, reason=REFUSAL)
-            return
-        if name != self.local_policy and name not in self.remote_policies:
-            await ws.close(code=1008, reason=f"unknown policy {name!r}")
+        refusal = self.websocket_refusal(name, ws.headers.get("authorization"))
+        if refusal is not None:
+            await ws.close(code=1008, reason=refusal)
             return
         await ws.accept()
+        await self.openpi_session(ws, name)
+
+    def websocket_refusal(self, name: str, authorization: str | None) -> str | None:
+        """Why a WebSocket for `name` is refused before its metadata frame (close 1008), or None."""
+        if not self.guard.allows(authorization):
+            return REFUSAL
+        if name != self.local_policy and name not in self.remote_policies:
+            return f"unknown policy {name!r}"
+        return None
+
+    async def openpi_session(self, ws: Any, name: str) -> None:
+        """An accepted connection: metadata frame, then obs in / actions out until it closes.
+
+        `ws` has Starlette's WebSocket methods (`receive_bytes` raising WebSocketDisconnect,
+        `send_bytes`, `send_text`, `close`); the replica's own listener adapts its connections to them.
+        """
         await ws.send_bytes(msgpack_numpy.packb(_jsonable(await self._metadata(name))))
         prev_total_ms: float | None = None
         while True:
@@ -313,10 +327,18 @@ class Gateway(PolicyRoutes):
 
 @serve.ingress()
 class PolicyIngress(PolicyReplica, PolicyRoutes):
-    """A policy replica that is also the app's ingress (see the module docstring)."""
+    """A policy replica that is also the app's ingress (see the module docstring). With `ws_port`,
+    it also serves openpi's WebSocket protocol itself (`direct_ws`), beside Serve's proxy."""
 
-    def __init__(self, policy: str, *, others: dict[str, Any] | None = None, api_key: str | None = None,
-                 max_request_bytes: int = MAX_REQUEST_BYTES, **replica_kwargs: Any):
+    async def __init__(self, policy: str, *, others: dict[str, Any] | None = None, api_key: str | None = None,
+                       max_request_bytes: int = MAX_REQUEST_BYTES, ws_port: int | None = None,
+                       ws_host: str = "127.0.0.1", **replica_kwargs: Any):
         PolicyReplica.__init__(self, policy, **replica_kwargs)
         self.local_policy = policy
         self._init_routes(others or {}, api_key, max_request_bytes)
+        self.direct_ws = None
+        if ws_port:
+            from gauntlet.deployments.direct_ws import serve_direct_websocket
+
+            # Bound before the replica reports healthy: a port in use fails the deployment, named.
+            self.direct_ws = await serve_direct_websocket(self, ws_host, ws_port)

@@ -166,6 +166,26 @@ class PolicyReplica:
         Errors travel as values, not exceptions: they are the client's answer, not a replica
         failure, and typed exceptions do not survive Ray's cross-process serialisation intact.
         """
+        admitted = await self._admit(obs, adapter)
+        if isinstance(admitted, dict):
+            return admitted
+        return self._answer(await self.batcher.submit(admitted))
+
+    async def infer_many(self, observations: Any, adapter: str | None = None) -> list[dict[str, Any]] | dict[str, Any]:
+        """Observations sent together (a rollout actor's envs whose chunks ran out together) -> one
+        answer each, as `infer` gives it; they join the batcher as one group, so they share a batch.
+        Not a list: one error value for the whole call."""
+        if not isinstance(observations, list):
+            self.stats.record_request("invalid")
+            return error_value("invalid_observation", 400,
+                               f"infer_many takes a list of observations, got {type(observations).__name__}")
+        admitted = [await self._admit(obs, adapter) for obs in observations]
+        items = [a for a in admitted if isinstance(a, _Item)]
+        results = iter(await self.batcher.submit_many(items) if items else ())
+        return [a if isinstance(a, dict) else self._answer(next(results)) for a in admitted]
+
+    async def _admit(self, obs: Any, adapter: str | None) -> _Item | dict[str, Any]:
+        """The request as it joins a batch (validated, its adapter loaded), or its error value."""
         try:
             validated = validate_observation(obs, self.spec)
         except ObservationError as exc:
@@ -177,7 +197,10 @@ class PolicyReplica:
             except UnknownAdapterError as exc:
                 self.stats.record_request("unknown_adapter")
                 return error_value("unknown_adapter", 404, str(exc))
-        result = await self.batcher.submit(_Item(validated, adapter or None))
+        return _Item(validated, adapter or None)
+
+    def _answer(self, result: Any) -> dict[str, Any]:
+        """The batch's result for one request, as the caller's answer."""
         if isinstance(result, RejectedByPolicy):
             self.stats.record_request("invalid")
             return error_value("rejected_by_policy", 422, f"the policy rejected this observation: {result}")

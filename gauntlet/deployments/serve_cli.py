@@ -18,6 +18,9 @@ class ServeCLIConfig:
     host: str = option("127.0.0.1", help="HTTP bind address (use 0.0.0.0 only on a trusted network)")
     http_port: int = option(8000, help="HTTP/WebSocket port")
     grpc_port: int = option(9000, help="gRPC port (0 disables gRPC)")
+    ws_port: int = option(0, help="also serve openpi's WebSocket from the first policy's replica itself on this port "
+                                  "(replica i: port + i), skipping Serve's proxy: what openpi clients should use "
+                                  "for speed (0: only ws://HOST:HTTP_PORT/v1/policies/NAME/ws)")
     max_batch_size: int = option(32, help="largest batch one replica runs")
     batch_wait_timeout_s: float = option(0.005, help="how long a partial batch waits for more requests while "
                                                      "requests overlap (a lone request never waits)")
@@ -33,6 +36,8 @@ class ServeCLIConfig:
         if not self.policy:
             raise ValueError("policy: name at least one policy")
         require_at_least(self, 1, "max_batch_size", "replicas")
+        if not 0 <= self.ws_port <= 65535:
+            raise ValueError(f"ws_port: expected a port in [0, 65535], got {self.ws_port}")
 
 
 def serving_specs(cfg: ServeCLIConfig) -> list:
@@ -53,11 +58,12 @@ def serve_until_interrupted(cfg: ServeCLIConfig) -> int:
 
     start_ray("serve", serve_host=cfg.host)
     start_serve(specs, host=cfg.host, http_port=cfg.http_port, grpc_port=cfg.grpc_port or None,
-                api_key=api_key)
+                api_key=api_key, ws_port=cfg.ws_port or None)
     names = ", ".join(s.ref.name for s in specs)
     message = (f"[serve] serving {names}: http://{cfg.host}:{cfg.http_port}/v1/policies/NAME/infer, "
                f"ws://{cfg.host}:{cfg.http_port}/v1/policies/NAME/ws"
-               + (f", gRPC :{cfg.grpc_port}" if cfg.grpc_port else ""))
+               + (f", gRPC :{cfg.grpc_port}" if cfg.grpc_port else "")
+               + (f", openpi WebSocket ws://{cfg.host}:{cfg.ws_port} (the first policy in Gauntlet's env)" if cfg.ws_port else ""))
     print(message, flush=True)
     try:
         while True:

@@ -89,6 +89,21 @@ def test_requests_that_queue_while_a_batch_runs_form_the_next_one() -> None:
     assert rec.sizes == [1, 10]
 
 
+def test_a_group_submitted_together_is_one_batch_not_a_lone_first_and_the_rest() -> None:
+    rec = _Recorder()
+    batcher = Batcher(rec, max_batch_size=4, batch_wait_timeout_s=LONG_S)
+
+    async def scenario() -> tuple[list[int], list[int], int]:
+        group = await batcher.submit_many([1, 2, 3])
+        big = await batcher.submit_many(list(range(6)))  # past max_batch_size: split, in order
+        return group, big, await batcher.submit(9)
+
+    group, big, lone = _run(scenario())
+    assert (group, big, lone) == ([10, 20, 30], [i * 10 for i in range(6)], 90)
+    assert rec.sizes == [3, 4, 2, 1]
+    assert max(rec.waits_s) < LONG_S / 10  # a group alone never waits for company either
+
+
 def test_configure_changes_the_batch_size_live() -> None:
     rec = _Recorder()
     batcher = Batcher(rec, max_batch_size=16, batch_wait_timeout_s=0.01)
@@ -206,3 +221,19 @@ def test_concurrent_requests_share_batches_and_a_bad_one_fails_alone(slow) -> No
     assert stats["max_batch_size_seen"] > 1 and sum(k * v for k, v in stats["batch_sizes"].items()) == 12
     assert answers[6]["status"] == 422 and "state[0] == 7" in answers[6]["error"]
     assert all(a["actions"].shape == (8, 7) for i, a in enumerate(answers) if i != 6)
+
+
+def test_observations_sent_together_share_one_batch_and_a_bad_one_fails_alone(slow) -> None:
+    """`infer_many` (a rollout actor's round): one group in the batcher even with nothing else queued."""
+    slow.reset_stats.remote().result()
+    observations = [{STATE: np.full(8, 0.5, np.float32)} for _ in range(5)]
+    observations[2] = {STATE: np.full(3, 0.5, np.float32)}  # wrong shape: refused before batching
+    answers = slow.infer_many.remote(observations).result()
+    assert [a.get("status") for a in answers] == [None, None, 400, None, None]
+    assert all(a["actions"].shape == (8, 7) and a["server_timing"]["batch_size"] == 4
+               for i, a in enumerate(answers) if i != 2)
+    assert "observation/state" in answers[2]["error"]
+    stats = slow.get_stats.remote().result()
+    assert stats["batch_sizes"] == {4: 1} and stats["requests"] == {"ok": 4, "invalid": 1}
+    not_a_list = slow.infer_many.remote({STATE: np.zeros(8, np.float32)}).result()
+    assert not_a_list["status"] == 400 and "list" in not_a_list["error"]

@@ -14,6 +14,7 @@ result row); a driver only decides how to wait for the policy's answer:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import numpy as np
 from gauntlet.envs.env import EnvConfig, GauntletEnv
 from gauntlet.envs.scene_db import SceneDB
 from gauntlet.keys import EPISODE_ID_KEY, PROMPT_KEY, SIM_STATE_KEY
+from gauntlet.platform.eval.request_rounds import RequestRounds
 from gauntlet.platform.eval.results import new_row, skipped_row
 from gauntlet.platform.eval.video import VIDEO_KEY, EpisodeRecorder, VideoOptions
 
@@ -275,21 +277,21 @@ def run_episode(db: SceneDB, envs: EnvCache, item: WorkItem, scene: dict[str, An
 
 
 async def run_episode_async(db: SceneDB, envs: EnvCache, item: WorkItem, scene: dict[str, Any],
-                            policy: ChunkSource, worker: str, code_version: str) -> dict[str, Any]:
+                            policy: ChunkSource, worker: str, code_version: str,
+                            rounds: RequestRounds | None = None) -> dict[str, Any]:
     """`run_episode` for an event loop: while this episode awaits its chunk, the loop steps the
-    actor's other episodes. Everything touching the env runs on the loop's thread (EGL)."""
+    actor's other episodes. Everything touching the env runs on the loop's thread (EGL). With
+    `rounds`, a request waits for the actor's other episodes on this policy to run out too, and
+    they all leave together (see request_rounds)."""
     episode = Episode(db, item, scene, policy, worker, code_version)
     try:
         episode.start(envs)
         while not episode.done:
             if episode.wants_chunk:
                 request = episode.request()
-                # Other episodes whose chunks ran out in this round render theirs first, then all
-                # requests leave back to back and the replica batches them; envs answered together
-                # stay in step, so they keep asking together.
-                await asyncio.sleep(0)
-                episode.sending()
-                episode.give(await policy.infer_async(request))
+                async with rounds.turn() if rounds is not None else contextlib.nullcontext():
+                    episode.sending()
+                    episode.give(await policy.infer_async(request))
             episode.step()
             # The actor's other episodes take their turn step by step, so an answer that arrived
             # while this one was stepping is taken up within a step, not after this whole chunk.

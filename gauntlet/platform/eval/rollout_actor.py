@@ -2,13 +2,15 @@
 
 Each `run(item)` call is one episode, a coroutine on the actor's event loop. An episode that waits
 for its policy's answer yields the loop, which steps the actor's other episodes; so the actor's core
-keeps simulating while requests are in flight, and requests of several envs reach the replica
-together. The driver decides how many `run` calls an actor has at a time.
+keeps simulating while requests are in flight. The episodes on one served policy ask in rounds
+(request_rounds): their requests leave together and reach the replica as one batch. The driver
+decides how many `run` calls an actor has at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from typing import Any
 
@@ -21,8 +23,9 @@ from gauntlet.platform.eval.episode import (
     WorkItem,
     run_episode_async,
 )
+from gauntlet.platform.eval.request_rounds import RequestRounds
 from gauntlet.platform.eval.results import skipped_row
-from gauntlet.platform.eval.sources import open_source
+from gauntlet.platform.eval.sources import ServeSource, open_source
 from gauntlet.platform.eval.targets import PolicyTarget
 
 
@@ -43,6 +46,8 @@ class RolloutActor:
         self.targets = {t.label: t for t in targets}
         # label -> the source being opened or open: concurrent first episodes share one connection.
         self.sources: dict[str, asyncio.Future[ChunkSource]] = {}
+        # label -> the request rounds of a served policy (its episodes on this actor ask together).
+        self.rounds: dict[str, RequestRounds] = {}
         # Room for the episodes in flight plus as many idle envs, kept for the next configurations.
         self.envs = EnvCache(capacity=2 * envs_per_actor)
         self.code_version = code_version
@@ -57,7 +62,10 @@ class RolloutActor:
         scene = self.scenes[item.scene_id]
         try:
             source = await self._source(item.policy)
-            return await run_episode_async(self.db, self.envs, item, scene, source, self.name, self.code_version)
+            rounds = self.rounds.setdefault(item.policy, RequestRounds()) if isinstance(source, ServeSource) else None
+            with rounds.episode() if rounds is not None else contextlib.nullcontext():
+                return await run_episode_async(self.db, self.envs, item, scene, source, self.name,
+                                               self.code_version, rounds)
         except Exception as exc:  # noqa: BLE001 - the episode is recorded as skipped, the actor lives on
             return skipped_row(item, scene, f"{type(exc).__name__}: {exc}", self.name, self.code_version)
 

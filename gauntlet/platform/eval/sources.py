@@ -62,6 +62,8 @@ class ServeSource(_SourceBase):
         # Multiplexed id: Serve routes an adapter's requests to replicas that already hold it.
         self._infer_handle = self.handle.options(multiplexed_model_id=adapter) if adapter else self.handle
         self.retry_s = retry_s
+        self._outgoing: list[tuple[dict[str, Any], asyncio.Future]] = []  # asked this loop turn, not yet sent
+        self._sending: set[asyncio.Task] = set()
         # Blocking, so never on an event loop: the rollout actor builds sources in a worker thread.
         self._set_metadata(PolicyMetadata.from_dict(self._call(lambda: self.handle.metadata.remote().result())))
 
@@ -83,14 +85,46 @@ class ServeSource(_SourceBase):
         return self._actions(self._call(lambda: self._infer_handle.infer.remote(obs, self.adapter).result()))
 
     async def infer_async(self, obs: dict[str, Any]) -> np.ndarray:
+        # Requests made in the same event-loop turn (the envs of one round, see request_rounds)
+        # leave as one `infer_many` call: one Ray call, and one group in the replica's batcher.
+        loop = asyncio.get_running_loop()
+        answer = loop.create_future()
+        self._outgoing.append((obs, answer))
+        if len(self._outgoing) == 1:
+            loop.call_soon(self._send_outgoing)
+        return await answer
+
+    def _send_outgoing(self) -> None:
+        calls, self._outgoing = self._outgoing, []
+        task = asyncio.ensure_future(self._send(calls))
+        self._sending.add(task)  # a strong reference until it is done (the loop keeps only weak ones)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, calls: list[tuple[dict[str, Any], asyncio.Future]]) -> None:
         budget = _RetryBudget(self.retry_s)
-        while True:
+        try:
+            while True:
+                try:
+                    out = await self._infer_handle.infer_many.remote([obs for obs, _ in calls], self.adapter)
+                    break
+                except Exception as exc:  # noqa: BLE001 - replica restarting: retry within the budget
+                    await asyncio.sleep(budget.next_delay(exc))
+            if isinstance(out, dict):  # an error about the call as a whole
+                out = [out] * len(calls)
+            if len(out) != len(calls):
+                raise PolicyUnavailableError(f"infer_many answered {len(out)} of {len(calls)} requests")
+        except Exception as exc:  # noqa: BLE001 - every caller of this call learns why
+            for _, answer in calls:
+                if not answer.done():
+                    answer.set_exception(exc)
+            return
+        for (_, answer), value in zip(calls, out, strict=True):
+            if answer.done():  # the episode went away meanwhile
+                continue
             try:
-                out = await self._infer_handle.infer.remote(obs, self.adapter)
-                break
-            except Exception as exc:  # noqa: BLE001 - replica restarting: retry within the budget
-                await asyncio.sleep(budget.next_delay(exc))
-        return self._actions(out)
+                answer.set_result(self._actions(value))
+            except PolicyUnavailableError as exc:
+                answer.set_exception(exc)
 
 
 class RemoteSource(_SourceBase):

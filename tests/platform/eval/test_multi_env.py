@@ -66,15 +66,16 @@ def test_k_envs_per_actor_give_the_rows_of_one_env_per_actor(ray_session, scene_
 
 
 def test_k_envs_of_one_actor_reach_the_replica_together(ray_session, scene_db: Path, tmp_path: Path) -> None:
-    """One actor x four envs, random deployed on Serve: the replica sees batches of more than one
-    request, which one actor with one env can never send. A short ping timeout proves the actor
-    answers its liveness pings while its envs step."""
+    """One actor x four envs, random deployed on Serve with no batch wait at all: the envs ask in
+    rounds, so the replica sees their four requests as one batch, which one actor with one env can
+    never send. A short ping timeout proves the actor answers its liveness pings while its envs step."""
     run = tmp_path / "run"
     summary = run_eval(EvalConfig(scenes=str(scene_db), policy=("deploy=random",), out=str(run), trials=2,
-                                  actors=1, envs_per_actor=4, horizon=48, batch_wait_timeout_s=0.2,
+                                  actors=1, envs_per_actor=4, horizon=48, batch_wait_timeout_s=0.0,
                                   ping_timeout_s=6.0))
     stats = summary["serving"]["random"]
-    assert stats["max_batch_size_seen"] > 1 and stats["mean_batch_size"] > 1.2, stats
+    print(stats)
+    assert stats["max_batch_size_seen"] == 4 and stats["mean_batch_size"] > 2.5, stats
     assert summary["actors_replaced"] == 0
     frame = pd.read_parquet(run / "results.parquet")
     assert len(frame) == 12 and not frame["skipped"].any(), frame["skip_reason"].tolist()
