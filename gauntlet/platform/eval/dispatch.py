@@ -1,7 +1,9 @@
 """The eval driver's work queue: rollout actors pull items; dead actors are replaced.
 
-Each actor has `envs_per_actor` slots; work is pulled (an actor gets its next item as soon as one of
-its episodes finishes), so a slow scene never idles the others. An actor that dies, or stops
+Each actor runs `envs_per_actor` episodes at once and holds one item more, waiting for a seat
+(`request_rounds.Seats`): when an episode ends, the next starts in the actor at once instead of after
+a round trip to the driver. Work is pulled (an actor gets its next item as soon as one of its
+episodes finishes), so a slow scene never idles the others. An actor that dies, or stops
 answering liveness pings, is killed and replaced, and all its in-flight items go back to the front
 of the queue, in their order. Finished rows go to the results store in batches of `write_every`.
 """
@@ -19,6 +21,8 @@ from gauntlet.platform.eval.results import ResultsStore
 from gauntlet.platform.eval.status import StatusLine
 from gauntlet.platform.eval.targets import PolicyTarget
 from gauntlet.platform.eval.video import VIDEO_KEY, write_video
+
+QUEUED_PER_ACTOR = 1  # items an actor holds beyond its envs: the next episode is there when one ends
 
 
 class Dispatcher:
@@ -55,13 +59,13 @@ class Dispatcher:
         self.starting[slot] = self.actors[slot].ready.remote()
 
     def _fill(self) -> None:
-        """Gives started actors items until each has `envs_per_actor` in flight, least loaded first
-        (so the last items of a run spread over the actors rather than queue on one)."""
+        """Gives started actors items until each has `envs_per_actor` + QUEUED_PER_ACTOR in flight,
+        least loaded first (so the last items of a run spread over the actors rather than queue on one)."""
         load = Counter(s for s, _ in self.in_flight.values())
         started = [slot for slot in self.actors if slot not in self.starting]
         while self.pending and started:
             slot = min(started, key=lambda s: load[s])
-            if load[slot] >= self.cfg.envs_per_actor:
+            if load[slot] >= self.cfg.envs_per_actor + QUEUED_PER_ACTOR:
                 break
             item = self.pending.popleft()
             self.in_flight[self.actors[slot].run.remote(item)] = (slot, item)

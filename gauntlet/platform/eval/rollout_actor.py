@@ -10,7 +10,6 @@ decides how many `run` calls an actor has at a time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from typing import Any
 
@@ -23,9 +22,9 @@ from gauntlet.platform.eval.episode import (
     WorkItem,
     run_episode_async,
 )
-from gauntlet.platform.eval.request_rounds import RequestRounds
+from gauntlet.platform.eval.request_rounds import RequestRounds, Seats
 from gauntlet.platform.eval.results import skipped_row
-from gauntlet.platform.eval.sources import ServeSource, open_source
+from gauntlet.platform.eval.sources import open_source
 from gauntlet.platform.eval.targets import PolicyTarget
 
 
@@ -47,7 +46,9 @@ class RolloutActor:
         # label -> the source being opened or open: concurrent first episodes share one connection.
         self.sources: dict[str, asyncio.Future[ChunkSource]] = {}
         # label -> the request rounds of a served policy (its episodes on this actor ask together).
-        self.rounds: dict[str, RequestRounds] = {}
+        self.rounds = {t.label: RequestRounds() for t in targets if t.kind == "serve"}
+        # `envs_per_actor` episodes at once; the driver sends one item more, which waits for a seat.
+        self.seats = Seats(envs_per_actor)
         # Room for the episodes in flight plus as many idle envs, kept for the next configurations.
         self.envs = EnvCache(capacity=2 * envs_per_actor)
         self.code_version = code_version
@@ -60,14 +61,16 @@ class RolloutActor:
 
     async def run(self, item: WorkItem) -> dict[str, Any]:
         scene = self.scenes[item.scene_id]
+        rounds = self.rounds.get(item.policy)
+        await self.seats.take(rounds)
         try:
             source = await self._source(item.policy)
-            rounds = self.rounds.setdefault(item.policy, RequestRounds()) if isinstance(source, ServeSource) else None
-            with rounds.episode() if rounds is not None else contextlib.nullcontext():
-                return await run_episode_async(self.db, self.envs, item, scene, source, self.name,
-                                               self.code_version, rounds)
+            return await run_episode_async(self.db, self.envs, item, scene, source, self.name, self.code_version,
+                                           rounds)
         except Exception as exc:  # noqa: BLE001 - the episode is recorded as skipped, the actor lives on
             return skipped_row(item, scene, f"{type(exc).__name__}: {exc}", self.name, self.code_version)
+        finally:
+            self.seats.give_back(rounds)
 
     async def _source(self, label: str) -> ChunkSource:
         opening = self.sources.get(label)

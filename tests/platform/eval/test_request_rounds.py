@@ -1,11 +1,12 @@
-"""Request rounds on one event loop, as in a rollout actor: episodes whose chunks run out at
-different steps end up asking together; an episode that ends or goes away never holds the round."""
+"""Request rounds and seats on one event loop, as in a rollout actor: episodes whose chunks run out
+at different steps end up asking together; an episode that ends or goes away never holds the round;
+a finished episode's seat goes to the next item without the round leaving one short."""
 
 from __future__ import annotations
 
 import asyncio
 
-from gauntlet.platform.eval.request_rounds import RequestRounds
+from gauntlet.platform.eval.request_rounds import RequestRounds, Seats
 
 CHUNK = 5
 
@@ -28,15 +29,22 @@ async def _episode(rounds: RequestRounds, policy: _Recorder, name: str, steps: i
     loop turns late (an episode handed to the actor while the others were mid-chunk)."""
     for _ in range(start_after):
         await asyncio.sleep(0)
-    left = 0
-    with rounds.episode():
-        for _ in range(steps):
-            if left == 0:
-                async with rounds.turn():
-                    left = await policy.ask(name)
-            left -= 1
-            await asyncio.sleep(0)  # one env step; the others take theirs
+    rounds.join()
+    try:
+        await _steps(rounds, policy, name, steps)
+    finally:
+        rounds.leave()
     return steps
+
+
+async def _steps(rounds: RequestRounds, policy: _Recorder, name: str, steps: int) -> None:
+    left = 0
+    for _ in range(steps):
+        if left == 0:
+            async with rounds.turn():
+                left = await policy.ask(name)
+        left -= 1
+        await asyncio.sleep(0)  # one env step; the others take theirs
 
 
 def _run(coro):
@@ -80,4 +88,36 @@ def test_an_episode_that_ends_early_or_is_cancelled_releases_the_round() -> None
 
     assert _run(scenario()) == [7, 20]
     assert [name for _, name in policy.sent].count("long") == 20 // CHUNK
+    assert rounds.active == rounds.awaiting == 0
+
+
+def test_a_finished_episodes_seat_goes_to_the_next_item_within_the_round() -> None:
+    """Two seats, four items: items 3 and 4 wait; each takes a seat over as an episode ends, and
+    joins the rounds before the finished one leaves, so no round leaves with one request."""
+    rounds = RequestRounds()
+    policy = _Recorder(rounds)
+    seats = Seats(2)
+    started: list[str] = []
+
+    async def item(name: str, steps: int) -> None:
+        await seats.take(rounds)
+        started.append(name)
+        await asyncio.sleep(0)  # the actor awaits the policy's source here: the other items arrive
+        try:
+            await _steps(rounds, policy, name, steps)
+        finally:
+            seats.give_back(rounds)
+
+    async def scenario() -> None:
+        await asyncio.gather(item("a", 7), item("b", 20), item("c", 13), item("d", 5))
+
+    _run(scenario())
+    assert started == ["a", "b", "c", "d"] and seats.free == 2
+    by_round: dict[int, list[str]] = {}
+    for number, name in policy.sent:
+        by_round.setdefault(number, []).append(name)
+    sizes = [len(names) for _, names in sorted(by_round.items())]
+    # 2 + 4 + 3 + 1 chunks: a and b start together, c takes a's seat, d takes c's, and every one of
+    # the five rounds leaves with both seats' requests.
+    assert sizes == [2] * 5, by_round
     assert rounds.active == rounds.awaiting == 0
