@@ -12,7 +12,9 @@ With --vla: the tiny VLA deployed on Serve, N actors x 1 env and N actors x K en
 its replica saw and the ratio K / 1. These rows run the scenes of one env configuration (--vla-tasks,
 --vla-variants) with --vla-trials trials each: an actor builds K envs per configuration it meets (an env
 with its renderer takes seconds on a CPU), which a real run amortises over hundreds of episodes but a
-24-episode benchmark over four configurations would mostly measure.
+24-episode benchmark over four configurations would mostly measure. 12 trials (72 episodes): a
+run's first round and its tail, where an actor has fewer episodes left than envs, ask in smaller
+rounds; with 24 episodes they were a third of the run.
 
 Every row is timed twice, the same way for all:
 - cold: from handing the work over (worker processes spawned / actors created) to the last episode,
@@ -22,7 +24,7 @@ Every row is timed twice, the same way for all:
   (a)/(b), the results part files for (c), written one per episode).
 
     .venv/bin/python benchmarks/bench_eval.py [--scenes DB] [--workers 2] [--horizon 150] [--vla]
-        [--envs-per-actor 4] [--vla-batch-wait-ms 5] [--vla-tasks lift] [--vla-variants D0] [--vla-trials 4]
+        [--envs-per-actor 4] [--vla-batch-wait-ms 5] [--vla-tasks lift] [--vla-variants D0] [--vla-trials 12]
 """
 
 from __future__ import annotations
@@ -214,7 +216,7 @@ def main() -> None:
                         help="the VLA replica's batch wait (both VLA rows); 5 ms is `gauntlet eval`'s default")
     parser.add_argument("--vla-tasks", default="lift", help="VLA rows: only these tasks")
     parser.add_argument("--vla-variants", default="D0", help="VLA rows: only these variants")
-    parser.add_argument("--vla-trials", type=int, default=4, help="VLA rows: trials per scene")
+    parser.add_argument("--vla-trials", type=int, default=12, help="VLA rows: trials per scene")
     parser.add_argument("--repeats", type=int, default=1,
                         help="passes over all rows (interleaved); each row reports its median")
     args = parser.parse_args()

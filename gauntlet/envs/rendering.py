@@ -28,3 +28,11 @@ def egl_device_id() -> int:
     """The render device robosuite should use (-1: let EGL pick, e.g. Mesa on a CPU)."""
     value = os.environ.get("MUJOCO_EGL_DEVICE_ID", "")
     return int(value) if value.isdigit() else -1
+
+
+def render_on_gpus(gpu_ids: list) -> None:
+    """Renders on the first of the GPUs Ray assigned to this process (`ray.get_gpu_ids()`), so that
+    rollout actors given a share of a GPU each (`gauntlet eval --actor-gpus`) spread their EGL
+    contexts over the machine's GPUs instead of all rendering on GPU 0. No GPUs: unchanged."""
+    if gpu_ids and os.environ.get("MUJOCO_GL", "egl") == "egl":
+        os.environ["MUJOCO_EGL_DEVICE_ID"] = str(gpu_ids[0])

@@ -189,3 +189,13 @@ def test_egl_device_follows_cuda_visible_devices() -> None:
            "print(os.environ['MUJOCO_GL'], os.environ['MUJOCO_EGL_DEVICE_ID'])"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["egl", "3"]
+
+
+def test_an_actor_renders_on_the_gpu_ray_gave_it() -> None:
+    """`--actor-gpus`: the EGL device is the actor's first Ray-assigned GPU; none assigned: unchanged."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_EGL_DEVICE_ID", "MUJOCO_GL")}
+    code = ("import os; from gauntlet.envs.rendering import egl_device_id, render_on_gpus; "
+            "render_on_gpus([]); before = egl_device_id(); render_on_gpus(['6', '7']); "
+            "print(before, egl_device_id())")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["-1", "6"]

@@ -75,6 +75,9 @@ class EvalConfig:
     replicas: int = option(1, help="Serve replicas per deployed policy")
     vla_size: str = option("tiny", help="VLA preset for `vla` without a checkpoint")
     actor_cpus: float = option(1.0, help="CPUs reserved per rollout actor")
+    actor_gpus: float = option(0.0, help="GPU share per rollout actor (e.g. 0.125: eight actors per GPU); each "
+                                         "actor renders on its GPU's EGL device, so the actors of a node spread "
+                                         "over its GPUs (0: render where EGL points, Mesa on a CPU)")
     actor_resource: str = option("", help="custom Ray resource each actor needs one unit of "
                                           "(pins rollouts to the nodes that offer it)")
     write_every: int = option(8, help="episodes per results part file")
@@ -108,6 +111,8 @@ class EvalConfig:
         for name in ("remote_action_dim", "remote_chunk_len"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.actor_gpus < 0:
+            raise ValueError(f"actor_gpus must be >= 0, got {self.actor_gpus}")
         for name in ("remote_connect_s", "remote_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")

@@ -50,7 +50,8 @@ class Dispatcher:
         from gauntlet.platform.eval.rollout_actor import RolloutActor
 
         resources = {self.cfg.actor_resource: 1} if self.cfg.actor_resource else None
-        return RolloutActor.options(num_cpus=self.cfg.actor_cpus, max_restarts=0, resources=resources).remote(
+        return RolloutActor.options(num_cpus=self.cfg.actor_cpus, num_gpus=self.cfg.actor_gpus, max_restarts=0,
+                                    resources=resources).remote(
             str(Path(self.cfg.scenes).resolve()), self.targets, self.scenes, self.version, self.cfg.envs_per_actor)
 
     def _start(self, slot: int) -> None:

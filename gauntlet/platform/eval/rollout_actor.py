@@ -38,7 +38,10 @@ class RolloutActor:
     def __init__(self, db_path: str, targets: list[PolicyTarget], scenes: dict[str, dict[str, Any]],
                  code_version: str, envs_per_actor: int = 1):
         os.environ.setdefault("MUJOCO_GL", "egl")
+        from gauntlet.envs.rendering import render_on_gpus
         from gauntlet.envs.scene_db import SceneDB
+
+        render_on_gpus(ray.get_gpu_ids())  # before any env (and its EGL context) is built
 
         self.db = SceneDB.open(db_path)
         self.scenes = scenes

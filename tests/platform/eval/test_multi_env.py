@@ -35,6 +35,8 @@ def _outcomes(run_dir: Path) -> pd.DataFrame:
 def test_envs_per_actor_is_checked_and_not_part_of_the_resume_identity(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="envs_per_actor must be >= 1"):
         EvalConfig(scenes="s", policy=("random",), out=str(tmp_path / "r"), envs_per_actor=0)
+    with pytest.raises(ValueError, match="actor_gpus must be >= 0"):
+        EvalConfig(scenes="s", policy=("random",), out=str(tmp_path / "r"), actor_gpus=-0.5)
     one, four = (EvalConfig(scenes="s", policy=("random",), out=str(tmp_path / "r"), envs_per_actor=k) for k in (1, 4))
     assert one.identity() == four.identity()
 
