@@ -43,7 +43,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def _run_serial(db_path: str, scene_ids: list[str], horizon: int, fast: bool) -> list[tuple[str, float]]:
+def _run_serial(db_path: str, items: list[tuple[str, int]], horizon: int, fast: bool) -> list[tuple[str, float]]:
     """Runs the episodes in this process; returns (worker, finished-at) per episode (wall clock).
     `fast`: Gauntlet's fast stepping, else robosuite's own (the same states either way)."""
     import json
@@ -57,11 +57,11 @@ def _run_serial(db_path: str, scene_ids: list[str], horizon: int, fast: bool) ->
     source = LocalSource("scripted")
     envs = EnvCache()
     done = []
-    for sid in scene_ids:
+    for sid, trial in items:
         scene = dict(meta.loc[sid])
         scene["scene_id"] = sid
         scene["env_config"] = json.dumps({**json.loads(scene["env_config"]), "fast_control": fast}, sort_keys=True)
-        run_episode(db, envs, WorkItem("bench", sid, "scripted", 0, horizon), scene, source, "bench", "bench")
+        run_episode(db, envs, WorkItem("bench", sid, "scripted", trial, horizon), scene, source, "bench", "bench")
         done.append((str(os.getpid()), time.time()))
     return done
 
@@ -156,15 +156,17 @@ def _generate(tmp: Path, workers: int) -> str:
 def _measure(args: argparse.Namespace, db_path: str, scene_ids: list[str], tmp: Path) -> dict[str, dict[str, float]]:
     """One pass over every row: row key -> {"cold", "warm"(, "batch")}."""
     n, k = args.workers, args.envs_per_actor
-    shards = [scene_ids[i::n] for i in range(n)]
+    items = [(sid, trial) for sid in scene_ids for trial in range(args.trials)]  # the driver's order
+    shards = [items[i::n] for i in range(n)]
     out = {}
     for fast, tag in ((False, "robosuite"), (True, "fast")):
-        out[f"a-{tag}"] = dict(zip(("cold", "warm"), _pool_rates(db_path, [scene_ids], args.horizon, fast), strict=True))
+        out[f"a-{tag}"] = dict(zip(("cold", "warm"), _pool_rates(db_path, [items], args.horizon, fast), strict=True))
         print(f"(a) {tag}", out[f"a-{tag}"], flush=True)
         out[f"b-{tag}"] = dict(zip(("cold", "warm"), _pool_rates(db_path, shards, args.horizon, fast), strict=True))
         print(f"(b) {tag}", out[f"b-{tag}"], flush=True)
     for envs in (1, k):
-        out[f"oracle{envs}"] = _gauntlet(db_path, tmp / f"oracle-k{envs}", "scripted", n, envs, args.horizon, 0.005)
+        out[f"oracle{envs}"] = _gauntlet(db_path, tmp / f"oracle-k{envs}", "scripted", n, envs, args.horizon, 0.005,
+                                         trials=args.trials)
         print(f"(c) oracle K={envs}", out[f"oracle{envs}"], flush=True)
     for envs in (1, k) if args.vla else ():
         out[f"vla{envs}"] = _gauntlet(db_path, tmp / f"vla-k{envs}", "vla", n, envs, args.horizon,
@@ -210,6 +212,9 @@ def main() -> None:
     parser.add_argument("--scenes", default="", help="scene DB (default: generate 24 lift/stack scenes)")
     parser.add_argument("--workers", type=int, default=2, help="N: processes for (b), actors for (c)")
     parser.add_argument("--horizon", type=int, default=150)
+    parser.add_argument("--trials", type=int, default=4,
+                        help="oracle rows: episodes per scene (an env build, ~1 s, is paid per configuration "
+                             "a worker meets; real runs amortise it over many episodes)")
     parser.add_argument("--envs-per-actor", type=int, default=4, help="K: envs per actor in the K rows")
     parser.add_argument("--vla", action="store_true", help="also run the tiny VLA on Serve, K = 1 and K")
     parser.add_argument("--vla-batch-wait-ms", type=float, default=5.0,
