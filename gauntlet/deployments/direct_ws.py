@@ -10,7 +10,8 @@ the session is `PolicyRoutes.openpi_session`; this module only adapts the `webso
 connections to it.
 
 Where: `ws://HOST:PORT` (or `.../v1/policies/NAME/ws`, NAME being this replica's policy). Replica i
-of the deployment on a node listens on PORT + i; HOST is 127.0.0.1 unless configured. What it
+of the deployment on a node listens on PORT + i (the next free port if an older replica still holds
+it; the replica's log line names it); HOST is 127.0.0.1 unless configured. What it
 does not do: route to other replicas or policies (a client of this port talks to this replica;
 several replicas mean several ports, one per replica, as openpi runs one server per GPU).
 """
@@ -73,23 +74,41 @@ def _replica_rank() -> int:
 async def serve_direct_websocket(routes: Any, host: str, port: int) -> Any:
     """Starts listening on `host:port + local rank` on the running loop; returns the server.
 
-    `routes` is the replica (`PolicyRoutes` with its own policy); each connection is refused
-    (close 1008, before the metadata frame) or handed to `routes.openpi_session`.
+    `routes` is the replica (`PolicyRoutes` with its own policy). A connection without the key, or
+    for another policy, is refused during the handshake (HTTP 403, as the proxied route refuses it:
+    no metadata frame is ever sent); the others are handed to `routes.openpi_session`.
     """
+    import errno
+    from http import HTTPStatus
+
     from websockets.asyncio.server import serve
 
-    async def handler(conn: Any) -> None:
-        name = _policy_in_path(conn.request.path, routes.local_policy)
-        refusal = routes.websocket_refusal(name, conn.request.headers.get("authorization"))
+    def refusal_of(request: Any) -> str | None:
+        name = _policy_in_path(request.path, routes.local_policy)
+        refusal = routes.websocket_refusal(name, request.headers.get("authorization"))
         if refusal is None and name != routes.local_policy:
             refusal = f"this port serves {routes.local_policy!r} only; other policies: Serve's HTTP port"
-        if refusal is not None:
-            await conn.close(1008, refusal[:120])  # a close reason is at most 123 bytes
-            return
-        await routes.openpi_session(_Connection(conn), name)
+        return refusal
 
-    # compression off, as openpi's server: frames are msgpack'd arrays that barely compress.
-    server = await serve(handler, host, port + _replica_rank(), compression=None,
-                         max_size=routes.max_request_bytes)
-    print(f"[serve] {routes.local_policy}: openpi WebSocket on ws://{host}:{port + _replica_rank()}", flush=True)
-    return server
+    def refuse(conn: Any, request: Any) -> Any:
+        refusal = refusal_of(request)
+        return None if refusal is None else conn.respond(HTTPStatus.FORBIDDEN, refusal + "\n")
+
+    async def handler(conn: Any) -> None:
+        await routes.openpi_session(_Connection(conn), routes.local_policy)
+
+    # Serve renumbers a node's replica ranks as replicas come and go, so the port of rank i may still
+    # be held by an older replica: the next free one is taken, and the log says which.
+    first = port + _replica_rank()
+    for candidate in range(first, first + 16):
+        try:
+            # compression off, as openpi's server: frames are msgpack'd arrays that barely compress.
+            server = await serve(handler, host, candidate, compression=None, max_size=routes.max_request_bytes,
+                                 process_request=refuse)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or candidate == first + 15:
+                raise
+            continue
+        print(f"[serve] {routes.local_policy}: openpi WebSocket on ws://{host}:{candidate}", flush=True)
+        return server
+    raise AssertionError("unreachable")

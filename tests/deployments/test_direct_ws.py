@@ -1,8 +1,8 @@
 """openpi's WebSocket served by the policy replica itself (`--ws-port`), beside Serve's proxy.
 
 Real Serve, openpi's own unmodified client and raw `websockets` clients over real sockets. The
-direct port keeps the proxied route's contract: the key before the metadata frame (close 1008),
-the frame limit (close 1009), an error text frame then close 1011 for a bad observation, and
+direct port keeps the proxied route's contract: the key checked during the handshake (403, no
+metadata frame), the frame limit (close 1009), an error text frame then close 1011 for a bad observation, and
 requests that join the same replica's batches as handle callers.
 """
 
@@ -51,27 +51,26 @@ def test_openpis_own_client_is_answered_by_the_replica_on_its_port(direct) -> No
 
 
 def test_the_named_path_works_and_other_policies_are_refused(direct) -> None:
-    from websockets.exceptions import ConnectionClosed
+    from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect
 
     auth = {"Authorization": f"Api-Key {KEY}"}
     with connect(f"ws://127.0.0.1:{WS_PORT}/v1/policies/random/ws", additional_headers=auth) as ws:
         assert msgpack_numpy.unpackb(ws.recv())["action_dim"] == 7
-    with connect(f"ws://127.0.0.1:{WS_PORT}/v1/policies/bc_rnn/ws", additional_headers=auth) as ws:
-        with pytest.raises(ConnectionClosed) as closed:
-            ws.recv()
-    assert closed.value.rcvd.code == 1008 and "'bc_rnn'" in closed.value.rcvd.reason
+    with pytest.raises(InvalidStatus) as refused:
+        connect(f"ws://127.0.0.1:{WS_PORT}/v1/policies/bc_rnn/ws", additional_headers=auth)
+    assert refused.value.response.status_code == 403 and b"'bc_rnn'" in refused.value.response.body
 
 
-def test_the_key_is_checked_before_the_metadata_frame(direct) -> None:
-    from websockets.exceptions import ConnectionClosed
+def test_the_key_is_checked_during_the_handshake(direct) -> None:
+    """As on the proxied route: refused before any frame, so no metadata frame is ever sent."""
+    from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect
 
-    for headers in (None, {"Authorization": "Api-Key wrong"}):
-        with connect(f"ws://127.0.0.1:{WS_PORT}", additional_headers=headers) as ws:
-            with pytest.raises(ConnectionClosed) as closed:
-                ws.recv()
-        assert closed.value.rcvd.code == 1008
+    for headers in (None, {"Authorization": "Api-Key wrong"}, {"Authorization": KEY}):
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"ws://127.0.0.1:{WS_PORT}", additional_headers=headers)
+        assert refused.value.response.status_code == 403
 
 
 def test_bad_frames_close_only_their_own_connection(direct) -> None:

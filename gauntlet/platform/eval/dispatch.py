@@ -66,7 +66,10 @@ class Dispatcher:
         started = [slot for slot in self.actors if slot not in self.starting]
         while self.pending and started:
             slot = min(started, key=lambda s: load[s])
-            if load[slot] >= self.cfg.envs_per_actor + QUEUED_PER_ACTOR:
+            # An extra item only while there is more work than actors: a queued item cannot move to
+            # another actor, so near the end it would wait behind a long episode while others idle.
+            queued = QUEUED_PER_ACTOR if len(self.pending) > len(started) else 0
+            if load[slot] >= self.cfg.envs_per_actor + queued:
                 break
             item = self.pending.popleft()
             self.in_flight[self.actors[slot].run.remote(item)] = (slot, item)

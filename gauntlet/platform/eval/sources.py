@@ -101,18 +101,12 @@ class ServeSource(_SourceBase):
         task.add_done_callback(self._sending.discard)
 
     async def _send(self, calls: list[tuple[dict[str, Any], asyncio.Future]]) -> None:
-        budget = _RetryBudget(self.retry_s)
         try:
-            while True:
-                try:
-                    out = await self._infer_handle.infer_many.remote([obs for obs, _ in calls], self.adapter)
-                    break
-                except Exception as exc:  # noqa: BLE001 - replica restarting: retry within the budget
-                    await asyncio.sleep(budget.next_delay(exc))
-            if isinstance(out, dict):  # an error about the call as a whole
-                out = [out] * len(calls)
-            if len(out) != len(calls):
-                raise PolicyUnavailableError(f"infer_many answered {len(out)} of {len(calls)} requests")
+            out = await self._infer_many([obs for obs, _ in calls])
+        except asyncio.CancelledError:  # the actor is shutting down: nobody waits in vain
+            for _, answer in calls:
+                answer.cancel()
+            raise
         except Exception as exc:  # noqa: BLE001 - every caller of this call learns why
             for _, answer in calls:
                 if not answer.done():
@@ -125,6 +119,24 @@ class ServeSource(_SourceBase):
                 answer.set_result(self._actions(value))
             except PolicyUnavailableError as exc:
                 answer.set_exception(exc)
+            except Exception as exc:  # noqa: BLE001 - a malformed answer fails its own episode only
+                answer.set_exception(PolicyUnavailableError(f"malformed answer {str(value)[:80]!r}: "
+                                                            f"{type(exc).__name__}: {exc}"))
+
+    async def _infer_many(self, observations: list[dict[str, Any]]) -> list[Any]:
+        """One `infer_many` call, retried while a replica restarts; one answer per observation."""
+        budget = _RetryBudget(self.retry_s)
+        while True:
+            try:
+                out = await self._infer_handle.infer_many.remote(observations, self.adapter)
+                break
+            except Exception as exc:  # noqa: BLE001 - replica restarting: retry within the budget
+                await asyncio.sleep(budget.next_delay(exc))
+        if isinstance(out, dict):  # an error about the call as a whole
+            out = [out] * len(observations)
+        if not isinstance(out, list) or len(out) != len(observations):
+            raise PolicyUnavailableError(f"infer_many answered {type(out).__name__} for {len(observations)} requests")
+        return out
 
 
 class RemoteSource(_SourceBase):
