@@ -83,15 +83,11 @@ async def serve_direct_websocket(routes: Any, host: str, port: int) -> Any:
 
     from websockets.asyncio.server import serve
 
-    def refusal_of(request: Any) -> str | None:
+    def refuse(conn: Any, request: Any) -> Any:
         name = _policy_in_path(request.path, routes.local_policy)
         refusal = routes.websocket_refusal(name, request.headers.get("authorization"))
         if refusal is None and name != routes.local_policy:
             refusal = f"this port serves {routes.local_policy!r} only; other policies: Serve's HTTP port"
-        return refusal
-
-    def refuse(conn: Any, request: Any) -> Any:
-        refusal = refusal_of(request)
         return None if refusal is None else conn.respond(HTTPStatus.FORBIDDEN, refusal + "\n")
 
     async def handler(conn: Any) -> None:
@@ -105,10 +101,9 @@ async def serve_direct_websocket(routes: Any, host: str, port: int) -> Any:
             # compression off, as openpi's server: frames are msgpack'd arrays that barely compress.
             server = await serve(handler, host, candidate, compression=None, max_size=routes.max_request_bytes,
                                  process_request=refuse)
+            break
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE or candidate == first + 15:
                 raise
-            continue
-        print(f"[serve] {routes.local_policy}: openpi WebSocket on ws://{host}:{candidate}", flush=True)
-        return server
-    raise AssertionError("unreachable")
+    print(f"[serve] {routes.local_policy}: openpi WebSocket on ws://{host}:{candidate}", flush=True)
+    return server

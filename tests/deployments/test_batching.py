@@ -44,6 +44,21 @@ def _run(coro):
     return asyncio.run(asyncio.wait_for(coro, LONG_S / 2))  # a hang fails instead of waiting LONG_S
 
 
+def _gated() -> tuple[threading.Event, _Recorder, Batcher]:
+    """A batcher with no batch wait whose first batch holds until the returned gate is set."""
+    gate = threading.Event()
+    rec = _Recorder(gate)
+    return gate, rec, Batcher(rec, max_batch_size=16, batch_wait_timeout_s=0.0)
+
+
+async def _running_alone(batcher: Batcher, rec: _Recorder, item: int) -> asyncio.Future:
+    """Submits `item` to an idle batcher and returns once its batch of one is running (held by the gate)."""
+    first = asyncio.ensure_future(batcher.submit(item))
+    while not rec.started.is_set():
+        await asyncio.sleep(0.01)
+    return first
+
+
 def test_a_lone_request_runs_at_once_without_waiting_the_timeout() -> None:
     rec = _Recorder()
     batcher = Batcher(rec, max_batch_size=8, batch_wait_timeout_s=LONG_S)
@@ -72,14 +87,10 @@ def test_requests_that_arrive_together_fill_batches_before_the_timeout() -> None
 
 
 def test_requests_that_queue_while_a_batch_runs_form_the_next_one() -> None:
-    gate = threading.Event()
-    rec = _Recorder(gate)
-    batcher = Batcher(rec, max_batch_size=16, batch_wait_timeout_s=0.0)
+    gate, rec, batcher = _gated()
 
     async def scenario() -> list[int]:
-        first = asyncio.ensure_future(batcher.submit(100))
-        while not rec.started.is_set():  # the lone first request is running
-            await asyncio.sleep(0.01)
+        first = await _running_alone(batcher, rec, 100)
         rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(10)]
         await asyncio.sleep(0.05)
         gate.set()
@@ -137,14 +148,10 @@ def test_a_failing_batch_fails_its_callers_and_the_next_batch_runs() -> None:
 
 
 def test_a_caller_that_went_away_is_not_run() -> None:
-    gate = threading.Event()
-    rec = _Recorder(gate)
-    batcher = Batcher(rec, max_batch_size=16, batch_wait_timeout_s=0.0)
+    gate, rec, batcher = _gated()
 
     async def scenario() -> list[int]:
-        first = asyncio.ensure_future(batcher.submit(0))
-        while not rec.started.is_set():
-            await asyncio.sleep(0.01)
+        first = await _running_alone(batcher, rec, 0)
         gone = asyncio.ensure_future(batcher.submit(1))
         kept = asyncio.ensure_future(batcher.submit(2))
         await asyncio.sleep(0.01)

@@ -76,7 +76,6 @@ def test_k_envs_of_one_actor_reach_the_replica_together(ray_session, scene_db: P
                                   actors=1, envs_per_actor=4, horizon=48, batch_wait_timeout_s=0.0,
                                   ping_timeout_s=6.0))
     stats = summary["serving"]["random"]
-    print(stats)
     assert stats["max_batch_size_seen"] == 4 and stats["mean_batch_size"] > 2.5, stats
     assert summary["actors_replaced"] == 0
     frame = pd.read_parquet(run / "results.parquet")
