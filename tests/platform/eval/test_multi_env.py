@@ -84,20 +84,58 @@ def test_k_envs_of_one_actor_reach_the_replica_together(ray_session, scene_db: P
     assert stats["requests"]["ok"] == 72
 
 
-def test_env_cache_pools_per_configuration_within_its_capacity(scene_db: Path) -> None:
+def _first_scene(meta: pd.DataFrame, variant: str) -> dict:
+    from gauntlet.platform.eval.scenes import scene_records
+
+    return next(iter(scene_records(meta[meta["variant"] == variant].head(1)).values()))
+
+
+def test_env_cache_pools_scenes_that_replay_alike_within_its_capacity(scene_db: Path) -> None:
     from gauntlet.envs.scene_db import SceneDB
     from gauntlet.platform.eval.episode import EnvCache
 
-    d0, d1 = sorted(set(SceneDB.open(scene_db).metadata()["env_config"]))[:2]
+    meta = SceneDB.open(scene_db).metadata()
+    d0, d1 = _first_scene(meta, "D0"), _first_scene(meta, "D1")
+    assert d0["env_config"] != d1["env_config"] and d0["fingerprint"] == d1["fingerprint"]
+    fp = d0["fingerprint"]
     cache = EnvCache(capacity=2)
-    first, second = cache.acquire(d0), cache.acquire(d0)
-    assert first is not second  # two episodes at once: two envs of one configuration
-    cache.release(d0, first)
-    cache.release(d0, second)
-    assert cache.acquire(d0) is second  # reused, not rebuilt
-    cache.release(d0, second)
-    other = cache.acquire(d1)  # at capacity: the least recently released idle env makes room
+    first, second = cache.acquire(d0["env_config"], fp), cache.acquire(d0["env_config"], fp)
+    assert first is not second  # two episodes at once: two envs of one pool
+    cache.release(first)
+    cache.release(second)
+    assert cache.acquire(d1["env_config"], fp) is second  # a D1 scene replays in a D0-built env
+    cache.release(second)
+    other = cache.acquire(d1["env_config"])  # no fingerprint: its own pool; at capacity, the LRU idle env goes
     assert cache.alive == 2 and cache.built == 3
-    assert cache.acquire(d0) is second
-    cache.release(d1, other)
-    assert cache.acquire(d1) is other
+    assert cache.acquire(d0["env_config"], fp) is second
+    cache.release(other)
+    assert cache.acquire(d1["env_config"]) is other
+
+
+def test_a_scene_replays_alike_in_an_env_built_for_another_variant(scene_db: Path) -> None:
+    """Sharing envs across variants changes nothing an episode does: the same D1 scene, run by the
+    oracle in an env built for D0 and in one built for D1, ends in the same row and the same state."""
+    import numpy as np
+
+    from gauntlet.envs.scene_db import SceneDB
+    from gauntlet.platform.eval.episode import EnvCache, WorkItem, run_episode
+    from gauntlet.platform.eval.sources import LocalSource
+
+    db = SceneDB.open(scene_db)
+    meta = db.metadata()
+    d0, d1 = _first_scene(meta, "D0"), _first_scene(meta, "D1")
+    outcomes, states = [], []
+    for built_for in (d0, d1):
+        cache = EnvCache()
+        cache.release(cache.acquire(built_for["env_config"], built_for["fingerprint"]))
+        item = WorkItem("r", d1["scene_id"], "scripted", 0, horizon=80)
+        row = run_episode(db, cache, item, d1, LocalSource("scripted"), "w", "v")
+        env = cache.acquire(d1["env_config"], d1["fingerprint"])
+        assert cache.built == 1 and env.config.variant == built_for["variant"]
+        outcomes.append({k: row[k] for k in OUTCOME})
+        states.append(env.get_state())
+        env.close()
+    assert not outcomes[0]["skipped"] and outcomes[0]["steps"] > 0 and outcomes[0] == outcomes[1]
+    assert states[0].keys() == states[1].keys()
+    for key in states[0]:
+        np.testing.assert_array_equal(states[0][key], states[1][key], err_msg=key)
