@@ -236,7 +236,7 @@ def main() -> None:
                         help="oracle rows: episodes per scene (an env build, ~1 s, is paid per configuration "
                              "a worker meets; real runs amortise it over many episodes)")
     parser.add_argument("--envs-per-actor", type=int, default=4, help="K: envs per actor in the K rows")
-    parser.add_argument("--vla", action="store_true", help="also run the tiny VLA on Serve, K = 1 and K")
+    parser.add_argument("--vla", action="store_true", help="also run the VLA (--vla-size) on Serve, K = 1 and K, and its in-process ceiling")
     parser.add_argument("--vla-batch-wait-ms", type=float, default=5.0,
                         help="the VLA replica's batch wait (both VLA rows); 5 ms is `gauntlet eval`'s default")
     parser.add_argument("--vla-size", default="tiny", choices=("tiny", "small", "base"),
@@ -248,6 +248,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1,
                         help="passes over all rows (interleaved); each row reports its median")
     args = parser.parse_args()
+    if args.only_vla and not args.vla:
+        parser.error("--only-vla needs --vla")
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_eval_"))
     db_path = args.scenes or _generate(tmp, args.workers)
