@@ -49,6 +49,9 @@ def test_worker_node_removed_mid_run_loses_no_items(small_db: Path, tmp_path: Pa
     frame = pd.read_parquet(run / "results.parquet")
     assert len(frame) == 2 * 4 and not frame.duplicated(subset=list(KEY)).any()
     assert not frame["skipped"].any()
+    # The removed node's actor had run episodes: its rows stay, and the rest ran on other actors.
+    ran_on_removed = frame["worker"].str.startswith(result["removed"][0][:8])
+    assert ran_on_removed.any() and not ran_on_removed.all()
 
 
 @pytest.mark.slow

@@ -9,9 +9,8 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
+import pyarrow.parquet as pq
 import ray
-from ray._private import ray_constants
 from ray.cluster_utils import Cluster
 
 from gauntlet.platform.eval.config import EvalConfig
@@ -19,12 +18,11 @@ from gauntlet.platform.eval.driver import run_eval
 from gauntlet.runtime.config_args import parse_config
 
 
-def actor_pids_under(pid: int) -> list[int]:
-    try:
-        children = psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-    return [c.pid for c in children if "RolloutActor" in " ".join(c.cmdline() or [])]
+def nodes_that_ran_an_episode(run: str) -> set[str]:
+    """Node-id prefixes of the rollout actors that have written a row (the `worker` column is
+    "<node id[:8]>/<actor id[:8]>")."""
+    parts = sorted(Path(run, "results").glob("part-*.parquet")) if Path(run, "results").exists() else []
+    return {worker.split("/")[0] for part in parts for worker in pq.read_table(part, columns=["worker"])["worker"].to_pylist()}
 
 
 def main(scenes: str, run: str) -> None:
@@ -40,14 +38,15 @@ def main(scenes: str, run: str) -> None:
     def remover() -> None:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and not removed:
-            done = len(list(Path(run, "results").glob("part-*.parquet"))) if Path(run, "results").exists() else 0
-            if done >= 2:
-                for node in workers:
-                    raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
-                    if actor_pids_under(raylet):
-                        cluster.remove_node(node, allow_graceful=False)
-                        removed.append(node.node_id)
-                        return
+            # The node of an actor that has finished an episode: it is created and has work queued.
+            # An actor still being created when its node goes is re-created elsewhere by Ray itself,
+            # with no error reaching the driver, so removing that node would test nothing here.
+            ran = nodes_that_ran_an_episode(run)
+            for node in workers:
+                if node.node_id[:8] in ran:
+                    cluster.remove_node(node, allow_graceful=False)
+                    removed.append(node.node_id)
+                    return
             time.sleep(0.2)
 
     thread = threading.Thread(target=remover, daemon=True)
