@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -118,20 +119,43 @@ def _cmdline(proc: psutil.Process) -> list[str]:
         return []
 
 
-def _kill_mid_run(run: Path, process_tag: str, timeout_s: float) -> tuple[threading.Thread, list[int]]:
-    """SIGKILLs the first of this session's processes whose command line holds `process_tag`, once
-    two result parts exist (the run is mid-way); returns the thread and the killed pids."""
+def _replica_pid(process_tag: str) -> Callable[[Path], int | None]:
+    """The first of this session's processes whose command line holds `process_tag`."""
+
+    def find(run: Path) -> int | None:
+        ours = psutil.Process().children(recursive=True)  # this session's Ray only, never another cluster's
+        return next((p.pid for p in ours if process_tag in " ".join(_cmdline(p))), None)
+
+    return find
+
+
+def _actor_that_ran_an_episode(run: Path) -> int | None:
+    """The pid of a live rollout actor of this run that has written a row (its `worker` column is
+    "<node id[:8]>/<actor id[:8]>"): one still being created would be re-created by Ray itself, with
+    no error reaching the driver, and its death would test nothing."""
+    import pyarrow.parquet as pq
+    from ray._private import state
+
+    parts = sorted((run / "results").glob("part-*.parquet")) if (run / "results").exists() else []
+    ran = {w.split("/")[1] for part in parts for w in pq.read_table(part, columns=["worker"])["worker"].to_pylist()}
+    return next((actor["Pid"] for actor in state.actors().values() if actor["ActorClassName"] == "RolloutActor"
+                 and actor["State"] == "ALIVE" and actor["ActorID"][:8] in ran), None)
+
+
+def _kill_mid_run(run: Path, find_pid: Callable[[Path], int | None],
+                  timeout_s: float) -> tuple[threading.Thread, list[int]]:
+    """SIGKILLs the process `find_pid(run)` names once two result parts exist (the run is mid-way);
+    returns the thread and the killed pids."""
     killed: list[int] = []
 
     def killer() -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not killed:
             done = len(list((run / "results").glob("part-*.parquet"))) if (run / "results").exists() else 0
-            ours = psutil.Process().children(recursive=True)  # this session's Ray only
-            matches = [p for p in ours if process_tag in " ".join(_cmdline(p))]
-            if done >= 2 and matches:
-                matches[0].send_signal(signal.SIGKILL)
-                killed.append(matches[0].pid)
+            pid = find_pid(run) if done >= 2 else None
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
             time.sleep(0.1)
 
     thread = threading.Thread(target=killer, daemon=True)
@@ -143,8 +167,7 @@ def _kill_mid_run(run: Path, process_tag: str, timeout_s: float) -> tuple[thread
 def test_a_killed_actor_is_replaced_and_its_items_rerun(ray_session, scene_db: Path, tmp_path: Path,
                                                         envs_per_actor: int) -> None:
     run = tmp_path / "run"
-    # Only this session's actors (descendants of this process's Ray), never another cluster's.
-    thread, killed = _kill_mid_run(run, "RolloutActor", timeout_s=120)
+    thread, killed = _kill_mid_run(run, _actor_that_ran_an_episode, timeout_s=120)
     # With several envs per actor, every episode the killed actor had in flight goes back to the queue.
     summary = run_eval(_cfg(scenes=scene_db, policy=["random"], out=run, trials=3, actors=2, horizon=100,
                             write_every=1, envs_per_actor=envs_per_actor))
@@ -228,7 +251,7 @@ def test_a_policy_replica_killed_mid_run_costs_no_episode(ray_session, scene_db:
     replica_tag = f"ServeReplica:{EVAL_APP}:{deployment_name('random')}"
     # Actors are mid-episode, asking the replica for chunks, when it is killed (`deploy=`: random would
     # otherwise run in the actors). Two envs per actor: both their requests are retried.
-    thread, killed = _kill_mid_run(run, replica_tag, timeout_s=180)
+    thread, killed = _kill_mid_run(run, _replica_pid(replica_tag), timeout_s=180)
     summary = run_eval(_cfg(scenes=scene_db, policy=["deploy=random"], out=run, trials=3, actors=2, horizon=60,
                             write_every=1, envs_per_actor=2))
     thread.join(5)
