@@ -82,7 +82,9 @@ class EvalConfig:
                                           "(pins rollouts to the nodes that offer it)")
     write_every: int = option(8, help="episodes per results part file")
     ping_timeout_s: float = option(30.0, help="an actor that does not answer a liveness ping for this "
-                                              "long is treated as dead and its items re-queued")
+                                              "long is treated as dead and its items re-queued; while no "
+                                              "actor is working, the driver says every this often what "
+                                              "they ask for and what the cluster has")
     run_id: str = option("", help="run id (default: derived from the run directory name)")
     report_to: str = option("none", help=REPORT_TO_HELP + "; progress (episodes done, success so far, "
                                          "episodes/min) and the final tables", choices=REPORT_TO)

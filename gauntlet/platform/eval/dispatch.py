@@ -45,6 +45,8 @@ class Dispatcher:
         self.buffer: list[dict[str, Any]] = []  # rows not yet written
         self.ran = 0
         self.replaced = 0
+        self.idle_since: float | None = None  # when the last item in flight finished (no actor working)
+        self.idle_said = 0.0  # when the last "waiting for actors" notice was printed
 
     def _new_actor(self) -> Any:
         from gauntlet.platform.eval.rollout_actor import RolloutActor
@@ -152,6 +154,29 @@ class Dispatcher:
             elif now - sent > timeout_s:
                 self._replace(slot, f"no answer to a ping for {timeout_s:.0f} s")
 
+    def _say_if_no_actor_starts(self, now: float) -> None:
+        """Actors that cannot be placed (a resource no node has, or not free) wait in Ray without an
+        error; every ping_timeout_s without one working, the driver says what they ask for and what
+        the cluster has, so a run stuck on a typo'd --actor-resource does not look like a slow start."""
+        import ray
+
+        if self.idle_since is None:
+            self.idle_since = self.idle_said = now
+            return
+        if now - self.idle_said < self.cfg.ping_timeout_s:
+            return
+        self.idle_said = now
+        asks = {"CPU": self.cfg.actor_cpus, "GPU": self.cfg.actor_gpus}
+        if self.cfg.actor_resource:
+            asks[self.cfg.actor_resource] = 1.0
+        total, free = ray.cluster_resources(), ray.available_resources()
+        offer = ", ".join(f"{name} {total.get(name, 0):g} ({free.get(name, 0):g} free)"
+                          for name, amount in asks.items() if amount)
+        ask = ", ".join(f"{name} {amount:g}" for name, amount in asks.items() if amount)
+        print(f"[eval] no rollout actor is working after {now - self.idle_since:.0f} s ({len(self.starting)} "
+              f"starting): each asks for {ask} (--actor-cpus/--actor-gpus/--actor-resource); the cluster "
+              f"has {offer}", flush=True)
+
     def run(self, pending: deque[WorkItem]) -> dict[str, int]:
         """Runs every item; returns {"ran", "actors_replaced"}. Rows are written and compacted."""
         import ray
@@ -165,8 +190,10 @@ class Dispatcher:
             self._check_starting()
             self._fill()
             if not self.in_flight:
+                self._say_if_no_actor_starts(time.monotonic())
                 time.sleep(0.5)  # every actor is still starting
                 continue
+            self.idle_since = None
             self._collect()
             now = time.monotonic()
             if now - last_ping > self.cfg.ping_timeout_s / 3:

@@ -112,6 +112,33 @@ def test_driver_killed_mid_run_then_resumed_holds_every_key_once(ray_session, sc
     pd.testing.assert_series_equal(before["steps"], after["steps"])  # finished episodes were not rerun
 
 
+def test_actors_no_node_can_place_are_reported_not_waited_on_silently(ray_session, scene_db: Path,
+                                                                      tmp_path: Path) -> None:
+    """A typo'd --actor-resource leaves every actor pending in Ray with no error: the driver says so."""
+    args = [sys.executable, "-u", "-m", "gauntlet.platform.eval", "--scenes", str(scene_db), "--policy", "random",
+            "--out", str(tmp_path / "run"), "--actors", "2", "--actor-resource", "rollout_typo",
+            "--ping-timeout-s", "2"]
+    env = dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address)
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    lines: list[str] = []
+    notices: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()  # never blocks the test
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            notices = [line for line in list(lines) if "no rollout actor is working" in line]
+            if len(notices) >= 2:
+                break
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    assert len(notices) == 2, "the driver should repeat the notice while nothing runs"
+    assert "2 starting" in notices[0] and "rollout_typo 1" in notices[0]
+    assert "rollout_typo 0 (0 free)" in notices[0]  # what the cluster has of it, so the typo shows
+    assert not list((tmp_path / "run").glob("results/part-*.parquet"))
+
+
 def _cmdline(proc: psutil.Process) -> list[str]:
     try:
         return proc.cmdline()
