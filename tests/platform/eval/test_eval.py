@@ -158,8 +158,8 @@ def _replica_pid(process_tag: str) -> Callable[[Path], int | None]:
 
 def _actor_that_ran_an_episode(run: Path) -> int | None:
     """The pid of a live rollout actor of this run that has written a row (its `worker` column is
-    "<node id[:8]>/<actor id[:8]>"): one still being created would be re-created by Ray itself, with
-    no error reaching the driver, and its death would test nothing."""
+    "<node id[:8]>/<actor id[:8]>"). One still being created holds no items, and its death may reach
+    the driver only after the other actor has finished the run: it would test nothing."""
     import pyarrow.parquet as pq
     from ray._private import state
 

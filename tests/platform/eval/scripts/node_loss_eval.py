@@ -38,9 +38,10 @@ def main(scenes: str, run: str) -> None:
     def remover() -> None:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and not removed:
-            # The node of an actor that has finished an episode: it is created and has work queued.
-            # An actor still being created when its node goes is re-created elsewhere by Ray itself,
-            # with no error reaching the driver, so removing that node would test nothing here.
+            # The node of an actor that has finished an episode: it is created and has work queued, and
+            # its calls fail at once. An actor still being created is declared dead only when Ray sees
+            # its node's heartbeats stop (tens of seconds), by which time the other actor may have run
+            # every item: removing that node would test nothing here.
             ran = nodes_that_ran_an_episode(run)
             for node in workers:
                 if node.node_id[:8] in ran:
