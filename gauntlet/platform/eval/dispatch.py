@@ -45,7 +45,7 @@ class Dispatcher:
         self.buffer: list[dict[str, Any]] = []  # rows not yet written
         self.ran = 0
         self.replaced = 0
-        self.idle_since: float | None = None  # when the last item in flight finished (no actor working)
+        self.idle_since: float | None = None  # since when no item has been in flight (no actor working)
         self.idle_said = 0.0  # when the last "waiting for actors" notice was printed
 
     def _new_actor(self) -> Any:
