@@ -166,13 +166,11 @@ class Dispatcher:
         if now - self.idle_said < self.cfg.ping_timeout_s:
             return
         self.idle_said = now
-        asks = {"CPU": self.cfg.actor_cpus, "GPU": self.cfg.actor_gpus}
-        if self.cfg.actor_resource:
-            asks[self.cfg.actor_resource] = 1.0
+        asks = {"CPU": self.cfg.actor_cpus, "GPU": self.cfg.actor_gpus, self.cfg.actor_resource: 1.0}
+        asks = {name: amount for name, amount in asks.items() if name and amount}
         total, free = ray.cluster_resources(), ray.available_resources()
-        offer = ", ".join(f"{name} {total.get(name, 0):g} ({free.get(name, 0):g} free)"
-                          for name, amount in asks.items() if amount)
-        ask = ", ".join(f"{name} {amount:g}" for name, amount in asks.items() if amount)
+        offer = ", ".join(f"{name} {total.get(name, 0):g} ({free.get(name, 0):g} free)" for name in asks)
+        ask = ", ".join(f"{name} {amount:g}" for name, amount in asks.items())
         print(f"[eval] no rollout actor is working after {now - self.idle_since:.0f} s ({len(self.starting)} "
               f"starting): each asks for {ask} (--actor-cpus/--actor-gpus/--actor-resource); the cluster "
               f"has {offer}", flush=True)
