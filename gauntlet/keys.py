@@ -23,6 +23,11 @@ OPTIONAL_STR_KEYS = (PROMPT_KEY, EPISODE_ID_KEY, TASK_KEY)
 # Responses and training batches.
 ACTIONS_KEY = "actions"  # (H, D) per request, (B, H, D) per batch
 ACTION_IS_PAD_KEY = "action_is_pad"  # (B, H) bool: chunk positions past the episode end
+# A policy with per-episode memory (PolicyMetadata.episode_memory) answers, per request, how many
+# calls of that episode_id it has answered including this one: (B,) int per batch, an int per request.
+# A client that counts its own calls sees a lost memory (a restarted replica, another replica, an
+# evicted episode) as a mismatch, instead of getting actions computed from a fresh state.
+EPISODE_CALLS_KEY = "episode_calls"
 
 # Dataset columns (LeRobot's names) of the wire keys above.
 STATE_FEATURE = "observation.state"

@@ -54,6 +54,10 @@ class PolicyMetadata:
     observation_spec: dict[str, FieldSpec] = field(default_factory=dict)  # required keys
     needs_images: bool = False  # whether clients must render cameras for it
     privileged: bool = False  # whether it reads `observation/object_state`
+    # Whether it keeps memory per `episode_id` across calls (recurrent state, a scripted expert's
+    # timers): an episode's requests must then all reach the replica that holds it, and each answer
+    # carries EPISODE_CALLS_KEY so that a client sees when that memory was lost.
+    episode_memory: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # free-form (e.g. adapters, sizes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,7 +76,8 @@ class PolicyMetadata:
             name=str(data.get("name") or default_name), version=str(data.get("version") or default_version),
             action_dim=int(data.get("action_dim") or 0), chunk_len=int(data.get("chunk_len") or 0),
             observation_spec=spec, needs_images=bool(data.get("needs_images", default_needs_images)),
-            privileged=bool(data.get("privileged", False)), extra=dict(data.get("extra") or {}),
+            privileged=bool(data.get("privileged", False)), episode_memory=bool(data.get("episode_memory", False)),
+            extra=dict(data.get("extra") or {}),
         )
 
 

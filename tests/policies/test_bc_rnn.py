@@ -14,8 +14,8 @@ import pytest
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)  # 2 shared cores: intra-op threads only contend
 
-from gauntlet.keys import EPISODE_ID_KEY, OBJECT_STATE_KEY, PROMPT_KEY, STATE_KEY  # noqa: E402
-from gauntlet.policies.base import Policy, stack_observations  # noqa: E402
+from gauntlet.keys import EPISODE_CALLS_KEY, EPISODE_ID_KEY, OBJECT_STATE_KEY, PROMPT_KEY, STATE_KEY  # noqa: E402
+from gauntlet.policies.base import Policy, PolicyMetadata, stack_observations  # noqa: E402
 from gauntlet.policies.bc_rnn import BCRNNConfig, config_for_task  # noqa: E402
 from gauntlet.policies.bc_rnn.policy import BCRNNPolicy  # noqa: E402
 from gauntlet.policies.bc_rnn.train import DemoEpisode, collect_demos, compute_norm_stats, fit  # noqa: E402
@@ -158,6 +158,23 @@ def test_episode_memory_is_a_bounded_lru() -> None:
     assert np.abs(policy.infer({**batch, EPISODE_ID_KEY: np.array(["z"])})["actions"] - fresh).max() > 1e-3
     policy.end_episode("z")
     assert policy.num_episodes == 1
+
+
+def test_answers_count_the_calls_of_each_episode_the_memory_holds() -> None:
+    """`episode_calls` is what a client compares with its own count: it runs on across the memory's
+    periodic zeroing, and starts at 1 again once the memory of the episode is gone (evicted here)."""
+    policy = BCRNNPolicy.create(task="lift", seed=5, max_episodes=2, **SMALL)  # memory: 2 calls
+    assert policy.metadata.episode_memory and PolicyMetadata.from_dict(policy.metadata.to_dict()).episode_memory
+    batch = random_batch(3, seed=4)
+    counts = [policy.infer({**batch, EPISODE_ID_KEY: np.array(["a", "", "b"])})[EPISODE_CALLS_KEY].tolist()
+              for _ in range(3)]
+    assert counts == [[1, 0, 1], [2, 0, 2], [3, 0, 3]]  # the third call is past the memory's zeroing
+    assert policy.infer(rows(batch, [0]))[EPISODE_CALLS_KEY].tolist() == [0]  # no id: stateless
+    one = rows(batch, [0])
+    for eid in ("c", "d"):  # "a" and "b" are evicted (max_episodes 2)
+        policy.infer({**one, EPISODE_ID_KEY: np.array([eid])})
+    assert policy.infer({**one, EPISODE_ID_KEY: np.array(["a"])})[EPISODE_CALLS_KEY].tolist() == [1]
+    assert policy.infer(random_batch(0))[EPISODE_CALLS_KEY].shape == (0,)
 
 
 # ------------------------------------------------------------------------------ checkpoints

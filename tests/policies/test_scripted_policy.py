@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from gauntlet.envs.env import make_env
+from gauntlet.keys import EPISODE_CALLS_KEY
 from gauntlet.policies import msgpack_numpy
 from gauntlet.policies.base import stack_observations
 from gauntlet.policies.registry import make_policy
@@ -46,6 +47,22 @@ def test_batched_requests_match_single_ones(oracle) -> None:
     together = oracle.infer(stack_observations(reqs))["actions"]
     alone = np.concatenate([oracle.infer(stack_observations([r]))["actions"] for r in reqs])
     np.testing.assert_array_equal(together, alone)
+
+
+def test_answers_count_the_calls_of_each_episode(oracle) -> None:
+    """The expert's memory is per episode id; each answer says how many calls of the episode it has
+    seen, so a client notices a replica that never saw (or forgot) the episode."""
+    assert oracle.metadata.episode_memory
+    env = make_env("lift", "D0", image_size=16)
+    env.reset(0)
+    spec = oracle.metadata.observation_spec
+    counts = [oracle.infer(stack_observations([validate_observation(_request(env, e), spec)
+                                               for e in ("count-a", "", "count-b")]))[EPISODE_CALLS_KEY].tolist()
+              for _ in range(2)]
+    assert counts == [[1, 0, 1], [2, 0, 2]]
+    oracle.reset()  # forgets every expert: the next call of an episode is its first again
+    request = stack_observations([validate_observation(_request(env, "count-a"), spec)])
+    assert oracle.infer(request)[EPISODE_CALLS_KEY].tolist() == [1]
 
 
 def test_bad_sim_state_is_rejected_with_the_field(oracle) -> None:

@@ -15,7 +15,9 @@ Policy protocol.
   policy is then stateless. One id may appear at most once per batch. As in robomimic's rollouts an
   episode's state is reset to zero every `seq_len` steps (`seq_len / chunk_len` calls), the longest
   memory the network was trained with. `reset()` forgets every episode, `end_episode(id)` one.
-  Clients should use a fresh id per episode (e.g. f"{run}/{scene}/{trial}").
+  Clients should use a fresh id per episode (e.g. f"{run}/{scene}/{trial}"). Each answer says, per
+  row, how many calls of its episode this policy has answered (`episode_calls`, 0 without an id): a
+  client whose own count differs knows the memory was lost (evicted, or another/restarted replica).
 - Checkpoints: the pickle-free format of gauntlet.policies.checkpoints (torch state_dict tensors as
   float32 arrays in params.npz, read with allow_pickle=False; config.json; norm_stats.json).
 """
@@ -33,7 +35,7 @@ import numpy as np
 import torch
 
 from gauntlet.data.normalization import FieldStats, NormStats, NormStatsError
-from gauntlet.keys import ACTION_IS_PAD_KEY, ACTIONS_KEY, EPISODE_ID_KEY
+from gauntlet.keys import ACTION_IS_PAD_KEY, ACTIONS_KEY, EPISODE_CALLS_KEY, EPISODE_ID_KEY
 from gauntlet.policies.base import FieldSpec, PolicyMetadata, masked_chunk_mse
 from gauntlet.policies.bc_rnn.config import BCRNNConfig, config_for_task
 from gauntlet.policies.bc_rnn.model import BCRNN, build_model, param_shapes, state_dict_numpy
@@ -55,6 +57,7 @@ class _EpisodeMemory:
     h: torch.Tensor  # (num_layers, hidden_size)
     c: torch.Tensor  # (num_layers, hidden_size)
     calls: int  # infer calls since the state was last zeroed
+    seen: int  # infer calls of this episode answered in all (what `episode_calls` reports)
 
 
 def identity_norm_stats(config: BCRNNConfig) -> NormStats:
@@ -179,33 +182,40 @@ class BCRNNPolicy:
                 h[:, i], c[:, i] = mem.h, mem.c
         return h, c
 
-    def _scatter(self, ids: list[str], h: torch.Tensor, c: torch.Tensor) -> None:
+    def _scatter(self, ids: list[str], h: torch.Tensor, c: torch.Tensor) -> list[int]:
+        """Stores the new state of each named row; returns each row's `episode_calls` (0: no id)."""
+        seen = [0] * len(ids)
         for i, eid in enumerate(ids):
             if not eid:
                 continue
             old = self._episodes.pop(eid, None)
             calls = 1 if old is None or old.calls >= self.config.calls_per_memory else old.calls + 1
-            self._episodes[eid] = _EpisodeMemory(h[:, i].clone(), c[:, i].clone(), calls)
+            seen[i] = 1 if old is None else old.seen + 1
+            self._episodes[eid] = _EpisodeMemory(h[:, i].clone(), c[:, i].clone(), calls, seen[i])
         while len(self._episodes) > self.config.max_episodes:
             self._episodes.popitem(last=False)
+        return seen
 
     def infer(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        """Raw batch (B leading; optional `episode_id` (B,) str) -> {"actions": (B, H, D) float32}."""
+        """Raw batch (B leading; optional `episode_id` (B,) str) -> {"actions": (B, H, D) float32,
+        "episode_calls": (B,) int64}."""
         c = self.config
         obs = self.normalize_observations(batch)  # (B, obs_dim)
         b = obs.shape[0]
         ids = self._episode_ids(batch, b)
         if b == 0:
-            return {"actions": np.zeros((0, c.chunk_len, c.action_dim), np.float32)}
+            return {"actions": np.zeros((0, c.chunk_len, c.action_dim), np.float32),
+                    EPISODE_CALLS_KEY: np.zeros(0, np.int64)}
+        seen = [0] * b
         with self._lock, torch.inference_mode():
             state = self._gather(ids, b)
             normed, (h, cell) = self.model.chunk(torch.from_numpy(obs), state)  # (B, H, D)
             if ids is not None:
-                self._scatter(ids, h, cell)
+                seen = self._scatter(ids, h, cell)
         actions = self.norm_stats.unnormalize(ACTIONS_KEY, normed.numpy(), c.norm_mode)
         if c.action_clip:
             actions = np.clip(actions, -c.action_clip, c.action_clip)
-        return {"actions": actions.astype(np.float32)}
+        return {"actions": actions.astype(np.float32), EPISODE_CALLS_KEY: np.asarray(seen, np.int64)}
 
     def reset(self) -> None:
         """Forgets every episode's hidden state."""
@@ -264,11 +274,11 @@ class BCRNNPolicy:
         spec = {k: FieldSpec((d,), "float32") for k, d in zip(c.obs_keys, c.obs_dims, strict=True)}
         return PolicyMetadata(
             name=self._name, version=self._version, action_dim=c.action_dim, chunk_len=c.chunk_len,
-            observation_spec=spec, needs_images=False, privileged=c.privileged,
+            observation_spec=spec, needs_images=False, privileged=c.privileged, episode_memory=True,
             extra={
                 "model": MODEL_NAME, "hidden_size": c.hidden_size, "num_layers": c.num_layers,
-                "norm_mode": c.norm_mode, "recurrent": True, "episode_id_key": EPISODE_ID_KEY,
-                "memory_steps": c.seq_len, "max_episodes": c.max_episodes,
+                "norm_mode": c.norm_mode, "recurrent": True, "memory_steps": c.seq_len,
+                "max_episodes": c.max_episodes,
             },
         )
 
