@@ -16,9 +16,14 @@ on the replica's event loop, so no request is even received while a batch runs. 
   requests at once;
 - `submit_many` queues several items as one group (a rollout actor's envs whose chunks ran out
   together): they join the queue together, so an idle batcher starts them as one batch rather than
-  the first alone and the rest after it.
+  the first alone and the rest after it;
+- the queue is bounded (`max_queued` requests waiting behind the running batch): a request that
+  finds it full is answered at once with a `QueueFull` value, never queued and never awaited, and
+  the requests already queued are untouched. Without a bound a replica that cannot keep up holds
+  every caller's observation in memory and answers each later than the last; with it the excess is
+  told to come back (HTTP 503, gRPC UNAVAILABLE), which a caller with a retry budget can do.
 
-`configure` changes both limits live (Serve's `reconfigure`).
+`configure` changes the limits live (Serve's `reconfigure`).
 """
 
 from __future__ import annotations
@@ -31,6 +36,34 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 ItemT = TypeVar("ItemT")
+# The default queue bound: this many full batches may wait behind the running one, and never fewer
+# than MIN_QUEUED requests (a serial policy, max_batch_size 1, still queues a few callers' worth).
+QUEUED_BATCHES = 4
+MIN_QUEUED = 64
+# What a replica answers a request its full queue refused (`policy_deployment.error_value` kind and
+# status): transient, so callers with a retry budget back off and send it again.
+OVERLOADED_KIND = "overloaded"
+OVERLOADED_STATUS = 503
+
+
+def default_max_queued(max_batch_size: int) -> int:
+    """The queue bound when none is configured (`max_queued=0`)."""
+    return max(MIN_QUEUED, QUEUED_BATCHES * max_batch_size)
+
+
+def check_limits(max_batch_size: int, batch_wait_timeout_s: float, max_queued: int = 0) -> None:
+    """ValueError naming the limit that is out of range (`max_queued` 0: the default)."""
+    if max_batch_size < 1 or batch_wait_timeout_s < 0:
+        raise ValueError("max_batch_size must be >= 1 and batch_wait_timeout_s >= 0")
+    if max_queued < 0 or 0 < max_queued < max_batch_size:
+        # Fewer than a batch could never fill one: a partial batch would wait out its timeout.
+        raise ValueError(f"max_queued must be 0 (the default) or >= max_batch_size ({max_batch_size}), "
+                         f"got {max_queued}")
+
+
+class QueueFull(Exception):
+    """The answer (a value, not raised) to a request that found the queue full."""
+
 # (item, time.perf_counter() when submitted, the caller's future, the submission it came in)
 _Entry = tuple[Any, float, asyncio.Future, int]
 
@@ -42,10 +75,12 @@ class Batcher(Generic[ItemT]):
     called on the replica's event loop."""
 
     def __init__(self, run_batch: Callable[[list[ItemT], list[float]], list[Any]], max_batch_size: int,
-                 batch_wait_timeout_s: float):
+                 batch_wait_timeout_s: float, max_queued: int = 0):
+        check_limits(max_batch_size, batch_wait_timeout_s, max_queued)
         self.run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.batch_wait_timeout_s = batch_wait_timeout_s
+        self.max_queued_setting = max_queued  # as configured; 0: default_max_queued(max_batch_size)
         # One thread: batches never overlap (a policy is not assumed thread-safe), and everything
         # else that touches the policy (adapter loads, warm-up) is serialised on it too.
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="gauntlet-infer")
@@ -57,9 +92,23 @@ class Batcher(Generic[ItemT]):
         self._free_since = 0.0  # time.perf_counter() when the last batch ended
         self._submissions = 0  # submissions so far: numbers each entry's group
 
-    def configure(self, max_batch_size: int, batch_wait_timeout_s: float) -> None:
+    @property
+    def max_queued(self) -> int:
+        """Requests that may wait behind the running batch; more are answered `QueueFull`."""
+        return self.max_queued_setting or default_max_queued(self.max_batch_size)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def configure(self, max_batch_size: int, batch_wait_timeout_s: float, max_queued: int | None = None) -> None:
+        """New limits (`max_queued` None: unchanged). A lower bound refuses new requests only: those
+        already queued stay queued."""
+        max_queued = self.max_queued_setting if max_queued is None else max_queued
+        check_limits(max_batch_size, batch_wait_timeout_s, max_queued)
         self.max_batch_size = max_batch_size
         self.batch_wait_timeout_s = batch_wait_timeout_s
+        self.max_queued_setting = max_queued
         if self._queue and not self._running:
             self._cancel_timer()
             self._dispatch(asyncio.get_running_loop())  # a waiting batch re-reads the limits
@@ -69,7 +118,14 @@ class Batcher(Generic[ItemT]):
 
     async def submit_many(self, items: list[ItemT]) -> list[Any]:
         """Queues `items` together and returns their results in order (a batch larger than
-        `max_batch_size` is split; the first `max_batch_size` run together)."""
+        `max_batch_size` is split; the first `max_batch_size` run together). Items past the room
+        left in the queue are answered `QueueFull` at once; the ones before them are queued."""
+        room = max(0, self.max_queued - len(self._queue))
+        refused: list[Any] = [QueueFull(f"the replica's queue is full ({self.max_queued} requests wait for "
+                                        f"its inference thread); retry later")] * max(0, len(items) - room)
+        items = items[:room]
+        if not items:
+            return refused
         loop = asyncio.get_running_loop()
         if self._in_flight:
             self.concurrent = True
@@ -82,8 +138,8 @@ class Batcher(Generic[ItemT]):
             if not self._running:
                 self._dispatch(loop)
             if len(futures) == 1:
-                return [await futures[0]]
-            return list(await asyncio.gather(*futures))
+                return [await futures[0], *refused]
+            return [*(await asyncio.gather(*futures)), *refused]
         finally:
             self._in_flight -= len(items)
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import pytest
 
-from gauntlet.deployments.batcher import Batcher
+from gauntlet.deployments.batcher import MIN_QUEUED, QUEUED_BATCHES, Batcher, QueueFull, default_max_queued
 
 LONG_S = 30.0  # a batch timeout no lone request may pay
 
@@ -161,6 +162,83 @@ def test_a_caller_that_went_away_is_not_run() -> None:
 
     assert _run(scenario()) == [0, 20]
     assert rec.sizes == [1, 1]  # the cancelled request never reached the policy
+
+
+def test_a_full_queue_answers_at_once_and_leaves_the_queued_requests_alone() -> None:
+    """Bound 2 behind a running batch: the 3rd..5th requests are answered QueueFull while the batch
+    still runs (never queued, never awaited); the two queued ones and later requests get their answers."""
+    gate = threading.Event()
+    rec = _Recorder(gate)
+    batcher = Batcher(rec, max_batch_size=2, batch_wait_timeout_s=0.0, max_queued=2)
+
+    async def scenario() -> tuple[list, list, list, int]:
+        first = await _running_alone(batcher, rec, 1)
+        queued = [asyncio.ensure_future(batcher.submit(i)) for i in (2, 3)]
+        await asyncio.sleep(0)
+        refused = await asyncio.gather(*(batcher.submit(i) for i in (4, 5, 6)))  # the gate is still shut
+        group = await batcher.submit_many([7, 8])
+        assert not gate.is_set() and batcher.queued == 2 and not any(q.done() for q in queued)
+        gate.set()
+        answered = [await first] + [await q for q in queued]
+        return answered, refused, group, await batcher.submit(9)
+
+    answered, refused, group, after = _run(scenario())
+    assert answered == [10, 20, 30] and after == 90
+    assert all(isinstance(r, QueueFull) for r in refused + group)
+    assert "queue is full (2 requests" in str(refused[0])
+    assert rec.sizes == [1, 2, 1]  # the refused never reached run_batch
+
+
+def test_a_group_takes_the_room_left_and_the_rest_is_refused_in_order() -> None:
+    gate = threading.Event()
+    rec = _Recorder(gate)
+    batcher = Batcher(rec, max_batch_size=2, batch_wait_timeout_s=0.0, max_queued=3)
+
+    async def scenario() -> tuple[Any, list]:
+        first = await _running_alone(batcher, rec, 1)
+        waiting = asyncio.ensure_future(batcher.submit(2))
+        group = asyncio.ensure_future(batcher.submit_many([3, 4, 5, 6]))  # room for two of four
+        while batcher.queued < 3:
+            await asyncio.sleep(0.01)
+        gate.set()
+        await first, await waiting
+        return await group
+
+    out = _run(scenario())
+    assert out[:2] == [30, 40] and all(isinstance(r, QueueFull) for r in out[2:])
+    assert sorted(rec.sizes) == [1, 1, 2]
+
+
+def test_the_queue_bound_defaults_from_the_batch_size_and_changes_live() -> None:
+    batcher = Batcher(_Recorder(), max_batch_size=32, batch_wait_timeout_s=0.0)
+    assert batcher.max_queued == default_max_queued(32) == QUEUED_BATCHES * 32
+    batcher.configure(max_batch_size=1, batch_wait_timeout_s=0.0)
+    assert batcher.max_queued == default_max_queued(1) == MIN_QUEUED  # a serial policy still queues some
+    batcher.configure(max_batch_size=4, batch_wait_timeout_s=0.0, max_queued=8)
+    assert batcher.max_queued == 8
+    with pytest.raises(ValueError, match="max_queued must be 0 .* or >= max_batch_size \\(4\\), got 3"):
+        batcher.configure(max_batch_size=4, batch_wait_timeout_s=0.0, max_queued=3)
+    with pytest.raises(ValueError, match="max_queued"):
+        Batcher(_Recorder(), max_batch_size=2, batch_wait_timeout_s=0.0, max_queued=-1)
+    assert batcher.max_queued == 8  # a refused change leaves the limits as they were
+
+
+def test_lowering_the_bound_live_keeps_what_is_already_queued() -> None:
+    gate = threading.Event()
+    rec = _Recorder(gate)
+    batcher = Batcher(rec, max_batch_size=2, batch_wait_timeout_s=0.0, max_queued=6)
+
+    async def scenario() -> tuple[list, Any]:
+        first = await _running_alone(batcher, rec, 1)
+        queued = [asyncio.ensure_future(batcher.submit(i)) for i in range(2, 7)]
+        await asyncio.sleep(0)
+        batcher.configure(max_batch_size=2, batch_wait_timeout_s=0.0, max_queued=2)
+        refused = await batcher.submit(7)
+        gate.set()
+        return [await first] + [await q for q in queued], refused
+
+    answered, refused = _run(scenario())
+    assert answered == [10, 20, 30, 40, 50, 60] and isinstance(refused, QueueFull)
 
 
 # ------------------------------------------------------------------------------ on real Serve
