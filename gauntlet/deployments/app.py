@@ -27,6 +27,9 @@ class PolicyServing:
     replicas: int = 1  # Serve replicas
     max_batch_size: int = 32  # largest batch one infer call sees
     batch_wait_timeout_s: float = 0.005  # how long a partial batch waits for company (only while requests overlap)
+    # Requests a replica queues behind its running batch; more are answered 503 at once
+    # (0: batcher.default_max_queued(max_batch_size)).
+    max_queued: int = 0
     num_cpus: float = 1.0  # CPUs reserved per replica
     num_gpus: float = 0.0  # GPUs per replica
     policy_kwargs: dict[str, Any] = field(default_factory=dict)  # constructor arguments
@@ -103,14 +106,15 @@ def _bind_policy(serve: Any, cls: type, p: PolicyServing, max_ongoing_requests: 
         num_replicas=p.replicas,
         max_ongoing_requests=max(p.max_ongoing_requests, max_ongoing_requests),
         ray_actor_options={**options, "runtime_env": env},
-        user_config={"max_batch_size": p.max_batch_size, "batch_wait_timeout_s": p.batch_wait_timeout_s},
+        user_config={"max_batch_size": p.max_batch_size, "batch_wait_timeout_s": p.batch_wait_timeout_s,
+                     "max_queued": p.max_queued},
         health_check_period_s=5,
         health_check_timeout_s=60,
     )
     return deployment.bind(
         policy=p.ref.name, checkpoint=p.ref.checkpoint, policy_kwargs=p.policy_kwargs,
         adapters_dir=p.adapters_dir, max_batch_size=p.max_batch_size,
-        batch_wait_timeout_s=p.batch_wait_timeout_s, **extra,
+        batch_wait_timeout_s=p.batch_wait_timeout_s, max_queued=p.max_queued, **extra,
     )
 
 
@@ -130,7 +134,7 @@ def start_serve(policies: list[PolicyServing], host: str = "127.0.0.1", http_por
 
 def specs_from_names(policies: list[str], *, replicas: int = 1, max_batch_size: int = 32,
                      batch_wait_timeout_s: float = 0.005, vla_size: str = "tiny",
-                     adapters_dir: str | None = None, num_gpus: float = 0.0) -> list[PolicyServing]:
+                     adapters_dir: str | None = None, num_gpus: float = 0.0, max_queued: int = 0) -> list[PolicyServing]:
     """`NAME[=CHECKPOINT]` strings -> serving specs (shared by `gauntlet serve` and config files)."""
     specs = []
     for text in policies:
@@ -140,7 +144,7 @@ def specs_from_names(policies: list[str], *, replicas: int = 1, max_batch_size: 
             kwargs = {"device": "cuda"}  # LeRobot places the model and its processors on this device
         ref = check_checkpoint(ref)  # a checkpoint that cannot fit the environment is refused before deploying
         specs.append(PolicyServing(ref=ref, replicas=replicas, max_batch_size=max_batch_size,
-                                   batch_wait_timeout_s=batch_wait_timeout_s, num_gpus=num_gpus,
+                                   batch_wait_timeout_s=batch_wait_timeout_s, num_gpus=num_gpus, max_queued=max_queued,
                                    policy_kwargs=kwargs, adapters_dir=adapters_dir if ref.name == "vla" else None,
                                    runtime_env=runtime_env_for(ref.name)))
     return specs
@@ -153,6 +157,7 @@ def app_from_args(args: dict[str, Any]) -> Any:
         max_batch_size=int(args.get("max_batch_size", 32)),
         batch_wait_timeout_s=float(args.get("batch_wait_timeout_s", 0.005)),
         vla_size=str(args.get("vla_size", "tiny")), adapters_dir=args.get("adapters_dir"),
+        max_queued=int(args.get("max_queued", 0)),
     )
     return build_app(specs, api_key=args.get("api_key"), ws_port=int(args.get("ws_port", 0)) or None,
                      ws_host=str(args.get("ws_host", "127.0.0.1")))

@@ -71,7 +71,8 @@ def _grpc_code(status: int) -> Any:
 
     return {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
             404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-            422: grpc.StatusCode.INVALID_ARGUMENT}.get(status, grpc.StatusCode.INTERNAL)
+            422: grpc.StatusCode.INVALID_ARGUMENT,
+            503: grpc.StatusCode.UNAVAILABLE}.get(status, grpc.StatusCode.INTERNAL)  # 503: queue full, retry
 
 
 def _grpc_refuse(grpc_context: Any, status: int, message: str) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from gauntlet.deployments.batcher import Batcher
+from gauntlet.deployments.batcher import OVERLOADED_KIND, OVERLOADED_STATUS, Batcher, QueueFull, check_limits
 from gauntlet.deployments.replica_stats import ReplicaStats
 from gauntlet.policies.base import stack_observations
 from gauntlet.policies.validation import ObservationError, validate_observation
@@ -33,11 +33,6 @@ ONGOING_PER_BATCH_SLOT = 2
 # hop to every request and every WebSocket message (C = 1, no-op policy: WebSocket 5.1 -> 2.7 ms,
 # gRPC 8.5 -> 5.7 ms on the 2-core CI machine). Ray documents the switch among its throughput settings.
 REPLICA_ENV_VARS = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
-
-
-def _check_batching(max_batch_size: int, batch_wait_timeout_s: float) -> None:
-    if max_batch_size < 1 or batch_wait_timeout_s < 0:
-        raise ValueError("max_batch_size must be >= 1 and batch_wait_timeout_s >= 0")
 
 
 class UnknownAdapterError(ValueError):
@@ -93,7 +88,7 @@ class PolicyReplica:
 
     def __init__(self, policy: str, checkpoint: str | None = None, policy_kwargs: dict | None = None,
                  adapters_dir: str | None = None, max_batch_size: int = 32,
-                 batch_wait_timeout_s: float = 0.005):
+                 batch_wait_timeout_s: float = 0.005, max_queued: int = 0):
         from gauntlet.policies.registry import make_policy
 
         self.name = policy
@@ -102,9 +97,9 @@ class PolicyReplica:
         self.adapters_dir = adapters_dir
         self.stats = ReplicaStats(policy)
         self._warm_buckets = 0
-        _check_batching(max_batch_size, batch_wait_timeout_s)
+        check_limits(max_batch_size, batch_wait_timeout_s, max_queued)
         self._warm(max_batch_size)  # before Serve reports the replica healthy
-        self.batcher = Batcher(self._infer_batch, max_batch_size, batch_wait_timeout_s)
+        self.batcher = Batcher(self._infer_batch, max_batch_size, batch_wait_timeout_s, max_queued)
 
     # ---------------------------------------------------------------------- configuration
     def _warm(self, max_batch_size: int) -> None:
@@ -123,25 +118,28 @@ class PolicyReplica:
         return self.batcher.batch_wait_timeout_s
 
     async def reconfigure(self, user_config: dict) -> None:
-        """Live batch settings: {"max_batch_size": N, "batch_wait_timeout_s": T}."""
+        """Live batch settings: {"max_batch_size": N, "batch_wait_timeout_s": T, "max_queued": Q}."""
         size = int(user_config.get("max_batch_size", self.max_batch_size))
         timeout_s = float(user_config.get("batch_wait_timeout_s", self.batch_wait_timeout_s))
-        _check_batching(size, timeout_s)
+        max_queued = int(user_config.get("max_queued", self.batcher.max_queued_setting))
+        check_limits(size, timeout_s, max_queued)
         # Compile on the inference thread, between batches, *before* the batch size grows.
         await self.batcher.run_on_inference_thread(self._warm, size)
-        self.batcher.configure(size, timeout_s)
+        self.batcher.configure(size, timeout_s, max_queued)
 
     # ---------------------------------------------------------------------------- serving
     def metadata(self) -> dict[str, Any]:
         meta = self.policy.metadata.to_dict()
         meta["serving"] = {"max_batch_size": self.max_batch_size,
-                           "batch_wait_timeout_s": self.batch_wait_timeout_s}
+                           "batch_wait_timeout_s": self.batch_wait_timeout_s, "max_queued": self.batcher.max_queued}
         return meta
 
     def get_stats(self) -> dict[str, Any]:
         snap = self.stats.snapshot()
         snap["max_batch_size"] = self.max_batch_size
         snap["batch_wait_timeout_s"] = self.batch_wait_timeout_s
+        snap["max_queued"] = self.batcher.max_queued
+        snap["queued"] = self.batcher.queued  # waiting behind the running batch right now
         # JAX policies: compilations so far. Flat after start-up means no request waited on one.
         snap["compile_count"] = int(getattr(self.policy, "compile_count", 0))
         return snap
@@ -201,6 +199,9 @@ class PolicyReplica:
 
     def _answer(self, result: Any) -> dict[str, Any]:
         """The batch's result for one request, as the caller's answer."""
+        if isinstance(result, QueueFull):
+            self.stats.record_request(OVERLOADED_KIND)
+            return error_value(OVERLOADED_KIND, OVERLOADED_STATUS, str(result))
         if isinstance(result, RejectedByPolicy):
             self.stats.record_request("invalid")
             return error_value("rejected_by_policy", 422, f"the policy rejected this observation: {result}")

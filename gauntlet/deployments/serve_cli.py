@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 
 from gauntlet.deployments.auth import resolve_api_key
+from gauntlet.deployments.batcher import MIN_QUEUED, QUEUED_BATCHES, check_limits
 from gauntlet.runtime.config_args import option, parse_config, require_at_least, run_command
 
 
@@ -24,6 +25,9 @@ class ServeCLIConfig:
     max_batch_size: int = option(32, help="largest batch one replica runs")
     batch_wait_timeout_s: float = option(0.005, help="how long a partial batch waits for more requests while "
                                                      "requests overlap (a lone request never waits)")
+    max_queued: int = option(0, help="requests a replica queues behind its running batch; more are answered HTTP 503 "
+                                     f"/ gRPC UNAVAILABLE at once (0: {QUEUED_BATCHES} batches' worth, at least "
+                                     f"{MIN_QUEUED})")
     replicas: int = option(1, help="replicas per policy")
     num_gpus: float = option(0.0, help="GPUs per replica")
     vla_size: str = option("tiny", help="VLA preset when no checkpoint is given")
@@ -36,6 +40,7 @@ class ServeCLIConfig:
         if not self.policy:
             raise ValueError("policy: name at least one policy")
         require_at_least(self, 1, "max_batch_size", "replicas")
+        check_limits(self.max_batch_size, self.batch_wait_timeout_s, self.max_queued)
         if not 0 <= self.ws_port <= 65535:
             raise ValueError(f"ws_port: expected a port in [0, 65535], got {self.ws_port}")
 
@@ -46,7 +51,7 @@ def serving_specs(cfg: ServeCLIConfig) -> list:
 
     return specs_from_names(list(cfg.policy), replicas=cfg.replicas, max_batch_size=cfg.max_batch_size,
                             batch_wait_timeout_s=cfg.batch_wait_timeout_s, vla_size=cfg.vla_size,
-                            adapters_dir=cfg.adapters_dir, num_gpus=cfg.num_gpus)
+                            adapters_dir=cfg.adapters_dir, num_gpus=cfg.num_gpus, max_queued=cfg.max_queued)
 
 
 def serve_until_interrupted(cfg: ServeCLIConfig) -> int:

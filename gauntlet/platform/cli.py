@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-# (words, module, one-line summary). The words are the contract in DESIGN.md's CLI surface.
+# (words, module, one-line summary): the one list of sub-commands; `gauntlet --help` and dispatch read it.
 COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("demo",), "gauntlet.platform.demo", "run the main job on an embedded local Ray"),
     (("scenes", "generate"), "gauntlet.envs.scenes_cli", "build an error-recovery scene database"),
