@@ -18,6 +18,11 @@ class EvalConfigError(ValueError):
     """Bad input found before any work starts."""
 
 
+class EvalRunError(RuntimeError):
+    """The run cannot go on (no rollout actor could be started); rows already written are kept, and
+    `--resume` continues once the cause is fixed."""
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """Evaluates policies over a scene database on Ray (RAY_ADDRESS, else an embedded local Ray)."""
@@ -85,6 +90,15 @@ class EvalConfig:
                                               "long is treated as dead and its items re-queued; while no "
                                               "actor is working, the driver says every this often what "
                                               "they ask for and what the cluster has")
+    max_attempts: int = option(3, help="an episode whose rollout actor dies (or stops answering pings) this "
+                                       "many times while running it is recorded as skipped (actor_died, "
+                                       "transient) and the run goes on; after a first death each of the "
+                                       "actor's episodes runs alone, so only the one that kills it is capped")
+    start_attempts: int = option(3, help="an actor slot whose actor fails to start this many times in a row "
+                                         "is given up; the run ends with the last error when none is left")
+    start_timeout_s: float = option(600.0, help="the run ends with an error (exit 2) when no rollout actor "
+                                                "has been working for this long: actors that cannot be "
+                                                "placed (a resource no node has) or started")
     run_id: str = option("", help="run id (default: derived from the run directory name)")
     report_to: str = option("none", help=REPORT_TO_HELP + "; progress (episodes done, success so far, "
                                          "episodes/min) and the final tables", choices=REPORT_TO)
@@ -107,7 +121,8 @@ class EvalConfig:
         for name in ("replan_steps", "policy_tasks", "video_cameras", "video_tasks", "video_error_types"):
             object.__setattr__(self, name, as_tuple(getattr(self, name)))
         self._check_video()
-        for name in ("trials", "actors", "envs_per_actor", "horizon", "write_every", "remote_image_size"):
+        for name in ("trials", "actors", "envs_per_actor", "horizon", "write_every", "remote_image_size",
+                     "max_attempts", "start_attempts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("remote_action_dim", "remote_chunk_len"):
@@ -115,7 +130,7 @@ class EvalConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.actor_gpus < 0:
             raise ValueError(f"actor_gpus must be >= 0, got {self.actor_gpus}")
-        for name in ("remote_connect_s", "remote_timeout_s"):
+        for name in ("remote_connect_s", "remote_timeout_s", "start_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not self.policy:

@@ -5,7 +5,13 @@ Each actor runs `envs_per_actor` episodes at once and holds one item more, waiti
 a round trip to the driver. Work is pulled (an actor gets its next item as soon as one of its
 episodes finishes), so a slow scene never idles the others. An actor that dies, or stops
 answering liveness pings, is killed and replaced, and all its in-flight items go back to the front
-of the queue, in their order. Finished rows go to the results store in batches of `write_every`.
+of the queue, in their order. Finished rows go to the results store in batches of `write_every`,
+and whatever is buffered is written however `run` ends.
+
+Runs end. An item that was in flight on `max_attempts` dead actors is recorded as skipped
+(`actor_died`, transient) instead of going back to the queue. A slot whose actor fails to start
+`start_attempts` times in a row is given up (the run ends when none is left), and a run where no
+actor has been working for `start_timeout_s` ends with EvalRunError.
 """
 
 from __future__ import annotations
@@ -15,14 +21,21 @@ from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
-from gauntlet.platform.eval.config import EvalConfig
+from gauntlet.platform.eval.config import EvalConfig, EvalRunError
 from gauntlet.platform.eval.episode import WorkItem
-from gauntlet.platform.eval.results import ResultsStore
+from gauntlet.platform.eval.results import ACTOR_DIED, DRIVER_WORKER, TRANSIENT, ResultsStore, skipped_row
 from gauntlet.platform.eval.status import StatusLine
 from gauntlet.platform.eval.targets import PolicyTarget
 from gauntlet.platform.eval.video import VIDEO_KEY, write_video
 
 QUEUED_PER_ACTOR = 1  # items an actor holds beyond its envs: the next episode is there when one ends
+ERROR_CHARS = 300  # of an actor's error kept in a skip reason or a message (Ray's errors run to pages)
+
+
+def brief(exc: BaseException) -> str:
+    """`Type: first line of the message`, at most ERROR_CHARS long."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:ERROR_CHARS]
 
 
 class Dispatcher:
@@ -45,6 +58,13 @@ class Dispatcher:
         self.buffer: list[dict[str, Any]] = []  # rows not yet written
         self.ran = 0
         self.replaced = 0
+        self.deaths: Counter[tuple] = Counter()  # item key -> actors that died with it in flight
+        # Items that were in flight on a dead actor. Which one killed it is unknown (an actor runs
+        # envs_per_actor episodes and holds one more), so each is charged a death, and from then on
+        # runs alone on an actor: an innocent batch-mate is charged once and then finishes, while
+        # the item that kills its actor is charged alone until max_attempts.
+        self.suspects: set[tuple] = set()
+        self.start_failures: Counter[int] = Counter()  # slot -> failed starts in a row
         self.idle_since: float | None = None  # since when no item has been in flight (no actor working)
         self.idle_said = 0.0  # when the last "waiting for actors" notice was printed
 
@@ -63,9 +83,11 @@ class Dispatcher:
 
     def _fill(self) -> None:
         """Gives started actors items until each has `envs_per_actor` + QUEUED_PER_ACTOR in flight,
-        least loaded first (so the last items of a run spread over the actors rather than queue on one)."""
+        least loaded first (so the last items of a run spread over the actors rather than queue on one).
+        A suspect (see `suspects`) goes only to an idle actor, and that actor then gets nothing else."""
         load = Counter(s for s, _ in self.in_flight.values())
-        started = [slot for slot in self.actors if slot not in self.starting]
+        alone = {s for s, item in self.in_flight.values() if item.key in self.suspects}
+        started = [slot for slot in self.actors if slot not in self.starting and slot not in alone]
         while self.pending and started:
             slot = min(started, key=lambda s: load[s])
             # An extra item only while there is more work than actors: a queued item cannot move to
@@ -73,37 +95,96 @@ class Dispatcher:
             queued = QUEUED_PER_ACTOR if len(self.pending) > len(started) else 0
             if load[slot] >= self.cfg.envs_per_actor + queued:
                 break
-            item = self.pending.popleft()
+            item = self._take(idle=load[slot] == 0)
+            if item is None:  # only suspects wait, and no actor is idle
+                break
             self.in_flight[self.actors[slot].run.remote(item)] = (slot, item)
             load[slot] += 1
+            if item.key in self.suspects:
+                started.remove(slot)
+
+    def _take(self, idle: bool) -> WorkItem | None:
+        """The first pending item an actor may get: any if it is idle, else the first non-suspect."""
+        for i, item in enumerate(self.pending):
+            if idle or item.key not in self.suspects:
+                del self.pending[i]
+                return item
+        return None
 
     def _replace(self, slot: int, why: str) -> None:
-        """The actor (or its node) is gone: its items go back to the queue, the slot gets a new actor."""
+        """The actor (or its node) is gone: each of its items is charged a death and goes back to
+        the queue (the earliest sent first), or is recorded as skipped once it has max_attempts."""
         import ray
 
         lost = [ref for ref, (s, _) in self.in_flight.items() if s == slot]
-        for ref in reversed(lost):  # the earliest sent goes first again
-            self.pending.appendleft(self.in_flight.pop(ref)[1])
+        capped = 0
+        for ref in reversed(lost):
+            item = self.in_flight.pop(ref)[1]
+            self.deaths[item.key] += 1
+            self.suspects.add(item.key)
+            if self.deaths[item.key] >= self.cfg.max_attempts:
+                self._give_up(item, why)
+                capped += 1
+            else:
+                self.pending.appendleft(item)
         self.replaced += 1
         self.pings.pop(slot, None)
-        print(f"[eval] actor {slot} lost ({why}); re-queued {len(lost)} item(s), starting a replacement", flush=True)
+        print(f"[eval] actor {slot} lost ({why}); re-queued {len(lost) - capped} item(s), starting a replacement",
+              flush=True)
         try:
             ray.kill(self.actors[slot], no_restart=True)
         except Exception:  # noqa: BLE001 - it may already be gone
             pass
         self._start(slot)
 
+    def _give_up(self, item: WorkItem, why: str) -> None:
+        """An item whose actor died max_attempts times: a transient skip (`--resume` tries it again)."""
+        n = self.deaths[item.key]
+        print(f"[eval] {item.scene_id} / {item.policy} / trial {item.trial}: its actor died {n} times running "
+              f"it; recorded as skipped ({ACTOR_DIED})", flush=True)
+        if self.replay:
+            return  # a replay for a video: the episode's row is already stored
+        reason = f"{ACTOR_DIED}: its rollout actor died {n} times running it; last: {why}"
+        self._record(skipped_row(item, self.scenes[item.scene_id], reason, DRIVER_WORKER, self.version,
+                                 kind=TRANSIENT))
+
+    def _record(self, row: dict[str, Any]) -> None:
+        self.buffer.append(row)
+        self.status.add(row)
+        if len(self.buffer) >= self.cfg.write_every:
+            self.store.write(self.buffer)
+            self.buffer = []
+
     def _check_starting(self) -> None:
         import ray
 
         for slot, ref in list(self.starting.items()):
             done, _ = ray.wait([ref], timeout=0)
-            if done:
-                del self.starting[slot]
-                try:
-                    ray.get(ref)
-                except Exception as exc:  # noqa: BLE001 - could not even start: try again
-                    self._replace(slot, f"failed to start: {type(exc).__name__}")
+            if not done:
+                continue
+            del self.starting[slot]
+            try:
+                ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - could not even start: try again, a few times
+                self.start_failures[slot] += 1
+                if self.start_failures[slot] >= self.cfg.start_attempts:
+                    self._retire(slot, brief(exc))
+                else:
+                    self._replace(slot, f"failed to start: {brief(exc)}")
+            else:
+                self.start_failures[slot] = 0
+
+    def _retire(self, slot: int, why: str) -> None:
+        """A slot whose actor failed to start start_attempts times in a row gets no new actor; the
+        run ends when no slot is left."""
+        import ray
+
+        ray.kill(self.actors.pop(slot), no_restart=True)
+        print(f"[eval] actor {slot} failed to start {self.start_failures[slot]} times in a row ({why}); "
+              f"going on with {len(self.actors)} actor(s)", flush=True)
+        if not self.actors:
+            raise EvalRunError(f"no rollout actor could be started: each failed {self.cfg.start_attempts} times "
+                               f"in a row (--start-attempts); the last error: {why}")
 
     def _collect(self) -> None:
         """Waits up to 2 s for a finished episode and records what finished."""
@@ -116,9 +197,10 @@ class Dispatcher:
             slot, _ = self.in_flight[ref]
             try:
                 row = ray.get(ref)
-            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
-                    ray.exceptions.NodeDiedError, ray.exceptions.ObjectLostError) as exc:
-                self._replace(slot, type(exc).__name__)
+            except ray.exceptions.RayError as exc:
+                # `run` turns every exception of an episode into a skipped row, so an error here is
+                # the actor's (died, OOM-killed, its node lost, its result lost), never the episode's.
+                self._replace(slot, brief(exc))
                 continue
             self.in_flight.pop(ref)
             video = row.pop(VIDEO_KEY, None)
@@ -126,12 +208,8 @@ class Dispatcher:
                 write_video(Path(self.cfg.out), row, video)
             if self.replay:
                 continue  # a replay for its video: the episode's row is already stored
-            self.buffer.append(row)
-            self.status.add(row)
             self.ran += 1
-            if len(self.buffer) >= self.cfg.write_every:
-                self.store.write(self.buffer)
-                self.buffer = []
+            self._record(row)
 
     def _ping_busy(self, now: float) -> None:
         """Liveness: a node can vanish without its tasks failing promptly; a ping that stays
@@ -150,20 +228,22 @@ class Dispatcher:
                     ray.get(ref)
                     self.pings.pop(slot)
                 except Exception as exc:  # noqa: BLE001
-                    self._replace(slot, f"ping failed: {type(exc).__name__}")
+                    self._replace(slot, f"ping failed: {brief(exc)}")
             elif now - sent > timeout_s:
                 self._replace(slot, f"no answer to a ping for {timeout_s:.0f} s")
 
     def _say_if_no_actor_starts(self, now: float) -> None:
         """Actors that cannot be placed (a resource no node has, or not free) wait in Ray without an
         error; every ping_timeout_s without one working, the driver says what they ask for and what
-        the cluster has, so a run stuck on a typo'd --actor-resource does not look like a slow start."""
+        the cluster has, so a run stuck on a typo'd --actor-resource does not look like a slow start.
+        After start_timeout_s without one working, the run ends with EvalRunError saying the same."""
         import ray
 
         if self.idle_since is None:
             self.idle_since = self.idle_said = now
             return
-        if now - self.idle_said < self.cfg.ping_timeout_s:
+        waited = now - self.idle_since
+        if waited <= self.cfg.start_timeout_s and now - self.idle_said < self.cfg.ping_timeout_s:
             return
         self.idle_said = now
         asks = {"CPU": self.cfg.actor_cpus, "GPU": self.cfg.actor_gpus, self.cfg.actor_resource: 1.0}
@@ -171,12 +251,15 @@ class Dispatcher:
         total, free = ray.cluster_resources(), ray.available_resources()
         offer = ", ".join(f"{name} {total.get(name, 0):g} ({free.get(name, 0):g} free)" for name in asks)
         ask = ", ".join(f"{name} {amount:g}" for name, amount in asks.items())
-        print(f"[eval] no rollout actor is working after {now - self.idle_since:.0f} s ({len(self.starting)} "
-              f"starting): each asks for {ask} (--actor-cpus/--actor-gpus/--actor-resource); the cluster "
-              f"has {offer}", flush=True)
+        what = (f"({len(self.starting)} starting): each asks for {ask} (--actor-cpus/--actor-gpus/"
+                f"--actor-resource); the cluster has {offer}")
+        if waited > self.cfg.start_timeout_s:
+            raise EvalRunError(f"no rollout actor has been working for {self.cfg.start_timeout_s:g} s "
+                               f"(--start-timeout-s) {what}")
+        print(f"[eval] no rollout actor is working after {waited:.0f} s {what}", flush=True)
 
     def run(self, pending: deque[WorkItem]) -> dict[str, int]:
-        """Runs every item; returns {"ran", "actors_replaced"}. Rows are written and compacted."""
+        """Runs every item; returns {"ran", "actors_replaced"}. Rows are written (also when this raises)."""
         import ray
 
         self.pending = pending
@@ -184,22 +267,29 @@ class Dispatcher:
             self._start(slot)
         self.status.restart_clock()
         last_ping = time.monotonic()
-        while self.in_flight or self.pending:
-            self._check_starting()
-            self._fill()
-            if not self.in_flight:
-                self._say_if_no_actor_starts(time.monotonic())
-                time.sleep(0.5)  # every actor is still starting
-                continue
-            self.idle_since = None
-            self._collect()
-            now = time.monotonic()
-            if now - last_ping > self.cfg.ping_timeout_s / 3:
-                last_ping = now
-                self._ping_busy(now)
-            self.status.emit()
-        self.store.write(self.buffer)
-        self.buffer = []
-        for actor in self.actors.values():
-            ray.kill(actor)
+        try:
+            while self.in_flight or self.pending:
+                self._check_starting()
+                self._fill()
+                if not self.in_flight:
+                    self._say_if_no_actor_starts(time.monotonic())
+                    time.sleep(0.5)  # every actor is still starting
+                    continue
+                self.idle_since = None
+                self._collect()
+                now = time.monotonic()
+                if now - last_ping > self.cfg.ping_timeout_s / 3:
+                    last_ping = now
+                    self._ping_busy(now)
+                self.status.emit()
+        finally:
+            # Rows already finished are kept whatever ended the loop (an error in _collect, a
+            # Ctrl-C, EvalRunError): a resumed run does not run them again.
+            buffered, self.buffer = self.buffer, []
+            self.store.write(buffered)
+            for actor in self.actors.values():
+                try:
+                    ray.kill(actor)
+                except Exception:  # noqa: BLE001 - never hide the error that got us here
+                    pass
         return {"ran": self.ran, "actors_replaced": self.replaced}

@@ -2,7 +2,9 @@
 
 Pre-flight first (fingerprints: mismatched scenes are written as skipped and never sent), then the
 policies this job serves are deployed and the dispatcher runs the remaining work items on rollout
-actors. `--resume` runs only the keys that are missing from the results store.
+actors. `--resume` runs the keys that are missing from the results store and those skipped for a
+transient reason. The run directory is locked for the whole run: a second `gauntlet eval` on it is
+refused at once, naming the process that holds it.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gauntlet.deployments.app import EVAL_APP, deployment_name
-from gauntlet.platform.eval.config import EvalConfig, EvalConfigError
+from gauntlet.platform.eval.config import EvalConfig, EvalConfigError, EvalRunError
 from gauntlet.platform.eval.episode import WorkItem
-from gauntlet.platform.eval.results import ResultsStore, skipped_row
+from gauntlet.platform.eval.results import DRIVER_WORKER, PERMANENT, ResultsStore, skipped_row
 from gauntlet.platform.eval.scenes import scene_records, select_scenes
 from gauntlet.platform.eval.status import RUN_MANIFEST, StatusLine, policy_outcomes, write_serving_stats
 from gauntlet.platform.eval.targets import PolicyTarget, policy_targets, policy_tasks
 from gauntlet.platform.eval.video import mark_recorded
+from gauntlet.runtime.atomic_files import DirLock, DirLockedError
 from gauntlet.runtime.config_args import parse_config
 from gauntlet.runtime.tracking import open_tracker
 
@@ -32,10 +35,9 @@ if TYPE_CHECKING:
 
     from gauntlet.deployments.app import PolicyServing
 
-__all__ = ["EvalConfig", "EvalConfigError", "main", "run_eval"]  # the driver's public face
+__all__ = ["EvalConfig", "EvalConfigError", "EvalRunError", "main", "run_eval"]  # the driver's public face
 
 SERVE_REPLICA_CPUS = 0.5  # CPUs reserved per deployed replica: batching replicas mostly wait on actors
-DRIVER_WORKER = "driver"  # `worker` of the rows the driver writes itself (pre-flight skips)
 
 
 def code_version() -> str:
@@ -95,22 +97,44 @@ def plan_work(cfg: EvalConfig, scenes: dict[str, dict[str, Any]], targets: list[
                 if item.key in done_keys:
                     continue
                 if reason:
-                    plan.skip_rows.append(skipped_row(item, scene, reason, DRIVER_WORKER, version))
+                    # Decided from the scene and the flags alone: the same run would skip it again.
+                    plan.skip_rows.append(skipped_row(item, scene, reason, DRIVER_WORKER, version, kind=PERMANENT))
                 else:
                     plan.pending.append(item)
     return plan
 
 
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
-    """The whole evaluation; returns a summary. Raises EvalConfigError before any work on bad input."""
-    import ray
-
-    from gauntlet.runtime.ray_session import start_ray
-
+    """The whole evaluation; returns a summary. Raises EvalConfigError before any work on bad input
+    (or when another process holds the run directory), EvalRunError when the run cannot go on."""
     _, frame = select_scenes(cfg)
     targets, deploy = policy_targets(cfg)
     policy_tasks(cfg, targets)  # a bad --policy-tasks is refused before any work
     probe_remotes(targets, frame)
+    lock = lock_run_dir(Path(cfg.out))
+    try:
+        return _run(cfg, frame, targets, deploy)
+    finally:
+        lock.release()
+
+
+def lock_run_dir(run_dir: Path) -> DirLock:
+    """RUN's lock, held for the whole run (also while it waits for actors): two processes writing one
+    run (two `--resume`) would number their parts alike and overwrite each other's rows."""
+    try:
+        return DirLock(run_dir).acquire()
+    except DirLockedError as exc:
+        raise EvalConfigError(f"{exc}: another `gauntlet eval` is writing this run; wait for it to end or "
+                              "stop it, then --resume") from None
+
+
+def _run(cfg: EvalConfig, frame: pd.DataFrame, targets: list[PolicyTarget],
+         deploy: list[PolicyServing]) -> dict[str, Any]:
+    """run_eval once the run directory is locked."""
+    import ray
+
+    from gauntlet.runtime.ray_session import start_ray
+
     run_dir = prepare_run_dir(cfg)
     store = ResultsStore(run_dir)
     version = code_version()
@@ -126,7 +150,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
         outcome = Dispatcher(cfg, scenes, targets, version, store, status).run(plan.pending)
         _record_missing_outcomes(cfg, scenes, targets, version, store, status)
-        summary.update(outcome, skipped=status.skipped, success_rate=status.success_rate)
+        summary.update(outcome, skipped=status.skipped, skipped_transient=status.transient,
+                       success_rate=status.success_rate)
         if deploy:
             # What the replicas saw (batch sizes etc.): the evidence that actors shared batches.
             summary["serving"] = _serving_stats(deploy)
@@ -246,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(EvalConfig, argv, prog="gauntlet eval", description=EvalConfig.__doc__)
     try:
         summary = run_eval(cfg)
-    except (EvalConfigError, ValueError) as exc:  # ValueError: e.g. UnknownPolicyError from parsing
+    except (EvalConfigError, ValueError, EvalRunError) as exc:  # ValueError: e.g. UnknownPolicyError
         print(f"gauntlet eval: {exc}", file=sys.stderr, flush=True)
         return 2
     print(f"[eval] finished: {json.dumps(summary)}", flush=True)

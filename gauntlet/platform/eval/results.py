@@ -5,10 +5,12 @@ list (`RESULT_COLUMNS`), the row builder (`new_row`) and the report's grouping a
 columns are all derived from it, so a new column is one field here (plus, for a measured value, the
 line in `episode.py` that sets it).
 
-Rows are written in small part files as episodes finish (each part atomically), so a killed run
-loses at most the episodes in flight. Readers concatenate the parts and keep the first row per key,
-so a key is reported exactly once even if a part was written twice around a crash; `--resume` runs
-only the keys not yet present. `compact()` folds the parts into `results.parquet`. Booleans are
+Rows are written in small part files as episodes finish (each part atomically and fsynced), so a
+killed run loses at most the episodes in flight. Readers concatenate the parts and keep one row per
+key (`read`: a row that is not a transient skip wins, else the first written), so a key is reported
+exactly once even if a part was written twice around a crash, and an episode that `--resume` ran
+again replaces its transient skip. `--resume` runs the keys not yet present and those whose row is a
+transient skip (`skip_kind`). `compact()` folds the parts into `results.parquet`. Booleans are
 booleans: the schema is enforced with pyarrow on every write.
 """
 
@@ -28,6 +30,22 @@ if TYPE_CHECKING:
     from gauntlet.platform.eval.episode import WorkItem
 
 KEY = ("run_id", "scene_id", "policy", "trial")  # the idempotency key: one row per tuple
+DRIVER_WORKER = "driver"  # `worker` of the rows the driver writes itself (pre-flight skips, dead actors)
+TRANSIENT, PERMANENT = "transient", "permanent"  # skip_kind values ("" for an episode that ran)
+# Causes (`skip_cause`) of skips that the same scene, policy and code would repeat: `--resume` keeps
+# them. Every other cause (an unreachable policy, a timeout, a dead actor, an error nobody foresaw)
+# is transient and `--resume` runs the episode again: a wrong "transient" costs one more attempt, a
+# wrong "permanent" would lose the episode for good.
+PERMANENT_CAUSES = frozenset({
+    "restore failed",  # the scene cannot be put into this code's env (Episode.start)
+    "PolicyMismatchError",  # the scene's task gives the policy vectors of another size (check_fits)
+    "RemoteAnswerError",  # the remote policy's answer is not a chunk of this env's actions
+    "RemoteContractError",  # the remote policy's declared contract does not fit this env
+    # Pre-flight (scene_check, --policy-tasks): rows the driver writes are marked PERMANENT as it
+    # writes them; these classify the same rows of runs written before skip_kind existed.
+    "fingerprint mismatch", "array file missing", "policy_tasks",
+})
+ACTOR_DIED = "actor_died"  # the cause of an episode whose rollout actor died every time it ran it
 RESULTS_DIR = "results"  # RUN/results/part-*.parquet, written as episodes finish
 COMPACTED_FILE = "results.parquet"  # RUN/results.parquet, the parts folded together at the end
 
@@ -53,6 +71,10 @@ class EpisodeResult:
     success: bool = _column("task solved within the horizon", False)
     skipped: bool = _column("episode not run (see skip_reason)", False)
     skip_reason: str = _column("why it was skipped; empty when it ran", "")
+    skip_kind: str = _column("transient (--resume runs it again: policy unreachable, timeout, actor died, any "
+                             "unforeseen error) or permanent (the same scene, policy and code would skip it "
+                             "again: environment or policy/task mismatch, restore failed); empty when it ran. "
+                             "Runs written before this column: derived from skip_reason on reading", "")
     steps: int = _column("env steps taken", 0)
     recovery_step: int = _column("first step at which the task was solved; -1 if never", -1)
     inference_calls: int = _column("policy requests made", 0)
@@ -116,9 +138,26 @@ def new_row(item: WorkItem, scene: dict[str, Any], worker: str, code_version: st
     return row
 
 
-def skipped_row(item: WorkItem, scene: dict[str, Any], reason: str, worker: str, code_version: str) -> dict[str, Any]:
-    """The row of an episode that never ran (incompatible scene, failed restore, policy unavailable)."""
-    return new_row(item, scene, worker, code_version, skipped=True, skip_reason=reason)
+def skip_cause(reason: str) -> str:
+    """A skip reason's cause: the text before its first colon (an exception name, "restore failed",
+    an incompatibility), so that a summary counts causes rather than every distinct message."""
+    return reason.split(":", 1)[0].strip() or "unknown"
+
+
+def skip_kind_of(reason: str) -> str:
+    """TRANSIENT or PERMANENT: the one classification of a skip reason (see PERMANENT_CAUSES)."""
+    return PERMANENT if skip_cause(reason) in PERMANENT_CAUSES else TRANSIENT
+
+
+def skipped_row(item: WorkItem, scene: dict[str, Any], reason: str, worker: str, code_version: str,
+                kind: str = "") -> dict[str, Any]:
+    """The row of an episode that never ran (incompatible scene, failed restore, policy unavailable).
+    `kind`: TRANSIENT or PERMANENT when the caller knows (pre-flight skips are permanent by
+    construction), else classified from `reason` (`skip_kind_of`)."""
+    if kind not in ("", TRANSIENT, PERMANENT):
+        raise ValueError(f"skip kind must be {TRANSIENT!r} or {PERMANENT!r}, got {kind!r}")
+    return new_row(item, scene, worker, code_version, skipped=True, skip_reason=reason,
+                   skip_kind=kind or skip_kind_of(reason))
 
 
 def key_of(row: dict[str, Any]) -> tuple:
@@ -154,32 +193,65 @@ class ResultsStore:
         atomic_write(path, lambda tmp: pq.write_table(table, tmp))
         return path
 
+    def parts(self) -> list[Path]:
+        """The part files, in the order they were written."""
+        return sorted(self.dir.glob("part-*.parquet"))
+
     def files(self) -> list[Path]:
         """The results files a reader would read: the compacted file first, then the parts."""
-        return ([self.compacted] if self.compacted.exists() else []) + sorted(self.dir.glob("part-*.parquet"))
+        return ([self.compacted] if self.compacted.exists() else []) + self.parts()
 
     def read(self) -> pd.DataFrame:
-        """All rows, one per key (first written wins), typed. Empty frame if nothing yet."""
+        """All rows, one per key (`one_row_per_key`), typed. Empty frame if nothing yet."""
+        return self._read(self.files())
+
+    @staticmethod
+    def _read(files: list[Path]) -> pd.DataFrame:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        tables = [pq.read_table(p, schema=arrow_schema()) for p in self.files()]
+        tables = [pq.read_table(p, schema=arrow_schema()) for p in files]
         if not tables:
             return arrow_schema().empty_table().to_pandas()
-        frame = pa.concat_tables(tables).to_pandas()
-        return frame.drop_duplicates(subset=list(KEY), keep="first").reset_index(drop=True)
+        return one_row_per_key(pa.concat_tables(tables).to_pandas())
 
     def done_keys(self) -> set[tuple]:
+        """The keys `--resume` does not run again: every key with a row, except transient skips."""
         frame = self.read()
+        frame = frame[~transient_skips(frame)]
         return set(zip(*(frame[k] for k in KEY), strict=True)) if len(frame) else set()
 
     def compact(self) -> Path:
-        """Folds all parts into RUN/results.parquet (atomic) and removes the parts."""
+        """Folds the parts into RUN/results.parquet (atomic) and removes exactly the parts it read:
+        a part written meanwhile (by a writer the run lock does not cover, or a future one) stays."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pa.Table.from_pandas(self.read(), schema=arrow_schema(), preserve_index=False)
+        parts = self.parts()  # listed once: these, and only these, are read and then removed
+        frame = self._read(([self.compacted] if self.compacted.exists() else []) + parts)
+        table = pa.Table.from_pandas(frame, schema=arrow_schema(), preserve_index=False)
         atomic_write(self.compacted, lambda tmp: pq.write_table(table, tmp))
-        for p in self.dir.glob("part-*.parquet"):
-            p.unlink()
+        for p in parts:
+            p.unlink(missing_ok=True)
         return self.compacted
+
+
+def transient_skips(frame: pd.DataFrame) -> pd.Series:
+    """Rows of `frame` (read through the store, skip_kind filled) that are transient skips."""
+    return frame["skipped"].fillna(False).astype(bool) & (frame["skip_kind"] == TRANSIENT)
+
+
+def one_row_per_key(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per KEY, in written order. A transient skip loses to any other row of its key (the
+    episode ran, or was skipped for good, on a later attempt); otherwise the first written wins, so
+    a part written twice around a crash counts once. Rows written before `skip_kind` existed (null,
+    or empty on a skipped row) get it from their skip_reason, the one classification."""
+    skipped = frame["skipped"].fillna(False).astype(bool)
+    kind = frame["skip_kind"].fillna("").astype(str)
+    unknown = skipped & (kind == "")
+    kind[unknown] = frame.loc[unknown, "skip_reason"].fillna("").astype(str).map(skip_kind_of)
+    frame["skip_kind"] = kind.where(skipped, "")
+    # A stable sort on the rank keeps the written order within each rank; sort_index restores it.
+    rank = transient_skips(frame).astype(int).sort_values(kind="stable")
+    kept = frame.loc[rank.index].drop_duplicates(subset=list(KEY), keep="first")
+    return kept.sort_index().reset_index(drop=True)

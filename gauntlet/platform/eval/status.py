@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from gauntlet.platform.eval.results import PERMANENT, TRANSIENT, skip_cause
 from gauntlet.runtime.manifests import ManifestError, read_json, write_json
 from gauntlet.runtime.progress import format_duration
 from gauntlet.runtime.tracking import NullTracker, Tracker
@@ -39,11 +40,15 @@ class EvalStatus:
     done: int  # episodes recorded, skipped ones and those of earlier (resumed) runs included
     total: int  # episodes the run holds: scenes x policies x trials
     skipped: int = 0  # episodes recorded as skipped by this invocation
+    # Of those, skipped for a transient reason (policy unreachable, timeout, actor died): `--resume`
+    # runs them again; the rest are permanent (environment or policy/task mismatch, restore failed).
+    skipped_transient: int = 0
     success_rate: float | None = None  # over episodes this invocation ran; None until one ran
     episodes_per_min: float = 0.0  # this invocation's rate since its first dispatch
     eta_s: float | None = None  # time left at that rate; None while the rate is unknown
     elapsed_s: float = 0.0  # seconds since this invocation's first dispatch
-    # Once FINISHED: per policy label, its episodes, how many ran, and skips counted by reason kind.
+    # Once FINISHED: per policy label, its episodes, how many ran, skips counted by cause, and how
+    # many of its skips are transient and permanent (over the whole run, resumed invocations included).
     policies: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Once FINISHED: why the run did not give every policy a result (the exit status is then 1).
     problems: list[str] = field(default_factory=list)
@@ -72,20 +77,16 @@ class EvalStatus:
             raise StatusError(f"{path}: {exc}") from None
 
 
-def skip_kind(reason: str) -> str:
-    """A skip reason's kind: the text before its first colon (an exception name, "restore failed",
-    an incompatibility), so that a summary counts kinds rather than every distinct message."""
-    return reason.split(":", 1)[0].strip() or "unknown"
-
-
 @dataclass(frozen=True)
 class PolicyOutcome:
     """What a finished run holds for one policy."""
 
     episodes: int  # result rows of the policy
     ran: int  # episodes that ran (success or not)
-    skip_reasons: dict[str, int]  # skip kind -> episodes
+    skip_reasons: dict[str, int]  # skip cause -> episodes
     successes: int = 0  # episodes that ran and succeeded
+    transient: int = 0  # skipped episodes that `--resume` runs again
+    permanent: int = 0  # skipped episodes that the same scene, policy and code would skip again
 
     @property
     def success_rate(self) -> float | None:
@@ -106,14 +107,17 @@ class PolicyOutcome:
 
 
 def policy_outcomes(rows: Any) -> dict[str, PolicyOutcome]:
-    """Per policy, from a results frame (policy, skipped, skip_reason columns)."""
+    """Per policy, from a results frame as ResultsStore.read gives it (policy, skipped, skip_reason,
+    skip_kind columns)."""
     outcomes = {}
     for policy, group in rows.groupby("policy", sort=False):
         skipped = group[group["skipped"]]
-        kinds = Counter(skip_kind(str(r)) for r in skipped["skip_reason"])
+        causes = Counter(skip_cause(str(r)) for r in skipped["skip_reason"])
+        kinds = Counter(str(k) for k in skipped["skip_kind"])
         successes = int((group["success"].astype(bool) & ~group["skipped"].astype(bool)).sum())
         outcomes[str(policy)] = PolicyOutcome(episodes=len(group), ran=int(len(group) - len(skipped)),
-                                              skip_reasons=dict(kinds), successes=successes)
+                                              skip_reasons=dict(causes), successes=successes,
+                                              transient=kinds[TRANSIENT], permanent=kinds[PERMANENT])
     return outcomes
 
 
@@ -141,6 +145,7 @@ class StatusLine:
         self.done = already
         self.started_with = already
         self.skipped = 0
+        self.transient = 0  # of `skipped`, transient skips
         self.successes = 0
         self.ran = 0
         self.start = time.monotonic()
@@ -155,6 +160,7 @@ class StatusLine:
         self.done += 1
         if row["skipped"]:
             self.skipped += 1
+            self.transient += int(row["skip_kind"] == TRANSIENT)
         else:
             self.ran += 1
             self.successes += int(row["success"])
@@ -170,6 +176,7 @@ class StatusLine:
         outcomes = outcomes or {}
         problems = [p for name, o in outcomes.items() if (p := o.problem(name))]
         return EvalStatus(state=state, done=self.done, total=self.total, skipped=self.skipped,
+                          skipped_transient=self.transient,
                           success_rate=self.success_rate, episodes_per_min=rate, eta_s=eta_s, elapsed_s=elapsed,
                           policies={name: {**asdict(o), "unreachable": o.unreachable} for name, o in outcomes.items()},
                           problems=problems)
@@ -179,9 +186,11 @@ class StatusLine:
         status = self.snapshot(FINISHED, outcomes)
         self.emit(force=True, state=FINISHED, final=status)
         for name, o in outcomes.items():
-            reasons = "; ".join(f"{kind}: {n}" for kind, n in sorted(o.skip_reasons.items(), key=lambda kv: -kv[1]))
-            print(f"[eval] {name}: {o.ran}/{o.episodes} episodes ran" + (f", skipped: {reasons}" if reasons else ""),
-                  flush=True)
+            reasons = "; ".join(f"{cause}: {n}" for cause, n in sorted(o.skip_reasons.items(), key=lambda kv: -kv[1]))
+            kinds = (f" ({o.transient} transient: `--resume` runs them again; {o.permanent} permanent)"
+                     if reasons else "")
+            print(f"[eval] {name}: {o.ran}/{o.episodes} episodes ran" + (f", skipped: {reasons}" if reasons else "")
+                  + kinds, flush=True)
         for problem in status.problems:
             print(f"[eval] PROBLEM {problem}", flush=True)
         self._track_final(outcomes)
@@ -195,7 +204,8 @@ class StatusLine:
             return
         self.tracker.log_table("eval/policies", [
             {"policy": name, "episodes": o.episodes, "ran": o.ran, "skipped": o.episodes - o.ran,
-             "successes": o.successes, "success_rate": o.success_rate} for name, o in outcomes.items()])
+             "skipped_transient": o.transient, "skipped_permanent": o.permanent, "successes": o.successes,
+             "success_rate": o.success_rate} for name, o in outcomes.items()])
         from gauntlet.platform.eval.results import ResultsStore
         from gauntlet.platform.report.tables import success_table
 
@@ -219,7 +229,9 @@ class StatusLine:
         status = final or self.snapshot(state)
         success = math.nan if status.success_rate is None else status.success_rate
         eta_s = math.inf if status.eta_s is None else status.eta_s
-        print(f"[eval] {status.done}/{status.total} episodes, {status.skipped} skipped, success {success:.1%} so far, "
+        transient = f" ({status.skipped_transient} transient)" if status.skipped_transient else ""
+        print(f"[eval] {status.done}/{status.total} episodes, {status.skipped} skipped{transient}, "
+              f"success {success:.1%} so far, "
               f"{status.episodes_per_min:.1f} episodes/min, ETA {format_duration(eta_s)}", flush=True)
         status.write(self.run_dir)
         self.tracker.log_scalars(status.done, {

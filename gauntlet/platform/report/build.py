@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gauntlet.platform.eval.results import TRANSIENT
 from gauntlet.platform.eval.video import read_videos
 from gauntlet.platform.report.html import render_html
 from gauntlet.platform.report.load import ReportInputError, load_results, load_run_config
@@ -76,7 +77,8 @@ def build_report(run_dir: Path | str, confidence: float = 0.95) -> dict[str, Any
     """Every table of the report for RUN, plus run metadata and notes.
 
     Returns {"run_dir", "run_config" (run.json), "confidence", "policies", "n_rows", "n_skipped",
-    "tables": {name: DataFrame}, "notes": [str]}. Raises ReportInputError on bad input.
+    "n_skipped_transient" (of those, skips `--resume` runs again), "tables": {name: DataFrame},
+    "notes": [str]}. Raises ReportInputError on bad input.
     """
     frame = load_results(run_dir)
     run_config, config_note = load_run_config(run_dir)
@@ -104,10 +106,13 @@ def build_report(run_dir: Path | str, confidence: float = 0.95) -> dict[str, Any
                 drop=True)
 
     n_skipped = int(frame["skipped"].sum())
+    transient = int((frame["skipped"] & (frame["skip_kind"] == TRANSIENT)).sum())
     if n_skipped:
         reasons = frame.loc[frame["skipped"], "skip_reason"].fillna("").replace("", "(no reason given)")
         top = ", ".join(f"{reason} ({count})" for reason, count in reasons.value_counts().head(3).items())
-        notes.append(f"{n_skipped} of {len(frame)} episodes were skipped and are excluded from rates: {top}")
+        notes.append(f"{n_skipped} of {len(frame)} episodes were skipped and are excluded from rates: {top}; "
+                     f"{transient} transient (`gauntlet eval --resume` runs them again: policy unreachable, "
+                     f"timeout, actor died), {n_skipped - transient} permanent")
     run_ids = sorted(frame["run_id"].dropna().astype(str).unique())
     if len(run_ids) > 1:
         notes.append(f"results hold {len(run_ids)} run ids ({', '.join(run_ids)}): they are pooled")
@@ -123,7 +128,8 @@ def build_report(run_dir: Path | str, confidence: float = 0.95) -> dict[str, Any
 
     return {
         "run_dir": str(run_dir), "run_config": run_config, "confidence": confidence, "policies": policies,
-        "run_ids": run_ids, "n_rows": len(frame), "n_skipped": n_skipped, "tables": tables, "notes": notes,
+        "run_ids": run_ids, "n_rows": len(frame), "n_skipped": n_skipped,
+        "n_skipped_transient": transient, "tables": tables, "notes": notes,
         "videos": read_videos(Path(run_dir)),
     }
 
@@ -160,7 +166,8 @@ def format_summary(report: dict[str, Any]) -> str:
     """The readable stdout summary: rates per policy, policies side by side, classifiers, separability."""
     tables = report["tables"]
     conf = f"{report['confidence']:.0%}"
-    lines = [f"run {report['run_dir']}: {report['n_rows']} episodes ({report['n_skipped']} skipped), "
+    lines = [f"run {report['run_dir']}: {report['n_rows']} episodes ({report['n_skipped']} skipped, "
+             f"{report.get('n_skipped_transient', 0)} of them transient), "
              f"policies: {', '.join(report['policies'])}", ""]
     header = f"{'policy':<24} {'rate':>6} {conf + ' CI':>16} {'n':>6} {'skipped':>8}"
     lines += [f"success rate per policy (skipped excluded, {conf} Wilson CI)", header, "-" * len(header)]

@@ -26,7 +26,7 @@ ORACLE_SUCCESSES = {("lift", "drop"): 8, ("lift", "object_push"): 3, ("stack", "
 def _row(**values: Any) -> dict[str, Any]:
     row = {
         "run_id": "r1", "scene_id": "s", "policy": "oracle", "trial": 0, "task": "lift", "variant": "D0",
-        "error_type": "drop", "category": "natural", "success": False, "skipped": False, "skip_reason": "",
+        "error_type": "drop", "category": "natural", "success": False, "skipped": False, "skip_reason": "", "skip_kind": "",
         "steps": 100, "recovery_step": -1, "inference_calls": 10, "replan_steps": 10, "latency_ms_mean": 5.0, "latency_ms_p50": 4.0,
         "latency_ms_max": 9.0, "label_motion": "none", "label_grasp": "none", "label_command": "none",
         "scene_seed": 0, "policy_seed": 0, "horizon": 200, "wall_s": 1.0, "worker": "w0", "code_version": "0.1.0",
@@ -114,6 +114,10 @@ def test_cell_rates_cis_and_skipped(built):
     assert (overall["episodes"], overall["skipped"], overall["n"], overall["successes"]) == (36, 6, 30, 21)
     assert built["n_rows"] == 70 and built["n_skipped"] == 10
     assert any("10 of 70 episodes were skipped" in n for n in built["notes"])
+    # Rows written without skip_kind get it from their reason: "actor died" is transient, a
+    # fingerprint mismatch permanent.
+    assert built["n_skipped_transient"] == 2
+    assert any("2 transient" in n and "8 permanent" in n for n in built["notes"])
 
 
 def test_policies_side_by_side(built):
