@@ -16,16 +16,19 @@ TEST_RAY_CPUS = 4
 
 
 @pytest.fixture(scope="session")
-def ray_session():
-    """Ray starts once per test session (starting it per test costs seconds each on 2 cores)."""
+def ray_session(tmp_path_factory: pytest.TempPathFactory):
+    """Ray starts once per test session (starting it per test costs seconds each on 2 cores), hardened
+    as every entry point's embedded Ray is: listeners on 127.0.0.1, token auth on. Its token lives in
+    the session's temporary directory (not the developer's ~/.ray); `RAY_AUTH_TOKEN_PATH` and
+    `RAY_AUTH_MODE` stay in the environment, so subprocesses that join it with RAY_ADDRESS authenticate."""
     import ray
 
-    from gauntlet.runtime.ray_session import worker_runtime_env
+    from gauntlet.runtime.ray_session import AUTH_TOKEN_PATH_ENV, init_local_ray, worker_runtime_env
 
     env = worker_runtime_env()  # what every entry point's workers get (loopback gRPC, limits, MUJOCO_GL)
     env["env_vars"]["OMP_NUM_THREADS"] = "1"
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=TEST_RAY_CPUS, include_dashboard=False, log_to_driver=False,
-                 runtime_env=env)
+        os.environ.setdefault(AUTH_TOKEN_PATH_ENV, str(tmp_path_factory.mktemp("ray_auth") / "auth_token"))
+        init_local_ray("tests", num_cpus=TEST_RAY_CPUS, runtime_env=env, log_to_driver=False)
     yield ray
     ray.shutdown()

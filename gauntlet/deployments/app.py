@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import os
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from gauntlet.deployments.grpc_bind import MAX_REQUEST_BYTES
+from gauntlet.deployments.ws_guard import INGRESS_OTHER_SLOTS, WebSocketPolicy
 from gauntlet.policies.registry import PolicyRef, check_checkpoint, runtime_env_for
 
 # Serve names, defined once: whoever deploys and whoever looks a deployment up agree through these.
@@ -53,11 +56,15 @@ class PolicyServing:
         return max(8, self.max_batch_size * ONGOING_PER_BATCH_SLOT)
 
 
-INGRESS_MAX_ONGOING = 1024  # an ingress holds one slot per open WebSocket for the connection's lifetime
+def ingress_max_ongoing(ws_policy: WebSocketPolicy) -> int:
+    """Serve's max_ongoing_requests of an ingress replica: its WebSocket sessions (one slot each, for
+    the session's life) plus the slots no WebSocket can take (1,024 with the defaults)."""
+    return ws_policy.max_sessions + INGRESS_OTHER_SLOTS
 
 
 def build_app(policies: list[PolicyServing], api_key: str | None = None,
-              max_request_bytes: int = 16 * 2**20, ws_port: int | None = None, ws_host: str = "127.0.0.1") -> Any:
+              max_request_bytes: int = MAX_REQUEST_BYTES, ws_port: int | None = None, ws_host: str = "127.0.0.1",
+              ws_policy: WebSocketPolicy | None = None) -> Any:
     """The Serve application (not yet running): `serve.run(build_app(...))`.
 
     The first policy that runs in Gauntlet's own environment is the app's ingress itself
@@ -66,6 +73,9 @@ def build_app(policies: list[PolicyServing], api_key: str | None = None,
     app whose policies all need their own runtime_env gets a routes-only `Gateway` in front.
     `ws_port`: the ingress policy's replicas also serve openpi's WebSocket themselves on
     ws_host:ws_port (+ replica rank), without Serve's proxy in between (`direct_ws`).
+    `api_key`: the key every route but /healthz requires (None: none); it is not read from the
+    environment here, because this runs wherever Serve builds the app. `ws_policy`: the WebSocket
+    Origin rule, session cap and idle timeout (default: same-origin only, 256 sessions, 300 s).
     """
     from ray import serve
 
@@ -77,15 +87,17 @@ def build_app(policies: list[PolicyServing], api_key: str | None = None,
         raise ValueError(f"each policy may be served once; got {names}")
     front = next((p for p in policies if _in_gauntlets_env(p)), None)
     others = {p.ref.name: _bind_policy(serve, PolicyReplica, p) for p in policies if p is not front}
-    api_key = api_key or os.environ.get("GAUNTLET_API_KEY")
+    ws_policy = ws_policy or WebSocketPolicy(serving_host=ws_host)
+    slots = ingress_max_ongoing(ws_policy)
     if front is None:
         if ws_port:
             raise ValueError("ws_port: a direct WebSocket needs a policy that runs in Gauntlet's own environment")
-        gateway = serve.deployment(Gateway, name="gateway", num_replicas=1, max_ongoing_requests=INGRESS_MAX_ONGOING,
+        gateway = serve.deployment(Gateway, name="gateway", num_replicas=1, max_ongoing_requests=slots,
                                    ray_actor_options={"num_cpus": 0})
-        return gateway.bind(others, api_key=api_key, max_request_bytes=max_request_bytes)
-    return _bind_policy(serve, PolicyIngress, front, max_ongoing_requests=INGRESS_MAX_ONGOING, others=others,
-                        api_key=api_key, max_request_bytes=max_request_bytes, ws_port=ws_port or None, ws_host=ws_host)
+        return gateway.bind(others, api_key=api_key, max_request_bytes=max_request_bytes, ws_policy=ws_policy)
+    return _bind_policy(serve, PolicyIngress, front, max_ongoing_requests=slots, others=others, api_key=api_key,
+                        max_request_bytes=max_request_bytes, ws_port=ws_port or None, ws_host=ws_host,
+                        ws_policy=ws_policy)
 
 
 def _in_gauntlets_env(p: PolicyServing) -> bool:
@@ -120,16 +132,33 @@ def _bind_policy(serve: Any, cls: type, p: PolicyServing, max_ongoing_requests: 
 
 def start_serve(policies: list[PolicyServing], host: str = "127.0.0.1", http_port: int = 8000,
                 grpc_port: int | None = 9000, api_key: str | None = None, blocking: bool = False,
-                ws_port: int | None = None) -> Any:
+                ws_port: int | None = None, ws_policy: WebSocketPolicy | None = None) -> Any:
     """Starts Serve's proxies (HTTP on host:http_port, gRPC on grpc_port) and deploys the app;
-    `ws_port`: the first policy's replicas also serve openpi's WebSocket on host:ws_port themselves."""
+    `ws_port`: the first policy's replicas also serve openpi's WebSocket on host:ws_port themselves.
+    A deployment that fails (e.g. a --ws-port that is taken) raises DeployFailed with the replica's
+    error, and the failed app is deleted."""
     from ray import serve
     from ray.serve.config import HTTPOptions, gRPCOptions
 
     grpc_options = gRPCOptions(port=grpc_port, grpc_servicer_functions=[GRPC_SERVICER]) if grpc_port else None
     serve.start(http_options=HTTPOptions(host=host, port=http_port), grpc_options=grpc_options)
-    return serve.run(build_app(policies, api_key=api_key, ws_port=ws_port, ws_host=host), name=APP_NAME,
-                     route_prefix="/", blocking=blocking)
+    app = build_app(policies, api_key=api_key, ws_port=ws_port, ws_host=host, ws_policy=ws_policy)
+    try:
+        return serve.run(app, name=APP_NAME, route_prefix="/", blocking=blocking)
+    except RuntimeError as exc:  # Serve's DEPLOY_FAILED: its message ends with the replica's error
+        serve.delete(APP_NAME)  # not left behind in a cluster that outlives this process
+        raise DeployFailed(f"deploying {APP_NAME!r} failed: {_last_error_line(str(exc))}") from exc
+
+
+class DeployFailed(RuntimeError):
+    """Serve could not start the app's replicas (the message is the replica's error)."""
+
+
+def _last_error_line(serve_message: str) -> str:
+    """The replica's own error out of Serve's DEPLOY_FAILED text (a status line, then a traceback)."""
+    lines = [line.strip() for line in serve_message.splitlines() if line.strip()]
+    errors = [line for line in lines if line.split(":", 1)[0].endswith(("Error", "Exception", "InUse"))]
+    return errors[-1] if errors else (lines[-1] if lines else serve_message)
 
 
 def specs_from_names(policies: list[str], *, replicas: int = 1, max_batch_size: int = 32,
@@ -151,13 +180,68 @@ def specs_from_names(policies: list[str], *, replicas: int = 1, max_batch_size: 
 
 
 def app_from_args(args: dict[str, Any]) -> Any:
-    """Builder for `serve run`/`serve deploy` config files (`applications[].args`)."""
+    """Builder for `serve run`/`serve deploy` config files (`applications[].args`).
+
+    Refuses to build unless Serve runs with `gauntlet serve`'s proxy settings (see
+    `check_serve_runtime_env`). The API key comes from `api_key_file`, read here, i.e. in Serve's
+    build task on the cluster (the head node), not in the shell that ran `serve run`; a key in the
+    config itself is refused (`serve status` and the dashboard show the args)."""
+    from gauntlet.deployments.auth import read_api_key_file
+
+    check_serve_runtime_env()
+    if "api_key" in args:
+        raise ValueError("api_key: a key written in the config is shown by `serve status`; put it in a file on "
+                         "the head node and name the file with api_key_file")
     specs = specs_from_names(
         args.get("policies") or ["random"], replicas=int(args.get("replicas", 1)),
+# The job runtime_env the YAML path needs (`serve run --runtime-env THIS serve_config.yaml`): Serve's
+# proxy inherits the runtime_env of the job that starts Serve, and a config file cannot set it.
+SERVE_RUNTIME_ENV_FILE = Path(__file__).with_name("serve_runtime_env.yaml")
+
+
+def check_serve_runtime_env() -> None:
+    """Raises RuntimeError unless the job that runs Serve's controller (hence its proxies) carries
+    the runtime_env `gauntlet serve` gives its own: the gRPC loopback hook and message limit.
+
+    Runs in Serve's build task, which belongs to the controller's job: that job's runtime_env (not
+    the application's, which never reaches the proxy) is what the proxies inherited."""
+    import ray
+
+    from gauntlet.deployments.grpc_bind import GRPC_MAX_MESSAGE_ENV, HOST_ENV, runtime_env
+
+    if not ray.is_initialized():
+        raise RuntimeError("app_from_args is Serve's builder for config files: it runs inside `serve run` or "
+                           "`serve deploy`, which connect to Ray (use build_app from Python)")
+    # The job's own runtime_env (Ray's private accessor; the public runtime_context merges in the task's).
+    job_config = ray._private.worker.global_worker.core_worker.get_job_config()
+    job_env = json.loads(job_config.runtime_env_info.serialized_runtime_env or "{}")
+    expected = runtime_env()
+    env_vars = job_env.get("env_vars") or {}
+    missing = [what for what, ok in (
+        ("worker_process_setup_hook", job_env.get("worker_process_setup_hook") == expected["worker_process_setup_hook"]),
+        (f"env_vars.{HOST_ENV}", HOST_ENV in env_vars),
+        (f"env_vars.{GRPC_MAX_MESSAGE_ENV}",
+         str(env_vars.get(GRPC_MAX_MESSAGE_ENV, "")).isdigit()
+         and int(env_vars[GRPC_MAX_MESSAGE_ENV]) <= MAX_REQUEST_BYTES),
+    ) if not ok]
+    if missing:
+        raise RuntimeError(
+            f"Serve was started without Gauntlet's proxy settings ({', '.join(missing)}): its gRPC proxy would "
+            f"listen on every interface and accept 2 GiB messages. Start it with `serve run --runtime-env "
+            f"{SERVE_RUNTIME_ENV_FILE} CONFIG` (a Serve that is already running keeps its settings: `serve "
+            f"shutdown` first), or use `gauntlet serve`.")
+
+
         max_batch_size=int(args.get("max_batch_size", 32)),
         batch_wait_timeout_s=float(args.get("batch_wait_timeout_s", 0.005)),
         vla_size=str(args.get("vla_size", "tiny")), adapters_dir=args.get("adapters_dir"),
         max_queued=int(args.get("max_queued", 0)),
     )
-    return build_app(specs, api_key=args.get("api_key"), ws_port=int(args.get("ws_port", 0)) or None,
-                     ws_host=str(args.get("ws_host", "127.0.0.1")))
+    ws_host = str(args.get("ws_host", "127.0.0.1"))
+    ws_policy = WebSocketPolicy(
+        max_sessions=int(args.get("ws_max_sessions", WebSocketPolicy.max_sessions)),
+        idle_timeout_s=float(args.get("ws_idle_timeout_s", WebSocketPolicy.idle_timeout_s)),
+        allowed_origins=tuple(args.get("ws_allowed_origins") or ()), serving_host=ws_host)
+    api_key = read_api_key_file(args["api_key_file"], "api_key_file") if args.get("api_key_file") else None
+    return build_app(specs, api_key=api_key, ws_port=int(args.get("ws_port", 0)) or None, ws_host=ws_host,
+                     ws_policy=ws_policy)

@@ -11,6 +11,9 @@ Ray Serve 2.60 binds its gRPC proxy to `[::]:PORT` and has no host option, while
 bind to 127.0.0.1 unless configured otherwise. This module is installed as the job's
 `worker_process_setup_hook`, so it runs inside Serve's proxy actor before the gRPC server starts,
 and rewrites the wildcard address to `GAUNTLET_GRPC_HOST` (default 127.0.0.1).
+Each replica also opens an inter-deployment gRPC server on `[::]:0`, reached at its node's IP; on a
+node whose IP is loopback (the embedded Ray, see gauntlet.runtime.ray_session) the hook binds it to
+that IP, so it is not reachable from other hosts. On a cluster node it keeps Ray's bind.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ def restrict_grpc_bind() -> None:
         from ray.serve._private import default_impl
     except Exception:  # noqa: BLE001 - no usable Serve here (e.g. a runtime_env whose protobuf it cannot load):
         return  # nothing to rebind, and a setup hook that raises would kill every worker of that env
+    from gauntlet.deployments.proxy_guard import guard_system_routes
+
+    guard_system_routes()  # the API key on Serve's own /-/routes, /-/healthz, ListApplications, Healthz
     if getattr(default_impl.add_grpc_address, "_gauntlet", False):
         return
     original = default_impl.add_grpc_address
@@ -40,6 +46,24 @@ def restrict_grpc_bind() -> None:
 
     add_grpc_address._gauntlet = True  # type: ignore[attr-defined]
     default_impl.add_grpc_address = add_grpc_address
+    _restrict_replica_bind()
+
+
+def _restrict_replica_bind() -> None:
+    """A replica's inter-deployment gRPC server binds to its node's IP when that IP is loopback."""
+    import ray
+    from ray.serve._private import replica  # imported by default_impl already: no extra start-up cost
+
+    original = replica.add_port_to_grpc_server
+
+    def add_port_to_grpc_server(server, address: str) -> int:
+        node_ip = ray.util.get_node_ip_address()
+        if address.startswith("[::]:") and node_ip in ("127.0.0.1", "::1"):
+            port = address.rsplit(":", 1)[1]
+            address = f"[{node_ip}]:{port}" if ":" in node_ip else f"{node_ip}:{port}"
+        return original(server, address)
+
+    replica.add_port_to_grpc_server = add_port_to_grpc_server
 
 
 def runtime_env(host: str = "127.0.0.1") -> dict:

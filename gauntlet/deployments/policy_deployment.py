@@ -19,6 +19,13 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from gauntlet.deployments.adapters import (
+    AdapterNameError,
+    UnknownAdapterError,
+    check_adapter_name,
+    load_failure_message,
+    resolve_adapter,
+)
 from gauntlet.deployments.batcher import OVERLOADED_KIND, OVERLOADED_STATUS, Batcher, QueueFull, check_limits
 from gauntlet.deployments.replica_stats import ReplicaStats
 from gauntlet.policies.base import stack_observations
@@ -35,10 +42,8 @@ ONGOING_PER_BATCH_SLOT = 2
 REPLICA_ENV_VARS = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
 
 
-class UnknownAdapterError(ValueError):
-    def __init__(self, adapter: str, known: list[str]):
-        super().__init__(f"unknown adapter {adapter!r}; available: {known or 'none'}")
-        self.adapter = adapter
+class AdapterLoadError(RuntimeError):
+    """An adapter that exists but cannot be loaded; the message names it, never its host path."""
 
 
 def error_value(kind: str, status: int, message: str, **extra: Any) -> dict[str, Any]:
@@ -54,6 +59,12 @@ class RejectedByPolicy(ValueError):
 
 
 @dataclass(frozen=True)
+def _newest_mtime(directory: str) -> int:
+    """The newest modification time of a directory and its entries: changes when a file is fixed."""
+    with os.scandir(directory) as entries:
+        return max([os.stat(directory).st_mtime_ns, *(e.stat().st_mtime_ns for e in entries)])
+
+
 class _Item:
     obs: dict[str, Any]
     adapter: str | None
@@ -96,6 +107,7 @@ class PolicyReplica:
         self.spec = self.policy.metadata.observation_spec
         self.adapters_dir = adapters_dir
         self.stats = ReplicaStats(policy)
+        self._broken_adapters: dict[str, tuple[int, str]] = {}  # name -> (its dir's mtime, message)
         self._warm_buckets = 0
         check_limits(max_batch_size, batch_wait_timeout_s, max_queued)
         self._warm(max_batch_size)  # before Serve reports the replica healthy
@@ -150,12 +162,23 @@ class PolicyReplica:
     @serve.multiplexed(max_num_models_per_replica=8)
     async def _load_adapter(self, adapter: str) -> _AdapterRef:
         loader = getattr(self.policy, "load_adapter", None)
-        path = os.path.join(self.adapters_dir, adapter) if self.adapters_dir else None
-        if loader is None or path is None or not os.path.isdir(path):
-            known = sorted(os.listdir(self.adapters_dir)) if self.adapters_dir and os.path.isdir(self.adapters_dir) else []
-            raise UnknownAdapterError(adapter, known)
-        await self.batcher.run_on_inference_thread(loader, adapter, path)  # never during a batch
-        return _AdapterRef(self.policy, adapter, self.batcher)
+        """Loads the adapter of canonical name `adapter` (one multiplex slot per canonical name)."""
+        if loader is None:
+            raise UnknownAdapterError(adapter, [])
+        name, path = resolve_adapter(self.adapters_dir, adapter)
+        stamp = _newest_mtime(path)
+        failed = self._broken_adapters.get(name)
+        if failed is not None and failed[0] == stamp:  # unchanged since it failed: not read again
+            raise AdapterLoadError(failed[1])
+        try:
+            await self.batcher.run_on_inference_thread(loader, name, path)  # never during a batch
+        except Exception as exc:  # noqa: BLE001 - any loader failure is this adapter's, answered by name
+            message = load_failure_message(name, path, exc)
+            print(f"[serve] {self.name}: adapter {name!r} at {path} failed to load: {exc!r}", flush=True)
+            self._broken_adapters[name] = (stamp, message)
+            raise AdapterLoadError(message) from None
+        self._broken_adapters.pop(name, None)
+        return _AdapterRef(self.policy, name, self.batcher)
 
     async def infer(self, obs: Any, adapter: str | None = None) -> dict[str, Any]:
         """One observation -> {"actions": (H, D), "server_timing": {...}}, or an error *value*
@@ -189,13 +212,21 @@ class PolicyReplica:
         except ObservationError as exc:
             self.stats.record_request("invalid")
             return error_value("invalid_observation", 400, f"invalid observation: {exc}", field=exc.field)
-        if adapter:
-            try:
+        try:
+            adapter = check_adapter_name(adapter)
+            if adapter:
+                adapter = resolve_adapter(self.adapters_dir, adapter)[0]  # canonical: one slot per adapter
                 await self._load_adapter(adapter)
-            except UnknownAdapterError as exc:
-                self.stats.record_request("unknown_adapter")
-                return error_value("unknown_adapter", 404, str(exc))
-        return _Item(validated, adapter or None)
+        except AdapterNameError as exc:
+            self.stats.record_request("invalid")
+            return error_value("invalid_adapter", 400, str(exc), field="adapter")
+        except UnknownAdapterError as exc:
+            self.stats.record_request("unknown_adapter")
+            return error_value("unknown_adapter", 404, str(exc))
+        except AdapterLoadError as exc:
+            self.stats.record_request("error")
+            return error_value("adapter_unusable", 500, str(exc))
+        return _Item(validated, adapter)
 
     def _answer(self, result: Any) -> dict[str, Any]:
         """The batch's result for one request, as the caller's answer."""

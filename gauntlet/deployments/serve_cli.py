@@ -8,6 +8,12 @@ from dataclasses import dataclass
 
 from gauntlet.deployments.auth import resolve_api_key
 from gauntlet.deployments.batcher import MIN_QUEUED, QUEUED_BATCHES, check_limits
+from gauntlet.deployments.ws_guard import (
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_SESSIONS,
+    INGRESS_OTHER_SLOTS,
+    WebSocketPolicy,
+)
 from gauntlet.runtime.config_args import option, parse_config, require_at_least, run_command
 
 
@@ -21,7 +27,18 @@ class ServeCLIConfig:
     grpc_port: int = option(9000, help="gRPC port (0 disables gRPC)")
     ws_port: int = option(0, help="also serve openpi's WebSocket from the first policy's replica itself on this port "
                                   "(replica i: port + i), skipping Serve's proxy: what openpi clients should use "
-                                  "for speed (0: only ws://HOST:HTTP_PORT/v1/policies/NAME/ws)")
+                                  "for speed (0: only ws://HOST:HTTP_PORT/v1/policies/NAME/ws); a port that is "
+                                  "taken fails the start, naming it")
+    ws_max_sessions: int = option(DEFAULT_MAX_SESSIONS, help="open WebSocket sessions per replica on the proxied "
+                                  "route, and per direct port; more are refused at the handshake (HTTP 503). Each "
+                                  "proxied one holds an ingress request slot; HTTP, gRPC and handle callers keep "
+                                  f"{INGRESS_OTHER_SLOTS} slots besides")
+    ws_idle_timeout_s: float = option(DEFAULT_IDLE_TIMEOUT_S, help="close a WebSocket session that sends nothing "
+                                      "for this long (close code 1008)")
+    ws_allowed_origins: tuple[str, ...] = option((), help="browser Origins (scheme://host[:port]) allowed to open "
+                                                 "WebSockets besides same-origin pages; a handshake from any other "
+                                                 "Origin is refused (403). Clients that send no Origin (openpi's) "
+                                                 "are not affected")
     max_batch_size: int = option(32, help="largest batch one replica runs")
     batch_wait_timeout_s: float = option(0.005, help="how long a partial batch waits for more requests while "
                                                      "requests overlap (a lone request never waits)")
@@ -43,6 +60,11 @@ class ServeCLIConfig:
         check_limits(self.max_batch_size, self.batch_wait_timeout_s, self.max_queued)
         if not 0 <= self.ws_port <= 65535:
             raise ValueError(f"ws_port: expected a port in [0, 65535], got {self.ws_port}")
+        self.ws_policy()  # the WebSocket settings are checked here, before anything starts
+
+    def ws_policy(self) -> WebSocketPolicy:
+        return WebSocketPolicy(max_sessions=self.ws_max_sessions, idle_timeout_s=self.ws_idle_timeout_s,
+                               allowed_origins=self.ws_allowed_origins, serving_host=self.host)
 
 
 def serving_specs(cfg: ServeCLIConfig) -> list:
@@ -63,7 +85,7 @@ def serve_until_interrupted(cfg: ServeCLIConfig) -> int:
 
     start_ray("serve", serve_host=cfg.host)
     start_serve(specs, host=cfg.host, http_port=cfg.http_port, grpc_port=cfg.grpc_port or None,
-                api_key=api_key, ws_port=cfg.ws_port or None)
+                api_key=api_key, ws_port=cfg.ws_port or None, ws_policy=cfg.ws_policy())
     names = ", ".join(s.ref.name for s in specs)
     message = (f"[serve] serving {names}: http://{cfg.host}:{cfg.http_port}/v1/policies/NAME/infer, "
                f"ws://{cfg.host}:{cfg.http_port}/v1/policies/NAME/ws"
@@ -78,9 +100,12 @@ def serve_until_interrupted(cfg: ServeCLIConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from gauntlet.deployments.app import DeployFailed
+
     cfg = parse_config(ServeCLIConfig, argv, prog="gauntlet serve", description=ServeCLIConfig.__doc__)
-    # ValueError: a policy name or checkpoint that cannot be served (UnknownPolicyError, ...).
-    return run_command("gauntlet serve", lambda: serve_until_interrupted(cfg), {ValueError: 2})
+    # ValueError: a policy name or checkpoint that cannot be served (UnknownPolicyError, ...);
+    # DeployFailed: Serve could not start the app (e.g. a --ws-port that another process holds).
+    return run_command("gauntlet serve", lambda: serve_until_interrupted(cfg), {ValueError: 2, DeployFailed: 1})
 
 
 if __name__ == "__main__":
