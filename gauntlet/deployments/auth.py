@@ -3,7 +3,9 @@
 before its metadata frame, gRPC in its `authorization` metadata. Keys are compared in constant time.
 
 The key comes from `--api-key-file`, the `GAUNTLET_API_KEY` environment variable or (least safe: it
-shows in the process list) `--api-key`.
+shows in the process list) `--api-key`; a config file for `serve run` names a file (`api_key_file`),
+read where Serve builds the app. With a key set, Serve's own `/-/routes`, `/-/healthz` and gRPC
+`ListApplications` / `Healthz` require it too (`proxy_guard`).
 """
 
 from __future__ import annotations
@@ -25,14 +27,19 @@ class ApiKeyError(ValueError):
 def resolve_api_key(key: str | None = None, key_file: str | None = None) -> str | None:
     """The key to require: `key_file`'s first line, else `key`, else $GAUNTLET_API_KEY, else None."""
     if key_file:
-        try:
-            text = Path(key_file).read_text().strip()
-        except OSError as exc:
-            raise ApiKeyError(f"--api-key-file {key_file}: cannot read it ({exc.strerror})") from None
-        if not text:
-            raise ApiKeyError(f"--api-key-file {key_file}: the file is empty")
-        return text.splitlines()[0].strip()
+        return read_api_key_file(key_file, "--api-key-file")
     return key or os.environ.get(API_KEY_ENV) or None
+
+
+def read_api_key_file(key_file: str, flag: str) -> str:
+    """The first line of `key_file`; ApiKeyError naming `flag` and the file if it cannot be used."""
+    try:
+        text = Path(key_file).read_text().strip()
+    except OSError as exc:
+        raise ApiKeyError(f"{flag} {key_file}: cannot read it ({exc.strerror})") from None
+    if not text:
+        raise ApiKeyError(f"{flag} {key_file}: the file is empty")
+    return text.splitlines()[0].strip()
 
 
 class ApiKeyGuard:

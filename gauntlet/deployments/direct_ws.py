@@ -9,11 +9,18 @@ frame limit (close 1009) and the error semantics (text frame, close 1011) are th
 the session is `PolicyRoutes.openpi_session`; this module only adapts the `websockets` library's
 connections to it.
 
-Where: `ws://HOST:PORT` (or `.../v1/policies/NAME/ws`, NAME being this replica's policy). Replica i
-of the deployment on a node listens on PORT + i (the next free port if an older replica still holds
-it; the replica's log line names it); HOST is 127.0.0.1 unless configured. What it
-does not do: route to other replicas or policies (a client of this port talks to this replica;
-several replicas mean several ports, one per replica, as openpi runs one server per GPU).
+Where: `ws://HOST:PORT` (or `.../v1/policies/NAME/ws`, NAME being this replica's policy). The
+replica of local rank i (its rank among the deployment's replicas on its node) listens on exactly
+PORT + i; HOST is 127.0.0.1 unless configured. A port that is taken fails the replica with an error
+naming it, never a silent move to another port (a process squatting the port would otherwise
+receive the clients' `Api-Key` headers). Serve frees a rank only once its replica has stopped, so a
+replacement replica finds its port free; the exception is `serve deploy` scaling a deployment down
+and up again, which can renumber live replicas (documented, not handled: each keeps the port it
+bound). What it does not do: route to other replicas or policies (a client of this port talks to
+this replica; several replicas mean several ports, one per replica, as openpi runs one server per GPU).
+
+The Origin rule, the session cap (HTTP 503 during the handshake) and the idle timeout are the
+proxied route's (`ws_guard`); this port has its own count of sessions.
 """
 
 from __future__ import annotations
@@ -71,39 +78,53 @@ def _replica_rank() -> int:
     return int(getattr(rank, "local_rank", rank) or 0)
 
 
+class WebSocketPortInUse(OSError):
+    """The direct WebSocket port of this replica is held by another process."""
+
+
 async def serve_direct_websocket(routes: Any, host: str, port: int) -> Any:
     """Starts listening on `host:port + local rank` on the running loop; returns the server.
 
-    `routes` is the replica (`PolicyRoutes` with its own policy). A connection without the key, or
-    for another policy, is refused during the handshake (HTTP 403, as the proxied route refuses it:
-    no metadata frame is ever sent); the others are handed to `routes.openpi_session`.
+    `routes` is the replica (`PolicyRoutes` with its own policy). A connection from another origin,
+    without the key, or for another policy is refused during the handshake (HTTP 403, as the proxied
+    route refuses it: no metadata frame is ever sent), one over the session cap with HTTP 503; the
+    others are handed to `routes.openpi_session`.
     """
     import errno
     from http import HTTPStatus
 
     from websockets.asyncio.server import serve
 
-    def refuse(conn: Any, request: Any) -> Any:
+    from gauntlet.deployments.ws_guard import SessionSlots
+
+    slots = SessionSlots(routes.ws_policy.max_sessions)  # this port's own sessions
+
+    def admit(conn: Any, request: Any) -> Any:
         name = _policy_in_path(request.path, routes.local_policy)
-        refusal = routes.websocket_refusal(name, request.headers.get("authorization"))
+        refusal = routes.websocket_refusal(name, request.headers)
         if refusal is None and name != routes.local_policy:
             refusal = f"this port serves {routes.local_policy!r} only; other policies: Serve's HTTP port"
-        return None if refusal is None else conn.respond(HTTPStatus.FORBIDDEN, refusal + "\n")
+        if refusal is not None:
+            return conn.respond(HTTPStatus.FORBIDDEN, refusal + "\n")
+        if not slots.try_take():
+            return conn.respond(HTTPStatus.SERVICE_UNAVAILABLE, slots.refusal + "\n")
+        # Given back when the TCP connection ends, whether or not the handshake completed.
+        conn.connection_lost_waiter.add_done_callback(lambda _: slots.give_back())
+        return None
 
     async def handler(conn: Any) -> None:
         await routes.openpi_session(_Connection(conn), routes.local_policy)
 
-    # Serve renumbers a node's replica ranks as replicas come and go, so the port of rank i may still
-    # be held by an older replica: the next free one is taken, and the log says which.
-    first = port + _replica_rank()
-    for candidate in range(first, first + 16):
-        try:
-            # compression off, as openpi's server: frames are msgpack'd arrays that barely compress.
-            server = await serve(handler, host, candidate, compression=None, max_size=routes.max_request_bytes,
-                                 process_request=refuse)
-            break
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE or candidate == first + 15:
-                raise
-    print(f"[serve] {routes.local_policy}: openpi WebSocket on ws://{host}:{candidate}", flush=True)
+    rank = _replica_rank()
+    try:
+        # compression off, as openpi's server: frames are msgpack'd arrays that barely compress.
+        server = await serve(handler, host, port + rank, compression=None, max_size=routes.max_request_bytes,
+                             process_request=admit)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise WebSocketPortInUse(
+            exc.errno, f"ws_port: {host}:{port + rank} (--ws-port {port} + replica rank {rank}) is already "
+                       "in use by another process; free it or choose another --ws-port") from None
+    print(f"[serve] {routes.local_policy}: openpi WebSocket on ws://{host}:{port + rank}", flush=True)
     return server

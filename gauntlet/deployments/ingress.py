@@ -12,8 +12,11 @@
 WebSocket clients, HTTP clients and handle callers (rollout actors) share batches either way. Bad
 input is answered to its sender only: HTTP 4xx, gRPC INVALID_ARGUMENT, or (openpi's convention) a
 text frame and close code 1011. With an API key set, one rule (auth.ApiKeyGuard) guards every route
-of every protocol but `/healthz`. Routes are plain Starlette (FastAPI's per-request dependency
-resolution buys nothing here), built per replica by `__serve_build_asgi_app__`.
+of every protocol but `/healthz` (which lists the policy names, nothing else), and Serve's own
+endpoints too (`proxy_guard`). Adapter names are checked at this edge on every protocol
+(`adapters`); WebSockets pass the Origin rule and the session cap and are closed when idle
+(`ws_guard`). Routes are plain Starlette (FastAPI's per-request dependency resolution buys nothing
+here), built per replica by `__serve_build_asgi_app__`.
 """
 
 from __future__ import annotations
@@ -32,9 +35,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from gauntlet.deployments.adapters import AdapterNameError, check_adapter_name
 from gauntlet.deployments.auth import REFUSAL, ApiKeyGuard
 from gauntlet.deployments.grpc_bind import MAX_REQUEST_BYTES
 from gauntlet.deployments.policy_deployment import PolicyReplica
+from gauntlet.deployments.proxy_guard import publish_key, withdraw_key
+from gauntlet.deployments.ws_guard import BUSY_CLOSE_CODE, IDLE_CLOSE_CODE, SessionSlots, WebSocketPolicy
 from gauntlet.policies import msgpack_numpy
 from gauntlet.policies.msgpack_numpy import WireFormatError
 
@@ -54,16 +60,18 @@ def _classify(exc: BaseException) -> tuple[int, str]:
     """(HTTP status, message) for anything raised while answering a request."""
     if isinstance(exc, RequestError):
         return exc.status, str(exc)
-    if isinstance(exc, WireFormatError):
+    if isinstance(exc, (WireFormatError, AdapterNameError)):
         return 400, str(exc)
     return 500, f"{type(exc).__name__}: {exc}"
 
 
 def _adapter_name(value: Any) -> str | None:
-    """An adapter named in the body: a string (or nothing), never silently ignored."""
-    if value is None or isinstance(value, str):
-        return value or None
-    raise RequestError(400, f"adapter: expected a string, got {type(value).__name__}")
+    """An adapter named by a client (body, query, header, frame, gRPC): a valid name or nothing,
+    never silently ignored (400 otherwise, before anything touches the file system)."""
+    try:
+        return check_adapter_name(value)
+    except AdapterNameError as exc:
+        raise RequestError(400, str(exc)) from None
 
 
 def _grpc_code(status: int) -> Any:
@@ -93,18 +101,36 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+async def _refuse_busy(ws: WebSocket, reason: str) -> None:
+    """Over the session cap: HTTP 503 during the handshake where the server can send one (ASGI's
+    denial-response extension; uvicorn, hence Serve's proxy, has it), else accept and close 1013."""
+    if "websocket.http.response" in ws.scope.get("extensions", {}):
+        await ws.send_denial_response(JSONResponse({"error": reason}, status_code=503))
+    else:
+        await ws.accept()
+        await ws.close(code=BUSY_CLOSE_CODE, reason=reason[:120])
+
+
 class PolicyRoutes:
     """HTTP, openpi WebSocket and gRPC over `_infer_one` / `_metadata`: requests for `local_policy`
     run in this replica (`self.infer`, `self.metadata` of PolicyReplica), others via `remote` handles."""
 
     local_policy: str | None = None
 
-    def _init_routes(self, remote: dict[str, Any], api_key: str | None, max_request_bytes: int) -> None:
+    def _init_routes(self, remote: dict[str, Any], api_key: str | None, max_request_bytes: int,
+                     ws_policy: WebSocketPolicy | None) -> None:
         self.remote_policies = remote
         self.guard = ApiKeyGuard(api_key)
         self.max_request_bytes = max_request_bytes
+        self.ws_policy = ws_policy or WebSocketPolicy()
+        self.ws_slots = SessionSlots(self.ws_policy.max_sessions)  # sessions through Serve's proxy
+        self._published_key = publish_key(api_key)  # Serve's proxy guards its own endpoints with it
         self._metadata_cache: dict[str, dict] = {}
         self.policy_names = sorted({*remote, *([self.local_policy] if self.local_policy else [])})
+
+    def __del__(self) -> None:
+        """Serve calls this as the replica shuts down gracefully."""
+        withdraw_key(getattr(self, "_published_key", None))
 
     def __serve_build_asgi_app__(self) -> Starlette:
         return Starlette(routes=[
@@ -191,7 +217,7 @@ class PolicyRoutes:
             name = request.path_params["name"]
             payload = self._decode_body(await self._read_body(request), use_msgpack)
             self._check_name(name)
-            adapter = request.query_params.get("adapter") or request.headers.get("x-gauntlet-adapter")
+            adapter = _adapter_name(request.query_params.get("adapter") or request.headers.get("x-gauntlet-adapter"))
             if "adapter" in payload:
                 adapter = _adapter_name(payload.pop("adapter"))
             if "batch" in payload:
@@ -234,16 +260,26 @@ class PolicyRoutes:
     async def websocket(self, ws: WebSocket) -> None:
         """openpi's policy-server protocol through Serve's proxy (see `openpi_session`)."""
         name = ws.path_params["name"]
-        refusal = self.websocket_refusal(name, ws.headers.get("authorization"))
+        refusal = self.websocket_refusal(name, ws.headers)
         if refusal is not None:
-            await ws.close(code=1008, reason=refusal)
+            await ws.close(code=1008, reason=refusal)  # before accepting: the client sees HTTP 403
             return
-        await ws.accept()
-        await self.openpi_session(ws, name)
+        if not self.ws_slots.try_take():
+            await _refuse_busy(ws, self.ws_slots.refusal)
+            return
+        try:
+            await ws.accept()
+            await self.openpi_session(ws, name)
+        finally:
+            self.ws_slots.give_back()
 
-    def websocket_refusal(self, name: str, authorization: str | None) -> str | None:
-        """Why a WebSocket for `name` is refused before its metadata frame (close 1008), or None."""
-        if not self.guard.allows(authorization):
+    def websocket_refusal(self, name: str, headers: Any) -> str | None:
+        """Why a WebSocket for `name` is refused before its metadata frame (HTTP 403), or None.
+        `headers`: the handshake's, with a case-insensitive `get` (Starlette's or websockets')."""
+        refusal = self.ws_policy.origin_refusal(headers.get("origin"), headers.get("host"))
+        if refusal is not None:
+            return refusal
+        if not self.guard.allows(headers.get("authorization")):
             return REFUSAL
         if name != self.local_policy and name not in self.remote_policies:
             return f"unknown policy {name!r}"
@@ -260,7 +296,11 @@ class PolicyRoutes:
         while True:
             try:
                 start = time.perf_counter()  # openpi's server_timing: total includes the wait for the frame
-                data = await ws.receive_bytes()
+                try:
+                    data = await asyncio.wait_for(ws.receive_bytes(), self.ws_policy.idle_timeout_s)
+                except TimeoutError:
+                    await ws.close(code=IDLE_CLOSE_CODE, reason=f"idle for {self.ws_policy.idle_timeout_s:g} s")
+                    return
                 if len(data) > self.max_request_bytes:
                     raise WireFormatError(f"frame of {len(data)} bytes exceeds the limit of {self.max_request_bytes}")
                 obs = msgpack_numpy.unpackb(data)
@@ -277,9 +317,11 @@ class PolicyRoutes:
             except WebSocketDisconnect:
                 return
             except Exception as exc:  # noqa: BLE001 - openpi: error text frame, then close 1011
-                _, message = _classify(exc)
+                status, message = _classify(exc)
+                if status >= 500:  # the traceback goes to the replica's log: it names files of this host
+                    traceback.print_exc()
                 try:
-                    await ws.send_text(f"{message}\n{traceback.format_exc(limit=2)}")
+                    await ws.send_text(message)
                     await ws.close(code=1011, reason="Internal server error")
                 except Exception:  # noqa: BLE001 - the client may already be gone
                     pass
@@ -296,7 +338,7 @@ class PolicyRoutes:
             obs: dict[str, Any] = {k: from_tensor(t, k) for k, t in request.observation.items()}
             if request.prompt:
                 obs["prompt"] = request.prompt
-            out = await self._infer_one(request.policy, obs, request.adapter or None)
+            out = await self._infer_one(request.policy, obs, _adapter_name(request.adapter))
             return policy_pb2.InferResponse(
                 actions=to_tensor(np.asarray(out["actions"], dtype=np.float32), policy_pb2.Tensor),
                 server_timing={k: float(v) for k, v in out.get("server_timing", {}).items()},
@@ -322,8 +364,8 @@ class Gateway(PolicyRoutes):
     """Ingress deployment without a policy of its own: `policies` maps names to bound deployments."""
 
     def __init__(self, policies: dict[str, Any], api_key: str | None = None,
-                 max_request_bytes: int = MAX_REQUEST_BYTES):
-        self._init_routes(policies, api_key, max_request_bytes)
+                 max_request_bytes: int = MAX_REQUEST_BYTES, ws_policy: WebSocketPolicy | None = None):
+        self._init_routes(policies, api_key, max_request_bytes, ws_policy)
 
 
 @serve.ingress()
@@ -333,10 +375,11 @@ class PolicyIngress(PolicyReplica, PolicyRoutes):
 
     async def __init__(self, policy: str, *, others: dict[str, Any] | None = None, api_key: str | None = None,
                        max_request_bytes: int = MAX_REQUEST_BYTES, ws_port: int | None = None,
-                       ws_host: str = "127.0.0.1", **replica_kwargs: Any):
+                       ws_host: str = "127.0.0.1", ws_policy: WebSocketPolicy | None = None,
+                       **replica_kwargs: Any):
         PolicyReplica.__init__(self, policy, **replica_kwargs)
         self.local_policy = policy
-        self._init_routes(others or {}, api_key, max_request_bytes)
+        self._init_routes(others or {}, api_key, max_request_bytes, ws_policy)
         self.direct_ws = None
         if ws_port:
             from gauntlet.deployments.direct_ws import serve_direct_websocket
