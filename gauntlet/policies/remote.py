@@ -3,14 +3,22 @@
 `RemotePolicy("ws://host:8000/v1/policies/vla/ws")` speaks openpi's WebSocket protocol (so it also
 drives an external openpi policy server); `RemotePolicy("http://host:8000/v1/policies/vla")` uses
 Gauntlet's HTTP route with msgpack bodies. Either way the evaluator calls `infer(batch)` as usual.
+
+The server is not trusted with the client's memory or its key: no message larger than
+`max_reply_bytes` is read (WebSocket frames and HTTP bodies alike, refused from their declared
+length, before the payload arrives), the metadata's declared shapes are checked against the limits
+below before anything is sized from them (`check_declared`), and the API key never follows a
+redirect to another origin (scheme, host and port).
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import replace
 from typing import Any
@@ -21,9 +29,93 @@ from gauntlet.keys import PROMPT_KEY
 from gauntlet.policies import msgpack_numpy
 from gauntlet.policies.base import PolicyMetadata
 
+# Largest message read from a server: an answer is one action chunk, the metadata a small map.
+MAX_REPLY_BYTES = 16 * 2**20
+# Largest size a server may declare for one dimension of an observation field (an image's side),
+# for action_dim and for chunk_len.
+MAX_DECLARED_SIZE = 4096
+MAX_DECLARED_NDIM = 4  # dimensions of one declared field (an image has 3)
+MAX_DECLARED_FIELDS = 64  # fields of a declared observation_spec
+# Elements of one observation over all its declared fields (two 4096 x 4096 RGB images fit): what a
+# probe request and every rendered observation allocate.
+MAX_DECLARED_ELEMENTS = 2**27
+# Headers that carry credentials: never sent on to another origin by a redirect.
+CREDENTIAL_HEADERS = ("Authorization", "Cookie", "Proxy-Authorization")
+
 
 class RemotePolicyError(RuntimeError):
     """The remote side answered with an error (its message is included)."""
+
+
+class RemoteLimitError(RemotePolicyError):
+    """A server sent or declared more than the client accepts; the message names the field or limit."""
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _check_dtype(where: str, dtype: Any) -> None:
+    """"str" (a prompt) or a plain numeric dtype: the ones the wire carries as arrays."""
+    if dtype == "str":
+        return
+    try:
+        ok = isinstance(dtype, str) and len(dtype) <= 16 and np.dtype(dtype).kind in "biuf"
+    except TypeError:
+        ok = False
+    if not ok:
+        raise RemoteLimitError(f"{where}.dtype: expected \"str\" or a numeric dtype name, got {dtype!r:.40}")
+
+
+def check_declared(raw: dict[str, Any]) -> None:
+    """RemoteLimitError naming the field (`metadata.observation_spec['observation/image'].shape`, ...)
+    if the metadata declares a malformed size or one past the limits above. Called before anything is
+    sized from it: a server declaring a 100000 x 100000 image is refused, not allocated."""
+    for name in ("action_dim", "chunk_len"):
+        value = raw.get(name)
+        if value is not None and not (_is_whole(value) and 0 <= value <= MAX_DECLARED_SIZE):
+            raise RemoteLimitError(f"metadata.{name}: expected a whole number in [0, {MAX_DECLARED_SIZE}], "
+                                   f"got {value!r:.40}")
+    spec = raw.get("observation_spec")
+    if spec is None:
+        return
+    if not isinstance(spec, dict) or len(spec) > MAX_DECLARED_FIELDS:
+        raise RemoteLimitError(f"metadata.observation_spec: expected a map of at most {MAX_DECLARED_FIELDS} "
+                               f"fields, got {type(spec).__name__} of {len(spec) if isinstance(spec, dict) else '?'}")
+    total = 0
+    for key, field in spec.items():
+        if not isinstance(field, dict) or "shape" not in field:
+            continue  # not a field spec: PolicyMetadata.from_dict leaves it out
+        where = f"metadata.observation_spec[{str(key)[:80]!r}]"
+        shape = field["shape"]
+        if not (isinstance(shape, (list, tuple)) and len(shape) <= MAX_DECLARED_NDIM
+                and all(_is_whole(d) and -1 <= d <= MAX_DECLARED_SIZE for d in shape)):
+            raise RemoteLimitError(f"{where}.shape: expected at most {MAX_DECLARED_NDIM} whole numbers in "
+                                   f"[-1, {MAX_DECLARED_SIZE}] (-1: any size), got {shape!r:.80}")
+        _check_dtype(where, field.get("dtype", "float32"))
+        total += math.prod(max(1, int(d)) for d in shape)
+    if total > MAX_DECLARED_ELEMENTS:
+        raise RemoteLimitError(f"metadata.observation_spec: its fields hold {total} elements in all; the limit "
+                               f"is {MAX_DECLARED_ELEMENTS}")
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(
+        parts.scheme.lower())
+
+
+class _SameOriginCredentials(urllib.request.HTTPRedirectHandler):
+    """Follows redirects, but carries credentials only within their origin: urllib's own handler
+    copies every header, the API key included, to wherever a redirect points."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(new.full_url) != _origin(req.full_url):
+            for name in CREDENTIAL_HEADERS:
+                new.remove_header(name)
+        return new
 
 
 def _metadata_from(raw: dict[str, Any], url: str) -> PolicyMetadata:
@@ -63,16 +155,22 @@ class RemotePolicy:
     an answer, never retried."""
 
     def __init__(self, url: str, api_key: str | None = None, timeout_s: float = 60.0,
-                 connect_retry_s: float = 0.0):
+                 connect_retry_s: float = 0.0, max_reply_bytes: int = MAX_REPLY_BYTES):
         self.url = url.rstrip("/")
         self.api_key = api_key
         self.timeout_s = timeout_s
+        self.max_reply_bytes = max_reply_bytes
         self._local = threading.local()
+        self._opener = urllib.request.build_opener(_SameOriginCredentials)
         if not self.url.startswith(("ws://", "wss://", "http://", "https://")):
             raise ValueError(f"url must start with ws://, wss://, http:// or https://, got {url!r}")
         raw = self._retrying(self._fetch_metadata, connect_retry_s)
         if not isinstance(raw, dict):
             raise RemotePolicyError(f"{self.url}: its metadata is a {type(raw).__name__}, not a map")
+        try:
+            check_declared(raw)
+        except RemoteLimitError as exc:
+            raise RemoteLimitError(f"{self.url}: {exc}") from None
         self.metadata = _metadata_from(raw, self.url)
 
     def _fetch_metadata(self, timeout_s: float) -> dict[str, Any]:
@@ -112,14 +210,33 @@ class RemotePolicy:
             # websockets >= 16 warns unless a connection held outside a `with` block says so (`legacy`).
             legacy = {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
             try:
-                conn = connect(self.url, compression=None, max_size=None, additional_headers=headers,
+                # A redirect to another origin is followed without the Authorization header (websockets).
+                conn = connect(self.url, compression=None, max_size=self.max_reply_bytes, additional_headers=headers,
                                open_timeout=timeout_s, **legacy)
             except InvalidStatus as exc:  # the server answered: 401 (API key), 404 (path) ...
                 raise RemotePolicyError(f"{self.url}: the server refused the connection: HTTP "
                                         f"{exc.response.status_code}") from None
-            self._local.conn = conn
-            self._local.meta = msgpack_numpy.unpackb(conn.recv(timeout=timeout_s))
+            try:
+                meta = msgpack_numpy.unpackb(self._recv(conn, timeout_s))
+            except BaseException:
+                conn.close()
+                raise
+            self._local.conn, self._local.meta = conn, meta
         return conn, self._local.meta
+
+    def _recv(self, conn: Any, timeout_s: float) -> Any:
+        """The next message; RemoteLimitError (not a transport error, never retried) for one past
+        `max_reply_bytes`, which websockets refuses from its header (close 1009) without reading it."""
+        from websockets.exceptions import ConnectionClosed
+        from websockets.frames import CloseCode
+
+        try:
+            return conn.recv(timeout=timeout_s)
+        except ConnectionClosed as exc:
+            if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
+                raise RemoteLimitError(f"{self.url}: the server sent a message over the client's limit of "
+                                       f"{self.max_reply_bytes} bytes (max_reply_bytes)") from None
+            raise
 
     def _drop_connection(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -136,7 +253,10 @@ class RemotePolicy:
         try:
             conn, _ = self._ws_connection()
             conn.send(msgpack_numpy.packb(obs))
-            reply = conn.recv(timeout=self.timeout_s)
+            reply = self._recv(conn, self.timeout_s)
+        except RemoteLimitError:
+            self._drop_connection()
+            raise
         except (ConnectionClosed, OSError) as exc:  # the next call reconnects
             self._drop_connection()
             raise RemoteConnectionError(f"{self.url}: connection lost: {type(exc).__name__}: {exc}") from None
@@ -154,11 +274,11 @@ class RemotePolicy:
             headers["Authorization"] = f"Api-Key {self.api_key}"
         req = urllib.request.Request(url, data=body, headers=headers, method=method)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s if timeout_s is None else timeout_s) as resp:
-                data = resp.read()
+            with self._opener.open(req, timeout=self.timeout_s if timeout_s is None else timeout_s) as resp:
+                data = self._read_body(resp, url)
                 ctype = resp.headers.get("content-type", "")
         except urllib.error.HTTPError as exc:
-            data, ctype = exc.read(), exc.headers.get("content-type", "")
+            data, ctype = self._read_body(exc, url), exc.headers.get("content-type", "")
             payload = msgpack_numpy.unpackb(data) if "msgpack" in ctype else {"error": data.decode(errors="replace")}
             raise RemotePolicyError(f"{url}: HTTP {exc.code}: {payload.get('error', payload)}") from None
         if "msgpack" in ctype:
@@ -166,6 +286,16 @@ class RemotePolicy:
         import json
 
         return json.loads(data)
+
+    def _read_body(self, resp: Any, url: str) -> bytes:
+        """At most `max_reply_bytes` of a response: refused from its Content-Length, or once more arrives."""
+        declared = resp.headers.get("content-length", "")
+        size = int(declared) if declared.strip().isdigit() else 0
+        data = b"" if size > self.max_reply_bytes else resp.read(self.max_reply_bytes + 1)
+        if size > self.max_reply_bytes or len(data) > self.max_reply_bytes:
+            raise RemoteLimitError(f"{url}: the server sent a body over the client's limit of "
+                                   f"{self.max_reply_bytes} bytes (max_reply_bytes)")
+        return data
 
     # ------------------------------------------------------------------------------------ Policy
     def infer_one(self, obs: dict[str, Any]) -> Any:

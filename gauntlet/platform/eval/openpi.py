@@ -9,7 +9,9 @@ command line (`--remote-action-dim`, `--remote-chunk-len`) fills in what the met
 Before any episode counts, the driver probes every remote target once (`probe`): the server must be
 reachable within the retry budget and its first answer must carry `actions` of the environment's
 action dimension; otherwise the run stops before anything is written, naming the server and what it
-sent. Rollout actors check every later answer the same way (`check_answer`).
+sent. Rollout actors check every later answer the same way (`check_answer`). What a server may send
+or declare is bounded by the client (`policies.remote`: message size, declared shapes); past those
+bounds the probe fails the same way, naming the field.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 from gauntlet.envs.env import ACTION_DIM
 from gauntlet.keys import ACTIONS_KEY, EPISODE_ID_KEY, PROMPT_KEY
 from gauntlet.policies.base import FieldSpec, PolicyMetadata, image_spec, state_spec
+from gauntlet.policies.remote import MAX_DECLARED_SIZE
 
 DEFAULT_IMAGE_SIZE = 224  # what openpi's pi0 / pi0.5 checkpoints are trained at (its clients' resize_size)
 API_KEY_ENV = "GAUNTLET_REMOTE_API_KEY"  # default environment variable holding the remote API key
@@ -78,6 +81,8 @@ def remote_contract(meta: PolicyMetadata, options: RemoteOptions, url: str) -> R
                                   f"{'server' if meta.action_dim else 'user'}) but the environment's actions "
                                   f"have {ACTION_DIM} values")
     declared = bool(meta.observation_spec)
+    if not declared and not 1 <= options.image_size <= MAX_DECLARED_SIZE:
+        raise RemoteContractError(f"--remote-image-size {options.image_size}: expected 1 to {MAX_DECLARED_SIZE}")
     spec = dict(meta.observation_spec) if declared else openpi_spec(options.image_size)
     return RemoteContract(spec=spec, declared=declared, action_dim=action_dim,
                           chunk_len=meta.chunk_len or options.chunk_len)

@@ -31,10 +31,20 @@ def chunk(h: int = 10, d: int = 7) -> Answer:
     return lambda n, obs: {"actions": np.zeros((h, d), dtype=np.float32)}
 
 
+class Raw(bytes):
+    """Bytes the server writes to its socket as they are, past the WebSocket library (a forged frame)."""
+
+
+def huge_frame_header(length: int = 2**40) -> Raw:
+    """A binary frame that announces `length` bytes of payload and carries 4 of them: a client without
+    a size limit would wait for (or buffer) the rest."""
+    return Raw(bytes([0x82, 127]) + length.to_bytes(8, "big") + b"\x00" * 4)
+
+
 class OpenpiServer:
     """openpi's policy-server protocol on 127.0.0.1, a free port; records every request."""
 
-    def __init__(self, answer: Answer, metadata: dict[str, Any] | None = None):
+    def __init__(self, answer: Answer, metadata: dict[str, Any] | Raw | None = None):
         from websockets.sync.server import serve
 
         self.answer = answer
@@ -48,12 +58,18 @@ class OpenpiServer:
 
     def _handle(self, ws: Any) -> None:
         self.auth_headers.append(ws.request.headers.get("Authorization"))
+        if isinstance(self.metadata, Raw):
+            ws.socket.sendall(self.metadata)
+            return
         ws.send(msgpack_numpy.packb(self.metadata))
         for message in ws:
             with self._lock:
                 obs = msgpack_numpy.unpackb(message)
                 self.requests.append(obs)
                 reply = self.answer(len(self.requests), obs)
+            if isinstance(reply, Raw):
+                ws.socket.sendall(reply)
+                continue
             if isinstance(reply, str):  # openpi: the traceback as text, then close 1011
                 ws.send(reply)
                 ws.close(1011, "internal error")
@@ -68,7 +84,7 @@ class OpenpiServer:
 def servers() -> Iterator[Callable[..., OpenpiServer]]:
     started: list[OpenpiServer] = []
 
-    def start(answer: Answer, metadata: dict[str, Any] | None = None) -> OpenpiServer:
+    def start(answer: Answer, metadata: dict[str, Any] | Raw | None = None) -> OpenpiServer:
         started.append(OpenpiServer(answer, metadata))
         return started[-1]
 
@@ -172,6 +188,39 @@ def test_a_server_that_turns_bad_mid_run_makes_eval_exit_nonzero_with_reasons(
     assert status.policies[f"remote:{good.url}"]["ran"] == 2
     frame = pd.read_parquet(run / "results.parquet")
     assert frame.loc[frame["skipped"], "skip_reason"].str.contains("shape \\[10, 3\\]").all()
+
+
+IMAGE_FIELD = f"metadata.observation_spec[{IMAGE_KEY!r}]"
+
+
+@pytest.mark.parametrize(("metadata", "answer", "needle"), [
+    ({"observation_spec": {IMAGE_KEY: {"shape": [100_000, 100_000, 3], "dtype": "uint8"}}}, chunk(),
+     f"{IMAGE_FIELD}.shape: expected at most 4 whole numbers in [-1, 4096]"),
+    ({"observation_spec": {f"cam{i}": {"shape": [4096, 4096, 3], "dtype": "uint8"} for i in range(3)}}, chunk(),
+     "metadata.observation_spec: its fields hold 150994944 elements in all; the limit is 134217728"),
+    ({"observation_spec": {IMAGE_KEY: {"shape": [64, 64, 3], "dtype": "V1000000000"}}}, chunk(),
+     f"{IMAGE_FIELD}.dtype"),
+    ({"action_dim": "seven"}, chunk(), "metadata.action_dim: expected a whole number in [0, 4096], got 'seven'"),
+    ({"chunk_len": 10**12}, chunk(), "metadata.chunk_len"),
+    (huge_frame_header(), chunk(), "over the client's limit of 16777216 bytes (max_reply_bytes)"),
+    ({}, lambda n, obs: huge_frame_header(), "over the client's limit of 16777216 bytes (max_reply_bytes)"),
+])
+def test_a_server_past_the_clients_limits_is_refused_naming_the_field(
+        scene_db: Path, tmp_path: Path, servers, metadata: Any, answer: Answer, needle: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """What a server declares is checked before anything is sized from it, and a message past the
+    frame limit is refused from its header: exit 2 at the probe, naming the field; nothing allocated."""
+    import resource
+
+    server = servers(answer, metadata)
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    # A 30 s retry budget: a limit mistaken for a lost connection would be retried, not answered at once.
+    assert _eval(scene_db, tmp_path / "run", f"remote={server.url}", extra=("--remote-connect-s", "30")) == 2
+    err = capsys.readouterr().err
+    assert server.url in err and needle in err, err
+    assert len(server.auth_headers) == 1  # one connection: refused, never retried
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) < 2**20  # under 1 GiB more
+    assert not (tmp_path / "run" / "results").exists()
 
 
 @pytest.mark.parametrize(("flags", "needle"), [
