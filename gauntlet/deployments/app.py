@@ -108,6 +108,7 @@ def _in_gauntlets_env(p: PolicyServing) -> bool:
 
 def _bind_policy(serve: Any, cls: type, p: PolicyServing, max_ongoing_requests: int = 0, **extra: Any) -> Any:
     from gauntlet.deployments.policy_deployment import REPLICA_ENV_VARS
+    from gauntlet.deployments.session_router import request_router_config
 
     options = p.actor_options()
     env = dict(options.get("runtime_env") or {})  # Ray merges these env_vars with the job's, key by key
@@ -118,6 +119,9 @@ def _bind_policy(serve: Any, cls: type, p: PolicyServing, max_ongoing_requests: 
         num_replicas=p.replicas,
         max_ongoing_requests=max(p.max_ongoing_requests, max_ongoing_requests),
         ray_actor_options={**options, "runtime_env": env},
+        # Requests naming a session (clients of policies with per-episode memory) stick to one
+        # replica; the others are balanced as by Serve's default router.
+        request_router_config=request_router_config(),
         user_config={"max_batch_size": p.max_batch_size, "batch_wait_timeout_s": p.batch_wait_timeout_s,
                      "max_queued": p.max_queued},
         health_check_period_s=5,
@@ -179,21 +183,6 @@ def specs_from_names(policies: list[str], *, replicas: int = 1, max_batch_size: 
     return specs
 
 
-def app_from_args(args: dict[str, Any]) -> Any:
-    """Builder for `serve run`/`serve deploy` config files (`applications[].args`).
-
-    Refuses to build unless Serve runs with `gauntlet serve`'s proxy settings (see
-    `check_serve_runtime_env`). The API key comes from `api_key_file`, read here, i.e. in Serve's
-    build task on the cluster (the head node), not in the shell that ran `serve run`; a key in the
-    config itself is refused (`serve status` and the dashboard show the args)."""
-    from gauntlet.deployments.auth import read_api_key_file
-
-    check_serve_runtime_env()
-    if "api_key" in args:
-        raise ValueError("api_key: a key written in the config is shown by `serve status`; put it in a file on "
-                         "the head node and name the file with api_key_file")
-    specs = specs_from_names(
-        args.get("policies") or ["random"], replicas=int(args.get("replicas", 1)),
 # The job runtime_env the YAML path needs (`serve run --runtime-env THIS serve_config.yaml`): Serve's
 # proxy inherits the runtime_env of the job that starts Serve, and a config file cannot set it.
 SERVE_RUNTIME_ENV_FILE = Path(__file__).with_name("serve_runtime_env.yaml")
@@ -232,6 +221,21 @@ def check_serve_runtime_env() -> None:
             f"shutdown` first), or use `gauntlet serve`.")
 
 
+def app_from_args(args: dict[str, Any]) -> Any:
+    """Builder for `serve run`/`serve deploy` config files (`applications[].args`).
+
+    Refuses to build unless Serve runs with `gauntlet serve`'s proxy settings (see
+    `check_serve_runtime_env`). The API key comes from `api_key_file`, read here, i.e. in Serve's
+    build task on the cluster (the head node), not in the shell that ran `serve run`; a key in the
+    config itself is refused (`serve status` and the dashboard show the args)."""
+    from gauntlet.deployments.auth import read_api_key_file
+
+    check_serve_runtime_env()
+    if "api_key" in args:
+        raise ValueError("api_key: a key written in the config is shown by `serve status`; put it in a file on "
+                         "the head node and name the file with api_key_file")
+    specs = specs_from_names(
+        args.get("policies") or ["random"], replicas=int(args.get("replicas", 1)),
         max_batch_size=int(args.get("max_batch_size", 32)),
         batch_wait_timeout_s=float(args.get("batch_wait_timeout_s", 0.005)),
         vla_size=str(args.get("vla_size", "tiny")), adapters_dir=args.get("adapters_dir"),

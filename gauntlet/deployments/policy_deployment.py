@@ -28,6 +28,7 @@ from gauntlet.deployments.adapters import (
 )
 from gauntlet.deployments.batcher import OVERLOADED_KIND, OVERLOADED_STATUS, Batcher, QueueFull, check_limits
 from gauntlet.deployments.replica_stats import ReplicaStats
+from gauntlet.keys import EPISODE_CALLS_KEY
 from gauntlet.policies.base import stack_observations
 from gauntlet.policies.validation import ObservationError, validate_observation
 
@@ -58,13 +59,13 @@ class RejectedByPolicy(ValueError):
     """The policy raised on this request's content alone (its batch-mates succeeded)."""
 
 
-@dataclass(frozen=True)
 def _newest_mtime(directory: str) -> int:
     """The newest modification time of a directory and its entries: changes when a file is fixed."""
     with os.scandir(directory) as entries:
         return max([os.stat(directory).st_mtime_ns, *(e.stat().st_mtime_ns for e in entries)])
 
 
+@dataclass(frozen=True)
 class _Item:
     obs: dict[str, Any]
     adapter: str | None
@@ -106,8 +107,8 @@ class PolicyReplica:
         self.policy = make_policy(policy, checkpoint, **(policy_kwargs or {}))
         self.spec = self.policy.metadata.observation_spec
         self.adapters_dir = adapters_dir
-        self.stats = ReplicaStats(policy)
         self._broken_adapters: dict[str, tuple[int, str]] = {}  # name -> (its dir's mtime, message)
+        self.stats = ReplicaStats(policy)
         self._warm_buckets = 0
         check_limits(max_batch_size, batch_wait_timeout_s, max_queued)
         self._warm(max_batch_size)  # before Serve reports the replica healthy
@@ -161,8 +162,8 @@ class PolicyReplica:
 
     @serve.multiplexed(max_num_models_per_replica=8)
     async def _load_adapter(self, adapter: str) -> _AdapterRef:
-        loader = getattr(self.policy, "load_adapter", None)
         """Loads the adapter of canonical name `adapter` (one multiplex slot per canonical name)."""
+        loader = getattr(self.policy, "load_adapter", None)
         if loader is None:
             raise UnknownAdapterError(adapter, [])
         name, path = resolve_adapter(self.adapters_dir, adapter)
@@ -251,10 +252,10 @@ class PolicyReplica:
             groups.setdefault(item.adapter, []).append(i)
         for adapter, idx in groups.items():
             answers = self._infer_isolating(adapter, [items[i].obs for i in idx])
-            served = any(isinstance(a, np.ndarray) for a in answers)
+            served = any(isinstance(a, dict) for a in answers)
             for i, answer in zip(idx, answers, strict=True):
-                if isinstance(answer, np.ndarray):
-                    results[i] = {"actions": answer}
+                if isinstance(answer, dict):
+                    results[i] = answer
                 elif served or isinstance(answer, ObservationError):
                     results[i] = RejectedByPolicy(f"{type(answer).__name__}: {answer}")
                 else:
@@ -267,7 +268,9 @@ class PolicyReplica:
                 r["server_timing"] = {"infer_ms": infer_ms, "queue_wait_ms": w, "batch_size": len(items)}
         return results
 
-    def _infer_actions(self, adapter: str | None, observations: list[dict[str, Any]]) -> np.ndarray:
+    def _infer_actions(self, adapter: str | None, observations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One answer per observation: {"actions": (H, D)}, plus EPISODE_CALLS_KEY (an int) from a
+        policy with per-episode memory."""
         batch = stack_observations(observations)
         out = self.policy.infer(batch) if adapter is None else self.policy.infer(batch, adapter=adapter)
         actions = np.asarray(out["actions"], dtype=np.float32)  # (B, H, D)
@@ -275,16 +278,23 @@ class PolicyReplica:
             raise PolicyError(f"policy returned {actions.shape[0]} action chunks for {len(observations)} requests")
         if not np.all(np.isfinite(actions)):
             raise PolicyError("policy returned non-finite actions")
-        return actions
+        answers: list[dict[str, Any]] = [{"actions": a} for a in actions]
+        if EPISODE_CALLS_KEY in out:
+            calls = np.asarray(out[EPISODE_CALLS_KEY]).reshape(-1)
+            if calls.shape[0] != len(observations):
+                raise PolicyError(f"policy returned {calls.shape[0]} {EPISODE_CALLS_KEY} for {len(observations)} requests")
+            for answer, n in zip(answers, calls.tolist(), strict=True):
+                answer[EPISODE_CALLS_KEY] = int(n)
+        return answers
 
     def _infer_isolating(self, adapter: str | None, observations: list[dict[str, Any]]) -> list[Any]:
-        """Per observation: its (H, D) actions, or the exception inference raised on it.
+        """Per observation: its answer (`_infer_actions`), or the exception inference raised on it.
 
         A failing group is halved and each half retried, so one request the policy cannot handle
         costs its batch-mates about 2*log2(B) extra calls, never their answers.
         """
         try:
-            return list(self._infer_actions(adapter, observations))
+            return self._infer_actions(adapter, observations)
         except Exception as exc:  # noqa: BLE001 - isolated below, answered per request
             if len(observations) == 1:
                 return [exc]

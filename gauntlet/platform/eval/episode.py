@@ -9,6 +9,13 @@ result row); a driver only decides how to wait for the policy's answer:
 - `run_episode`: blocks on `policy.infer` (in-process callers, benchmarks);
 - `run_episode_async`: awaits `policy.infer_async`, so a rollout actor runs several episodes on its
   one rendering thread and steps whichever env has actions while the others wait for theirs.
+
+A policy with per-episode memory (a recurrent state, the scripted oracle's expert) keeps it in the
+replica that answered the episode. If that memory is lost mid-episode (the replica was restarted, or
+the episode reached another one), the source raises EpisodeMemoryLost instead of handing over
+actions computed from a fresh state; the episode then starts again from its scene's start, under a
+new episode id, and its row counts the restart (`episode_restarts`). Continuing would mix two
+policies' worth of behaviour into one row.
 """
 
 from __future__ import annotations
@@ -32,6 +39,23 @@ from gauntlet.platform.eval.video import VIDEO_KEY, EpisodeRecorder, VideoOption
 
 class PolicyUnavailableError(RuntimeError):
     """The policy could not answer (replica down past the retry budget, or it returned an error)."""
+
+
+# Restarts of one episode after its policy memory was lost, before it is skipped instead: one
+# restarted replica costs an episode one restart; more in a row mean the requests do not stick to
+# one replica at all (e.g. a deployment without session affinity), which restarting cannot fix.
+MAX_EPISODE_RESTARTS = 3
+
+
+class EpisodeMemoryLost(RuntimeError):
+    """A policy with per-episode memory answered as if it had not seen this episode's earlier calls:
+    the replica holding that memory was restarted or replaced, or another replica answered."""
+
+    def __init__(self, episode_id: str, expected: int, answered: Any):
+        super().__init__(f"episode {episode_id!r}: the policy answered call {answered!r} of the episode, "
+                         f"this client made {expected}; its memory of the episode is gone (a restarted "
+                         f"or another replica answered)")
+        self.episode_id = episode_id
 
 
 class ChunkSource(Protocol):
@@ -175,7 +199,8 @@ class EnvCache:
 class Episode:
     """One episode, advanced by a driver: `start`, then until `done`: if `wants_chunk`, build
     `request()`, call `sending()` as it leaves for the policy and hand the answer to `give`; then
-    `step()`. `close()` always.
+    `step()`. `close()` always. If the policy lost its memory of the episode, `restart` instead of
+    `give`.
 
     The row is `self.row` (a skipped row if the scene could not be restored). Latency is measured
     per request, from `sending()` to `give()`, whichever driver waits (with several envs per actor
@@ -196,21 +221,56 @@ class Episode:
         self._asked_at = 0.0
         self._started_at = time.perf_counter()
         self._recorder: EpisodeRecorder | None = None
+        self.restarts = 0  # times started again because the policy lost its memory of the episode
+
+    @property
+    def episode_id(self) -> str:
+        """The id the policy keeps this episode's memory under: a new one at each restart, so that
+        whatever memory of an abandoned start survives somewhere is never continued."""
+        return f"{self.item.episode_id}#restart{self.restarts}" if self.restarts else self.item.episode_id
 
     def start(self, envs: EnvCache) -> None:
         """Takes an env and restores the scene into it; a scene that cannot be restored is skipped."""
         try:
             self.env = envs.acquire(self.scene["env_config"], self.scene.get("fingerprint") or "")
             self._envs = envs
-            self.db.restore(self.env, self.item.scene_id)
-            if self.item.video is not None:
-                title = f"{self.item.policy} | {self.scene.get('task', '')} {self.scene.get('variant', '')}"
-                self._recorder = EpisodeRecorder(self.env, self.item.video, title, self.scene.get("error_type", ""))
-                self._recorder.capture(0, force=True)
+            self._begin()
         except Exception as exc:  # noqa: BLE001 - one bad scene is recorded, never fatal
-            self.row = skipped_row(self.item, self.scene, f"restore failed: {type(exc).__name__}: {exc}",
-                                   self.worker, self.code_version)
-            self.done = True
+            self._skip(f"restore failed: {type(exc).__name__}: {exc}")
+
+    def _begin(self) -> None:
+        """Restores the scene (and starts its video): at the start and at each restart."""
+        assert self.env is not None
+        self.db.restore(self.env, self.item.scene_id)
+        if self.item.video is not None:
+            title = f"{self.item.policy} | {self.scene.get('task', '')} {self.scene.get('variant', '')}"
+            self._recorder = EpisodeRecorder(self.env, self.item.video, title, self.scene.get("error_type", ""))
+            self._recorder.capture(0, force=True)
+
+    def _skip(self, reason: str) -> None:
+        self.row = skipped_row(self.item, self.scene, reason, self.worker, self.code_version)
+        self.row["episode_restarts"] = self.restarts
+        self.done = True
+
+    def restart(self, lost: EpisodeMemoryLost) -> None:
+        """The policy lost its memory of this episode mid-way: starts it again from the scene's start
+        under a new episode id (the row describes that run, and counts the restart), or, after
+        MAX_EPISODE_RESTARTS, skips it with the reason."""
+        if self._recorder is not None:
+            self._recorder.discard()
+            self._recorder = None
+        if self.restarts >= MAX_EPISODE_RESTARTS:
+            self._skip(f"{type(lost).__name__}: lost again after {self.restarts} restarts: {lost}")
+            return
+        self.restarts += 1
+        self.row = new_row(self.item, self.scene, self.worker, self.code_version, episode_restarts=self.restarts)
+        self.step_index = 0
+        self._chunk = []
+        self._latencies_ms = []
+        try:
+            self._begin()
+        except Exception as exc:  # noqa: BLE001 - as at the start: recorded, never fatal
+            self._skip(f"restore failed: {type(exc).__name__}: {exc}")
 
     @property
     def wants_chunk(self) -> bool:
@@ -222,7 +282,7 @@ class Episode:
         obs = self.env.observe(images=self.policy.needs_images)
         if self.policy.needs_sim_state:
             obs[SIM_STATE_KEY] = self.env.get_state()
-        obs[EPISODE_ID_KEY] = self.item.episode_id
+        obs[EPISODE_ID_KEY] = self.episode_id
         if self.step_index == 0:
             check_fits(obs, self.policy.vector_shapes, self.scene.get("task", ""))
         return filter_obs(obs, self.policy.spec_keys, self.policy.image_shapes, self.policy.pad_images)
@@ -310,7 +370,12 @@ async def run_episode_async(db: SceneDB, envs: EnvCache, item: WorkItem, scene: 
                 request = episode.request()
                 async with rounds.turn() if rounds is not None else contextlib.nullcontext():
                     episode.sending()
-                    episode.give(await policy.infer_async(request))
+                    try:
+                        actions = await policy.infer_async(request)
+                    except EpisodeMemoryLost as lost:
+                        episode.restart(lost)  # from the scene's start, at the next round
+                        continue
+                    episode.give(actions)
             episode.step()
             # The actor's other episodes take their turn step by step, so an answer that arrived
             # while this one was stepping is taken up within a step, not after this whole chunk.

@@ -78,6 +78,9 @@ class EpisodeResult:
     steps: int = _column("env steps taken", 0)
     recovery_step: int = _column("first step at which the task was solved; -1 if never", -1)
     inference_calls: int = _column("policy requests made", 0)
+    episode_restarts: int = _column("times the episode was started again from its scene's start because the "
+                                    "replica holding the policy's memory of it was lost (restarted or "
+                                    "replaced); the row's outcome is the run that was not interrupted", 0)
     replan_steps: int = _column("actions executed from each returned chunk before asking again (--replan-steps K, "
                                 "or the chunk length when the whole chunk is executed); 0 if none came", 0)
     latency_ms_mean: float = _column("mean policy request latency", float("nan"))

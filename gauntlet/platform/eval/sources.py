@@ -2,24 +2,62 @@
 
 All three present the same `ChunkSource` face to the episode loop, blocking (`infer`) and awaitable
 (`infer_async`, what the rollout actors use to keep several envs' requests in flight). The Serve
-client retries while a replica is being restarted, so a replica crash costs latency, not episodes.
+client retries while a replica is being restarted, so a replica crash costs latency, not episodes,
+of a policy without per-episode memory.
+
+A policy with per-episode memory (PolicyMetadata.episode_memory) keeps it in the replica that
+answers the episode. The Serve client then names one Serve session for all its requests, which the
+deployment's router (deployments/session_router) sends to one replica for as long as it lives; and
+it counts each episode's calls: an answer whose `episode_calls` differs (the replica was restarted,
+or the session had to move) raises EpisodeMemoryLost, and the episode starts again (episode.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
+import uuid
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
 from gauntlet.deployments.batcher import OVERLOADED_KIND
-from gauntlet.keys import SIM_STATE_KEY
-from gauntlet.platform.eval.episode import ChunkSource, PolicyUnavailableError
+from gauntlet.keys import EPISODE_CALLS_KEY, EPISODE_ID_KEY, SIM_STATE_KEY
+from gauntlet.platform.eval.episode import ChunkSource, EpisodeMemoryLost, PolicyUnavailableError
 from gauntlet.platform.eval.openpi import RemoteOptions, check_answer, effective_metadata, remote_contract
 from gauntlet.platform.eval.targets import PolicyTarget
 from gauntlet.policies.base import PolicyMetadata, stack_observations
+
+# Episodes whose calls one source counts (least recently asked dropped first): far more than an
+# actor runs at once, so a running episode is never dropped.
+MAX_COUNTED_EPISODES = 4096
+
+
+class EpisodeCalls:
+    """The calls this client made per episode id to a policy with per-episode memory, checked
+    against the count each answer carries (EPISODE_CALLS_KEY). Thread-safe."""
+
+    def __init__(self) -> None:
+        self._calls: OrderedDict[str, int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def check(self, obs: dict[str, Any], answer: Any) -> None:
+        """Counts this answered call; EpisodeMemoryLost if the policy counted otherwise (the episode
+        is forgotten here too: its restart comes under a new id)."""
+        episode = str(obs.get(EPISODE_ID_KEY) or "")
+        if not episode:
+            return
+        answered = answer.get(EPISODE_CALLS_KEY) if isinstance(answer, dict) else None
+        with self._lock:
+            expected = self._calls.pop(episode, 0) + 1
+            if isinstance(answered, bool) or not isinstance(answered, (int, np.integer)) or answered != expected:
+                raise EpisodeMemoryLost(episode, expected, answered)
+            self._calls[episode] = expected
+            while len(self._calls) > MAX_COUNTED_EPISODES:
+                self._calls.popitem(last=False)
 
 
 class _SourceBase:
@@ -38,6 +76,9 @@ class _SourceBase:
         self.needs_images = meta.needs_images
         self.needs_sim_state = SIM_STATE_KEY in spec
         self.chunk_len = meta.chunk_len or 1
+        # A policy with per-episode memory: the sources whose policy lives in another process (Serve,
+        # remote), where that memory can be lost under a running episode, check each answer's count.
+        self.episode_calls = EpisodeCalls() if meta.episode_memory else None
 
 
 class _RetryBudget:
@@ -79,6 +120,11 @@ class ServeSource(_SourceBase):
         self._sending: set[asyncio.Task] = set()
         # Blocking, so never on an event loop: the rollout actor builds sources in a worker thread.
         self._set_metadata(PolicyMetadata.from_dict(self._call(lambda: self.handle.metadata.remote().result())))
+        if self.episode_calls is not None:
+            # One session for every request of this source (one per rollout actor and policy): all
+            # the actor's episodes reach the replica that holds their memory, and a round's
+            # `infer_many` call, which carries several of them, stays one call.
+            self._infer_handle = self._infer_handle.options(session_id=f"eval-{uuid.uuid4().hex}")
 
     def _call(self, fn: Any) -> Any:
         budget = _RetryBudget(self.retry_s)
@@ -92,14 +138,16 @@ class ServeSource(_SourceBase):
                 return out  # past the budget an overloaded answer stands: `_actions` fails it, saying why
             time.sleep(budget.next_delay(RuntimeError(out.get("error"))))
 
-    @staticmethod
-    def _actions(out: dict[str, Any]) -> np.ndarray:
+    def _actions(self, obs: dict[str, Any], out: dict[str, Any]) -> np.ndarray:
         if "error" in out:
             raise PolicyUnavailableError(f"policy answered an error: {out['error']}")
-        return np.asarray(out["actions"])
+        actions = np.asarray(out["actions"])
+        if self.episode_calls is not None:
+            self.episode_calls.check(obs, out)
+        return actions
 
     def infer(self, obs: dict[str, Any]) -> np.ndarray:
-        return self._actions(self._call(lambda: self._infer_handle.infer.remote(obs, self.adapter).result()))
+        return self._actions(obs, self._call(lambda: self._infer_handle.infer.remote(obs, self.adapter).result()))
 
     async def infer_async(self, obs: dict[str, Any]) -> np.ndarray:
         # Requests made in the same event-loop turn (the envs of one round, see request_rounds)
@@ -129,12 +177,12 @@ class ServeSource(_SourceBase):
                 if not answer.done():
                     answer.set_exception(exc)
             return
-        for (_, answer), value in zip(calls, out, strict=True):
+        for (obs, answer), value in zip(calls, out, strict=True):
             if answer.done():  # the episode went away meanwhile
                 continue
             try:
-                answer.set_result(self._actions(value))
-            except PolicyUnavailableError as exc:
+                answer.set_result(self._actions(obs, value))
+            except (PolicyUnavailableError, EpisodeMemoryLost) as exc:
                 answer.set_exception(exc)
             except Exception as exc:  # noqa: BLE001 - a malformed answer fails its own episode only
                 answer.set_exception(PolicyUnavailableError(f"malformed answer {str(value)[:80]!r}: "
@@ -206,7 +254,10 @@ class RemoteSource(_SourceBase):
                 if time.monotonic() > deadline:
                     raise PolicyUnavailableError(f"{self.url}: {exc}") from None
                 time.sleep(0.5)
-        return check_answer(answer, self.url, self.contract)
+        actions = check_answer(answer, self.url, self.contract)
+        if self.episode_calls is not None:  # e.g. a reconnect reached a restarted or another replica
+            self.episode_calls.check(obs, answer)
+        return actions
 
     async def infer_async(self, obs: dict[str, Any]) -> np.ndarray:
         # The client blocks on its socket; in a worker thread (each with its own connection, see

@@ -1,0 +1,190 @@
+"""Policies with per-episode memory on several Serve replicas, on real Ray, Serve and robosuite.
+
+The scripted oracle keeps an expert (grasp timers) per episode id and BC-RNN a hidden state, each
+inside the replica that answered. A request naming a Serve session sticks to one replica
+(deployments/session_router); an eval on 2 replicas gives the rows of 1; and a replica killed
+mid-episode makes its episodes start again from their scenes (counted in `episode_restarts`) rather
+than continue with an expert that never saw their beginning.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+
+from gauntlet.deployments.app import EVAL_APP, deployment_name
+from gauntlet.platform.eval.config import EvalConfig
+from gauntlet.platform.eval.driver import run_eval
+from gauntlet.platform.eval.results import KEY
+from gauntlet.runtime.config_args import parse_config
+
+OUTCOME = ["success", "skipped", "steps", "recovery_step"]  # what a lost memory would change
+WHO_APP = "session-affinity"
+
+
+class _WhoAnswers:
+    """Answers with the full id (the actor name) of the replica that took the request."""
+
+    def who(self) -> str:
+        from ray import serve
+
+        return serve.get_replica_context().replica_id.to_full_id_str()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def serve_on_free_port(ray_session) -> Iterator[None]:
+    """Serve's proxy on a free port (not 8000, which a concurrent Serve may hold)."""
+    from ray import serve
+    from ray.serve.config import HTTPOptions
+
+    serve.start(http_options=HTTPOptions(host="127.0.0.1", port=_free_port()))
+    yield
+
+
+@pytest.fixture(scope="module")
+def who_app(serve_on_free_port) -> Iterator[object]:
+    from ray import cloudpickle, serve
+
+    from gauntlet.deployments.session_router import request_router_config
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the test replica lives in this module
+    deployment = serve.deployment(_WhoAnswers, name="who", num_replicas=2, ray_actor_options={"num_cpus": 0},
+                                  request_router_config=request_router_config())
+    yield serve.run(deployment.bind(), name=WHO_APP, route_prefix=None)
+    serve.delete(WHO_APP)
+
+
+def _running_replicas(app: str, deployment: str) -> int:
+    from ray import serve
+
+    status = serve.status().applications[app].deployments[deployment]
+    return int(status.replica_states.get("RUNNING", 0))
+
+
+def test_a_session_sticks_to_its_replica_until_it_dies_and_sessionless_requests_spread(who_app) -> None:
+    import ray
+
+    sessions = [f"session-{i}" for i in range(20)]
+    pinned: dict[str, str] = {}
+    for session in sessions:
+        answered = {who_app.options(session_id=session).who.remote().result() for _ in range(5)}
+        assert len(answered) == 1, f"{session} reached {answered}"
+        pinned[session] = answered.pop()
+    assert len(set(pinned.values())) == 2  # new sessions go to either replica (2**-19 to miss one)
+    assert len({who_app.who.remote().result() for _ in range(30)}) == 2  # no session: load balanced
+
+    # The replica of session-0 dies: the session moves to a live replica and stays there, also once
+    # Serve has started the dead one's replacement.
+    dead = pinned["session-0"]
+    ray.kill(ray.get_actor(dead, namespace="serve"), no_restart=True)
+    moved = None
+    deadline = time.monotonic() + 120
+    while moved is None and time.monotonic() < deadline:
+        try:
+            moved = who_app.options(session_id="session-0").who.remote().result(timeout_s=30)
+        except Exception:  # noqa: BLE001 - the request that found the replica dead; the router drops it
+            time.sleep(0.5)
+    assert moved is not None and moved != dead
+    while _running_replicas(WHO_APP, "who") < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _running_replicas(WHO_APP, "who") == 2
+    assert {who_app.options(session_id="session-0").who.remote().result() for _ in range(10)} == {moved}
+
+
+# ------------------------------------------------------------------------------ eval on replicas
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory: pytest.TempPathFactory, generate_scenes) -> Path:
+    return generate_scenes(tmp_path_factory.mktemp("stateful") / "scenes", variants="D0,D1",
+                           error_types="object_pose_perturb,object_push")
+
+
+def _eval(scenes: Path, out: Path, *, replicas: int, policy: tuple[str, ...], actors: int = 2) -> tuple[dict, pd.DataFrame]:
+    argv = ["--scenes", str(scenes), "--out", str(out), "--replicas", str(replicas), "--actors", str(actors),
+            "--envs-per-actor", "2", "--horizon", "120", "--write-every", "1"]
+    for p in policy:
+        argv += ["--policy", p]
+    summary = run_eval(parse_config(EvalConfig, argv, "gauntlet eval", ""))
+    frame = pd.read_parquet(out / "results.parquet")
+    assert not frame.duplicated(subset=list(KEY)).any()
+    return summary, frame.set_index(["scene_id", "policy", "trial"]).sort_index()
+
+
+@pytest.fixture(scope="module")
+def one_replica(scenes: Path, tmp_path_factory: pytest.TempPathFactory, serve_on_free_port) -> pd.DataFrame:
+    """The reference rows: the served oracle and BC-RNN on one replica each."""
+    summary, frame = _eval(scenes, tmp_path_factory.mktemp("one") / "run", replicas=1,
+                           policy=("deploy=scripted", "deploy=bc_rnn"))
+    assert summary["problems"] == [] and not frame["skipped"].any(), frame["skip_reason"].tolist()
+    assert (frame["episode_restarts"] == 0).all()
+    assert frame.xs("scripted", level="policy")["success"].any()  # the oracle solves scenes: rows say something
+    return frame
+
+
+@pytest.mark.slow
+def test_stateful_policies_on_two_replicas_give_the_rows_of_one(one_replica: pd.DataFrame, scenes: Path,
+                                                                tmp_path: Path) -> None:
+    summary, two = _eval(scenes, tmp_path / "run", replicas=2, policy=("deploy=scripted", "deploy=bc_rnn"))
+    assert summary["problems"] == []
+    # No memory was lost: every answer counted the episode's calls as the actor did (without session
+    # affinity, answers from the replica that never saw an episode restart it, and this fails).
+    assert (two["episode_restarts"] == 0).all()
+    pd.testing.assert_frame_equal(two[OUTCOME], one_replica[OUTCOME])
+    assert (two["inference_calls"] == one_replica["inference_calls"]).all()
+
+
+def _kill_replica_mid_run(run: Path, process_tag: str, timeout_s: float) -> tuple[threading.Thread, list[int]]:
+    """SIGKILLs this session's process whose command line holds `process_tag` once the run has written
+    its first row: the actor's other episode is then mid-way, asking that replica for chunks."""
+    killed: list[int] = []
+
+    def killer() -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not killed:
+            if run.joinpath("results").exists() and any(run.joinpath("results").glob("part-*.parquet")):
+                for proc in psutil.Process().children(recursive=True):  # this session's Ray only
+                    try:
+                        if process_tag in " ".join(proc.cmdline()):
+                            os.kill(proc.pid, signal.SIGKILL)
+                            killed.append(proc.pid)
+                            return
+                    except psutil.Error:
+                        continue
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    return thread, killed
+
+
+@pytest.mark.slow
+def test_a_replica_killed_mid_episode_restarts_its_episodes_from_their_scenes(one_replica: pd.DataFrame,
+                                                                              scenes: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    thread, killed = _kill_replica_mid_run(run, f"ServeReplica:{EVAL_APP}:{deployment_name('scripted')}", 300)
+    # One actor running two episodes at a time: when the first row is written, the other episode is
+    # mid-way on the replica that is then killed. Serve starts a new one, which has no expert for it.
+    summary, frame = _eval(scenes, run, replicas=1, policy=("deploy=scripted",), actors=1)
+    thread.join(5)
+    assert killed, "the oracle's replica should have been killed mid-run"
+    assert summary["problems"] == [] and not frame["skipped"].any(), frame["skip_reason"].tolist()
+    assert frame["episode_restarts"].sum() >= 1  # the episodes it held started again, counted
+    reference = one_replica.xs("scripted", level="policy", drop_level=False)
+    pd.testing.assert_frame_equal(frame[OUTCOME], reference[OUTCOME])  # and their rows are still right
