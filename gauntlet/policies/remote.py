@@ -21,6 +21,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import replace
+from http import HTTPStatus
 from typing import Any
 
 import numpy as np
@@ -136,6 +137,10 @@ def _split(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
 
 class RemoteConnectionError(RemotePolicyError):
     """The connection could not be made or was lost (a retry may succeed)."""
+
+
+class RemoteBusyError(RemoteConnectionError):
+    """HTTP 503: the server is overloaded for now (a Gauntlet replica's full queue); worth a retry."""
 
 
 # Failures of the transport rather than answers of the server: worth another attempt.
@@ -280,7 +285,8 @@ class RemotePolicy:
         except urllib.error.HTTPError as exc:
             data, ctype = self._read_body(exc, url), exc.headers.get("content-type", "")
             payload = msgpack_numpy.unpackb(data) if "msgpack" in ctype else {"error": data.decode(errors="replace")}
-            raise RemotePolicyError(f"{url}: HTTP {exc.code}: {payload.get('error', payload)}") from None
+            error = RemoteBusyError if exc.code == HTTPStatus.SERVICE_UNAVAILABLE else RemotePolicyError
+            raise error(f"{url}: HTTP {exc.code}: {payload.get('error', payload)}") from None
         if "msgpack" in ctype:
             return msgpack_numpy.unpackb(data)
         import json

@@ -168,3 +168,38 @@ def test_an_http_body_past_the_limit_is_refused(recorders, declared: bool) -> No
     policy = RemotePolicy(f"{server.base}/v1/policies/x", timeout_s=30, max_reply_bytes=1024)
     with pytest.raises(RemoteLimitError, match="over the client's limit of 1024 bytes"):
         policy.infer_one(OBS)
+
+
+def test_an_overloaded_http_server_is_retried_by_the_rollout_source(recorders) -> None:
+    """HTTP 503 (a Gauntlet replica's full queue) is transient: the actors' source sends again within
+    its retry budget instead of failing the episode; any other error status is an answer, not retried."""
+    from gauntlet.platform.eval.openpi import RemoteOptions
+    from gauntlet.platform.eval.sources import RemoteSource
+    from gauntlet.policies.remote import RemotePolicyError
+
+    busy_for = {"n": 2}
+
+    def route(handler: BaseHTTPRequestHandler, path: str) -> None:
+        if path.endswith("/infer") and busy_for["n"] > 0:
+            busy_for["n"] -= 1
+            body = json.dumps({"error": "the replica's queue is full", "status": 503}).encode()
+            handler.send_response(503)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(body)))
+            handler.end_headers()
+            handler.wfile.write(body)
+        elif path.endswith("/infer") and busy_for["n"] < 0:
+            handler.send_response(500)
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+        else:
+            _answer(handler, path)
+
+    server = recorders(route)
+    source = RemoteSource(f"{server.base}/v1/policies/x", RemoteOptions(connect_s=30, timeout_s=30))
+    assert source.infer(OBS).shape == (4, 7)
+    assert [p for _, p, _ in server.seen].count("/v1/policies/x/infer") == 3  # two 503s, then the answer
+    busy_for["n"] = -1
+    with pytest.raises(RemotePolicyError, match="HTTP 500"):
+        source.infer(OBS)
+    assert [p for _, p, _ in server.seen].count("/v1/policies/x/infer") == 4  # a 500 is not retried
