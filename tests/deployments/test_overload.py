@@ -195,3 +195,14 @@ def test_a_rollout_source_backs_off_and_resends_what_a_full_queue_refused(gated)
         assert [a.shape for a in rounds.result(timeout=120)] == [(8, 7)] * 3
         assert blocking.result(timeout=120).shape == (8, 7)
     assert all(r.result(timeout_s=60)["actions"].shape == (8, 7) for r in held)
+
+
+def test_the_queue_bound_is_a_serve_flag_checked_before_anything_starts(capsys: pytest.CaptureFixture[str]) -> None:
+    from gauntlet.deployments.serve_cli import ServeCLIConfig, serving_specs
+    from gauntlet.runtime.config_args import parse_config
+
+    cfg = parse_config(ServeCLIConfig, ["--policy", "random", "--max-batch-size", "8", "--max-queued", "16"], "p", "d")
+    assert [s.max_queued for s in serving_specs(cfg)] == [16]
+    with pytest.raises(SystemExit):
+        parse_config(ServeCLIConfig, ["--policy", "random", "--max-batch-size", "8", "--max-queued", "3"], "p", "d")
+    assert "max_queued must be 0 (the default) or >= max_batch_size (8), got 3" in capsys.readouterr().err
