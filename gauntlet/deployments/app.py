@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,34 +136,56 @@ def _bind_policy(serve: Any, cls: type, p: PolicyServing, max_ongoing_requests: 
 
 
 def start_serve(policies: list[PolicyServing], host: str = "127.0.0.1", http_port: int = 8000,
-                grpc_port: int | None = 9000, api_key: str | None = None, blocking: bool = False,
-                ws_port: int | None = None, ws_policy: WebSocketPolicy | None = None) -> Any:
-    """Starts Serve's proxies (HTTP on host:http_port, gRPC on grpc_port) and deploys the app;
-    `ws_port`: the first policy's replicas also serve openpi's WebSocket on host:ws_port themselves.
-    A deployment that fails (e.g. a --ws-port that is taken) raises DeployFailed with the replica's
-    error, and the failed app is deleted."""
+                grpc_port: int | None = 9000, api_key: str | None = None, ws_port: int | None = None,
+                ws_policy: WebSocketPolicy | None = None) -> Any:
+    """Starts Serve's proxies (HTTP on host:http_port, gRPC on grpc_port), deploys the app and
+    returns its handle once it runs. `ws_port`: the first policy's replicas also serve openpi's
+    WebSocket on host:ws_port themselves.
+
+    A replica that fails to start ends the start: DeployFailed with the replica's error, and the
+    app is deleted. Serve alone would retry it forever once another replica of the deployment runs
+    (e.g. replica 1 of 2 whose --ws-port + 1 another process holds)."""
     from ray import serve
     from ray.serve.config import HTTPOptions, gRPCOptions
 
     grpc_options = gRPCOptions(port=grpc_port, grpc_servicer_functions=[GRPC_SERVICER]) if grpc_port else None
     serve.start(http_options=HTTPOptions(host=host, port=http_port), grpc_options=grpc_options)
     app = build_app(policies, api_key=api_key, ws_port=ws_port, ws_host=host, ws_policy=ws_policy)
-    try:
-        return serve.run(app, name=APP_NAME, route_prefix="/", blocking=blocking)
-    except RuntimeError as exc:  # Serve's DEPLOY_FAILED: its message ends with the replica's error
-        serve.delete(APP_NAME)  # not left behind in a cluster that outlives this process
-        raise DeployFailed(f"deploying {APP_NAME!r} failed: {_last_error_line(str(exc))}") from exc
+    handle = serve.run_many([serve.RunTarget(app, name=APP_NAME, route_prefix="/")],
+                            wait_for_applications_running=False)[0]
+    _wait_until_running(serve, APP_NAME)
+    return handle
 
 
 class DeployFailed(RuntimeError):
     """Serve could not start the app's replicas (the message is the replica's error)."""
 
 
+REPLICA_START_FAILED = "A replica failed to start"  # how Serve 2.60's deployment status reports one
+
+
+def _wait_until_running(serve: Any, app_name: str) -> None:
+    """Returns once `app_name` runs; DeployFailed (the app deleted) as soon as a replica fails to start."""
+    while True:
+        status = serve.status().applications.get(app_name)
+        if status is not None and status.status == "RUNNING":
+            return
+        messages = [] if status is None else [d.message for d in status.deployments.values()
+                                              if d.message.startswith(REPLICA_START_FAILED)]
+        if status is not None and (status.status == "DEPLOY_FAILED" or messages):
+            serve.delete(app_name)  # not left retrying in a cluster that outlives this process
+            raise DeployFailed(f"deploying {app_name!r} failed: {_last_error_line((messages or [status.message])[0])}")
+        time.sleep(0.5)
+
+
 def _last_error_line(serve_message: str) -> str:
-    """The replica's own error out of Serve's DEPLOY_FAILED text (a status line, then a traceback)."""
+    """The replica's own error out of Serve's status text (a status line, then a traceback)."""
     lines = [line.strip() for line in serve_message.splitlines() if line.strip()]
     errors = [line for line in lines if line.split(":", 1)[0].endswith(("Error", "Exception", "InUse"))]
-    return errors[-1] if errors else (lines[-1] if lines else serve_message)
+    if not errors:
+        return lines[-1] if lines else serve_message
+    kind, message = errors[-1].split(":", 1)
+    return f"{kind.rsplit('.', 1)[-1]}:{message}"  # the exception's own name, without its module
 
 
 def specs_from_names(policies: list[str], *, replicas: int = 1, max_batch_size: int = 32,

@@ -123,8 +123,9 @@ async def serve_direct_websocket(routes: Any, host: str, port: int) -> Any:
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:
             raise
-        raise WebSocketPortInUse(
-            exc.errno, f"ws_port: {host}:{port + rank} (--ws-port {port} + replica rank {rank}) is already "
-                       "in use by another process; free it or choose another --ws-port") from None
+        taken = WebSocketPortInUse(f"ws_port: {host}:{port + rank} (--ws-port {port} + replica rank {rank}) is "
+                                   "already in use by another process; free it or choose another --ws-port")
+        taken.errno = exc.errno
+        raise taken from None
     print(f"[serve] {routes.local_policy}: openpi WebSocket on ws://{host}:{port + rank}", flush=True)
     return server
