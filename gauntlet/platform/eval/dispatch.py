@@ -33,9 +33,11 @@ ERROR_CHARS = 300  # of an actor's error kept in a skip reason or a message (Ray
 
 
 def brief(exc: BaseException) -> str:
-    """`Type: first line of the message`, at most ERROR_CHARS long."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:ERROR_CHARS]
+    """`Type: the message's telling line`, at most ERROR_CHARS long: the first line, or the last when
+    the message carries the traceback of an error raised in the actor (that line names the error)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    traced = any(line.startswith("Traceback") for line in lines)
+    return f"{type(exc).__name__}: {(lines[-1] if traced else lines[0]) if lines else ''}"[:ERROR_CHARS]
 
 
 class Dispatcher:
