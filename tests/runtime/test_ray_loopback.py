@@ -235,3 +235,25 @@ def test_an_embedded_ray_refuses_to_run_without_token_auth(monkeypatch: pytest.M
     monkeypatch.setenv(AUTH_MODE_ENV, "disabled")
     with pytest.raises(ValueError, match=f"{AUTH_MODE_ENV}=disabled"):
         enable_token_auth("test")
+
+
+def test_the_cluster_config_runs_every_node_with_token_auth_on_the_documented_ports() -> None:
+    import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    text = (Path(__file__).resolve().parents[2] / "ray_cluster.yaml").read_text()
+    config = yaml.safe_load(text)
+    validate_config(prepare_config(config))  # what `ray up` accepts
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"  # one token for every node
+    assert any("chmod 600 ~/.ray/auth_token" in c for c in config["setup_commands"])
+    starts = {role: next(c for c in config[f"{role}_start_ray_commands"] if "bin/ray start" in c)
+              for role in ("head", "worker")}
+    pinned = ("--node-manager-port=6380", "--object-manager-port=6381", "--runtime-env-agent-port=6382",
+              "--dashboard-agent-grpc-port=6383", "--dashboard-agent-listen-port=52365",
+              "--metrics-export-port=6384", "--min-worker-port=10002", "--max-worker-port=10999")
+    header = text.split("cluster_name:")[0]  # the comments that list the ports for a firewall
+    assert all(flag.split("=")[1] in header for flag in pinned)
+    for role, command in starts.items():
+        assert "RAY_AUTH_MODE=token ~/gauntlet/.venv/bin/ray start" in command, role
+        assert all(flag in command for flag in pinned), (role, command)
+    assert "--dashboard-host=127.0.0.1" in starts["head"] and "--port=6379" in starts["head"]
