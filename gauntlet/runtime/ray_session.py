@@ -59,6 +59,26 @@ def token_file() -> Path | None:
     return Path(configured).expanduser() if configured else Path.home() / DEFAULT_TOKEN_FILE
 
 
+def _create_token_file(path: Path) -> bool:
+    """Puts a new token at `path` unless a file is there already; True when this call made it.
+
+    The token is written to a private temporary file first and hard-linked into place, so no process
+    ever reads the file empty or half-written, and two processes starting at once keep one token."""
+    from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
+
+    staged = path.with_name(f".{path.name}.{os.getpid()}.new")
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, TOKEN_FILE_MODE)  # private from birth
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(generate_new_authentication_token())
+        os.link(staged, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        staged.unlink(missing_ok=True)
+
+
 def ensure_private_token(path: Path, label: str) -> None:
     """Makes `path` a token file only its owner can read: a new random token (mode 0600) when the file
     is missing or empty; an existing one readable by group or others is set to 0600, with one line on
@@ -66,15 +86,7 @@ def ensure_private_token(path: Path, label: str) -> None:
     from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
 
     path.parent.mkdir(mode=TOKEN_DIR_MODE, parents=True, exist_ok=True)
-    try:
-        # O_EXCL: never write through a file (or link) another process put there first; the mode is
-        # applied at creation, so the token is never readable by others, not even for a moment.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, TOKEN_FILE_MODE)
-    except FileExistsError:
-        fd = None
-    if fd is not None:
-        with os.fdopen(fd, "w") as out:
-            out.write(generate_new_authentication_token())
+    if _create_token_file(path):
         return
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:

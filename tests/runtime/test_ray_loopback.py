@@ -229,6 +229,9 @@ def test_a_missing_token_file_is_created_private(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     token = path.read_text()
     assert len(token) == 64 and int(token, 16) >= 0  # Ray's generator: 256 random bits, hex
+    assert [p.name for p in path.parent.iterdir()] == ["auth_token"]  # the staged copy is gone
+    ensure_private_token(path, "test")
+    assert path.read_text() == token  # an existing token is kept: running clusters still accept it
 
 
 def test_an_embedded_ray_refuses_to_run_without_token_auth(monkeypatch: pytest.MonkeyPatch) -> None:
