@@ -69,7 +69,9 @@ class EvalConfig:
                                                 "metadata, and reconnects mid-run); an unreachable server "
                                                 "is an error after it")
     remote_timeout_s: float = option(120.0, help="longest wait for one answer of a remote server")
-    resume: bool = option(False, help="continue the run in --out: only missing episodes run")
+    resume: bool = option(False, help="continue the run in --out: the missing episodes run, and those skipped "
+                                      "for a transient reason (policy unreachable, timeout, actor died); "
+                                      "permanent skips (environment or policy/task mismatch) stay")
     tasks: tuple[str, ...] = option((), help="only these tasks")
     variants: tuple[str, ...] = option((), help="only these variants")
     error_types: tuple[str, ...] = option((), help="only these error types")

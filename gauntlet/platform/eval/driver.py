@@ -139,7 +139,8 @@ def _run(cfg: EvalConfig, frame: pd.DataFrame, targets: list[PolicyTarget],
     store = ResultsStore(run_dir)
     version = code_version()
     plan, scenes, status = _start_run(cfg, frame, targets, store, version)
-    summary = {"run_dir": str(run_dir), "total": plan.total, "ran": 0, "skipped": len(plan.skip_rows)}
+    summary = {"run_dir": str(run_dir), "total": plan.total, "ran": 0, "skipped": len(plan.skip_rows),
+               "skipped_transient": 0}  # pre-flight skips are permanent
     if not plan.pending:
         return _finish(store, status, summary)
     cpus = max(os.cpu_count() or 1, int(cfg.actors * cfg.actor_cpus) + len(deploy))
