@@ -16,7 +16,6 @@ The first run on a machine builds the LeRobot environment (see README: LeRobot p
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import threading
 import time
@@ -98,7 +97,9 @@ def main() -> None:
 
     import ray
 
-    ray.init(address=os.environ.get("RAY_ADDRESS", "local"), include_dashboard=False, log_to_driver=False)
+    from gauntlet.runtime.ray_session import start_ray
+
+    start_ray("bench_lerobot_serving", log_to_driver=False)  # RAY_ADDRESS, else embedded: loopback, token auth
     path = args.pretrained
     if path is None:
         from gauntlet.policies.lerobot.fixtures import save_random_policy

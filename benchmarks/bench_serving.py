@@ -430,7 +430,9 @@ def main() -> None:
     for item in args.env:
         key, _, value = item.partition("=")
         env["env_vars"][key] = os.environ[key] = value
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, runtime_env=env)
+    from gauntlet.runtime.ray_session import init_local_ray
+
+    init_local_ray("bench_serving", runtime_env=env, log_to_driver=False)  # loopback listeners, token auth
     serve.start(http_options=HTTPOptions(host="127.0.0.1", port=HTTP_PORT),
                 grpc_options=gRPCOptions(port=GRPC_PORT, grpc_servicer_functions=[GRPC_SERVICER]))
     noop = noop_table(args.noop_requests) if args.noop_requests else []

@@ -61,7 +61,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         dataset = build_dataset(Path(tmp) / "ds", args.episodes, args.length, args.image_size)
         print(f"dataset: {args.episodes} episodes x {args.length} frames, two {args.image_size}px cameras", flush=True)
-        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+        from gauntlet.runtime.ray_session import init_local_ray
+
+        init_local_ray("bench_sweep_throughput", log_to_driver=False)  # loopback listeners, token auth
         results = {}
         try:
             for mode in ("grid", "ladder"):

@@ -43,7 +43,6 @@ import argparse
 import contextlib
 import io
 import json
-import logging
 import os
 import platform
 import shutil
@@ -327,8 +326,9 @@ def run_ray(args: argparse.Namespace) -> None:
         base = str(base_path)
     started = False
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING)
+        from gauntlet.runtime.ray_session import init_local_ray
+
+        init_local_ray("bench_train", num_cpus=args.ray_cpus, log_to_driver=False)  # loopback, token auth
         started = True
     results = []
     try:
