@@ -148,7 +148,10 @@ def start_serve(policies: list[PolicyServing], host: str = "127.0.0.1", http_por
     from ray import serve
     from ray.serve.config import HTTPOptions, gRPCOptions
 
-    grpc_options = gRPCOptions(port=grpc_port, grpc_servicer_functions=[GRPC_SERVICER]) if grpc_port else None
+    # gRPC reflection (on in Serve by default) is answered by the proxy itself, past any key check:
+    # with a key it is off, so that no gRPC surface answers without the key.
+    grpc_options = gRPCOptions(port=grpc_port, grpc_servicer_functions=[GRPC_SERVICER],
+                               enable_reflection=not api_key) if grpc_port else None
     serve.start(http_options=HTTPOptions(host=host, port=http_port), grpc_options=grpc_options)
     app = build_app(policies, api_key=api_key, ws_port=ws_port, ws_host=host, ws_policy=ws_policy)
     handle = serve.run_many([serve.RunTarget(app, name=APP_NAME, route_prefix="/")],

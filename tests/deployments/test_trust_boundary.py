@@ -18,13 +18,13 @@ import httpx
 import numpy as np
 import pytest
 
-from gauntlet.deployments.app import PolicyServing, build_app, deployment_name
+from gauntlet.deployments.app import APP_NAME, PolicyServing, deployment_name, start_serve
 from gauntlet.deployments.grpc_client import PolicyGrpcClient
 from gauntlet.policies import msgpack_numpy
 from gauntlet.policies.registry import PolicyRef
 
 HTTP_PORT, GRPC_PORT, WS_PORT = 18611, 19611, 18612
-APP = "adapters"
+APP = APP_NAME
 KEY = "trust-key"
 AUTH = {"Authorization": f"Api-Key {KEY}"}
 BASE = f"http://127.0.0.1:{HTTP_PORT}"
@@ -37,9 +37,7 @@ TRAVERSALS = ["../outside", "../outside/evil", "/etc", "/tmp", "./good", "good/"
 @pytest.fixture(scope="module")
 def vla_app(ray_session, tmp_path_factory):
     from ray import serve
-    from ray.serve.config import HTTPOptions, gRPCOptions
 
-    from gauntlet.deployments.app import GRPC_SERVICER
     from gauntlet.policies.vla.policy import VLAPolicy
 
     root = tmp_path_factory.mktemp("host")
@@ -56,11 +54,9 @@ def vla_app(ray_session, tmp_path_factory):
     (adapters / "broken" / "config.json").write_text('{"format_version": 1}')  # no kind, no params
 
     serve.shutdown()  # a Serve left running by an earlier test keeps its own ports
-    serve.start(http_options=HTTPOptions(host="127.0.0.1", port=HTTP_PORT),
-                grpc_options=gRPCOptions(port=GRPC_PORT, grpc_servicer_functions=[GRPC_SERVICER]))
     spec = PolicyServing(PolicyRef("vla"), max_batch_size=1, num_cpus=0.25, policy_kwargs={"config_name": "tiny"},
                          adapters_dir=str(adapters))
-    serve.run(build_app([spec], api_key=KEY, ws_port=WS_PORT), name=APP, route_prefix="/")
+    start_serve([spec], http_port=HTTP_PORT, grpc_port=GRPC_PORT, api_key=KEY, ws_port=WS_PORT)
     meta = httpx.get(f"{BASE}/v1/policies/vla/metadata", headers=AUTH, timeout=60).json()
     yield {"root": root, "meta": meta, "handle": serve.get_deployment_handle(deployment_name("vla"), app_name=APP)}
     serve.shutdown()
@@ -211,6 +207,13 @@ def test_serves_own_endpoints_need_the_key(vla_app) -> None:
             assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert list(calls[0]((("authorization", f"Api-Key {KEY}"),)).application_names) == [APP]
     assert calls[1]((("authorization", f"Api-Key {KEY}"),)).message == "success"
+    # Reflection, which the proxy would answer past any key check, is off when a key is set.
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    reflect = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo
+    with pytest.raises(grpc.RpcError) as refused:
+        list(reflect(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=30))
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
     channel.close()
 
 
