@@ -124,9 +124,14 @@ class PolicyRoutes:
         self.max_request_bytes = max_request_bytes
         self.ws_policy = ws_policy or WebSocketPolicy()
         self.ws_slots = SessionSlots(self.ws_policy.max_sessions)  # sessions through Serve's proxy
-        self._published_key = publish_key(api_key)  # Serve's proxy guards its own endpoints with it
+        self._published_key: bytes | None = None  # set last in __init__ (see `_publish_key`)
         self._metadata_cache: dict[str, dict] = {}
         self.policy_names = sorted({*remote, *([self.local_policy] if self.local_policy else [])})
+
+    def _publish_key(self, api_key: str | None) -> None:
+        """Serve's proxy guards its own endpoints with the key (`proxy_guard`). Called as the last
+        step of __init__, so a replica that fails to start leaves no entry behind."""
+        self._published_key = publish_key(api_key)
 
     def __del__(self) -> None:
         """Serve calls this as the replica shuts down gracefully."""
@@ -366,6 +371,7 @@ class Gateway(PolicyRoutes):
     def __init__(self, policies: dict[str, Any], api_key: str | None = None,
                  max_request_bytes: int = MAX_REQUEST_BYTES, ws_policy: WebSocketPolicy | None = None):
         self._init_routes(policies, api_key, max_request_bytes, ws_policy)
+        self._publish_key(api_key)
 
 
 @serve.ingress()
@@ -386,3 +392,4 @@ class PolicyIngress(PolicyReplica, PolicyRoutes):
 
             # Bound before the replica reports healthy: a port in use fails the deployment, named.
             self.direct_ws = await serve_direct_websocket(self, ws_host, ws_port)
+        self._publish_key(api_key)
