@@ -123,7 +123,7 @@ def test_a_run_written_before_skip_kind_reads_with_it_derived(tmp_path: Path) ->
 # ------------------------------------------------------------------------------ real runs
 
 
-PADDING = 10_000  # tiny arrays added to the poisoned scene's file: loading it holds the file open ~1 s
+PADDING = 20_000  # tiny arrays added to the poisoned scene's file: loading it holds the file open ~1 s
 
 
 def _pad(path: Path) -> bytes:
