@@ -63,11 +63,15 @@ def _create_token_file(path: Path) -> bool:
     """Puts a new token at `path` unless a file is there already; True when this call made it.
 
     The token is written to a private temporary file first and hard-linked into place, so no process
-    ever reads the file empty or half-written, and two processes starting at once keep one token."""
+    ever reads the file empty or half-written, and two processes starting at once keep one token. The
+    temporary file has a fresh random name (mkstemp: created 0600, O_EXCL), so one left behind by a
+    killed process never blocks a later start."""
+    import tempfile
+
     from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
 
-    staged = path.with_name(f".{path.name}.{os.getpid()}.new")
-    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, TOKEN_FILE_MODE)  # private from birth
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent)  # private from birth
+    staged = Path(name)
     try:
         with os.fdopen(fd, "w") as out:
             out.write(generate_new_authentication_token())

@@ -234,6 +234,19 @@ def test_a_missing_token_file_is_created_private(tmp_path: Path) -> None:
     assert path.read_text() == token  # an existing token is kept: running clusters still accept it
 
 
+def test_a_staged_token_file_left_by_a_killed_start_does_not_block_the_next(tmp_path: Path) -> None:
+    """A start SIGKILLed between staging and linking leaves its staged file behind; a later process
+    (even one given the same pid) still creates the token."""
+    path = tmp_path / "auth_token"
+    stale = [tmp_path / f".auth_token.{os.getpid()}.new", tmp_path / ".auth_token.stale.new"]
+    for leftover in stale:
+        leftover.write_text("half a tok")
+    ensure_private_token(path, "test")
+    token = path.read_text()
+    assert len(token) == 64 and int(token, 16) >= 0 and stat.S_IMODE(path.stat().st_mode) == TOKEN_FILE_MODE
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["auth_token", *(p.name for p in stale)])
+
+
 def test_an_embedded_ray_refuses_to_run_without_token_auth(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(AUTH_MODE_ENV, "disabled")
     with pytest.raises(ValueError, match=f"{AUTH_MODE_ENV}=disabled"):
