@@ -42,7 +42,7 @@ PERMANENT_CAUSES = frozenset({
     "RemoteAnswerError",  # the remote policy's answer is not a chunk of this env's actions
     "RemoteContractError",  # the remote policy's declared contract does not fit this env
     # Pre-flight (scene_check, --policy-tasks): rows the driver writes are marked PERMANENT as it
-    # writes them; these classify the same rows of runs written before skip_kind existed.
+    # writes them; these classify the same causes in rows without skip_kind.
     "fingerprint mismatch", "array file missing", "policy_tasks",
 })
 ACTOR_DIED = "actor_died"  # the cause of an episode whose rollout actor died every time it ran it
@@ -74,7 +74,7 @@ class EpisodeResult:
     skip_kind: str = _column("transient (--resume runs it again: policy unreachable, timeout, actor died, any "
                              "unforeseen error) or permanent (the same scene, policy and code would skip it "
                              "again: environment or policy/task mismatch, restore failed); empty when it ran. "
-                             "Runs written before this column: derived from skip_reason on reading", "")
+                             "Rows without skip_kind: derived from skip_reason on reading", "")
     steps: int = _column("env steps taken", 0)
     recovery_step: int = _column("first step at which the task was solved; -1 if never", -1)
     inference_calls: int = _column("policy requests made", 0)
@@ -247,8 +247,8 @@ def transient_skips(frame: pd.DataFrame) -> pd.Series:
 def one_row_per_key(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per KEY, in written order. A transient skip loses to any other row of its key (the
     episode ran, or was skipped for good, on a later attempt); otherwise the first written wins, so
-    a part written twice around a crash counts once. Rows written before `skip_kind` existed (null,
-    or empty on a skipped row) get it from their skip_reason, the one classification."""
+    a part written twice around a crash counts once. Rows without `skip_kind` (null, or empty on a
+    skipped row) get it from their skip_reason, the one classification."""
     skipped = frame["skipped"].fillna(False).astype(bool)
     kind = frame["skip_kind"].fillna("").astype(str)
     unknown = skipped & (kind == "")

@@ -106,8 +106,8 @@ def test_a_later_row_replaces_a_transient_skip_and_nothing_else(tmp_path: Path) 
         store.compact()
 
 
-def test_a_run_written_before_skip_kind_reads_with_it_derived(tmp_path: Path) -> None:
-    """Parts without the skip_kind column (older runs) still read; their skips are classified by reason."""
+def test_rows_without_skip_kind_read_with_it_derived(tmp_path: Path) -> None:
+    """Parts without the skip_kind column still read; their skips are classified by reason."""
     store = ResultsStore(tmp_path)
     rows = [skipped_row(_item("a"), SCENE, UNREACHABLE, "w", "v"),
             skipped_row(_item("b"), SCENE, RESTORE_FAILED, "w", "v"),
@@ -224,7 +224,7 @@ def test_resume_runs_transient_skips_again_and_keeps_permanent_ones(ray_session,
     store = ResultsStore(run)
     store.write([skipped_row(item[a], scenes[a], UNREACHABLE, "w", "v"),
                  skipped_row(item[b], scenes[b], RESTORE_FAILED, "w", "v")])
-    # A part of a run written before skip_kind existed: its skip is transient by its reason.
+    # A part without the skip_kind column: its skip is transient by its reason.
     old = skipped_row(item[c], scenes[c], "TimeoutError: no answer in 120 s", "w", "v")
     pq.write_table(pa.Table.from_pylist([old], schema=arrow_schema()).drop_columns(["skip_kind"]),
                    store.dir / "part-000003.parquet")
