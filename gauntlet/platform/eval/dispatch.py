@@ -5,8 +5,10 @@ Each actor runs `envs_per_actor` episodes at once and holds one item more, waiti
 a round trip to the driver. Work is pulled (an actor gets its next item as soon as one of its
 episodes finishes), so a slow scene never idles the others. An actor that dies, or stops
 answering liveness pings, is killed and replaced, and all its in-flight items go back to the front
-of the queue, in their order. Finished rows go to the results store in batches of `write_every`,
-and whatever is buffered is written however `run` ends.
+of the queue, in their order, each as a new attempt (its own episode id). An item whose `run`
+raises while its actor lives on is recorded as skipped (`actor_raised`, transient) and the actor
+keeps working. Finished rows go to the results store in batches of `write_every`, and whatever is
+buffered is written however `run` ends.
 
 Runs end. An item that was in flight on `max_attempts` dead actors is recorded as skipped
 (`actor_died`, transient) instead of going back to the queue. A slot whose actor fails to start
@@ -18,12 +20,20 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from gauntlet.platform.eval.config import EvalConfig, EvalRunError
 from gauntlet.platform.eval.episode import WorkItem
-from gauntlet.platform.eval.results import ACTOR_DIED, DRIVER_WORKER, TRANSIENT, ResultsStore, skipped_row
+from gauntlet.platform.eval.results import (
+    ACTOR_DIED,
+    ACTOR_RAISED,
+    DRIVER_WORKER,
+    TRANSIENT,
+    ResultsStore,
+    skipped_row,
+)
 from gauntlet.platform.eval.status import StatusLine
 from gauntlet.platform.eval.targets import PolicyTarget
 from gauntlet.platform.eval.video import VIDEO_KEY, write_video
@@ -127,8 +137,8 @@ class Dispatcher:
             if self.deaths[item.key] >= self.cfg.max_attempts:
                 self._give_up(item, why)
                 capped += 1
-            else:
-                self.pending.appendleft(item)
+            else:  # a new attempt, under a new episode id (see WorkItem.episode_id)
+                self.pending.appendleft(replace(item, attempt=self.deaths[item.key]))
         self.replaced += 1
         self.pings.pop(slot, None)
         print(f"[eval] actor {slot} lost ({why}); re-queued {len(lost) - capped} item(s), starting a replacement",
@@ -149,6 +159,22 @@ class Dispatcher:
         reason = f"{ACTOR_DIED}: its rollout actor died {n} times running it; last: {why}"
         self._record(skipped_row(item, self.scenes[item.scene_id], reason, DRIVER_WORKER, self.version,
                                  kind=TRANSIENT))
+
+    def _record_raised(self, item: WorkItem, exc: BaseException) -> None:
+        """An item whose `run` raised (outside the episode, whose own exceptions `run` turns into
+        skipped rows): recorded as skipped with the error, the actor kept and no death charged.
+        Killing the actor would charge a death to every item it holds and, at max_attempts, record a
+        code error as `actor_died`. Transient, like every error nobody foresaw (results.PERMANENT_CAUSES):
+        the same code would likely raise again, but `--resume` after a fix must run it, and a wrong
+        "transient" costs one attempt per `--resume`, never a loop within a run."""
+        cause = getattr(exc, "cause", None)  # what `run` raised, as raised (Ray's message wraps it in its own)
+        why = brief(cause if isinstance(cause, BaseException) else exc)
+        print(f"[eval] {item.scene_id} / {item.policy} / trial {item.trial}: the rollout actor raised running "
+              f"it ({why}); recorded as skipped ({ACTOR_RAISED})", flush=True)
+        if self.replay:
+            return  # a replay for a video: the episode's row is already stored
+        self._record(skipped_row(item, self.scenes[item.scene_id], f"{ACTOR_RAISED}: {why}", DRIVER_WORKER,
+                                 self.version, kind=TRANSIENT))
 
     def _record(self, row: dict[str, Any]) -> None:
         self.buffer.append(row)
@@ -196,12 +222,16 @@ class Dispatcher:
         for ref in ready:
             if ref not in self.in_flight:
                 continue
-            slot, _ = self.in_flight[ref]
+            slot, item = self.in_flight[ref]
             try:
                 row = ray.get(ref)
+            except ray.exceptions.RayTaskError as exc:
+                # `run` itself raised and returned: the actor is alive, the error is this item's.
+                self.in_flight.pop(ref)
+                self._record_raised(item, exc)
+                continue
             except ray.exceptions.RayError as exc:
-                # `run` turns every exception of an episode into a skipped row, so an error here is
-                # the actor's (died, OOM-killed, its node lost, its result lost), never the episode's.
+                # The actor's (died, OOM-killed, its node lost, its result lost), never the episode's.
                 self._replace(slot, brief(exc))
                 continue
             self.in_flight.pop(ref)

@@ -15,7 +15,9 @@ replica that answered the episode. If that memory is lost mid-episode (the repli
 the episode reached another one), the source raises EpisodeMemoryLost instead of handing over
 actions computed from a fresh state; the episode then starts again from its scene's start, under a
 new episode id, and its row counts the restart (`episode_restarts`). Continuing would mix two
-policies' worth of behaviour into one row.
+policies' worth of behaviour into one row. An item sent again after its rollout actor died has an
+id of its own too (`WorkItem.attempt`): the replica's memory of the dead attempt is never continued,
+nor taken for a lost memory (no restart is counted).
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ class WorkItem:
     trial: int
     horizon: int
     video: VideoOptions | None = None  # record this episode (not part of its identity)
+    # Times the item was sent again after an actor died with it in flight (not part of its identity).
+    attempt: int = 0
 
     @property
     def key(self) -> tuple:
@@ -93,7 +97,10 @@ class WorkItem:
 
     @property
     def episode_id(self) -> str:
-        return f"{self.run_id}/{self.scene_id}/{self.policy}/{self.trial}"
+        """The id a policy keeps the episode's memory under. Each attempt has its own: a replica still
+        holds the memory of the attempt that died, and continuing it would look like a lost memory."""
+        base = f"{self.run_id}/{self.scene_id}/{self.policy}/{self.trial}"
+        return f"{base}#attempt{self.attempt}" if self.attempt else base
 
 
 def filter_obs(obs: dict[str, Any], keys: frozenset[str],

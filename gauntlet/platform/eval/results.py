@@ -46,6 +46,7 @@ PERMANENT_CAUSES = frozenset({
     "fingerprint mismatch", "array file missing", "policy_tasks",
 })
 ACTOR_DIED = "actor_died"  # the cause of an episode whose rollout actor died every time it ran it
+ACTOR_RAISED = "actor_raised"  # the cause of an episode whose rollout actor's `run` raised (it lives on)
 RESULTS_DIR = "results"  # RUN/results/part-*.parquet, written as episodes finish
 COMPACTED_FILE = "results.parquet"  # RUN/results.parquet, the parts folded together at the end
 

@@ -9,19 +9,23 @@ import shutil
 import signal
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from gauntlet.platform.eval.config import EvalConfig, EvalRunError
+from gauntlet.platform.eval.dispatch import Dispatcher
 from gauntlet.platform.eval.driver import prepare_run_dir, run_eval
 from gauntlet.platform.eval.episode import WorkItem
 from gauntlet.platform.eval.results import (
+    ACTOR_RAISED,
     KEY,
     PERMANENT,
     TRANSIENT,
@@ -31,7 +35,8 @@ from gauntlet.platform.eval.results import (
     skipped_row,
 )
 from gauntlet.platform.eval.scenes import scene_records, select_scenes
-from gauntlet.platform.eval.status import EvalStatus
+from gauntlet.platform.eval.status import EvalStatus, StatusLine
+from gauntlet.platform.eval.targets import policy_targets
 from gauntlet.runtime.config_args import parse_config
 
 SCENE = {"task": "lift", "variant": "D0", "error_type": "drop", "category": "natural"}
@@ -59,7 +64,10 @@ def _cfg(**kw: Any) -> EvalConfig:
 
 
 def _once(run: Path) -> pd.DataFrame:
-    frame = pd.read_parquet(run / "results.parquet")
+    return _once_of(pd.read_parquet(run / "results.parquet"))
+
+
+def _once_of(frame: pd.DataFrame) -> pd.DataFrame:
     assert not frame.duplicated(subset=list(KEY)).any()
     return frame.set_index("scene_id")
 
@@ -145,20 +153,19 @@ def _holds_open(pid: int, path: str) -> bool:
 
 
 def _kill_every_reader(path: Path, stop: threading.Event) -> tuple[threading.Thread, list[int]]:
-    """SIGKILLs every rollout actor seen holding `path` open (restoring that scene), until `stop`."""
+    """SIGKILLs every process of this session's Ray seen holding `path` open, until `stop`: only a
+    rollout actor restoring that scene opens it. Every pass looks at every process, so an actor
+    started a moment ago is seen on its first restore however slow the machine is."""
     killed: list[int] = []
 
     def killer() -> None:
-        pids: list[int] = []
-        listed = 0.0
+        me = psutil.Process()
         while not stop.is_set():
-            if time.monotonic() - listed > 0.5:
-                pids, listed = _rollout_pids(), time.monotonic()
-            for pid in pids:
-                if pid not in killed and _holds_open(pid, str(path)):
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-            time.sleep(0.02)
+            for proc in me.children(recursive=True):  # this session's Ray only, never this process
+                if proc.pid not in killed and _holds_open(proc.pid, str(path)):
+                    os.kill(proc.pid, signal.SIGKILL)
+                    killed.append(proc.pid)
+            time.sleep(0.01)
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
@@ -176,9 +183,10 @@ def test_a_scene_that_kills_its_actor_ends_as_a_skipped_row_and_resume_runs_it_a
     arrays = (db / "arrays" / f"{poison}.npz").resolve()
     original = _pad(arrays)
     run = tmp_path / "run"
-    # One actor, three envs: the first death takes three items with it.
+    # One actor, three envs: the first death takes three items with it. Deaths are the killer's
+    # alone: a busy machine's slow ping replaces no actor (death is seen on the episode's call).
     args = dict(scenes=db, policy="random", out=run, trials=1, actors=1, envs_per_actor=3, horizon=60,
-                write_every=1, max_attempts=3)
+                write_every=1, max_attempts=3, ping_timeout_s=600)
     stop = threading.Event()
     thread, killed = _kill_every_reader(arrays, stop)
     try:
@@ -187,7 +195,7 @@ def test_a_scene_that_kills_its_actor_ends_as_a_skipped_row_and_resume_runs_it_a
         stop.set()
         thread.join(5)
     log = capsys.readouterr().out
-    assert len(killed) == 3, "the poisoned scene runs exactly max_attempts times"
+    assert len(killed) == 3, f"the poisoned scene runs exactly max_attempts times: {log}"
     frame = _once(run)
     assert len(frame) == 4 and summary["ran"] == 3 and summary["actors_replaced"] >= 3
     row = frame.loc[poison]
@@ -211,6 +219,44 @@ def test_a_scene_that_kills_its_actor_ends_as_a_skipped_row_and_resume_runs_it_a
     assert frame.loc[poison, "steps"] > 0 and frame.loc[poison, "skip_kind"] == ""
     status = EvalStatus.read(run)
     assert status.finished and status.done == status.total == 4 and status.policies["random"]["transient"] == 0
+
+
+class _ActorsWithoutOneScene(Dispatcher):
+    """Rollout actors that are not given one scene: their real `run` raises KeyError for its item,
+    before the episode (whose own errors `run` records as skipped rows) begins."""
+
+    missing = ""
+
+    def _new_actor(self) -> Any:
+        from gauntlet.platform.eval.rollout_actor import RolloutActor
+
+        given = {k: v for k, v in self.scenes.items() if k != self.missing}
+        return RolloutActor.options(num_cpus=self.cfg.actor_cpus, max_restarts=0).remote(
+            str(Path(self.cfg.scenes).resolve()), self.targets, given, self.version, self.cfg.envs_per_actor)
+
+
+def test_an_item_whose_run_raises_is_skipped_and_its_actor_keeps_working(
+        ray_session, scene_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    cfg = _cfg(scenes=scene_db, policy="random", out=run, trials=1, actors=1, envs_per_actor=2, horizon=30,
+               write_every=1)
+    scenes = scene_records(select_scenes(cfg)[1])
+    order = sorted(scenes)
+    targets, _ = policy_targets(cfg)
+    dispatcher = _ActorsWithoutOneScene(cfg, scenes, targets, "v", ResultsStore(run), StatusLine(run, 4, 0))
+    dispatcher.missing = order[0]  # the first item sent: a batch-mate is in flight with it
+    outcome = dispatcher.run(deque(WorkItem(cfg.effective_run_id, s, "random", 0, 30) for s in order))
+    log = capsys.readouterr().out
+    # Not a death: the actor was not replaced, nothing was re-queued, and the other items ran on it.
+    assert outcome == {"ran": 3, "actors_replaced": 0}, log
+    assert " lost " not in log
+    frame = _once_of(ResultsStore(run).read())
+    row = frame.loc[order[0]]
+    assert row["skipped"] and row["skip_kind"] == TRANSIENT and row["worker"] == "driver"
+    assert row["skip_reason"].startswith(f"{ACTOR_RAISED}: KeyError: "), row["skip_reason"]
+    assert repr(order[0]) in row["skip_reason"]  # the error names the scene
+    ran = frame.drop(order[0])
+    assert not ran["skipped"].any() and (ran["steps"] > 0).all() and ran["worker"].nunique() == 1
 
 
 def test_resume_runs_transient_skips_again_and_keeps_permanent_ones(ray_session, scene_db: Path,
