@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gauntlet.deployments.app import EVAL_APP, deployment_name
+from gauntlet.deployments.batcher import default_max_queued
 from gauntlet.platform.eval.config import EvalConfig, EvalConfigError, EvalRunError
+from gauntlet.platform.eval.dispatch import QUEUED_PER_ACTOR
 from gauntlet.platform.eval.episode import WorkItem
 from gauntlet.platform.eval.results import DRIVER_WORKER, PERMANENT, ResultsStore, skipped_row
 from gauntlet.platform.eval.scenes import scene_records, select_scenes
@@ -146,7 +148,7 @@ def _run(cfg: EvalConfig, frame: pd.DataFrame, targets: list[PolicyTarget],
     cpus = max(os.cpu_count() or 1, int(cfg.actors * cfg.actor_cpus) + len(deploy))
     owns_ray = start_ray("eval", num_cpus=cpus, log_to_driver=False)
     try:
-        _deploy(deploy)
+        _deploy(deploy, cfg)
         from gauntlet.platform.eval.dispatch import Dispatcher
 
         outcome = Dispatcher(cfg, scenes, targets, version, store, status).run(plan.pending)
@@ -240,7 +242,28 @@ def _start_run(cfg: EvalConfig, frame: pd.DataFrame, targets: list[PolicyTarget]
     return plan, scenes, status
 
 
-def _deploy(deploy: list[PolicyServing]) -> None:
+def eval_outstanding(cfg: EvalConfig) -> int:
+    """The most observations this eval's own actors can have waiting at one replica of a policy.
+
+    An actor holds envs_per_actor + QUEUED_PER_ACTOR items, and each item asks for one chunk at a time
+    (an episode waits for its answer before it asks again); all of them may reach one replica (one
+    replica, or session affinity for a policy with per-episode memory). Counting the item that waits
+    for a seat keeps the bound true however seats hand over."""
+    return cfg.actors * (cfg.envs_per_actor + QUEUED_PER_ACTOR)
+
+
+def deployed_specs(deploy: list[PolicyServing], cfg: EvalConfig) -> list[PolicyServing]:
+    """The serving specs as this eval deploys them: SERVE_REPLICA_CPUS each, and a replica queue
+    (`max_queued`) that holds everything the eval's actors can send at once. The app is reached
+    only by these actors, so a full queue could only turn away the eval's own requests: a large eval
+    (16 actors x 8 envs) past the batcher's default bound would spend its retry budget backing off
+    and skip episodes as `PolicyUnavailableError` where a longer queue just waits."""
+    need = eval_outstanding(cfg)
+    return [replace(s, num_cpus=SERVE_REPLICA_CPUS,
+                    max_queued=max(s.max_queued or default_max_queued(s.max_batch_size), need)) for s in deploy]
+
+
+def _deploy(deploy: list[PolicyServing], cfg: EvalConfig) -> None:
     if not deploy:
         return
     from ray import serve
@@ -248,8 +271,7 @@ def _deploy(deploy: list[PolicyServing]) -> None:
     from gauntlet.deployments.app import build_app
 
     print(f"[eval] deploying {', '.join(s.ref.name for s in deploy)} on Serve", flush=True)
-    specs = [replace(s, num_cpus=SERVE_REPLICA_CPUS) for s in deploy]
-    serve.run(build_app(specs), name=EVAL_APP, route_prefix=None)
+    serve.run(build_app(deployed_specs(deploy, cfg)), name=EVAL_APP, route_prefix=None)
 
 
 def _serving_stats(deploy: list[PolicyServing]) -> dict[str, dict[str, Any]]:

@@ -81,14 +81,23 @@ class _SourceBase:
         self.episode_calls = EpisodeCalls() if meta.episode_memory else None
 
 
+# Backoff of a retried call: the first delay, doubled after each try up to the cap (a replica restart
+# takes seconds; a capped delay keeps a caller from sleeping past the moment the replica is back).
+RETRY_FIRST_S = 0.2
+RETRY_CAP_S = 5.0
+# Each delay is drawn from [RETRY_JITTER x delay, delay]: actors a full queue turned away together
+# come back spread out instead of refilling it at the same instant.
+RETRY_JITTER = 0.5
+
+
 class _RetryBudget:
     """Backoff while a replica restarts or its queue is full: the next delay, until `budget_s` is spent.
-    Delays are jittered so that the actors a full queue turned away do not all come back at once."""
+    Delays double up to RETRY_CAP_S and are jittered (RETRY_JITTER)."""
 
     def __init__(self, budget_s: float):
         self.budget_s = budget_s
         self.deadline = time.monotonic() + budget_s
-        self.delay = 0.2
+        self.delay = RETRY_FIRST_S
 
     @property
     def expired(self) -> bool:
@@ -97,8 +106,8 @@ class _RetryBudget:
     def next_delay(self, exc: Exception) -> float:
         if self.expired:
             raise PolicyUnavailableError(f"policy unavailable for {self.budget_s:.0f} s: {exc}") from exc
-        delay, self.delay = self.delay, min(self.delay * 2, 5.0)
-        return delay * random.uniform(0.5, 1.0)
+        delay, self.delay = self.delay, min(self.delay * 2, RETRY_CAP_S)
+        return delay * random.uniform(RETRY_JITTER, 1.0)
 
 
 def _overloaded(answer: Any) -> bool:

@@ -10,6 +10,7 @@ than continue with an expert that never saw their beginning.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sys
@@ -188,3 +189,58 @@ def test_a_replica_killed_mid_episode_restarts_its_episodes_from_their_scenes(on
     assert frame["episode_restarts"].sum() >= 1  # the episodes it held started again, counted
     reference = one_replica.xs("scripted", level="policy", drop_level=False)
     pd.testing.assert_frame_equal(frame[OUTCOME], reference[OUTCOME])  # and their rows are still right
+
+
+def _kill_the_actor_once_the_replica_answered(deployment: str, timeout_s: float) -> tuple[threading.Thread, list[int]]:
+    """SIGKILLs this session's rollout actor once `deployment` of the eval app has answered a chunk:
+    its episodes are mid-way, and the replica keeps their memory."""
+    killed: list[int] = []
+
+    def answered() -> int:
+        from ray import serve
+
+        try:
+            stats = serve.get_deployment_handle(deployment, app_name=EVAL_APP).get_stats.remote().result(timeout_s=5)
+        except Exception:  # noqa: BLE001 - not deployed yet
+            return 0
+        return int(stats["requests"].get("ok", 0))
+
+    def killer() -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not killed:
+            if answered():
+                for proc in psutil.Process().children(recursive=True):  # this session's Ray only
+                    try:
+                        if "ray::RolloutActor" in " ".join(proc.cmdline()):
+                            os.kill(proc.pid, signal.SIGKILL)
+                            killed.append(proc.pid)
+                    except psutil.Error:
+                        continue
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    return thread, killed
+
+
+def test_an_item_run_again_after_its_actor_died_is_a_new_episode_and_the_queue_holds_the_eval(
+        scenes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], serve_on_free_port) -> None:
+    """The oracle's replica still holds the memory of the episodes a killed actor was running: their
+    next attempts run under ids of their own, so nothing is taken for a lost memory. And the replica's
+    queue is sized for the eval: one actor with 70 seats (and one item waiting for a seat) may have 71
+    requests waiting, past the batcher's default bound (64 at max_batch_size 4)."""
+    run = tmp_path / "run"
+    thread, killed = _kill_the_actor_once_the_replica_answered(deployment_name("scripted"), 300)
+    argv = ["--scenes", str(scenes), "--out", str(run), "--policy", "deploy=scripted", "--actors", "1",
+            "--envs-per-actor", "70", "--max-batch-size", "4", "--horizon", "120", "--write-every", "1",
+            "--ping-timeout-s", "600"]
+    summary = run_eval(parse_config(EvalConfig, argv, "gauntlet eval", ""))
+    thread.join(5)
+    log = capsys.readouterr().out
+    assert killed, "the rollout actor should have been killed mid-run"
+    requeued = [int(n) for n in re.findall(r"\[eval\] actor 0 lost .*; re-queued (\d+) item", log)]
+    assert requeued and requeued[0] >= 1, log  # episodes the oracle had answered ran again
+    frame = pd.read_parquet(run / "results.parquet")
+    assert len(frame) == summary["total"] == 4 and not frame["skipped"].any(), frame["skip_reason"].tolist()
+    assert (frame["episode_restarts"] == 0).all(), "a new attempt was taken for a lost memory"
+    assert summary["serving"]["scripted"]["max_queued"] == 1 * (70 + 1)
