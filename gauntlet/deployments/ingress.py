@@ -11,7 +11,9 @@
 
 WebSocket clients, HTTP clients and handle callers (rollout actors) share batches either way. Bad
 input is answered to its sender only: HTTP 4xx, gRPC INVALID_ARGUMENT, or (openpi's convention) a
-text frame and close code 1011. With an API key set, one rule (auth.ApiKeyGuard) guards every route
+text frame and close code 1011; a full queue (503) is a text frame too, but the session stays open.
+A policy with per-episode memory reached by handle gets the episode id as its Serve session
+(`_episode_session`), so its router keeps each episode on one replica. With an API key set, one rule (auth.ApiKeyGuard) guards every route
 of every protocol but `/healthz` (which lists the policy names, nothing else), and Serve's own
 endpoints too (`proxy_guard`). Adapter names are checked at this edge on every protocol
 (`adapters`); WebSockets pass the Origin rule and the session cap and are closed when idle
@@ -37,10 +39,18 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gauntlet.deployments.adapters import AdapterNameError, check_adapter_name
 from gauntlet.deployments.auth import REFUSAL, ApiKeyGuard
+from gauntlet.deployments.batcher import OVERLOADED_STATUS
 from gauntlet.deployments.grpc_bind import MAX_REQUEST_BYTES
 from gauntlet.deployments.policy_deployment import PolicyReplica
 from gauntlet.deployments.proxy_guard import publish_key, withdraw_key
-from gauntlet.deployments.ws_guard import BUSY_CLOSE_CODE, IDLE_CLOSE_CODE, SessionSlots, WebSocketPolicy
+from gauntlet.deployments.ws_guard import (
+    BUSY_CLOSE_CODE,
+    OVERLOADED_FRAME_PREFIX,
+    POLICY_CLOSE_CODE,
+    SessionSlots,
+    WebSocketPolicy,
+)
+from gauntlet.keys import EPISODE_ID_KEY
 from gauntlet.policies import msgpack_numpy
 from gauntlet.policies.msgpack_numpy import WireFormatError
 
@@ -166,10 +176,25 @@ class PolicyRoutes:
             handle = self.remote_policies[name]
             if adapter:
                 handle = handle.options(multiplexed_model_id=adapter)
+            session = await self._episode_session(name, obs)
+            if session:
+                handle = handle.options(session_id=session)
             out = await handle.infer.remote(obs, adapter)
         if "error" in out:
             raise RequestError(int(out.get("status", 500)), str(out["error"]))
         return out
+
+    async def _episode_session(self, name: str, obs: Any) -> str:
+        """The Serve session of a request for policy `name` reached by handle: its episode id when
+        the policy keeps per-episode memory (PolicyMetadata.episode_memory), so that the policy's
+        router (session_router) sends every call of the episode to the replica holding its memory;
+        "" otherwise (load balanced). Pins live in this replica's router: an episode must keep
+        reaching the same ingress replica too, which a client of a multi-replica ingress gets by
+        sending Serve's session header (`policies.remote.SESSION_HEADER`)."""
+        episode = obs.get(EPISODE_ID_KEY) if isinstance(obs, dict) else None
+        if episode is None or not (await self._metadata(name)).get("episode_memory"):
+            return ""
+        return str(episode.item() if isinstance(episode, np.ndarray) and episode.ndim == 0 else episode)
 
     def _check_grpc_auth(self, grpc_context: Any) -> bool:
         metadata = grpc_context.invocation_metadata() if grpc_context is not None else None
@@ -267,7 +292,7 @@ class PolicyRoutes:
         name = ws.path_params["name"]
         refusal = self.websocket_refusal(name, ws.headers)
         if refusal is not None:
-            await ws.close(code=1008, reason=refusal)  # before accepting: the client sees HTTP 403
+            await ws.close(code=POLICY_CLOSE_CODE, reason=refusal)  # before accepting: the client sees HTTP 403
             return
         if not self.ws_slots.try_take():
             await _refuse_busy(ws, self.ws_slots.refusal)
@@ -304,7 +329,7 @@ class PolicyRoutes:
                 try:
                     data = await asyncio.wait_for(ws.receive_bytes(), self.ws_policy.idle_timeout_s)
                 except TimeoutError:
-                    await ws.close(code=IDLE_CLOSE_CODE, reason=f"idle for {self.ws_policy.idle_timeout_s:g} s")
+                    await ws.close(code=POLICY_CLOSE_CODE, reason=f"idle for {self.ws_policy.idle_timeout_s:g} s")
                     return
                 if len(data) > self.max_request_bytes:
                     raise WireFormatError(f"frame of {len(data)} bytes exceeds the limit of {self.max_request_bytes}")
@@ -322,15 +347,26 @@ class PolicyRoutes:
             except WebSocketDisconnect:
                 return
             except Exception as exc:  # noqa: BLE001 - openpi: error text frame, then close 1011
-                status, message = _classify(exc)
-                if status >= 500:  # the traceback goes to the replica's log: it names files of this host
-                    traceback.print_exc()
-                try:
-                    await ws.send_text(message)
-                    await ws.close(code=1011, reason="Internal server error")
-                except Exception:  # noqa: BLE001 - the client may already be gone
-                    pass
-                return
+                if not await self._answer_ws_error(ws, exc):
+                    return
+
+    @staticmethod
+    async def _answer_ws_error(ws: Any, exc: Exception) -> bool:
+        """Sends the error's text frame; True if the session goes on. Overloaded (503: the queue is
+        full) is transient: the frame starts with OVERLOADED_FRAME_PREFIX and the client may send
+        again on the same session. Anything else ends it with close 1011 (openpi's convention)."""
+        status, message = _classify(exc)
+        if status == 500:  # the traceback goes to the replica's log: it names files of this host
+            traceback.print_exc()
+        try:
+            if status == OVERLOADED_STATUS:
+                await ws.send_text(OVERLOADED_FRAME_PREFIX + message)
+                return True
+            await ws.send_text(message)
+            await ws.close(code=1011, reason="Internal server error")
+        except Exception:  # noqa: BLE001 - the client may already be gone
+            pass
+        return False
 
     # --------------------------------------------------------------------------------- gRPC
     async def Infer(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802 - RPC name

@@ -40,8 +40,8 @@ from ray.serve.request_router import (
 )
 
 # Sessions one caller's router remembers. A rollout actor uses one session per served policy; the
-# bound only matters for callers that name many (e.g. HTTP clients through Serve's proxy, which
-# passes its session header on as the session id).
+# bound only matters for callers that name many (Serve's proxy, which passes each request's session
+# header (policies.remote.SESSION_HEADER) on as its session id; an ingress replica, one per episode).
 MAX_SESSIONS = 65536
 
 

@@ -25,30 +25,37 @@ DEFAULT_MAX_SESSIONS = 256  # per listener
 # these, so HTTP, gRPC and handle callers (the rollout actors) always have them.
 INGRESS_OTHER_SLOTS = 768
 DEFAULT_IDLE_TIMEOUT_S = 300.0
-IDLE_CLOSE_CODE = 1008  # policy violation: the session sent nothing for idle_timeout_s
+# Policy violation: a handshake refused before it is accepted (the client sees HTTP 403), and a
+# session that sent nothing for idle_timeout_s.
+POLICY_CLOSE_CODE = 1008
 BUSY_CLOSE_CODE = 1013  # try again later: used where an HTTP 503 cannot be sent during the handshake
-_DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
+# The text frame of an answer refused because the replica's queue is full (HTTP 503's): the session
+# stays open and the client may send again. Every other error frame is followed by close 1011
+# (openpi's convention), so a client tells the two apart by this prefix.
+OVERLOADED_FRAME_PREFIX = "overloaded: "
+DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}  # of URLs and Origins without a port
 
 
 def normalize_origin(origin: str) -> str:
     """`scheme://host:port`, lower-case, default port filled in; ValueError for anything else."""
     parts = urlsplit(origin.strip())
-    if parts.scheme.lower() not in _DEFAULT_PORTS or not parts.hostname or parts.path not in ("", "/") \
+    if parts.scheme.lower() not in DEFAULT_PORTS or not parts.hostname or parts.path not in ("", "/") \
             or parts.query or parts.fragment or parts.username or parts.password:
         raise ValueError(f"{origin[:100]!r} is not an origin (scheme://host[:port], scheme http or https)")
     scheme = parts.scheme.lower()
-    port = parts.port or _DEFAULT_PORTS[scheme]
+    port = parts.port or DEFAULT_PORTS[scheme]
     host = parts.hostname.lower()
     return f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}"
 
 
 def _host_port(authority: str, default_port: int) -> tuple[str, int] | None:
-    parts = urlsplit(f"//{authority.strip()}")
+    """(host, port) of a Host header or an Origin's authority; None if it is malformed (an
+    unclosed `[::1`, a port that is not a number): refused, never an error."""
     try:
-        port = parts.port or default_port
+        parts = urlsplit(f"//{authority.strip()}")
+        return (parts.hostname or "").lower(), parts.port or default_port
     except ValueError:
         return None
-    return (parts.hostname or "").lower(), port
 
 
 def _is_ip(host: str) -> bool:
@@ -64,7 +71,7 @@ class WebSocketPolicy:
     """The WebSocket rules of one app; the same for the proxied route and the direct port."""
 
     max_sessions: int = DEFAULT_MAX_SESSIONS  # open sessions per listener; more are refused (503 / 1013)
-    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S  # a session that sends nothing this long is closed (1008)
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S  # a session silent this long is closed (POLICY_CLOSE_CODE)
     allowed_origins: tuple[str, ...] = ()  # Origins accepted besides same-origin (normalized on construction)
     serving_host: str = "127.0.0.1"  # the host the servers bind: a same-origin Host may name it
 
@@ -91,7 +98,7 @@ class WebSocketPolicy:
         if normalized in self.allowed_origins:
             return None
         scheme, authority = normalized.split("://", 1)
-        origin_hp = _host_port(authority, _DEFAULT_PORTS[scheme])
+        origin_hp = _host_port(authority, DEFAULT_PORTS[scheme])
         host_hp = _host_port(host_header or "", 80)
         if origin_hp is None or origin_hp != host_hp:
             return refusal

@@ -9,6 +9,16 @@ The server is not trusted with the client's memory or its key: no message larger
 length, before the payload arrives), the metadata's declared shapes are checked against the limits
 below before anything is sized from them (`check_declared`), and the API key never follows a
 redirect to another origin (scheme, host and port).
+
+A policy with per-episode memory (PolicyMetadata.episode_memory) keeps it in the replica that
+answered the episode. With several replicas behind Serve's proxy, the proxy's router sends a request
+to the replica its Serve session is pinned to (deployments/session_router), and the proxy takes the
+session from the `SESSION_HEADER` request header. So, for such a policy, this client sends that
+header: an HTTP request for one observation names its episode id, every other request (an HTTP
+batch of several episodes, each WebSocket handshake) this client's own session id, so that all of
+its connections reach one replica. Other clients of a stateful policy served with `--replicas > 1`
+must do the same (gRPC: the `session_id` metadata key), or their episodes lose their memory, which
+the answers' `episode_calls` then show.
 """
 
 from __future__ import annotations
@@ -20,18 +30,25 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from dataclasses import replace
 from http import HTTPStatus
 from typing import Any
 
 import numpy as np
 
-from gauntlet.keys import PROMPT_KEY
+from gauntlet.deployments.grpc_bind import MAX_REQUEST_BYTES
+from gauntlet.deployments.ws_guard import DEFAULT_PORTS, OVERLOADED_FRAME_PREFIX
+from gauntlet.keys import EPISODE_ID_KEY, PROMPT_KEY
 from gauntlet.policies import msgpack_numpy
 from gauntlet.policies.base import PolicyMetadata
 
-# Largest message read from a server: an answer is one action chunk, the metadata a small map.
-MAX_REPLY_BYTES = 16 * 2**20
+# Largest message read from a server (an answer is one action chunk, the metadata a small map): the
+# same bound Gauntlet's servers put on what they read.
+MAX_REPLY_BYTES = MAX_REQUEST_BYTES
+# The request header Serve's proxy (Ray 2.60) turns into the request's Serve session id: Ray's
+# default for RAY_SERVE_SESSION_ID_HEADER_KEY, which Gauntlet's servers leave unset.
+SESSION_HEADER = "x-session-id"
 # Largest size a server may declare for one dimension of an observation field (an image's side),
 # for action_dim and for chunk_len.
 MAX_DECLARED_SIZE = 4096
@@ -62,7 +79,7 @@ def _check_dtype(where: str, dtype: Any) -> None:
         return
     try:
         ok = isinstance(dtype, str) and len(dtype) <= 16 and np.dtype(dtype).kind in "biuf"
-    except TypeError:
+    except Exception:  # noqa: BLE001 - TypeError, SyntaxError (np.dtype(",")), ...: not a dtype name
         ok = False
     if not ok:
         raise RemoteLimitError(f"{where}.dtype: expected \"str\" or a numeric dtype name, got {dtype!r:.40}")
@@ -102,8 +119,7 @@ def check_declared(raw: dict[str, Any]) -> None:
 
 def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urllib.parse.urlsplit(url)
-    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(
-        parts.scheme.lower())
+    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port or DEFAULT_PORTS.get(parts.scheme.lower())
 
 
 class _SameOriginCredentials(urllib.request.HTTPRedirectHandler):
@@ -114,8 +130,11 @@ class _SameOriginCredentials(urllib.request.HTTPRedirectHandler):
                          newurl: str) -> urllib.request.Request | None:
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
         if new is not None and _origin(new.full_url) != _origin(req.full_url):
-            for name in CREDENTIAL_HEADERS:
-                new.remove_header(name)
+            # urllib stores names `.capitalize()`d ("Proxy-authorization"): compared case-insensitively.
+            credentials = {name.lower() for name in CREDENTIAL_HEADERS}
+            for name in [*new.headers, *new.unredirected_hdrs]:
+                if name.lower() in credentials:
+                    new.remove_header(name)
         return new
 
 
@@ -167,6 +186,7 @@ class RemotePolicy:
         self.max_reply_bytes = max_reply_bytes
         self._local = threading.local()
         self._opener = urllib.request.build_opener(_SameOriginCredentials)
+        self._session: str | None = None  # SESSION_HEADER's value, once the policy says it has memory
         if not self.url.startswith(("ws://", "wss://", "http://", "https://")):
             raise ValueError(f"url must start with ws://, wss://, http:// or https://, got {url!r}")
         raw = self._retrying(self._fetch_metadata, connect_retry_s)
@@ -177,6 +197,9 @@ class RemotePolicy:
         except RemoteLimitError as exc:
             raise RemoteLimitError(f"{self.url}: {exc}") from None
         self.metadata = _metadata_from(raw, self.url)
+        if self.metadata.episode_memory:
+            self._session = f"remote-{uuid.uuid4().hex}"
+            self._drop_connection()  # opened before the session was known: the next one names it
 
     def _fetch_metadata(self, timeout_s: float) -> dict[str, Any]:
         if self.url.startswith("ws"):
@@ -211,12 +234,14 @@ class RemotePolicy:
             from websockets.sync.client import connect
 
             timeout_s = self.timeout_s if timeout_s is None else timeout_s
-            headers = {"Authorization": f"Api-Key {self.api_key}"} if self.api_key else None
+            headers = {"Authorization": f"Api-Key {self.api_key}"} if self.api_key else {}
+            if self._session:
+                headers[SESSION_HEADER] = self._session
             # websockets >= 16 warns unless a connection held outside a `with` block says so (`legacy`).
             legacy = {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
             try:
                 # A redirect to another origin is followed without the Authorization header (websockets).
-                conn = connect(self.url, compression=None, max_size=self.max_reply_bytes, additional_headers=headers,
+                conn = connect(self.url, compression=None, max_size=self.max_reply_bytes, additional_headers=headers or None,
                                open_timeout=timeout_s, **legacy)
             except InvalidStatus as exc:  # the server answered: 401 (API key), 404 (path) ...
                 raise RemotePolicyError(f"{self.url}: the server refused the connection: HTTP "
@@ -265,18 +290,23 @@ class RemotePolicy:
         except (ConnectionClosed, OSError) as exc:  # the next call reconnects
             self._drop_connection()
             raise RemoteConnectionError(f"{self.url}: connection lost: {type(exc).__name__}: {exc}") from None
+        if isinstance(reply, str) and reply.startswith(OVERLOADED_FRAME_PREFIX):  # the session goes on
+            raise RemoteBusyError(f"{self.url}: {reply.removeprefix(OVERLOADED_FRAME_PREFIX)}")
         if isinstance(reply, str):  # openpi: an error arrives as text, then the server closes
             self._drop_connection()
             raise RemotePolicyError(f"{self.url}: {reply.strip().splitlines()[0] if reply.strip() else reply}")
         return msgpack_numpy.unpackb(reply)
 
     # ------------------------------------------------------------------------------------ HTTP
-    def _http(self, method: str, url: str, body: bytes | None = None, timeout_s: float | None = None) -> Any:
+    def _http(self, method: str, url: str, body: bytes | None = None, timeout_s: float | None = None,
+              session: str | None = None) -> Any:
         headers = {"Accept": "application/msgpack"}
         if body is not None:
             headers["Content-Type"] = "application/msgpack"
         if self.api_key:
             headers["Authorization"] = f"Api-Key {self.api_key}"
+        if session:
+            headers[SESSION_HEADER] = session
         req = urllib.request.Request(url, data=body, headers=headers, method=method)
         try:
             with self._opener.open(req, timeout=self.timeout_s if timeout_s is None else timeout_s) as resp:
@@ -303,12 +333,20 @@ class RemotePolicy:
                                    f"{self.max_reply_bytes} bytes (max_reply_bytes)")
         return data
 
+    def _session_of(self, obs: Any) -> str | None:
+        """SESSION_HEADER for one observation: its episode id, else this client's session (None for
+        a policy without per-episode memory)."""
+        episode = obs.get(EPISODE_ID_KEY) if self._session and isinstance(obs, dict) else None
+        text = str(np.asarray(episode).item()) if episode is not None and np.ndim(episode) == 0 else ""
+        # A header value is printable ASCII; any other id keeps the client's session (still one replica).
+        return text if text and text.isascii() and text.isprintable() and len(text) <= 256 else self._session
+
     # ------------------------------------------------------------------------------------ Policy
     def infer_one(self, obs: dict[str, Any]) -> Any:
         """The server's whole answer to one observation, unchecked (the evaluator checks it)."""
         if self.url.startswith("ws"):
             return self._ws_infer(obs)
-        reply = self._http("POST", f"{self.url}/infer", msgpack_numpy.packb(obs))
+        reply = self._http("POST", f"{self.url}/infer", msgpack_numpy.packb(obs), session=self._session_of(obs))
         if isinstance(reply, dict) and "error" in reply:
             raise RemotePolicyError(f"{self.url}: {reply['error']}")
         return reply
@@ -318,7 +356,7 @@ class RemotePolicy:
         if self.url.startswith("ws"):
             outs = [self._ws_infer(o) for o in items]
         else:
-            reply = self._http("POST", f"{self.url}/infer", msgpack_numpy.packb({"batch": items}))
+            reply = self._http("POST", f"{self.url}/infer", msgpack_numpy.packb({"batch": items}), session=self._session)
             outs = reply["results"]
             errors = [o["error"] for o in outs if "error" in o]
             if errors:

@@ -3,8 +3,9 @@
 The ingress replica's inference thread is held shut by a gate (a batch that takes as long as the
 test wants), with room for 2 requests behind it. Everything sent while the queue is full must be
 answered while the gate is still shut (so: at once, never queued): HTTP 503, gRPC UNAVAILABLE, the
-openpi WebSocket's error frame, a handle caller's `overloaded` value. When the gate opens, the queued
-requests get their actions and the replica serves normally. A rollout actor's source treats the
+openpi WebSocket's `overloaded: ` text frame (the session stays open: the client sends again on it),
+a handle caller's `overloaded` value. When the gate opens, the queued requests get their actions
+and the replica serves normally. A rollout actor's source treats the
 refusal as transient: it backs off and sends again, and its episode never sees it.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import inspect
 import socket
 import sys
 import time
@@ -26,9 +28,11 @@ import pytest
 from gauntlet.deployments.app import APP_NAME, PolicyServing, deployment_name
 from gauntlet.deployments.batcher import OVERLOADED_KIND
 from gauntlet.deployments.grpc_client import PolicyGrpcClient
+from gauntlet.deployments.ws_guard import OVERLOADED_FRAME_PREFIX
 from gauntlet.keys import STATE_KEY
 from gauntlet.policies import msgpack_numpy
 from gauntlet.policies.registry import PolicyRef
+from gauntlet.policies.remote import RemoteBusyError, RemotePolicy
 
 BOUND = 2  # requests the replica queues behind its running batch
 SLOTS = 64  # Serve request slots of the replica: room for everything the tests send at once
@@ -114,23 +118,23 @@ def _overloaded_count(handle: Any) -> int:
     return handle.get_stats.remote().result()["requests"].get(OVERLOADED_KIND, 0)
 
 
-def _ws_answer(url: str) -> tuple[str | bytes, int | None]:
-    from websockets.exceptions import ConnectionClosed
+def _ws_answer(url: str) -> tuple[str | bytes, Any]:
+    """The first answer of a new session, and the session (still open: the caller closes it)."""
     from websockets.sync.client import connect
 
-    with connect(url, open_timeout=60) as ws:
-        ws.recv(timeout=60)  # metadata
-        ws.send(msgpack_numpy.packb(OBS))
-        answer = ws.recv(timeout=60)
-        if isinstance(answer, str):  # openpi's error frame: the server closes next
-            with pytest.raises(ConnectionClosed):
-                ws.recv(timeout=60)
-    return answer, ws.close_code
+    # websockets >= 16 warns unless a connection held outside a `with` block says so (`legacy`).
+    legacy = {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
+    ws = connect(url, open_timeout=60, **legacy)
+    ws.recv(timeout=60)  # metadata
+    ws.send(msgpack_numpy.packb(OBS))
+    return ws.recv(timeout=60), ws
 
 
 def test_a_full_queue_is_answered_at_once_on_every_protocol_and_the_replica_recovers(gated) -> None:
     handle, base, grpc_target = gated
     infer_url = f"{base}/v1/policies/random/infer"
+    ws_url = f"ws://{base.removeprefix('http://')}/v1/policies/random/ws"
+    ws_client = RemotePolicy(ws_url, timeout_s=60)  # its session opens before the queue fills
     held = _fill(handle)
     before = _overloaded_count(handle)
     client = PolicyGrpcClient(grpc_target, timeout_s=60)
@@ -146,11 +150,11 @@ def test_a_full_queue_is_answered_at_once_on_every_protocol_and_the_replica_reco
         http = [pool.submit(httpx.post, infer_url, json={STATE_KEY: [0.0] * 8}, timeout=60) for _ in range(3)]
         batch = pool.submit(httpx.post, infer_url, json={"batch": [{STATE_KEY: [0.0] * 8}] * 2}, timeout=60)
         grpc_codes = [pool.submit(grpc_code) for _ in range(2)]
-        ws = pool.submit(_ws_answer, f"ws://{base.removeprefix('http://')}/v1/policies/random/ws")
+        ws = pool.submit(_ws_answer, ws_url)
         by_handle = handle.infer.remote(OBS).result(timeout_s=60)
         many = handle.infer_many.remote([OBS, OBS]).result(timeout_s=60)
         answers = [f.result(timeout=60) for f in http]
-        batch_answer, codes, (ws_text, ws_code) = batch.result(timeout=60), [f.result(60) for f in grpc_codes], ws.result(60)
+        batch_answer, codes, (ws_text, ws_session) = batch.result(timeout=60), [f.result(60) for f in grpc_codes], ws.result(60)
     state = handle.gate_state.remote().result()
     assert state == {"entered": True, "queued": BOUND}  # all of it answered while the batch was still held
 
@@ -158,17 +162,28 @@ def test_a_full_queue_is_answered_at_once_on_every_protocol_and_the_replica_reco
     assert all("queue is full" in a.json()["error"] for a in answers)
     assert batch_answer.status_code == 200 and [r["status"] for r in batch_answer.json()["results"]] == [503, 503]
     assert codes == [grpc.StatusCode.UNAVAILABLE] * 2
-    assert isinstance(ws_text, str) and "queue is full" in ws_text and ws_code == 1011
+    assert isinstance(ws_text, str) and ws_text.startswith(OVERLOADED_FRAME_PREFIX) and "queue is full" in ws_text
     assert by_handle["status"] == 503 and by_handle["kind"] == OVERLOADED_KIND
     assert [m["kind"] for m in many] == [OVERLOADED_KIND] * 2
     assert _overloaded_count(handle) - before == 3 + 2 + 2 + 1 + 1 + 2
+    # Gauntlet's WebSocket client: a retryable RemoteBusyError, its connection kept.
+    connection = ws_client._local.conn
+    with pytest.raises(RemoteBusyError, match="queue is full"):
+        ws_client.infer_one(OBS)
 
     handle.open_gate.remote().result()
     assert all(r.result(timeout_s=60)["actions"].shape == (8, 7) for r in held)  # the queued were untouched
     assert httpx.post(infer_url, json={STATE_KEY: [0.0] * 8}, timeout=60).status_code == 200
     assert client.infer("random", OBS)["actions"].shape == (8, 7)
-    ws_text, _ = _ws_answer(f"ws://{base.removeprefix('http://')}/v1/policies/random/ws")
+    # The refused sessions went on: answered on the same connection once the queue has room.
+    ws_session.send(msgpack_numpy.packb(OBS))
+    assert msgpack_numpy.unpackb(ws_session.recv(timeout=60))["actions"].shape == (8, 7)
+    ws_session.close()
+    assert ws_client.infer_one(OBS)["actions"].shape == (8, 7) and ws_client._local.conn is connection
+    ws_client.close()
+    ws_text, fresh = _ws_answer(ws_url)
     assert msgpack_numpy.unpackb(ws_text)["actions"].shape == (8, 7)
+    fresh.close()
     client.close()
 
 

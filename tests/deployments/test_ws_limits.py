@@ -1,7 +1,7 @@
 """WebSocket Origin rule, session caps and idle timeout, on real Serve with real sockets.
 
 Two apps: `gauntlet` (no key, default limits: 256 sessions per listener, 300 s idle, one allowed
-extra Origin) and `idle` (a key, 2 sessions per listener, 2 s idle). Each serves openpi's WebSocket
+extra Origin) and `idle` (a key, 2 sessions per listener, IDLE_S idle). Each serves openpi's WebSocket
 through Serve's proxy and on its own direct port.
 """
 
@@ -16,11 +16,18 @@ import httpx
 import numpy as np
 import pytest
 
-from gauntlet.deployments.app import APP_NAME, GRPC_SERVICER, PolicyServing, build_app, deployment_name
+from gauntlet.deployments.app import (
+    APP_NAME,
+    GRPC_SERVICER,
+    PolicyServing,
+    build_app,
+    deployment_name,
+    ingress_max_ongoing,
+)
 from gauntlet.deployments.grpc_client import PolicyGrpcClient
 from gauntlet.deployments.ws_guard import (
     DEFAULT_MAX_SESSIONS,
-    IDLE_CLOSE_CODE,
+    POLICY_CLOSE_CODE,
     WebSocketPolicy,
     normalize_origin,
 )
@@ -36,7 +43,9 @@ KEY = "idle-key"
 AUTH = {"Authorization": f"Api-Key {KEY}"}
 ALLOWED = "http://ui.example:3000"
 STATE = "observation/state"
-SOCKETS = 1100  # more than Serve's ingress had request slots (1,024) before the cap
+SOCKETS = 1100  # more than an ingress replica's request slots (1,024 with the default limits)
+IDLE_S = 6.0  # the `idle` app's idle timeout: six times the gap between the sends that keep a session
+SEND_EVERY_S = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +59,8 @@ def apps(ray_session):
     spec = PolicyServing(PolicyRef("random"), max_batch_size=8, num_cpus=0.25)
     serve.run(build_app([spec], ws_port=WS_PORT, ws_policy=WebSocketPolicy(allowed_origins=(ALLOWED,))),
               name=APP_NAME, route_prefix="/")
-    idle = WebSocketPolicy(max_sessions=2, idle_timeout_s=2.0)
+    assert SOCKETS > ingress_max_ongoing(WebSocketPolicy())
+    idle = WebSocketPolicy(max_sessions=2, idle_timeout_s=IDLE_S)
     serve.run(build_app([spec], api_key=KEY, ws_port=IDLE_WS_PORT, ws_policy=idle), name="idle", route_prefix="/idle")
     yield serve.get_deployment_handle(deployment_name("random"), app_name=APP_NAME)
     serve.shutdown()
@@ -88,6 +98,15 @@ def test_origin_same_origin_or_allowed_cross_site_refused(apps) -> None:
         assert _opens(url, {**AUTH, "Origin": "http://evil.example"}) == 403
 
 
+def _until_opens(url: str, headers: dict | None = None, timeout_s: float = 30.0) -> int:
+    """The handshake's status once a session opens, polled until `timeout_s` (the server frees a
+    closed session's slot when it sees the close)."""
+    deadline = time.monotonic() + timeout_s
+    while (status := _opens(url, headers)) != 101 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return status
+
+
 def test_origin_rule_without_serve() -> None:
     policy = WebSocketPolicy(allowed_origins=("HTTP://UI.example",), serving_host="gpu-box.lan")
     assert policy.allowed_origins == ("http://ui.example:80",)
@@ -96,6 +115,8 @@ def test_origin_rule_without_serve() -> None:
     assert policy.origin_refusal("http://[::1]:8000", "[::1]:8000") is None
     assert policy.origin_refusal("http://other.lan:8000", "other.lan:8000") is not None
     assert policy.origin_refusal("http://localhost:8000", "localhost:8001") is not None
+    for host in ("[::1", "[::1]:port", "127.0.0.1:99999"):  # malformed Host: refused (403), never an error
+        assert policy.origin_refusal("http://[::1]:8000", host) is not None
     assert normalize_origin("wss://a.example") == "wss://a.example:443"
     for bad in ("ui.example", "ftp://a", "http://a/path", "http://user@a"):
         with pytest.raises(ValueError, match="not an origin"):
@@ -115,8 +136,7 @@ def test_sessions_over_the_cap_are_refused_at_the_handshake(apps) -> None:
             with connect(url, additional_headers=AUTH, open_timeout=30) as second:
                 second.recv(timeout=30)
                 assert _opens(url, AUTH) == 503, url
-            time.sleep(0.5)  # the server sees the close
-            assert _opens(url, AUTH) == 101, url
+            assert _until_opens(url, AUTH) == 101, url
 
 
 def test_an_idle_session_is_closed(apps) -> None:
@@ -126,13 +146,15 @@ def test_an_idle_session_is_closed(apps) -> None:
     for url in (IDLE_PROXIED, IDLE_DIRECT):
         with connect(url, additional_headers=AUTH, open_timeout=30) as ws:
             ws.recv(timeout=30)
-            for i in range(4):  # a session that keeps sending outlives the timeout
-                time.sleep(1.0)
-                ws.send(msgpack_numpy.packb({STATE: np.full(8, i, np.float32)}))
+            kept_s = 0.0
+            while kept_s < IDLE_S + 2 * SEND_EVERY_S:  # a session that keeps sending outlives the timeout
+                time.sleep(SEND_EVERY_S)
+                kept_s += SEND_EVERY_S
+                ws.send(msgpack_numpy.packb({STATE: np.full(8, kept_s, np.float32)}))
                 assert msgpack_numpy.unpackb(ws.recv(timeout=30))["actions"].shape == (8, 7)
             with pytest.raises(ConnectionClosed) as closed:
-                ws.recv(timeout=30)  # nothing sent: closed after 2 s
-        assert closed.value.rcvd.code == IDLE_CLOSE_CODE and "idle" in closed.value.rcvd.reason, url
+                ws.recv(timeout=IDLE_S + 60)  # nothing sent: closed after IDLE_S (the wait's deadline is generous)
+        assert closed.value.rcvd.code == POLICY_CLOSE_CODE and "idle" in closed.value.rcvd.reason, url
 
 
 async def _open_idle(url: str, count: int) -> tuple[list, list[int]]:
@@ -183,5 +205,5 @@ def test_1100_idle_sockets_leave_http_grpc_and_handle_calls_answered(apps) -> No
             await asyncio.gather(*(ws.close() for ws in proxied + direct))
 
     asyncio.run(scenario())
-    time.sleep(1.0)  # the replica sees the closes: its slots are free again
-    assert _opens(PROXIED) == 101 and _opens(DIRECT) == 101
+    # Once the replica has seen the closes, its slots are free again.
+    assert _until_opens(PROXIED, timeout_s=60) == 101 and _until_opens(DIRECT, timeout_s=60) == 101

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import urllib.request
 from collections.abc import Callable, Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 
 from gauntlet.policies import msgpack_numpy
-from gauntlet.policies.remote import RemoteLimitError, RemotePolicy
+from gauntlet.policies.remote import CREDENTIAL_HEADERS, RemoteLimitError, RemotePolicy
 
 KEY = "s3cret-key"
 AUTH = f"Api-Key {KEY}"
@@ -32,11 +33,13 @@ class Recorder:
 
     def __init__(self, route: Callable[[BaseHTTPRequestHandler, str], None]):
         self.seen: list[tuple[str, str, str | None]] = []
+        self.credentials: list[dict[str, str]] = []  # per request: the credential headers it carried
         recorder = self
 
         class Handler(BaseHTTPRequestHandler):
             def _any(self) -> None:
                 recorder.seen.append((self.command, self.path, self.headers.get("Authorization")))
+                recorder.credentials.append({h: self.headers[h] for h in CREDENTIAL_HEADERS if h in self.headers})
                 length = int(self.headers.get("Content-Length") or 0)
                 self.rfile.read(length)
                 route(self, self.path)
@@ -113,6 +116,21 @@ def test_http_redirects_carry_the_key_within_the_origin_only(recorders) -> None:
                                               "/here/v1/policies/x/infer", "/v1/policies/x/infer"]
     assert {a for _, _, a in origin.seen} == {AUTH}  # kept within the origin
     assert len(elsewhere.seen) == 2
+
+    # Every credential header, as urllib stores it ("Proxy-authorization" when ProxyHandler adds
+    # a proxy's credentials), through the client's own opener: dropped only on leaving the origin.
+    sent = {"Authorization": AUTH, "Cookie": "session=1", "Proxy-Authorization": "Basic dTpw"}
+    origin.credentials.clear()
+    elsewhere.credentials.clear()
+    for path in ("/moved/v1/policies/x/metadata", "/here/v1/policies/x/metadata"):
+        request = urllib.request.Request(origin.base + path)
+        request.add_header("Authorization", AUTH)
+        request.add_header("Cookie", "session=1")
+        request.add_header("Proxy-authorization", "Basic dTpw")  # as urllib's ProxyHandler names it
+        with moved._opener.open(request, timeout=30) as reply:
+            assert reply.status == 200
+    assert elsewhere.credentials == [{}]
+    assert origin.credentials == [sent, sent, sent]  # /moved, /here and where /here led
 
 
 def test_a_websocket_redirect_to_another_origin_drops_the_key() -> None:
