@@ -251,7 +251,9 @@ def app_from_args(args: dict[str, Any]) -> Any:
     """Builder for `serve run`/`serve deploy` config files (`applications[].args`).
 
     Refuses to build unless Serve runs with `gauntlet serve`'s proxy settings (see
-    `check_serve_runtime_env`). The API key comes from `api_key_file`, read here, i.e. in Serve's
+    `check_serve_runtime_env`). `serve deploy` (a REST deploy) passes that check only into a Serve
+    that was first started with serve_runtime_env.yaml (e.g. by `serve run --runtime-env`): a REST
+    deploy carries no job runtime_env, and a Serve it starts itself has none. The API key comes from `api_key_file`, read here, i.e. in Serve's
     build task on the cluster (the head node), not in the shell that ran `serve run`; a key in the
     config itself is refused (`serve status` and the dashboard show the args)."""
     from gauntlet.deployments.auth import read_api_key_file

@@ -19,6 +19,8 @@ that IP, so it is not reachable from other hosts. On a cluster node it keeps Ray
 from __future__ import annotations
 
 import os
+import sys
+from types import ModuleType
 
 HOST_ENV = "GAUNTLET_GRPC_HOST"
 MAX_REQUEST_BYTES = 16 * 2**20  # largest request body, frame or message any protocol accepts
@@ -26,13 +28,53 @@ GRPC_MAX_MESSAGE_ENV = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"  # read by Serve's prox
 
 
 def restrict_grpc_bind() -> None:
+    """The job's worker_process_setup_hook: runs in every worker of the job as it starts, before it
+    knows whether it will host Serve's proxy, a replica or a task. It never raises: a hook that
+    raises kills the worker, i.e. every worker of the job (LeRobot's replicas in their own Python
+    environment included). A step that fails is printed to the worker's log; when the step is the
+    proxy's, Serve's proxy is made to refuse to start in that process (`_refuse_to_proxy`): a proxy
+    without it would answer its own endpoints without the key, or listen for gRPC on every interface."""
     try:
         from ray.serve._private import default_impl
     except Exception:  # noqa: BLE001 - no usable Serve here (e.g. a runtime_env whose protobuf it cannot load):
-        return  # nothing to rebind, and a setup hook that raises would kill every worker of that env
+        return  # nothing to rebind, and no proxy can start in this process either
+    steps = (("the API key on Serve's own endpoints", _guard_system_routes, True),
+             ("the gRPC proxy's bind host", lambda: _restrict_proxy_bind(default_impl), True),
+             ("the replica's gRPC bind host", _restrict_replica_bind, False))
+    for what, step, proxys in steps:
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 - see the docstring: logged, and the proxy fails closed
+            print(f"[gauntlet] {what} could not be set up in this worker: {type(exc).__name__}: {exc}",
+                  file=sys.stderr, flush=True)
+            if proxys:
+                _refuse_to_proxy(what, exc)
+
+
+def _guard_system_routes() -> None:
     from gauntlet.deployments.proxy_guard import guard_system_routes
 
     guard_system_routes()  # the API key on Serve's own /-/routes, /-/healthz, ListApplications, Healthz
+
+
+def _refuse_to_proxy(what: str, cause: BaseException) -> None:
+    """Serve's proxy, if this process is ever asked to host it, fails to start, naming the cause
+    (Serve then reports the proxy unhealthy and retries it): nothing is served unguarded. Never raises."""
+    message = (f"Gauntlet could not set up {what} in this process ({type(cause).__name__}: {cause}); Serve's "
+               f"proxy refuses to start here rather than run without it")
+    try:
+        from ray.serve._private.proxy import GenericProxy
+    except Exception:  # noqa: BLE001 - without its module no proxy can start in this process at all
+        return
+
+    def refuse(self: object, *args: object, **kwargs: object) -> None:
+        raise RuntimeError(message)
+
+    GenericProxy.__init__ = refuse  # type: ignore[method-assign] - HTTP and gRPC proxies both start here
+
+
+def _restrict_proxy_bind(default_impl: ModuleType) -> None:
+    """Serve's gRPC proxy binds `[::]:PORT`; rewritten to GAUNTLET_GRPC_HOST (idempotent)."""
     if getattr(default_impl.add_grpc_address, "_gauntlet", False):
         return
     original = default_impl.add_grpc_address
@@ -46,7 +88,6 @@ def restrict_grpc_bind() -> None:
 
     add_grpc_address._gauntlet = True  # type: ignore[attr-defined]
     default_impl.add_grpc_address = add_grpc_address
-    _restrict_replica_bind()
 
 
 def _restrict_replica_bind() -> None:
@@ -55,6 +96,8 @@ def _restrict_replica_bind() -> None:
     from ray.serve._private import replica  # imported by default_impl already: no extra start-up cost
 
     original = replica.add_port_to_grpc_server
+    if getattr(original, "_gauntlet", False):
+        return
 
     def add_port_to_grpc_server(server, address: str) -> int:
         node_ip = ray.util.get_node_ip_address()
@@ -63,6 +106,7 @@ def _restrict_replica_bind() -> None:
             address = f"[{node_ip}]:{port}" if ":" in node_ip else f"{node_ip}:{port}"
         return original(server, address)
 
+    add_port_to_grpc_server._gauntlet = True  # type: ignore[attr-defined]
     replica.add_port_to_grpc_server = add_port_to_grpc_server
 
 

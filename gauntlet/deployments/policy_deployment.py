@@ -292,6 +292,12 @@ class PolicyReplica:
 
         A failing group is halved and each half retried, so one request the policy cannot handle
         costs its batch-mates about 2*log2(B) extra calls, never their answers.
+
+        Known cost for a policy with per-episode memory: the failed call may already have advanced
+        the memory of some rows, and the retry advances it again, so their answers' `episode_calls`
+        run ahead of the client's count. The client detects it (EpisodeMemoryLost) and restarts
+        those episodes from their scenes (counted in `episode_restarts`): rows stay right, at the
+        price of re-running them.
         """
         try:
             return self._infer_actions(adapter, observations)

@@ -10,8 +10,16 @@ soon as any application has a key; `/healthz` (Gauntlet's own) stays the one ope
 How the proxy learns the key: each ingress replica publishes the SHA-256 of the header it expects
 in Ray's internal key-value store (the GCS, which only Ray-authenticated callers reach), one entry
 per replica, removed when the replica shuts down. The proxy reads the entries at most once a
-second. A replica that crashed leaves its entry behind: the endpoints then keep requiring that key
-(fail closed) until Ray is restarted.
+second (REFRESH_S). A replica that crashed leaves its entry behind: the endpoints then keep requiring
+that key (fail closed) until Ray is restarted.
+
+Not covered:
+- The first REFRESH_S after a keyed app starts: a proxy that read the (then empty) entries just
+  before the replica published its key answers these endpoints without the key until its next read,
+  at most REFRESH_S later. What they reveal then is what they always say: route prefixes, app names,
+  and whether the proxy is ready.
+- With a key, `/-/healthz` needs it too, so an external load balancer's unauthenticated health probe
+  of `/-/healthz` fails: point such probes at Gauntlet's `/healthz`, which stays open.
 """
 
 from __future__ import annotations

@@ -225,10 +225,36 @@ def test_the_proxys_key_goes_away_with_the_app(vla_app) -> None:
 
     from gauntlet.deployments.proxy_guard import KV_NAMESPACE, KV_PREFIX
 
-    assert len(_internal_kv_list(KV_PREFIX, namespace=KV_NAMESPACE)) == 1
+    this_app = KV_PREFIX + f"{APP}/".encode()  # entries of this app's replicas (not the whole session's)
+    assert len(_internal_kv_list(this_app, namespace=KV_NAMESPACE)) == 1
     serve.delete(APP)
-    assert _internal_kv_list(KV_PREFIX, namespace=KV_NAMESPACE) == []
+    assert _internal_kv_list(this_app, namespace=KV_NAMESPACE) == []
     deadline = time.monotonic() + 30  # the proxy re-reads the published keys once a second
     while (r := httpx.get(f"{BASE}/-/routes", timeout=30)).status_code == 401 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert r.status_code == 200 and json.loads(r.text) == {}
+
+
+def test_a_setup_hook_step_that_fails_leaves_the_worker_up_and_no_proxy_starts_unguarded(
+        monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    """The job's worker setup hook runs in every worker (replicas in their own environment too): a
+    step that fails must not kill the worker, and Serve's proxy must then refuse to start in that
+    process rather than answer its own endpoints without the key. Here the handler the guard wraps
+    is missing, as in a Ray whose internals moved."""
+    from ray.serve._private import default_impl, replica
+    from ray.serve._private.proxy import GenericProxy, HTTPProxy
+
+    from gauntlet.deployments.grpc_bind import restrict_grpc_bind
+
+    for owner, name in ((GenericProxy, "__init__"), (default_impl, "add_grpc_address"),
+                        (replica, "add_port_to_grpc_server")):
+        monkeypatch.setattr(owner, name, getattr(owner, name))  # what the hook patches is restored afterwards
+    monkeypatch.delattr(GenericProxy, "_get_health_or_routes_reponse")
+
+    restrict_grpc_bind()  # returns: the worker lives
+    assert ("the API key on Serve's own endpoints could not be set up in this worker: AttributeError"
+            in capfd.readouterr().err)
+    with pytest.raises(RuntimeError, match="Serve's proxy refuses to start here"):
+        HTTPProxy(node_id="node", node_ip_address="127.0.0.1", is_head=True, proxy_router=None,
+                  self_actor_name="proxy")
+    assert getattr(default_impl.add_grpc_address, "_gauntlet", False)  # the other steps still ran
