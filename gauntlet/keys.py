@@ -28,11 +28,15 @@ ACTION_IS_PAD_KEY = "action_is_pad"  # (B, H) bool: chunk positions past the epi
 # A client that counts its own calls sees a lost memory (a restarted replica, another replica, an
 # evicted episode) as a mismatch, instead of getting actions computed from a fresh state.
 EPISODE_CALLS_KEY = "episode_calls"
+# The serving layer's per-request timing, added to each answer: {"infer_ms", "queue_wait_ms", "batch_size"}.
+SERVER_TIMING_KEY = "server_timing"
 
 # Dataset columns (LeRobot's names) of the wire keys above.
 STATE_FEATURE = "observation.state"
 ACTION_FEATURE = "action"
 DATASET_COLUMNS: dict[str, str] = {STATE_KEY: STATE_FEATURE, ACTIONS_KEY: ACTION_FEATURE}
+# The episodes table keeps each episode's language instruction under the wire key's own name.
+PROMPT_COLUMN = PROMPT_KEY
 
 # Cameras: robosuite's camera names and the dataset's camera names, each mapped to its wire key.
 ROBOSUITE_CAMERAS: dict[str, str] = {"agentview": IMAGE_KEY, "robot0_eye_in_hand": WRIST_IMAGE_KEY}

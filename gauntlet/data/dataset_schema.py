@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from gauntlet.keys import ACTION_FEATURE, STATE_FEATURE
+from gauntlet.keys import ACTION_FEATURE, PROMPT_COLUMN, STATE_FEATURE
 from gauntlet.runtime.manifests import read_manifest
 
 FORMAT_NAME = "gauntlet-dataset"
@@ -44,7 +44,7 @@ EPISODE_COLUMNS: dict[str, str] = {
     "dataset_to_index": "int64",  # global index one past its last frame
     "task": "string",
     "variant": "string",
-    "prompt": "string",  # the language instruction
+    PROMPT_COLUMN: "string",  # the language instruction
     "success": "bool",
     "split": "string",
     "seed": "Int64",  # env reset seed; <NA> when unknown (imported demos)

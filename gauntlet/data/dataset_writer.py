@@ -39,7 +39,7 @@ from gauntlet.data.dataset_schema import (
     fixed_list,
 )
 from gauntlet.data.images import encode_png
-from gauntlet.keys import ACTION_FEATURE, STATE_FEATURE
+from gauntlet.keys import ACTION_FEATURE, PROMPT_COLUMN, STATE_FEATURE
 from gauntlet.runtime.atomic_files import atomic_write, replace_dir, staging_dir
 from gauntlet.runtime.manifests import write_json
 
@@ -173,7 +173,7 @@ class DatasetWriter:
             self._write_sim(ep, where, checked.sim, str(model_xml), sim_extra or {})
         self._rows.append({
             "episode_index": ep, "length": n, "dataset_from_index": start, "dataset_to_index": start + n,
-            "task": task, "variant": variant, "prompt": prompt, "success": bool(success), "split": split,
+            "task": task, "variant": variant, PROMPT_COLUMN: prompt, "success": bool(success), "split": split,
             "seed": None if seed is None else int(seed), "fingerprint": fingerprint,
             "source_episode": source_episode,
         })

@@ -48,7 +48,7 @@ from gauntlet.data.lerobot_format import (
     sample_indices,
     stats_to_json,
 )
-from gauntlet.keys import ACTION_FEATURE, STATE_FEATURE
+from gauntlet.keys import ACTION_FEATURE, PROMPT_COLUMN, STATE_FEATURE
 from gauntlet.runtime.atomic_files import replace_dir, staging_dir
 from gauntlet.runtime.config_args import option, parse_config, require_at_least, run_command
 from gauntlet.runtime.manifests import write_json
@@ -183,7 +183,7 @@ def export_lerobot(cfg: ExportConfig) -> Path:
 
 
 def _write(ds: Dataset, cfg: ExportConfig, stage: Path) -> None:
-    prompts = ds.episodes["prompt"].astype(str).tolist()
+    prompts = ds.episodes[PROMPT_COLUMN].astype(str).tolist()
     tasks = list(dict.fromkeys(prompts))  # first-appearance order: task_index is stable across exports
     task_index = {t: i for i, t in enumerate(tasks)}
     features = lerobot_features(ds, cfg.images)

@@ -38,7 +38,7 @@ from gauntlet.data.lerobot_format import (
     feature_names,
     read_info,
 )
-from gauntlet.keys import ACTION_FEATURE, STATE_FEATURE
+from gauntlet.keys import ACTION_FEATURE, PROMPT_COLUMN, STATE_FEATURE
 from gauntlet.runtime.config_args import option, parse_config, require_at_least
 from gauntlet.runtime.progress import Progress
 
@@ -232,7 +232,7 @@ def _meta(p: _Plan, cfg: ImportConfig, ep: int, rows: dict[str, Any]) -> dict[st
     else:
         listed = p.episodes.loc[p.episodes["episode_index"] == ep, "tasks"] if "tasks" in p.episodes else []
         prompt = str(list(listed.iloc[0])[0]) if len(listed) else None
-    meta = {"task": cfg.task or "lerobot", "variant": cfg.variant or "D0", "prompt": prompt or "",
+    meta = {"task": cfg.task or "lerobot", "variant": cfg.variant or "D0", PROMPT_COLUMN: prompt or "",
             "success": True, "split": "train", "seed": None, "fingerprint": "", "source_episode": f"episode_{ep:06d}"}
     if p.extra is not None and ep < len(p.extra):
         row = p.extra.iloc[ep]

@@ -38,7 +38,16 @@ import numpy as np
 from gauntlet.data.dataset_reader import Dataset
 from gauntlet.data.dataset_schema import DatasetError
 from gauntlet.data.images import decode_png, resize_image
-from gauntlet.keys import ACTION_FEATURE, DATASET_CAMERAS, PROMPT_KEY, STATE_FEATURE, STATE_KEY
+from gauntlet.keys import (
+    ACTION_FEATURE,
+    ACTION_IS_PAD_KEY,
+    ACTIONS_KEY,
+    DATASET_CAMERAS,
+    PROMPT_COLUMN,
+    PROMPT_KEY,
+    STATE_FEATURE,
+    STATE_KEY,
+)
 from gauntlet.runtime.config_args import option, require_at_least
 
 # dataset camera -> the policy's observation key
@@ -154,7 +163,7 @@ class DatasetLoader:
         lengths = ds.lengths[self.episodes]
         self.num_frames = int(lengths.sum())
         # Memory: preloaded columns + prefetched batches must fit; what is left caps the image cache.
-        prompts = ds.episodes["prompt"].astype(str).to_numpy()[self.episodes]
+        prompts = ds.episodes[PROMPT_COLUMN].astype(str).to_numpy()[self.episodes]
         self._prompt_width = max((len(p) for p in prompts), default=1) or 1
         preload_bytes = self.num_frames * ((ds.state_dim + ds.action_dim) * 4 + 3 * 8)
         budget = cfg.memory_budget_mb * 2**20
@@ -281,8 +290,8 @@ class DatasetLoader:
         local_ep = self._row_episode[rows]
         batch: dict[str, np.ndarray] = {
             STATE_KEY: self._state[rows],
-            "actions": self._action[offsets],
-            "action_is_pad": is_pad,
+            ACTIONS_KEY: self._action[offsets],
+            ACTION_IS_PAD_KEY: is_pad,
             PROMPT_KEY: self._prompts[local_ep],
             "episode_index": self.episodes[local_ep],
             "frame_index": self._row_frame[rows],

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from gauntlet.deployments.app import APP_NAME
+from gauntlet.keys import ACTIONS_KEY, PROMPT_KEY, SERVER_TIMING_KEY
 
 
 class PolicyGrpcClient:
@@ -29,11 +30,11 @@ class PolicyGrpcClient:
         from gauntlet.deployments.proto import policy_pb2
         from gauntlet.deployments.tensors import from_tensor, to_tensor
 
-        tensors = {k: to_tensor(np.asarray(v), policy_pb2.Tensor) for k, v in observation.items() if k != "prompt"}
+        tensors = {k: to_tensor(np.asarray(v), policy_pb2.Tensor) for k, v in observation.items() if k != PROMPT_KEY}
         request = policy_pb2.InferRequest(policy=policy, observation=tensors,
-                                          prompt=str(observation.get("prompt", "")), adapter=adapter)
+                                          prompt=str(observation.get(PROMPT_KEY, "")), adapter=adapter)
         reply = self.stub.Infer(request, metadata=self.metadata, timeout=self.timeout_s)
-        return {"actions": from_tensor(reply.actions, "actions"), "server_timing": dict(reply.server_timing)}
+        return {ACTIONS_KEY: from_tensor(reply.actions, ACTIONS_KEY), SERVER_TIMING_KEY: dict(reply.server_timing)}
 
     def policy_metadata(self, policy: str) -> dict[str, Any]:
         from gauntlet.deployments.proto import policy_pb2

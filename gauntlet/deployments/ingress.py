@@ -50,7 +50,7 @@ from gauntlet.deployments.ws_guard import (
     SessionSlots,
     WebSocketPolicy,
 )
-from gauntlet.keys import EPISODE_ID_KEY
+from gauntlet.keys import ACTIONS_KEY, EPISODE_ID_KEY, PROMPT_KEY, SERVER_TIMING_KEY
 from gauntlet.policies import msgpack_numpy
 from gauntlet.policies.msgpack_numpy import WireFormatError
 
@@ -337,11 +337,11 @@ class PolicyRoutes:
                 adapter = _adapter_name(obs.pop("adapter", None)) if isinstance(obs, dict) else None
                 infer_start = time.perf_counter()
                 out = await self._infer_one(name, obs, adapter)
-                timing = dict(out.get("server_timing", {}))
+                timing = dict(out.get(SERVER_TIMING_KEY, {}))
                 timing["infer_ms"] = (time.perf_counter() - infer_start) * 1e3
                 if prev_total_ms is not None:
                     timing["prev_total_ms"] = prev_total_ms
-                out["server_timing"] = timing
+                out[SERVER_TIMING_KEY] = timing
                 await ws.send_bytes(msgpack_numpy.packb(out))
                 prev_total_ms = (time.perf_counter() - start) * 1e3
             except WebSocketDisconnect:
@@ -378,11 +378,11 @@ class PolicyRoutes:
         try:
             obs: dict[str, Any] = {k: from_tensor(t, k) for k, t in request.observation.items()}
             if request.prompt:
-                obs["prompt"] = request.prompt
+                obs[PROMPT_KEY] = request.prompt
             out = await self._infer_one(request.policy, obs, _adapter_name(request.adapter))
             return policy_pb2.InferResponse(
-                actions=to_tensor(np.asarray(out["actions"], dtype=np.float32), policy_pb2.Tensor),
-                server_timing={k: float(v) for k, v in out.get("server_timing", {}).items()},
+                actions=to_tensor(np.asarray(out[ACTIONS_KEY], dtype=np.float32), policy_pb2.Tensor),
+                server_timing={k: float(v) for k, v in out.get(SERVER_TIMING_KEY, {}).items()},
             )
         except Exception as exc:  # noqa: BLE001 - mapped to a gRPC status for this caller
             _grpc_refuse(grpc_context, *_classify(exc))

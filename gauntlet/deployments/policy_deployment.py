@@ -28,7 +28,7 @@ from gauntlet.deployments.adapters import (
 )
 from gauntlet.deployments.batcher import OVERLOADED_KIND, OVERLOADED_STATUS, Batcher, QueueFull, check_limits
 from gauntlet.deployments.replica_stats import ReplicaStats
-from gauntlet.keys import EPISODE_CALLS_KEY
+from gauntlet.keys import ACTIONS_KEY, EPISODE_CALLS_KEY, SERVER_TIMING_KEY
 from gauntlet.policies.base import stack_observations
 from gauntlet.policies.validation import ObservationError, validate_observation
 
@@ -265,7 +265,7 @@ class PolicyReplica:
         self.stats.record_batch(len(items), waits, infer_ms)
         for r, w in zip(results, waits, strict=True):
             if isinstance(r, dict):
-                r["server_timing"] = {"infer_ms": infer_ms, "queue_wait_ms": w, "batch_size": len(items)}
+                r[SERVER_TIMING_KEY] = {"infer_ms": infer_ms, "queue_wait_ms": w, "batch_size": len(items)}
         return results
 
     def _infer_actions(self, adapter: str | None, observations: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -273,12 +273,12 @@ class PolicyReplica:
         policy with per-episode memory."""
         batch = stack_observations(observations)
         out = self.policy.infer(batch) if adapter is None else self.policy.infer(batch, adapter=adapter)
-        actions = np.asarray(out["actions"], dtype=np.float32)  # (B, H, D)
+        actions = np.asarray(out[ACTIONS_KEY], dtype=np.float32)  # (B, H, D)
         if actions.shape[0] != len(observations):
             raise PolicyError(f"policy returned {actions.shape[0]} action chunks for {len(observations)} requests")
         if not np.all(np.isfinite(actions)):
             raise PolicyError("policy returned non-finite actions")
-        answers: list[dict[str, Any]] = [{"actions": a} for a in actions]
+        answers: list[dict[str, Any]] = [{ACTIONS_KEY: a} for a in actions]
         if EPISODE_CALLS_KEY in out:
             calls = np.asarray(out[EPISODE_CALLS_KEY]).reshape(-1)
             if calls.shape[0] != len(observations):

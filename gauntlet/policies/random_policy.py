@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gauntlet.keys import STATE_KEY
+from gauntlet.keys import ACTIONS_KEY, STATE_KEY
 from gauntlet.policies.base import PolicyMetadata, state_spec
 
 
@@ -22,7 +22,7 @@ class RandomPolicy:
         b = int(np.asarray(batch[STATE_KEY]).shape[0])
         m = self.metadata
         actions = self._rng.uniform(-self._scale, self._scale, size=(b, m.chunk_len, m.action_dim))
-        return {"actions": actions.astype(np.float32)}
+        return {ACTIONS_KEY: actions.astype(np.float32)}
 
     def reset(self) -> None:
         self._rng = np.random.default_rng(self._seed)

@@ -39,7 +39,7 @@ import numpy as np
 
 from gauntlet.deployments.grpc_bind import MAX_REQUEST_BYTES
 from gauntlet.deployments.ws_guard import DEFAULT_PORTS, OVERLOADED_FRAME_PREFIX
-from gauntlet.keys import EPISODE_ID_KEY, PROMPT_KEY
+from gauntlet.keys import ACTIONS_KEY, EPISODE_ID_KEY, PROMPT_KEY
 from gauntlet.policies import msgpack_numpy
 from gauntlet.policies.base import PolicyMetadata
 
@@ -361,8 +361,8 @@ class RemotePolicy:
             errors = [o["error"] for o in outs if "error" in o]
             if errors:
                 raise RemotePolicyError(f"{self.url}: {errors[0]}")
-        actions = np.stack([np.asarray(o["actions"], dtype=np.float32) for o in outs])  # (B, H, D)
-        return {"actions": actions}
+        actions = np.stack([np.asarray(o[ACTIONS_KEY], dtype=np.float32) for o in outs])  # (B, H, D)
+        return {ACTIONS_KEY: actions}
 
     def reset(self) -> None:
         pass

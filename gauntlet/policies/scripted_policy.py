@@ -18,7 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from gauntlet.keys import EPISODE_CALLS_KEY, EPISODE_ID_KEY, PROMPT_KEY, SIM_STATE_KEY, STATE_KEY, TASK_KEY
+from gauntlet.keys import (
+    ACTIONS_KEY,
+    EPISODE_CALLS_KEY,
+    EPISODE_ID_KEY,
+    PROMPT_KEY,
+    SIM_STATE_KEY,
+    STATE_KEY,
+    TASK_KEY,
+)
 from gauntlet.policies.base import FieldSpec, PolicyMetadata
 
 MAX_EPISODES = 4096  # experts kept in memory (least recently used dropped first)
@@ -95,7 +103,7 @@ class ScriptedPolicy:
         episodes = batch.get(EPISODE_ID_KEY, [""] * b)
         answers = [self.act_chunk(self._task_of(str(prompts[i]), str(tasks[i]) or None), states[i], str(episodes[i]))
                    for i in range(b)]
-        return {"actions": np.stack([chunk for chunk, _ in answers]),  # (B, H, 7)
+        return {ACTIONS_KEY: np.stack([chunk for chunk, _ in answers]),  # (B, H, 7)
                 EPISODE_CALLS_KEY: np.array([calls for _, calls in answers], np.int64)}
 
     def reset(self) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from gauntlet.deployments.batcher import OVERLOADED_KIND
-from gauntlet.keys import EPISODE_CALLS_KEY, EPISODE_ID_KEY, SIM_STATE_KEY
+from gauntlet.keys import ACTIONS_KEY, EPISODE_CALLS_KEY, EPISODE_ID_KEY, SIM_STATE_KEY
 from gauntlet.platform.eval.episode import ChunkSource, EpisodeMemoryLost, PolicyUnavailableError
 from gauntlet.platform.eval.openpi import RemoteOptions, check_answer, effective_metadata, remote_contract
 from gauntlet.platform.eval.targets import PolicyTarget
@@ -150,7 +150,7 @@ class ServeSource(_SourceBase):
     def _actions(self, obs: dict[str, Any], out: dict[str, Any]) -> np.ndarray:
         if "error" in out:
             raise PolicyUnavailableError(f"policy answered an error: {out['error']}")
-        actions = np.asarray(out["actions"])
+        actions = np.asarray(out[ACTIONS_KEY])
         if self.episode_calls is not None:
             self.episode_calls.check(obs, out)
         return actions
@@ -287,7 +287,7 @@ class LocalSource(_SourceBase):
 
     def infer(self, obs: dict[str, Any]) -> np.ndarray:
         obs = self._validate(obs, self.policy.metadata.observation_spec)
-        return self.policy.infer(stack_observations([obs]))["actions"][0]
+        return self.policy.infer(stack_observations([obs]))[ACTIONS_KEY][0]
 
     async def infer_async(self, obs: dict[str, Any]) -> np.ndarray:
         # On the loop's own thread: the policy is cheap, and the scripted oracle steps mirror envs,

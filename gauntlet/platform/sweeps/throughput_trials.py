@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gauntlet.deployments.app import EVAL_APP
+from gauntlet.keys import ACTION_FEATURE, ACTIONS_KEY
 from gauntlet.platform.eval.status import EvalStatus, StatusError, read_serving_stats
 from gauntlet.platform.sweeps.ram_floor import MB, RamFloorExceeded, RamFloorWatcher, breach_row, kill_tree
 
@@ -72,10 +73,10 @@ class RamLimits:
 def batch_size_of(batch: Any) -> int:
     """Samples in one batch: len(batch["actions"]) (or of the first array of a dict batch)."""
     if isinstance(batch, Mapping):
-        if "actions" in batch:
-            return len(batch["actions"])
-        if "action" in batch:
-            return len(batch["action"])
+        if ACTIONS_KEY in batch:
+            return len(batch[ACTIONS_KEY])
+        if ACTION_FEATURE in batch:
+            return len(batch[ACTION_FEATURE])
         first = next(iter(batch.values()), None)
         return len(first) if first is not None else 0
     return len(batch)

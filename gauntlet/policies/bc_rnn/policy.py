@@ -204,7 +204,7 @@ class BCRNNPolicy:
         b = obs.shape[0]
         ids = self._episode_ids(batch, b)
         if b == 0:
-            return {"actions": np.zeros((0, c.chunk_len, c.action_dim), np.float32),
+            return {ACTIONS_KEY: np.zeros((0, c.chunk_len, c.action_dim), np.float32),
                     EPISODE_CALLS_KEY: np.zeros(0, np.int64)}
         seen = [0] * b
         with self._lock, torch.inference_mode():
@@ -215,7 +215,7 @@ class BCRNNPolicy:
         actions = self.norm_stats.unnormalize(ACTIONS_KEY, normed.numpy(), c.norm_mode)
         if c.action_clip:
             actions = np.clip(actions, -c.action_clip, c.action_clip)
-        return {"actions": actions.astype(np.float32), EPISODE_CALLS_KEY: np.asarray(seen, np.int64)}
+        return {ACTIONS_KEY: actions.astype(np.float32), EPISODE_CALLS_KEY: np.asarray(seen, np.int64)}
 
     def reset(self) -> None:
         """Forgets every episode's hidden state."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gauntlet.keys import IMAGE_KEY, PROMPT_KEY, STATE_KEY, WRIST_IMAGE_KEY
+from gauntlet.keys import ACTION_FEATURE, IMAGE_KEY, PROMPT_KEY, STATE_FEATURE, STATE_KEY, WRIST_IMAGE_KEY
 from gauntlet.policies.base import FieldSpec, PolicyMetadata
 
 CONFIG_FILE = "config.json"
@@ -22,10 +22,10 @@ WEIGHTS_FILE = "model.safetensors"
 PREPROCESSOR_FILE = "policy_preprocessor.json"
 POSTPROCESSOR_FILE = "policy_postprocessor.json"
 
-# LeRobot's feature names (lerobot.utils.constants), spelled once for Gauntlet's side.
-LEROBOT_STATE = "observation.state"
+# LeRobot's feature names (lerobot.utils.constants); state and action are keys.py's dataset columns.
+LEROBOT_STATE = STATE_FEATURE
 LEROBOT_IMAGES_PREFIX = "observation.images."
-LEROBOT_ACTION = "action"
+LEROBOT_ACTION = ACTION_FEATURE
 LEROBOT_TASK = "task"
 
 # Policy types of lerobot 0.4.x this adapter knows how to call in one batch (see policy.py).

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gauntlet.keys import ACTION_FEATURE, DATASET_CAMERAS, STATE_FEATURE, STATE_KEY
+
 # Small, CPU-fast shapes: the architecture is LeRobot's, only its sizes are cut down.
 SMALL_OVERRIDES: dict[str, dict[str, Any]] = {
     "act": {"chunk_size": 10, "n_action_steps": 5, "dim_model": 64, "n_heads": 2, "dim_feedforward": 128,
@@ -42,14 +44,14 @@ def save_random_policy(policy_type: str, out_dir: str, *, image_size: int = 32,
     from lerobot.policies.factory import get_policy_class, make_policy_config, make_pre_post_processors
 
     torch.manual_seed(seed)
-    inputs = {"observation.state": PolicyFeature(type=FeatureType.STATE, shape=(state_dim,))}
+    inputs = {STATE_FEATURE: PolicyFeature(type=FeatureType.STATE, shape=(state_dim,))}
     for cam in cameras:
         inputs[f"observation.images.{cam}"] = PolicyFeature(type=FeatureType.VISUAL, shape=(3, image_size, image_size))
-    outputs = {"action": PolicyFeature(type=FeatureType.ACTION, shape=(action_dim,))}
+    outputs = {ACTION_FEATURE: PolicyFeature(type=FeatureType.ACTION, shape=(action_dim,))}
     kwargs = {**SMALL_OVERRIDES.get(policy_type, {}), **overrides}
     config = make_policy_config(policy_type, input_features=inputs, output_features=outputs, device="cpu", **kwargs)
     policy = get_policy_class(policy_type)(config)
-    stats = {"observation.state": _stats(state_dim, seed + 1), "action": _stats(action_dim, seed + 2)}
+    stats = {STATE_FEATURE: _stats(state_dim, seed + 1), ACTION_FEATURE: _stats(action_dim, seed + 2)}
     for cam in cameras:
         stats[f"observation.images.{cam}"] = {
             "mean": torch.full((3, 1, 1), 0.45), "std": torch.full((3, 1, 1), 0.25),
@@ -74,17 +76,16 @@ def reference_actions(path: str, batch: dict[str, Any], noise_seed: int = 0) -> 
     config = PreTrainedConfig.from_pretrained(path, local_files_only=True)
     policy = get_policy_class(config.type).from_pretrained(path, config=config, local_files_only=True)
     pre, post = make_pre_post_processors(config, pretrained_path=path)
-    raw: dict[str, Any] = {"observation.state": torch.tensor(np.asarray(batch["observation/state"], np.float32))}
-    wire = {"agentview": "observation/image", "wrist": "observation/wrist_image"}
+    raw: dict[str, Any] = {STATE_FEATURE: torch.tensor(np.asarray(batch[STATE_KEY], np.float32))}
     for key in config.image_features:
-        images = torch.tensor(np.asarray(batch[wire[key.rsplit(".", 1)[-1]]]))
+        images = torch.tensor(np.asarray(batch[DATASET_CAMERAS[key.rsplit(".", 1)[-1]]]))
         raw[key] = images.permute(0, 3, 1, 2).float() / 255.0
-    count = raw["observation.state"].shape[0]
+    count = raw[STATE_FEATURE].shape[0]
     raw["task"] = [""] * count
     kwargs: dict[str, Any] = {}
     if config.type == "diffusion":
         gen = torch.Generator().manual_seed(noise_seed)
-        kwargs["noise"] = torch.randn((config.horizon, config.output_features["action"].shape[0]),
+        kwargs["noise"] = torch.randn((config.horizon, config.output_features[ACTION_FEATURE].shape[0]),
                                       generator=gen).expand(count, -1, -1).contiguous()
     out: dict[str, Any] = {}
     with torch.inference_mode():

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from gauntlet.keys import PROMPT_KEY, STATE_KEY
+from gauntlet.keys import ACTIONS_KEY, PROMPT_KEY, STATE_KEY
 from gauntlet.policies.base import PolicyMetadata
 from gauntlet.policies.lerobot.config import (
     LEROBOT_IMAGES_PREFIX,
@@ -83,7 +83,7 @@ class LeRobotPolicy:
             chunk = self._predict_chunk(model_in, len(raw[LEROBOT_TASK]))
             actions = self.postprocess(chunk)
         actions = actions[:, : self.spec.chunk_len].detach().to("cpu", torch.float32).numpy()
-        return {"actions": actions}
+        return {ACTIONS_KEY: actions}
 
     def _predict_chunk(self, batch: dict[str, Any], count: int) -> Any:
         """One batched model call: (B, >= n_action_steps, D) normalised actions."""

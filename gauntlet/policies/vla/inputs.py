@@ -71,7 +71,7 @@ def model_inputs(config: VLAConfig, tokenizer: ByteTokenizer, batch: Mapping[str
         actions = np.asarray(batch[ACTIONS_KEY], dtype=np.float32)
         if actions.shape != (b, c.chunk_len, c.action_dim):
             raise ObservationError(ACTIONS_KEY, f"expected shape {[b, c.chunk_len, c.action_dim]}, got {list(actions.shape)}")
-        out["actions"] = stats.normalize(ACTIONS_KEY, actions, c.norm_mode).astype(np.float32)
+        out[ACTIONS_KEY] = stats.normalize(ACTIONS_KEY, actions, c.norm_mode).astype(np.float32)
         if ACTION_IS_PAD_KEY in batch:
             is_pad = np.asarray(batch[ACTION_IS_PAD_KEY], dtype=bool)
             if is_pad.shape != (b, c.chunk_len):

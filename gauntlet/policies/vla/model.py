@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gauntlet.keys import ACTIONS_KEY
 from gauntlet.policies.base import masked_chunk_mse
 from gauntlet.policies.vla.config import VLAConfig
 
@@ -330,7 +331,7 @@ def flow_matching_loss(model: VLAModel, variables: Variables, batch: dict[str, A
     flow inputs noise (B, H, D), t (B,) from `sample_flow_inputs`; optional action_mask (B, H)
     (True = a real action, False = padding past the episode end).
     """
-    actions = batch["actions"].astype(jnp.float32)  # (B, H, D)
+    actions = batch[ACTIONS_KEY].astype(jnp.float32)  # (B, H, D)
     noise = batch["noise"].astype(jnp.float32)  # (B, H, D)
     t = batch["t"].astype(jnp.float32)[:, None, None]  # (B, 1, 1)
     x_t = t * noise + (1.0 - t) * actions

@@ -362,7 +362,7 @@ class VLAPolicy:
         normed = np.concatenate(chunks, axis=0) if chunks else np.zeros((0, c.chunk_len, c.action_dim), np.float32)
         actions = stats.unnormalize(ACTIONS_KEY, normed, c.norm_mode).astype(np.float32)
         timing = {"infer_ms": (time.perf_counter() - t0) * 1e3, "batch_size": b, "buckets": buckets}
-        return {"actions": actions, "policy_timing": timing}
+        return {ACTIONS_KEY: actions, "policy_timing": timing}
 
     def reset(self) -> None:
         """No per-episode state: actions depend only on the observation and seeds."""
