@@ -164,6 +164,8 @@ def _generate(tmp: Path, workers: int) -> str:
 def _measure(args: argparse.Namespace, db_path: str, scene_ids: list[str], vla_scene_ids: list[str],
              tmp: Path) -> dict[str, dict[str, float]]:
     """One pass over every row: row key -> {"cold", "warm"(, "batch")}."""
+    from gauntlet.deployments.batcher import DEFAULT_BATCH_WAIT_S
+
     n, k = args.workers, args.envs_per_actor
     items = [(sid, trial) for sid in scene_ids for trial in range(args.trials)]  # the driver's order
     shards = [items[i::n] for i in range(n)]
@@ -174,8 +176,8 @@ def _measure(args: argparse.Namespace, db_path: str, scene_ids: list[str], vla_s
         out[f"b-{tag}"] = dict(zip(("cold", "warm"), _pool_rates(db_path, shards, args.horizon, fast), strict=True))
         print(f"(b) {tag}", out[f"b-{tag}"], flush=True)
     for envs in () if args.only_vla else (1, k):
-        out[f"oracle{envs}"] = _gauntlet(db_path, tmp / f"oracle-k{envs}", "scripted", n, envs, args.horizon, 0.005,
-                                         trials=args.trials)
+        out[f"oracle{envs}"] = _gauntlet(db_path, tmp / f"oracle-k{envs}", "scripted", n, envs, args.horizon,
+                                         DEFAULT_BATCH_WAIT_S, trials=args.trials)
         print(f"(c) oracle K={envs}", out[f"oracle{envs}"], flush=True)
     if args.vla:
         vla_items = [(sid, trial) for sid in vla_scene_ids for trial in range(args.vla_trials)]

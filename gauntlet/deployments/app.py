@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gauntlet.deployments.batcher import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_BATCH_SIZE
 from gauntlet.deployments.grpc_bind import MAX_REQUEST_BYTES
 from gauntlet.deployments.ws_guard import INGRESS_OTHER_SLOTS, WebSocketPolicy
 from gauntlet.policies.registry import PolicyRef, check_checkpoint, runtime_env_for
@@ -29,8 +30,9 @@ class PolicyServing:
 
     ref: PolicyRef  # which policy (and checkpoint)
     replicas: int = 1  # Serve replicas
-    max_batch_size: int = 32  # largest batch one infer call sees
-    batch_wait_timeout_s: float = 0.005  # how long a partial batch waits for company (only while requests overlap)
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE  # largest batch one infer call sees
+    # How long a partial batch waits for company (only while requests overlap).
+    batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_S
     # Requests a replica queues behind its running batch; more are answered 503 at once
     # (0: batcher.default_max_queued(max_batch_size)).
     max_queued: int = 0
@@ -191,8 +193,8 @@ def _last_error_line(serve_message: str) -> str:
     return f"{kind.rsplit('.', 1)[-1]}:{message}"  # the exception's own name, without its module
 
 
-def specs_from_names(policies: list[str], *, replicas: int = 1, max_batch_size: int = 32,
-                     batch_wait_timeout_s: float = 0.005, vla_size: str = "tiny",
+def specs_from_names(policies: list[str], *, replicas: int = 1, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+                     batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_S, vla_size: str = "tiny",
                      adapters_dir: str | None = None, num_gpus: float = 0.0, max_queued: int = 0) -> list[PolicyServing]:
     """`NAME[=CHECKPOINT]` strings -> serving specs (shared by `gauntlet serve` and config files)."""
     specs = []
@@ -264,8 +266,8 @@ def app_from_args(args: dict[str, Any]) -> Any:
                          "the head node and name the file with api_key_file")
     specs = specs_from_names(
         args.get("policies") or ["random"], replicas=int(args.get("replicas", 1)),
-        max_batch_size=int(args.get("max_batch_size", 32)),
-        batch_wait_timeout_s=float(args.get("batch_wait_timeout_s", 0.005)),
+        max_batch_size=int(args.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)),
+        batch_wait_timeout_s=float(args.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_S)),
         vla_size=str(args.get("vla_size", "tiny")), adapters_dir=args.get("adapters_dir"),
         max_queued=int(args.get("max_queued", 0)),
     )

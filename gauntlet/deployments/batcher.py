@@ -36,6 +36,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 ItemT = TypeVar("ItemT")
+# A replica's batching defaults: the largest batch one infer call sees, and how long a partial batch
+# waits for company (only while requests overlap; a lone request never waits).
+DEFAULT_MAX_BATCH_SIZE = 32
+DEFAULT_BATCH_WAIT_S = 0.005
 # The default queue bound: this many full batches may wait behind the running one, and never fewer
 # than MIN_QUEUED requests (a serial policy, max_batch_size 1, still queues a few callers' worth).
 QUEUED_BATCHES = 4

@@ -26,7 +26,15 @@ from gauntlet.deployments.adapters import (
     load_failure_message,
     resolve_adapter,
 )
-from gauntlet.deployments.batcher import OVERLOADED_KIND, OVERLOADED_STATUS, Batcher, QueueFull, check_limits
+from gauntlet.deployments.batcher import (
+    DEFAULT_BATCH_WAIT_S,
+    DEFAULT_MAX_BATCH_SIZE,
+    OVERLOADED_KIND,
+    OVERLOADED_STATUS,
+    Batcher,
+    QueueFull,
+    check_limits,
+)
 from gauntlet.deployments.replica_stats import ReplicaStats
 from gauntlet.keys import ACTIONS_KEY, EPISODE_CALLS_KEY, SERVER_TIMING_KEY
 from gauntlet.policies.base import stack_observations
@@ -99,8 +107,8 @@ class PolicyReplica:
     """Deployment class (wrapped by `serve.deployment` in app.py)."""
 
     def __init__(self, policy: str, checkpoint: str | None = None, policy_kwargs: dict | None = None,
-                 adapters_dir: str | None = None, max_batch_size: int = 32,
-                 batch_wait_timeout_s: float = 0.005, max_queued: int = 0):
+                 adapters_dir: str | None = None, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+                 batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_S, max_queued: int = 0):
         from gauntlet.policies.registry import make_policy
 
         self.name = policy

@@ -7,7 +7,13 @@ import time
 from dataclasses import dataclass
 
 from gauntlet.deployments.auth import resolve_api_key
-from gauntlet.deployments.batcher import MIN_QUEUED, QUEUED_BATCHES, check_limits
+from gauntlet.deployments.batcher import (
+    DEFAULT_BATCH_WAIT_S,
+    DEFAULT_MAX_BATCH_SIZE,
+    MIN_QUEUED,
+    QUEUED_BATCHES,
+    check_limits,
+)
 from gauntlet.deployments.ws_guard import (
     DEFAULT_IDLE_TIMEOUT_S,
     DEFAULT_MAX_SESSIONS,
@@ -39,9 +45,9 @@ class ServeCLIConfig:
                                                  "WebSockets besides same-origin pages; a handshake from any other "
                                                  "Origin is refused (403). Clients that send no Origin (openpi's) "
                                                  "are not affected")
-    max_batch_size: int = option(32, help="largest batch one replica runs")
-    batch_wait_timeout_s: float = option(0.005, help="how long a partial batch waits for more requests while "
-                                                     "requests overlap (a lone request never waits)")
+    max_batch_size: int = option(DEFAULT_MAX_BATCH_SIZE, help="largest batch one replica runs")
+    batch_wait_timeout_s: float = option(DEFAULT_BATCH_WAIT_S, help="how long a partial batch waits for more "
+                                         "requests while requests overlap (a lone request never waits)")
     max_queued: int = option(0, help="requests a replica queues behind its running batch; more are answered HTTP 503 "
                                      f"/ gRPC UNAVAILABLE at once (0: {QUEUED_BATCHES} batches' worth, at least "
                                      f"{MIN_QUEUED})")

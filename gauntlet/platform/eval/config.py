@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gauntlet.deployments.batcher import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_BATCH_SIZE
 from gauntlet.runtime.config_args import as_tuple, option
 from gauntlet.runtime.tracking import REPORT_TO, REPORT_TO_HELP
 
@@ -77,8 +78,8 @@ class EvalConfig:
     error_types: tuple[str, ...] = option((), help="only these error types")
     categories: tuple[str, ...] = option((), help="only these categories")
     limit: int = option(0, help="at most this many scenes (0 = all), after filtering, in id order")
-    max_batch_size: int = option(32, help="Serve batch size for deployed policies")
-    batch_wait_timeout_s: float = option(0.005, help="Serve batch wait for deployed policies")
+    max_batch_size: int = option(DEFAULT_MAX_BATCH_SIZE, help="Serve batch size for deployed policies")
+    batch_wait_timeout_s: float = option(DEFAULT_BATCH_WAIT_S, help="Serve batch wait for deployed policies")
     replicas: int = option(1, help="Serve replicas per deployed policy")
     vla_size: str = option("tiny", help="VLA preset for `vla` without a checkpoint")
     actor_cpus: float = option(1.0, help="CPUs reserved per rollout actor")
