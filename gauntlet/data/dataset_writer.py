@@ -39,7 +39,7 @@ from gauntlet.data.dataset_schema import (
     fixed_list,
 )
 from gauntlet.data.images import encode_png
-from gauntlet.keys import ACTION_FEATURE, PROMPT_COLUMN, STATE_FEATURE
+from gauntlet.keys import ACTION_DIM, ACTION_FEATURE, PROMPT_COLUMN, STATE_DIM, STATE_FEATURE
 from gauntlet.runtime.atomic_files import atomic_write, replace_dir, staging_dir
 from gauntlet.runtime.manifests import write_json
 
@@ -68,8 +68,8 @@ class DatasetWriter:
         source: Mapping[str, Any],
         fps: int = DEFAULT_FPS,
         robot: str = "Panda",
-        state_dim: int = 8,
-        action_dim: int = 7,
+        state_dim: int = STATE_DIM,
+        action_dim: int = ACTION_DIM,
         envs: Mapping[str, Mapping[str, Any]] | None = None,
         chunks_size: int = CHUNKS_SIZE,
         overwrite: bool = False,

@@ -33,13 +33,13 @@ from gauntlet.data.commands import run_dataset_command
 from gauntlet.data.dataset_schema import DatasetError
 from gauntlet.data.dataset_writer import DatasetWriter
 from gauntlet.data.images import resize_image
+from gauntlet.keys import ACTION_DIM
 from gauntlet.runtime.config_args import option, parse_config, require_at_least
 from gauntlet.runtime.progress import Progress
 
 # robomimic camera observation key -> dataset camera name
 CAMERA_OBS_KEYS: dict[str, str] = {"agentview_image": "agentview", "robot0_eye_in_hand_image": "wrist"}
 STATE_OBS_KEYS: dict[str, int] = {"robot0_eef_pos": 3, "robot0_eef_quat": 4, "robot0_gripper_qpos": 2}
-ACTION_DIM = 7
 # robosuite / MimicGen env class (without its _D<k> suffix) -> gauntlet task name
 ENV_TO_TASK: dict[str, str] = {"Lift": "lift", "Stack": "stack", "Square": "square",
                                "NutAssemblySquare": "square", "PickPlaceCan": "pick_place_can"}

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from gauntlet.keys import ACTIONS_KEY, STATE_KEY
+from gauntlet.keys import ACTION_DIM, ACTIONS_KEY, STATE_DIM, STATE_KEY
 from gauntlet.runtime.manifests import read_json, write_json
 
 NORM_STATS_VERSION = 1
@@ -135,7 +135,7 @@ class NormStats:
         return cls({k: FieldStats.compute(v) for k, v in data.items()})
 
     @classmethod
-    def identity(cls, state_dim: int = 8, action_dim: int = 7) -> NormStats:
+    def identity(cls, state_dim: int = STATE_DIM, action_dim: int = ACTION_DIM) -> NormStats:
         return cls({STATE_KEY: FieldStats.identity(state_dim), ACTIONS_KEY: FieldStats.identity(action_dim)})
 
     def normalize(self, key: str, x: np.ndarray, mode: NormMode = "quantile") -> np.ndarray:

@@ -22,7 +22,7 @@ from gauntlet.envs.rendering import configure_gl, egl_device_id
 from gauntlet.envs.rotations import quat_wxyz_to_xyzw, quat_xyzw_to_axis_angle
 from gauntlet.envs.sim_state import capture_state, restore_state
 from gauntlet.envs.tasks import TaskSpec, check_variant, get_task
-from gauntlet.keys import OBJECT_STATE_KEY, PROMPT_KEY, ROBOSUITE_CAMERAS, STATE_KEY
+from gauntlet.keys import ACTION_DIM, OBJECT_STATE_KEY, PROMPT_KEY, ROBOSUITE_CAMERAS, STATE_KEY
 
 configure_gl()
 
@@ -42,8 +42,6 @@ def _close_renderers() -> None:
             pass
 
 CAMERA_KEYS = ROBOSUITE_CAMERAS
-STATE_DIM = 8  # eef position (3) + eef axis-angle (3) + gripper finger joints (2)
-ACTION_DIM = 7  # OSC delta position (3) + delta axis-angle (3) + gripper (-1 open, +1 close)
 ENV_SCHEMA = 1  # bump when observation layout or stepping semantics change (enters the fingerprint)
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from gauntlet.envs.rotations import mat_to_axis_angle, quat_wxyz_to_mat, wrap_angle
 from gauntlet.envs.tasks.scene import Q7_SAFE_RAD, is_grasped, wrist_q7
+from gauntlet.keys import ACTION_DIM
 
 if TYPE_CHECKING:
     from gauntlet.envs.env import GauntletEnv
@@ -198,7 +199,7 @@ class ScriptedExpert:
         if phase != "grasp":
             self._grasp_steps = 0
 
-        action = np.zeros(7)
+        action = np.zeros(ACTION_DIM)
         cmd = self.pos_gain * move / POS_SCALE_M
         # Height is limited on its own: scaling it with a long xy move would let a carried object
         # sag (the OSC does not compensate its weight) into the bin walls or the peg.

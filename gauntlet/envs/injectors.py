@@ -30,6 +30,7 @@ import numpy as np
 
 from gauntlet.envs.errors import UnknownTaskError
 from gauntlet.envs.rotations import quat_mul_wxyz, yaw_quat_wxyz
+from gauntlet.keys import ACTION_DIM
 
 if TYPE_CHECKING:
     from gauntlet.envs.env import GauntletEnv
@@ -230,6 +231,6 @@ def apply_injection(env: GauntletEnv, error_type: str, rng: np.random.Generator,
 
 def hold_action(env: GauntletEnv) -> np.ndarray:
     """Zero motion, gripper keeps its current command: lets an injected error play out."""
-    action = np.zeros(7)
+    action = np.zeros(ACTION_DIM)
     action[6] = current_gripper_command(env)
     return action

@@ -18,6 +18,7 @@ from gauntlet.keys import (
     OBJECT_STATE_KEY,
     OPTIONAL_STR_KEYS,
     PROMPT_KEY,
+    STATE_DIM,
     STATE_KEY,
     WRIST_IMAGE_KEY,
 )
@@ -95,7 +96,7 @@ class Policy(Protocol):
 
 
 def state_spec(privileged: bool = False, object_state_dim: int | None = None) -> dict[str, FieldSpec]:
-    spec = {STATE_KEY: FieldSpec((8,), "float32"), PROMPT_KEY: FieldSpec((), "str")}
+    spec = {STATE_KEY: FieldSpec((STATE_DIM,), "float32"), PROMPT_KEY: FieldSpec((), "str")}
     if privileged:
         spec[OBJECT_STATE_KEY] = FieldSpec((object_state_dim if object_state_dim else -1,), "float32")
     return spec

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from gauntlet.keys import ACTIONS_KEY, STATE_KEY
+from gauntlet.keys import ACTION_DIM, ACTIONS_KEY, STATE_KEY
 from gauntlet.policies.base import PolicyMetadata, state_spec
 
 
 class RandomPolicy:
-    def __init__(self, action_dim: int = 7, chunk_len: int = 8, seed: int = 0, scale: float = 1.0):
+    def __init__(self, action_dim: int = ACTION_DIM, chunk_len: int = 8, seed: int = 0, scale: float = 1.0):
         self.metadata = PolicyMetadata(
             name="random", version="1", action_dim=action_dim, chunk_len=chunk_len,
             observation_spec={STATE_KEY: state_spec()[STATE_KEY]},

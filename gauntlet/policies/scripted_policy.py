@@ -19,11 +19,13 @@ from typing import Any
 import numpy as np
 
 from gauntlet.keys import (
+    ACTION_DIM,
     ACTIONS_KEY,
     EPISODE_CALLS_KEY,
     EPISODE_ID_KEY,
     PROMPT_KEY,
     SIM_STATE_KEY,
+    STATE_DIM,
     STATE_KEY,
     TASK_KEY,
 )
@@ -41,9 +43,9 @@ class ScriptedPolicy:
         # (task, episode id) -> [expert, calls answered for that episode]
         self._experts: OrderedDict[tuple[str, str], list[Any]] = OrderedDict()
         self.metadata = PolicyMetadata(
-            name="scripted", version="1", action_dim=7, chunk_len=self.chunk_len,
+            name="scripted", version="1", action_dim=ACTION_DIM, chunk_len=self.chunk_len,
             observation_spec={
-                STATE_KEY: FieldSpec((8,), "float32"),
+                STATE_KEY: FieldSpec((STATE_DIM,), "float32"),
                 SIM_STATE_KEY: FieldSpec((), "state_dict"),
                 PROMPT_KEY: FieldSpec((), "str"),
             },
@@ -89,7 +91,7 @@ class ScriptedPolicy:
         env = self._mirror(task)
         env.set_state({k: np.asarray(v) for k, v in state.items()})
         expert, calls = self._expert(task, episode, env)
-        actions = np.zeros((self.chunk_len, 7), np.float32)
+        actions = np.zeros((self.chunk_len, ACTION_DIM), np.float32)
         for t in range(self.chunk_len):
             actions[t] = expert.act()
             env.step(actions[t])

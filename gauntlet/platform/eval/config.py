@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from gauntlet.deployments.batcher import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_BATCH_SIZE
+from gauntlet.keys import ACTION_DIM
 from gauntlet.runtime.config_args import as_tuple, option
 from gauntlet.runtime.tracking import REPORT_TO, REPORT_TO_HELP
 
@@ -57,7 +58,7 @@ class EvalConfig:
                                               "cameras resized with padding to this many pixels square, uint8, "
                                               "the 8-d state and the prompt")
     remote_action_dim: int = option(0, help="a remote policy's action dimension when its metadata does not "
-                                            "declare one (0: the environment's, 7); answers are checked "
+                                            f"declare one (0: the environment's, {ACTION_DIM}); answers are checked "
                                             "against it")
     remote_chunk_len: int = option(0, help="a remote policy's chunk length (actions per answer) when its "
                                            "metadata does not declare one (0: any); answers are checked "

@@ -21,8 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from gauntlet.envs.env import ACTION_DIM
-from gauntlet.keys import ACTIONS_KEY, EPISODE_ID_KEY, PROMPT_KEY
+from gauntlet.keys import ACTION_DIM, ACTIONS_KEY, EPISODE_ID_KEY, PROMPT_KEY
 from gauntlet.policies.base import FieldSpec, PolicyMetadata, image_spec, state_spec
 from gauntlet.policies.remote import MAX_DECLARED_SIZE
 

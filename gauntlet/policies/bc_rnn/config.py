@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from gauntlet.data.normalization import NORM_MODES
-from gauntlet.keys import OBJECT_STATE_KEY, STATE_KEY
+from gauntlet.keys import ACTION_DIM, OBJECT_STATE_KEY, STATE_KEY
 from gauntlet.policies.base import ModelConfig
 
 LOSSES = ("mse",)  # a GMM head (robomimic's option) is not implemented: scripted demos are unimodal
@@ -33,7 +33,7 @@ class BCRNNConfig(ModelConfig):
     obs_keys: tuple[str, ...] = (STATE_KEY, OBJECT_STATE_KEY)  # batch keys read, concatenated in order
     obs_dims: tuple[int, ...] = (8, 10)  # length of each key's vector (lift's object_state is 10)
     # --- actions ---
-    action_dim: int = 7  # D: OSC delta pos (3) + delta axis-angle (3) + gripper
+    action_dim: int = ACTION_DIM  # D: OSC delta pos (3) + delta axis-angle (3) + gripper
     chunk_len: int = 8  # H: actions returned per infer call (LSTM unrolled open-loop H steps)
     action_clip: float = 1.0  # returned actions are clipped to [-clip, clip] (the env's range); 0 = off
     # --- network ---

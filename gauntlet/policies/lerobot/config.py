@@ -14,7 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gauntlet.keys import ACTION_FEATURE, IMAGE_KEY, PROMPT_KEY, STATE_FEATURE, STATE_KEY, WRIST_IMAGE_KEY
+from gauntlet.keys import (
+    ACTION_DIM,
+    ACTION_FEATURE,
+    IMAGE_KEY,
+    PROMPT_KEY,
+    STATE_DIM,
+    STATE_FEATURE,
+    STATE_KEY,
+    WRIST_IMAGE_KEY,
+)
 from gauntlet.policies.base import FieldSpec, PolicyMetadata
 
 CONFIG_FILE = "config.json"
@@ -50,8 +59,8 @@ class LeRobotAdapterConfig:
     # LeRobot camera name (`observation.images.<name>`) -> Gauntlet wire key. robosuite's agent-view
     # and wrist cameras arrive as these two keys; a policy trained on other names maps them here.
     cameras: dict[str, str] = field(default_factory=lambda: {"agentview": IMAGE_KEY, "wrist": WRIST_IMAGE_KEY})
-    state_dim: int = 8  # Gauntlet's proprio state (gauntlet/envs/env.py STATE_DIM)
-    action_dim: int = 7  # Gauntlet's action (gauntlet/envs/env.py ACTION_DIM)
+    state_dim: int = STATE_DIM  # Gauntlet's proprio state
+    action_dim: int = ACTION_DIM  # Gauntlet's action
     device: str = "cpu"  # torch device of the replica ("cuda" when the deployment has a GPU)
     # Diffusion/flow policies draw noise: each request's chunk uses noise from this seed, so a
     # request's answer does not depend on which batch it joined (and equals a one-by-one call).

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gauntlet.keys import ACTION_FEATURE, DATASET_CAMERAS, STATE_FEATURE, STATE_KEY
+from gauntlet.keys import ACTION_DIM, ACTION_FEATURE, DATASET_CAMERAS, STATE_DIM, STATE_FEATURE, STATE_KEY
 
 # Small, CPU-fast shapes: the architecture is LeRobot's, only its sizes are cut down.
 SMALL_OVERRIDES: dict[str, dict[str, Any]] = {
@@ -35,8 +35,8 @@ def _stats(dim: int, seed: int) -> dict[str, Any]:
 
 
 def save_random_policy(policy_type: str, out_dir: str, *, image_size: int = 32,
-                       cameras: tuple[str, ...] = ("agentview", "wrist"), state_dim: int = 8,
-                       action_dim: int = 7, seed: int = 0, **overrides: Any) -> str:
+                       cameras: tuple[str, ...] = ("agentview", "wrist"), state_dim: int = STATE_DIM,
+                       action_dim: int = ACTION_DIM, seed: int = 0, **overrides: Any) -> str:
     """Builds a random `policy_type` policy for (state_dim,) state, `cameras` at image_size px and
     (action_dim,) actions, and saves it with its processors into out_dir. Returns out_dir."""
     import torch

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from gauntlet.data.normalization import NORM_MODES
+from gauntlet.keys import ACTION_DIM, STATE_DIM
 from gauntlet.policies.base import ModelConfig
 from gauntlet.policies.tokenizer import VOCAB_SIZE
 
@@ -29,9 +30,9 @@ class VLAConfig(ModelConfig):
     patch_size: int = 8  # ViT patch side in pixels; image_size must be a multiple of it
     num_cameras: int = 2  # 1 = agent view (`observation/image`); 2 = + `observation/wrist_image`
     max_prompt_tokens: int = 32  # byte tokens per instruction incl. BOS/EOS; longer ones are truncated
-    state_dim: int = 8  # proprio state size (eef pos 3 + axis-angle 3 + gripper 2)
+    state_dim: int = STATE_DIM  # proprio state size (eef pos 3 + axis-angle 3 + gripper 2)
     # --- actions ---
-    action_dim: int = 7  # D: action dimensions per step
+    action_dim: int = ACTION_DIM  # D: action dimensions per step
     chunk_len: int = 8  # H: actions predicted per request
     # --- trunk (vision-language backbone) ---
     width: int = 64  # trunk hidden size

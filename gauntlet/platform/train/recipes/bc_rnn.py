@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gauntlet.keys import ACTION_FEATURE, ACTIONS_KEY, STATE_FEATURE, STATE_KEY
+from gauntlet.keys import ACTION_FEATURE, ACTIONS_KEY, STATE_DIM, STATE_FEATURE, STATE_KEY
 from gauntlet.platform.train.config import TrainConfig, TrainConfigError
 from gauntlet.platform.train.recipes import BatchSource, DatasetNeeds, TrainPlan, WorkerContext
 from gauntlet.policies.bc_rnn.config import BCRNNConfig
@@ -45,7 +45,7 @@ class BCRNNRecipe:
         if cfg.mode == "lora":
             raise TrainConfigError("--mode lora: bc_rnn has no adapters; use --mode full (or auto)")
         if not cfg.base:
-            return BCRNNConfig(obs_keys=STATE_ONLY, obs_dims=(8,)), f"fresh-seed-{cfg.seed}"
+            return BCRNNConfig(obs_keys=STATE_ONLY, obs_dims=(STATE_DIM,)), f"fresh-seed-{cfg.seed}"
         try:
             manifest = read_manifest(cfg.base)
             config = BCRNNConfig.from_dict(dict(manifest["model_config"]))
