@@ -17,8 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-NONE = "none"
-
+from gauntlet.envs.injectors import NOMINAL
 
 Signals = dict[str, np.ndarray]  # signal name (trajectory.SIGNALS) -> (T, ...) frames
 
@@ -36,7 +35,7 @@ def classify_motion(traj: dict[str, np.ndarray]) -> str:
     eef_pre, eef_post = pre["eef_pos"], post["eef_pos"]
     obj_pre, obj_post = pre["obj_pos"], post["obj_pos"]
     if len(obj_pre) == 0 or len(obj_post) == 0:
-        return NONE
+        return NOMINAL
     if np.linalg.norm(post["target_pos"][0] - pre["target_pos"][-1]) > 0.02:
         return "target_shift"
     jump = obj_post[0] - obj_pre[-1]  # no time passes between these two frames
@@ -56,14 +55,14 @@ def classify_motion(traj: dict[str, np.ndarray]) -> str:
     if np.linalg.norm(eef_move) > 0.03:
         horizontal = np.linalg.norm(eef_move[:2]) / (np.linalg.norm(eef_move) + 1e-9)
         return "collision_nudge" if horizontal > 0.9 else "robot_joint_push"
-    return NONE
+    return NOMINAL
 
 
 def classify_grasp(traj: dict[str, np.ndarray]) -> str:
     pre, post = _halves(traj)
     g_pre, g_post = pre["grasped"], post["grasped"]
     if len(g_pre) == 0 or len(g_post) == 0:
-        return NONE
+        return NOMINAL
     held_before = bool(g_pre[-1])
     held_after = bool(g_post[-1])
     opening = post["gripper_qpos"][:, 0] - post["gripper_qpos"][:, 1]  # (T_post,) finger gap
@@ -86,7 +85,7 @@ def classify_grasp(traj: dict[str, np.ndarray]) -> str:
         return "gripper_stall"
     if np.linalg.norm(post["eef_pos"][-1] - post["eef_pos"][0]) > 0.03:
         return "robot_joint_push"
-    return NONE
+    return NOMINAL
 
 
 def classify_command(traj: dict[str, np.ndarray]) -> str:
@@ -94,7 +93,7 @@ def classify_command(traj: dict[str, np.ndarray]) -> str:
     cmd_post, app_post = post["gripper_cmd"], post["gripper_applied"]
     vel_pre, vel_post = pre["obj_vel"], post["obj_vel"]
     if len(cmd_post) == 0 or len(pre["gripper_cmd"]) == 0:
-        return NONE
+        return NOMINAL
     overridden = cmd_post != app_post  # (T_post,) the controller did not do what it was told
     if overridden.any():
         forced = app_post[overridden]
@@ -112,7 +111,7 @@ def classify_command(traj: dict[str, np.ndarray]) -> str:
     dv = np.linalg.norm(vel_post[0, :2] - vel_pre[-1, :2])
     if dv > 0.2:
         return "object_push"
-    return NONE
+    return NOMINAL
 
 
 CLASSIFIERS: dict[str, Callable[[dict[str, np.ndarray]], str]] = {

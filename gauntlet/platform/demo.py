@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from gauntlet.envs.injectors import NOMINAL
 from gauntlet.runtime.config_args import option, parse_config
 from gauntlet.runtime.manifests import write_json
 
@@ -39,7 +40,7 @@ class DemoConfig:
     train_demos: int = option(30, help="scripted-expert demonstrations it learns from (half D0, half D1)")
     train_steps: int = option(600, help="training steps (batch 32; about 30 s on one core)")
     record_video: int = option(1, help="videos per policy x task x error type (see --video-error-types)")
-    video_error_types: tuple[str, ...] = option(("none", "drop", "object_push", "gripper_stall"),
+    video_error_types: tuple[str, ...] = option((NOMINAL, "drop", "object_push", "gripper_stall"),
                                                 help="error types recorded, on the trained task")
 
 

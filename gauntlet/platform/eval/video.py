@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gauntlet.envs.injectors import NOMINAL
 from gauntlet.runtime.atomic_files import atomic_write
 from gauntlet.runtime.manifests import read_json, write_json
 
@@ -87,7 +88,7 @@ class EpisodeRecorder:
         scale = max(h / 320, 0.3)
         cv2.putText(frame, f"{self.title}  t={step}", (4, int(14 * scale * 2)), cv2.FONT_HERSHEY_SIMPLEX,
                     scale, WHITE, 1, cv2.LINE_AA)
-        if len(self._frames) < BANNER_FRAMES and self.error_type not in ("", "none"):
+        if len(self._frames) < BANNER_FRAMES and self.error_type not in ("", NOMINAL):
             cv2.putText(frame, f"injected: {self.error_type}", (4, h - 8), cv2.FONT_HERSHEY_SIMPLEX, scale, RED, 1,
                         cv2.LINE_AA)
         if self.recovery_step >= 0:
@@ -134,7 +135,7 @@ def encode_mp4(frames: list[np.ndarray], fps: int, meta: dict[str, Any]) -> byte
 
 def video_relpath(policy: str, task: str, error_type: str, scene_id: str, trial: int) -> str:
     """Where a recorded episode's MP4 goes, relative to the run directory (safe file names)."""
-    safe = [str(p).replace("/", "_").replace("@", "_").replace("=", "_") for p in (policy, task, error_type or "none")]
+    safe = [str(p).replace("/", "_").replace("@", "_").replace("=", "_") for p in (policy, task, error_type or NOMINAL)]
     return f"{VIDEOS_DIR}/{'/'.join(safe)}/{scene_id}_t{trial}.mp4"
 
 
@@ -168,7 +169,7 @@ def video_options(cfg: EvalConfig) -> VideoOptions:
 
 def _wanted(cfg: EvalConfig, task: str, error_type: str) -> bool:
     return ((not cfg.video_tasks or task in cfg.video_tasks)
-            and (not cfg.video_error_types or (error_type or "none") in cfg.video_error_types))
+            and (not cfg.video_error_types or (error_type or NOMINAL) in cfg.video_error_types))
 
 
 def mark_recorded(cfg: EvalConfig, scenes: dict[str, dict[str, Any]], pending: deque[WorkItem]) -> int:

@@ -197,7 +197,7 @@ def classifier_tables(frame: pd.DataFrame, confidence: float = 0.95) -> dict[str
         accuracy_rows.append({
             "classifier": name, "n_scenes": len(judged), "correct": correct,
             "accuracy": correct / len(judged) if judged else math.nan, "ci_low": low, "ci_high": high,
-            "said_none": sum(label == "none" for label, _ in judged),
+            "said_none": sum(label == NOMINAL for label, _ in judged),
         })
 
     by_type_rows = []
