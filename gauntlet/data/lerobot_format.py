@@ -41,13 +41,10 @@ EPISODES_DIR = "meta/episodes"
 CHUNK_FILE = "chunk-{chunk_index:03d}/file-{file_index:03d}"
 EPISODES_PATH = EPISODES_DIR + "/" + CHUNK_FILE + ".parquet"
 DATA_PATH = "data/" + CHUNK_FILE + ".parquet"
-VIDEO_PATH = "videos/{video_key}/" + CHUNK_FILE + ".mp4"
 CHUNKS_SIZE = 1000  # files per chunk-NNN directory (LeRobot's DEFAULT_CHUNK_SIZE)
 DATA_FILE_SIZE_MB = 100  # LeRobot's DEFAULT_DATA_FILE_SIZE_IN_MB
 VIDEO_FILE_SIZE_MB = 200
-IMAGES_PREFIX = "observation.images."
 # Gauntlet's extras: LeRobot reads only meta/{info,stats,tasks}.json/parquet, meta/episodes/ and data/.
-EXTRA_DIR = "gauntlet"
 EXTRA_INFO_PATH = "gauntlet/info.json"
 EXTRA_EPISODES_PATH = "gauntlet/episodes.parquet"
 SIM_DIR = "sim"

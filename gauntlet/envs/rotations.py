@@ -49,12 +49,6 @@ def quat_mul_wxyz(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     )
 
 
-def yaw_of_quat_wxyz(quat: np.ndarray) -> float:
-    """Heading (rotation about +z) of a (w, x, y, z) quaternion."""
-    w, x, y, z = quat
-    return float(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
-
-
 def quat_wxyz_to_mat(q: np.ndarray) -> np.ndarray:
     """(3, 3) rotation matrix of a (w, x, y, z) quaternion (normalised first)."""
     w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)

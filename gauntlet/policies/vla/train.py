@@ -77,8 +77,3 @@ def make_train_step(model: VLAModel, optimizer: optax.GradientTransformation) ->
     """`make_loss_step` with the VLA's flow-matching loss; batch as for flow_matching_loss (noise and
     t included, see `sample_flow_inputs`)."""
     return make_loss_step(partial(flow_matching_loss, model), optimizer)
-
-
-def make_eval_loss(model: VLAModel) -> Callable[..., jax.Array]:
-    """A jitted `(variables, batch) -> loss`."""
-    return jax.jit(lambda variables, batch: flow_matching_loss(model, variables, batch))
