@@ -155,11 +155,24 @@ def start_serve(policies: list[PolicyServing], host: str = "127.0.0.1", http_por
     grpc_options = gRPCOptions(port=grpc_port, grpc_servicer_functions=[GRPC_SERVICER],
                                enable_reflection=not api_key) if grpc_port else None
     serve.start(http_options=HTTPOptions(host=host, port=http_port), grpc_options=grpc_options)
+    _check_http_bind(host, http_port)
     app = build_app(policies, api_key=api_key, ws_port=ws_port, ws_host=host, ws_policy=ws_policy)
     handle = serve.run_many([serve.RunTarget(app, name=APP_NAME, route_prefix="/")],
                             wait_for_applications_running=False)[0]
     _wait_until_running(serve, APP_NAME)
     return handle
+
+
+def _check_http_bind(host: str, http_port: int) -> None:
+    """ValueError when Serve already ran in this Ray with HTTP elsewhere: `serve.start` then keeps the
+    old proxy and only logs a warning, so the app would answer on a port nobody asked for."""
+    from ray.serve.context import _get_global_client
+
+    running = _get_global_client().http_config
+    if (running.host, running.port) != (host, http_port):
+        raise ValueError(f"http_port: Serve already runs in this Ray with HTTP on {running.host}:{running.port}, "
+                         f"so it cannot listen on {host}:{http_port}; use that address or stop Serve first "
+                         "(`serve shutdown`)")
 
 
 class DeployFailed(RuntimeError):

@@ -286,6 +286,7 @@ def slow(ray_session):
     handle = serve.run(app, name="slow-batching", route_prefix=None)
     yield handle
     serve.delete("slow-batching")
+    serve.shutdown()  # serve.run started Serve with default HTTP options: later modules start their own
 
 
 def test_lone_requests_on_a_replica_are_not_held_for_the_timeout(slow) -> None:

@@ -27,6 +27,7 @@ def served(ray_session):
     from ray import serve
 
     spec = PolicyServing(PolicyRef("random"), max_batch_size=16, batch_wait_timeout_s=0.05, num_cpus=0.5)
+    serve.shutdown()  # a Serve left running by an earlier test keeps its own ports
     start_serve([spec], http_port=HTTP_PORT, grpc_port=GRPC_PORT)
     serve.run(build_app([PolicyServing(PolicyRef("random"), num_cpus=0.25)], api_key="s3cret"),
               name="secure", route_prefix="/secure")
@@ -62,6 +63,12 @@ def test_http_json_and_msgpack(served) -> None:
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/msgpack")
     out = msgpack_numpy.unpackb(r.content)
     assert out["actions"].shape == (8, 7) and out["actions"].dtype == np.float32
+
+
+def test_start_serve_refuses_an_http_port_serve_is_not_on(served) -> None:
+    with pytest.raises(ValueError, match=f"http_port: Serve already runs in this Ray with HTTP on 127.0.0.1:{HTTP_PORT}"):
+        start_serve([PolicyServing(PolicyRef("random"))], http_port=HTTP_PORT + 1, grpc_port=None)
+    assert httpx.get(f"{BASE}/healthz").status_code == 200  # the running app is untouched
 
 
 def test_concurrent_clients_are_batched(served) -> None:

@@ -43,6 +43,7 @@ def vla_served(ray_session, tmp_path_factory):
         base.save_adapter(name, adapters / name)
     spec = PolicyServing(PolicyRef("vla"), max_batch_size=8, batch_wait_timeout_s=0.05, num_cpus=0.5,
                          policy_kwargs={"config_name": "tiny"}, adapters_dir=str(adapters))
+    serve.shutdown()  # a Serve left running by an earlier test keeps its own ports
     start_serve([spec], http_port=HTTP_PORT, grpc_port=None)
     handle = serve.get_deployment_handle("policy-vla", app_name="gauntlet")
     yield handle
