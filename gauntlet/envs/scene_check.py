@@ -12,7 +12,7 @@ from typing import Any
 
 from gauntlet.envs.env import EnvConfig, GauntletEnv
 from gauntlet.envs.errors import GauntletEnvError
-from gauntlet.envs.scene_db import SceneDB
+from gauntlet.envs.scene_db import SceneDB, SceneDBError
 
 
 def current_fingerprints(env_configs: list[str]) -> dict[str, str]:
@@ -36,13 +36,13 @@ def compatibility(db: SceneDB) -> Any:
     frame = db.metadata().copy()
     fps = current_fingerprints(sorted(frame["env_config"].unique()))
     current = frame["env_config"].map(fps)
-    has_arrays = frame["scene_id"].map(lambda sid: db.arrays_path(sid).is_file())
+    array_problems = frame["scene_id"].map(lambda sid: _array_file_problem(db, sid))
     match = current == frame["fingerprint"]
-    frame["compatible"] = (match & has_arrays).astype(bool)
+    frame["compatible"] = (match & (array_problems == "")).astype(bool)
     reason = []
-    for ok, fp_now, fp_then, arrays in zip(match, current, frame["fingerprint"], has_arrays, strict=True):
-        if not arrays:
-            reason.append("array file missing")
+    for ok, fp_now, fp_then, problem in zip(match, current, frame["fingerprint"], array_problems, strict=True):
+        if problem:
+            reason.append(problem)
         elif ok:
             reason.append("")
         elif str(fp_now).startswith("error:"):
@@ -51,6 +51,15 @@ def compatibility(db: SceneDB) -> Any:
             reason.append(f"fingerprint mismatch: scene {fp_then[:12]} vs env {fp_now[:12]}")
     frame["incompatible_reason"] = reason
     return frame
+
+
+def _array_file_problem(db: SceneDB, scene_id: str) -> str:
+    """Why the scene's array file cannot be read ("" when it is there): a scene id that is not a name
+    makes that scene incompatible, never the whole pre-flight fail."""
+    try:
+        return "" if db.arrays_path(scene_id).is_file() else "array file missing"
+    except SceneDBError:
+        return "scene_id is not a name (it would name a file outside arrays/)"
 
 
 def _group_counts(frame: Any, by: str) -> dict[str, dict[str, Any]]:

@@ -12,6 +12,7 @@ damages what was already there.
 
 from __future__ import annotations
 
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,10 @@ SCENE_COLUMNS: dict[str, str] = {
 }
 
 
+SCENE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}"  # what a scene id may be: a file name, never a path
+SCENE_ID_RE = re.compile(SCENE_ID_PATTERN)
+
+
 class SceneDBError(GauntletEnvError):
     """A scene database (or one file of it) is missing, corrupt or of the wrong version."""
 
@@ -91,6 +96,10 @@ class SceneDB:
         return self.root / "scenes.parquet"
 
     def arrays_path(self, scene_id: str) -> Path:
+        # A database may come from someone else: its scene ids name files, so they must stay names.
+        if not isinstance(scene_id, str) or SCENE_ID_RE.fullmatch(scene_id) is None:
+            raise SceneDBError(self.table_path, f"scene_id {str(scene_id)[:60]!r} is not a name of the form "
+                                                f"{SCENE_ID_PATTERN} (it would name a file outside arrays/)")
         return self.root / "arrays" / f"{scene_id}.npz"
 
     @classmethod

@@ -167,6 +167,27 @@ def test_missing_and_corrupt_array_files_name_the_file(db_path: Path, tmp_path: 
     assert not frame.set_index("scene_id").loc[first, "compatible"]
 
 
+def test_a_scene_id_that_is_a_path_reads_nothing_outside_the_database(db_path: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "db"
+    shutil.copytree(db_path, copy)
+    db = SceneDB.open(copy)
+    first = db.metadata()["scene_id"][0]
+    shutil.copy(db.arrays_path(first), copy / "outside.npz")  # a readable scene file one level up
+    for scene_id in ("../outside", "/etc/passwd", "a/../../outside", ".hidden", ""):
+        with pytest.raises(SceneDBError, match="is not a name of the form"):
+            db.load_state(scene_id)
+    assert db.load_state(first)  # real ids still load
+    frame = db.metadata()
+    frame.loc[0, "scene_id"] = "../outside"  # as a database someone else wrote could hold it
+    from gauntlet.envs.scene_check import compatibility
+    from gauntlet.platform.eval.scenes import SubsetDB  # the eval's pre-flight view: given rows, real files
+
+    checked = compatibility(SubsetDB(db, frame))
+    assert not checked.loc[0, "compatible"] and "not a name" in checked.loc[0, "incompatible_reason"]
+    assert checked.loc[1:, "compatible"].all()  # the other scenes are unaffected
+
+
+
 def test_corrupt_parquet_is_reported(db_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     copy = tmp_path / "db"
     shutil.copytree(db_path, copy)
