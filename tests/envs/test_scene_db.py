@@ -187,7 +187,6 @@ def test_a_scene_id_that_is_a_path_reads_nothing_outside_the_database(db_path: P
     assert checked.loc[1:, "compatible"].all()  # the other scenes are unaffected
 
 
-
 def test_corrupt_parquet_is_reported(db_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     copy = tmp_path / "db"
     shutil.copytree(db_path, copy)
