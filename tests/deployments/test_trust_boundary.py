@@ -225,7 +225,7 @@ def test_the_proxys_key_goes_away_with_the_app(vla_app) -> None:
 
     from gauntlet.deployments.proxy_guard import KV_NAMESPACE, KV_PREFIX
 
-    this_app = KV_PREFIX + f"{APP}/".encode()  # entries of this app's replicas (not the whole session's)
+    this_app = KV_PREFIX + f"{APP}/".encode()  # entries of this app's replicas (not every app's in the test Ray)
     assert len(_internal_kv_list(this_app, namespace=KV_NAMESPACE)) == 1
     serve.delete(APP)
     assert _internal_kv_list(this_app, namespace=KV_NAMESPACE) == []

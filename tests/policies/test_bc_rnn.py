@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
 torch.set_num_threads(1)  # 2 shared cores: intra-op threads only contend
 
 from gauntlet.keys import EPISODE_CALLS_KEY, EPISODE_ID_KEY, OBJECT_STATE_KEY, PROMPT_KEY, STATE_KEY  # noqa: E402

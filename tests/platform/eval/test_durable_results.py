@@ -25,12 +25,13 @@ SCENE = {"task": "lift", "variant": "D0", "error_type": "drop", "category": "nat
 def _syscalls(code: str, tmp_path: Path) -> list[str]:
     """The openat/fsync/rename calls of `python -c code`, as strace prints them (one per line)."""
     if shutil.which("strace") is None:
-        pytest.skip("strace is not installed: the order of fsync and rename cannot be observed")
+        pytest.fail("strace is not installed (`apt-get install strace`): the order of fsync and rename "
+                    "cannot be observed without it")
     trace = tmp_path / "trace.txt"
     out = subprocess.run(["strace", "-f", "-qq", "-o", str(trace), "-e", "trace=openat,fsync,rename,renameat,renameat2",
                           sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     if out.returncode != 0 and "ptrace" in out.stderr:
-        pytest.skip(f"strace cannot trace here: {out.stderr.strip()[:200]}")
+        pytest.fail(f"strace cannot trace here (ptrace not permitted): {out.stderr.strip()[:200]}")
     assert out.returncode == 0, out.stderr[-2000:]
     return trace.read_text().splitlines()
 

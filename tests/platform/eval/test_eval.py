@@ -147,7 +147,7 @@ def _cmdline(proc: psutil.Process) -> list[str]:
 
 
 def _replica_pid(process_tag: str) -> Callable[[Path], int | None]:
-    """The first of this session's processes whose command line holds `process_tag`."""
+    """The first of the test Ray's processes whose command line holds `process_tag`."""
 
     def find(run: Path) -> int | None:
         ours = psutil.Process().children(recursive=True)  # this session's Ray only, never another cluster's

@@ -16,7 +16,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -151,21 +151,23 @@ def test_stateful_policies_on_two_replicas_give_the_rows_of_one(one_replica: pd.
     assert (two["inference_calls"] == one_replica["inference_calls"]).all()
 
 
-def _kill_replica_mid_run(run: Path, process_tag: str, timeout_s: float) -> tuple[threading.Thread, list[int]]:
-    """SIGKILLs this session's process whose command line holds `process_tag` once the run has written
-    its first row: the actor's other episode is then mid-way, asking that replica for chunks."""
+def _kill_when(ready: Callable[[], object], process_tag: str, timeout_s: float,
+               first_only: bool) -> tuple[threading.Thread, list[int]]:
+    """A thread that SIGKILLs the test Ray's processes whose command line holds `process_tag` once
+    `ready()` is true (only the first such process with `first_only`); returns it and the killed pids."""
     killed: list[int] = []
 
     def killer() -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not killed:
-            if run.joinpath("results").exists() and any(run.joinpath("results").glob("part-*.parquet")):
+            if ready():
                 for proc in psutil.Process().children(recursive=True):  # this session's Ray only
                     try:
                         if process_tag in " ".join(proc.cmdline()):
                             os.kill(proc.pid, signal.SIGKILL)
                             killed.append(proc.pid)
-                            return
+                            if first_only:
+                                return
                     except psutil.Error:
                         continue
             time.sleep(0.05)
@@ -173,6 +175,14 @@ def _kill_replica_mid_run(run: Path, process_tag: str, timeout_s: float) -> tupl
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     return thread, killed
+
+
+def _kill_replica_mid_run(run: Path, process_tag: str, timeout_s: float) -> tuple[threading.Thread, list[int]]:
+    """SIGKILLs the test Ray's process whose command line holds `process_tag` once the run has written
+    its first row: the actor's other episode is then mid-way, asking that replica for chunks."""
+    results = run.joinpath("results")
+    return _kill_when(lambda: results.exists() and any(results.glob("part-*.parquet")), process_tag, timeout_s,
+                      first_only=True)
 
 
 @pytest.mark.slow
@@ -192,10 +202,8 @@ def test_a_replica_killed_mid_episode_restarts_its_episodes_from_their_scenes(on
 
 
 def _kill_the_actor_once_the_replica_answered(deployment: str, timeout_s: float) -> tuple[threading.Thread, list[int]]:
-    """SIGKILLs this session's rollout actor once `deployment` of the eval app has answered a chunk:
+    """SIGKILLs the test Ray's rollout actor once `deployment` of the eval app has answered a chunk:
     its episodes are mid-way, and the replica keeps their memory."""
-    killed: list[int] = []
-
     def answered() -> int:
         from ray import serve
 
@@ -205,22 +213,7 @@ def _kill_the_actor_once_the_replica_answered(deployment: str, timeout_s: float)
             return 0
         return int(stats["requests"].get("ok", 0))
 
-    def killer() -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not killed:
-            if answered():
-                for proc in psutil.Process().children(recursive=True):  # this session's Ray only
-                    try:
-                        if "ray::RolloutActor" in " ".join(proc.cmdline()):
-                            os.kill(proc.pid, signal.SIGKILL)
-                            killed.append(proc.pid)
-                    except psutil.Error:
-                        continue
-            time.sleep(0.1)
-
-    thread = threading.Thread(target=killer, daemon=True)
-    thread.start()
-    return thread, killed
+    return _kill_when(answered, "ray::RolloutActor", timeout_s, first_only=False)
 
 
 def test_an_item_run_again_after_its_actor_died_is_a_new_episode_and_the_queue_holds_the_eval(
