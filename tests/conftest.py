@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+from collections.abc import Callable
 
 import pytest
 
@@ -32,3 +34,20 @@ def ray_session(tmp_path_factory: pytest.TempPathFactory):
         init_local_ray("tests", num_cpus=TEST_RAY_CPUS, runtime_env=env, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]  # all bound at once, so the n ports are distinct
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+@pytest.fixture(scope="session")
+def free_ports() -> Callable[[int], list[int]]:
+    """`free_ports(n)`: n distinct TCP ports free on 127.0.0.1 now (for servers a test starts)."""
+    return _free_ports

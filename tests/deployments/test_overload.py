@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import inspect
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -37,12 +36,6 @@ from gauntlet.policies.remote import RemoteBusyError, RemotePolicy
 BOUND = 2  # requests the replica queues behind its running batch
 SLOTS = 64  # Serve request slots of the replica: room for everything the tests send at once
 OBS = {STATE_KEY: np.zeros(8, np.float32)}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _gated_ingress_class() -> type:
@@ -77,7 +70,7 @@ def _gated_ingress_class() -> type:
 
 
 @pytest.fixture(scope="module")
-def gated(ray_session):
+def gated(ray_session, free_ports):
     from ray import cloudpickle, serve
     from ray.serve.config import HTTPOptions, gRPCOptions
 
@@ -85,7 +78,7 @@ def gated(ray_session):
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the test class lives in this module
     serve.shutdown()  # a Serve left running by an earlier test keeps its own ports
-    http_port, grpc_port = _free_port(), _free_port()
+    http_port, grpc_port = free_ports(2)
     serve.start(http_options=HTTPOptions(host="127.0.0.1", port=http_port),
                 grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=[GRPC_SERVICER]))
     spec = PolicyServing(PolicyRef("random"), max_batch_size=2, batch_wait_timeout_s=0.0, max_queued=BOUND,

@@ -14,7 +14,6 @@ replica that never saw the episode. Two shapes of app:
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -32,12 +31,6 @@ EPISODES = 6
 CALLS = 5  # per episode: without affinity, 2 replicas keep one episode whole with odds 2**-(CALLS - 1)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _obs(episode: str, step: int) -> dict[str, Any]:
     return {STATE_KEY: np.full(8, step, np.float32), OBJECT_STATE_KEY: np.zeros(10, np.float32),
             EPISODE_ID_KEY: episode}
@@ -48,11 +41,11 @@ def _spec(name: str) -> PolicyServing:
 
 
 @pytest.fixture(scope="module")
-def ports(ray_session) -> Iterator[int]:
+def ports(ray_session, free_ports) -> Iterator[int]:
     from ray import serve
 
     serve.shutdown()  # a Serve left running by an earlier test keeps its own ports
-    yield _free_port()
+    yield free_ports(1)[0]
     serve.shutdown()
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -42,16 +41,6 @@ class ServeTree:
     http_port: int  # Serve's HTTP proxy
     grpc_port: int  # Serve's gRPC proxy
     log: Path  # the process's stdout and stderr
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _tree(root: psutil.Process) -> list[psutil.Process]:
@@ -98,13 +87,13 @@ def _stop(tree: ServeTree) -> None:
 
 
 @pytest.fixture(scope="module")
-def serve_tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeTree]:
+def serve_tree(tmp_path_factory: pytest.TempPathFactory, free_ports) -> Iterator[ServeTree]:
     """A real `gauntlet serve` with its own embedded Ray, a private HOME and none of this session's Ray
     settings (no RAY_ADDRESS, no token or auth mode, no loopback switch): what a user's shell gives it."""
     from ray._private.ray_constants import ENABLE_RAY_CLUSTERS_ENV_VAR
 
     home = tmp_path_factory.mktemp("serve_home")
-    http_port, grpc_port = _free_ports(2)
+    http_port, grpc_port = free_ports(2)
     dropped = {"RAY_ADDRESS", AUTH_MODE_ENV, AUTH_TOKEN_ENV, AUTH_TOKEN_PATH_ENV, ENABLE_RAY_CLUSTERS_ENV_VAR}
     env = {k: v for k, v in os.environ.items() if k not in dropped}
     env["HOME"] = str(home)

@@ -18,18 +18,6 @@ from gauntlet.platform.eval.results import KEY
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def _free_ports(n: int) -> list[int]:
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    for sock in socks:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in socks]
-    for sock in socks:
-        sock.close()
-    return ports
-
-
 @pytest.fixture(scope="module")
 def small_db(tmp_path_factory: pytest.TempPathFactory, generate_scenes) -> Path:
     return generate_scenes(tmp_path_factory.mktemp("cluster") / "scenes", variants="D0",
@@ -55,7 +43,7 @@ def test_worker_node_removed_mid_run_loses_no_items(small_db: Path, tmp_path: Pa
 
 
 @pytest.mark.slow
-def test_ray_job_submit_end_to_end(small_db: Path, tmp_path: Path) -> None:
+def test_ray_job_submit_end_to_end(small_db: Path, tmp_path: Path, free_ports) -> None:
     """`ray start --head` (its own cluster), then `ray job submit --working-dir . -- python -m ...`."""
     venv_bin = str(Path(sys.executable).parent)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -63,7 +51,7 @@ def test_ray_job_submit_end_to_end(small_db: Path, tmp_path: Path) -> None:
     # Ray 2.60 turns token auth on by itself when ~/.ray/auth_token exists; this throwaway
     # loopback-only cluster states its mode explicitly so the test does not depend on that file.
     env["RAY_AUTH_MODE"] = "disabled"
-    gcs_port, dash_port, agent_port, agent_grpc, metrics = _free_ports(5)
+    gcs_port, dash_port, agent_port, agent_grpc, metrics = free_ports(5)
     # Every port explicit and free: the test session's own Ray already holds the default dashboard
     # agent port (52365), and a head whose agent cannot bind never accepts jobs.
     head = subprocess.Popen([f"{venv_bin}/ray", "start", "--head", "--block", f"--port={gcs_port}",

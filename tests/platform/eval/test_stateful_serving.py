@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import sys
 import threading
 import time
@@ -42,19 +41,13 @@ class _WhoAnswers:
         return serve.get_replica_context().replica_id.to_full_id_str()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def serve_on_free_port(ray_session) -> Iterator[None]:
+def serve_on_free_port(ray_session, free_ports) -> Iterator[None]:
     """Serve's proxy on a free port (not 8000, which a concurrent Serve may hold)."""
     from ray import serve
     from ray.serve.config import HTTPOptions
 
-    serve.start(http_options=HTTPOptions(host="127.0.0.1", port=_free_port()))
+    serve.start(http_options=HTTPOptions(host="127.0.0.1", port=free_ports(1)[0]))
     yield
 
 
