@@ -95,5 +95,6 @@ def check_report(db: SceneDB) -> dict[str, Any]:
         "by_error_type": _group_counts(frame, "error_type") if total else {},
         "by_category": _group_counts(frame, "category") if total else {},
         "by_task": _group_counts(frame, "task") if total else {},
+        "by_origin": _group_counts(frame, "origin") if total else {},
         "incompatible_reasons": {str(k): int(v) for k, v in reasons.items()},
     }

@@ -22,6 +22,7 @@ import numpy as np
 
 from gauntlet import __version__
 from gauntlet.envs.errors import EnvironmentMismatchError, GauntletEnvError
+from gauntlet.envs.injectors import NOMINAL
 from gauntlet.runtime.atomic_files import atomic_write
 from gauntlet.runtime.manifests import read_json, write_json
 
@@ -56,11 +57,23 @@ SCENE_COLUMNS: dict[str, str] = {
     "label_grasp": "string",
     "label_command": "string",
     "gauntlet_version": "string",
+    "origin": "string",  # where the scene's state came from: one of ORIGINS
 }
+
+# A scene's origin. A database written before the column existed holds only injected and nominal
+# scenes, so a missing origin is derived from the error type (`default_origin`): old databases read
+# as they always meant.
+INJECTED, NOMINAL_ORIGIN, HARVESTED = "injected", "nominal", "harvested"
+ORIGINS = (INJECTED, NOMINAL_ORIGIN, HARVESTED)
 
 
 SCENE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}"  # what a scene id may be: a file name, never a path
 SCENE_ID_RE = re.compile(SCENE_ID_PATTERN)
+
+
+def default_origin(error_type: str) -> str:
+    """The origin of a scene that does not record one: nominal for the nominal error type, else injected."""
+    return NOMINAL_ORIGIN if error_type == NOMINAL else INJECTED
 
 
 class SceneDBError(GauntletEnvError):
@@ -156,6 +169,10 @@ class SceneDB:
                 frame = pq.read_table(self.table_path).to_pandas()
             except (pa.ArrowInvalid, OSError) as exc:
                 raise SceneDBError(self.table_path, f"corrupt Parquet table ({exc})") from None
+            if "error_type" in frame.columns:  # (a table without it is refused just below)
+                derived, recorded = frame["error_type"].map(default_origin), frame.get("origin")
+                frame["origin"] = derived if recorded is None else recorded.mask(
+                    recorded.isna() | (recorded == ""), derived)
             missing = [c for c in SCENE_COLUMNS if c not in frame.columns]
             if missing:
                 raise SceneDBError(self.table_path, f"missing columns {missing}")
@@ -219,6 +236,8 @@ class SceneDB:
             missing = [c for c in SCENE_COLUMNS if c not in rec.row]
             if missing:
                 raise ValueError(f"scene {rec.row.get('scene_id')!r} row lacks columns {missing}")
+            if rec.row["origin"] not in ORIGINS:
+                raise ValueError(f"scene {rec.row['scene_id']!r}: origin {rec.row['origin']!r} is not one of {ORIGINS}")
             for key, arr in rec.arrays.items():
                 if np.asarray(arr).dtype == object:
                     raise ValueError(f"scene {rec.row['scene_id']!r}: array {key!r} has dtype object")

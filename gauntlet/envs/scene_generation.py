@@ -24,7 +24,7 @@ from gauntlet.envs.env import EnvConfig, GauntletEnv
 from gauntlet.envs.error_classifiers import CLASSIFIERS
 from gauntlet.envs.experts import ScriptedExpert, make_expert
 from gauntlet.envs.injectors import NOMINAL, NOMINAL_CATEGORY, SPECS, apply_injection, hold_action
-from gauntlet.envs.scene_db import SCHEMA_VERSION, SceneRecord
+from gauntlet.envs.scene_db import SCHEMA_VERSION, SceneRecord, default_origin
 from gauntlet.envs.trajectory import TrajectoryRecorder
 
 
@@ -185,6 +185,7 @@ def _scene_row(job: SceneJob, env: GauntletEnv, phase: str, params: dict[str, An
         "label_grasp": labels["grasp"],
         "label_command": labels["command"],
         "gauntlet_version": __version__,
+        "origin": default_origin(job.error_type),  # generated here: injected, or nominal
     }
 
 

@@ -161,7 +161,8 @@ def print_check(report: dict) -> None:
     message = (f"scene database {report['db']}: {report['total']} scenes, {report['compatible']} compatible, "
                f"{report['incompatible']} incompatible, {report['recoverable']} recoverable")
     print(message, flush=True)
-    for title, key in (("error type", "by_error_type"), ("category", "by_category"), ("task", "by_task")):
+    for title, key in (("error type", "by_error_type"), ("category", "by_category"), ("task", "by_task"),
+                       ("origin", "by_origin")):
         print(f"\n{'by ' + title:<22}{'total':>7}{'compat':>8}{'incompat':>10}{'recov %':>9}", flush=True)
         for name, c in report[key].items():
             frac = "-" if c["recoverable_fraction"] is None else f"{100 * c['recoverable_fraction']:.0f}"
