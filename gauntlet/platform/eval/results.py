@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gauntlet.envs.scene_db import default_origin
 from gauntlet.runtime.atomic_files import atomic_write
 
 if TYPE_CHECKING:
@@ -69,6 +70,9 @@ class EpisodeResult:
     variant: str = _column("scene variant", "", scene="variant", role="group")
     error_type: str = _column("injected error type", "", scene="error_type", role="group")
     category: str = _column("error source category", "", scene="category", role="group")
+    origin: str = _column("where the scene's state came from: injected, nominal or harvested (scene_db.ORIGINS). "
+                          "Rows without origin: derived from error_type on reading (nominal for the nominal "
+                          "error type, else injected)", "", scene="origin", role="group")
     success: bool = _column("task solved within the horizon", False)
     skipped: bool = _column("episode not run (see skip_reason)", False)
     skip_reason: str = _column("why it was skipped; empty when it ran", "")
@@ -249,7 +253,10 @@ def one_row_per_key(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per KEY, in written order. A transient skip loses to any other row of its key (the
     episode ran, or was skipped for good, on a later attempt); otherwise the first written wins, so
     a part written twice around a crash counts once. Rows without `skip_kind` (null, or empty on a
-    skipped row) get it from their skip_reason, the one classification."""
+    skipped row) get it from their skip_reason, the one classification; rows without `origin` get
+    the origin their error type implies (`scene_db.default_origin`)."""
+    origin = frame["origin"].fillna("").astype(str)
+    frame["origin"] = origin.mask(origin == "", frame["error_type"].fillna("").astype(str).map(default_origin))
     skipped = frame["skipped"].fillna(False).astype(bool)
     kind = frame["skip_kind"].fillna("").astype(str)
     unknown = skipped & (kind == "")

@@ -2,9 +2,10 @@
 
 Reads RUN/results (the results store) and RUN/run.json, and writes into RUN/report/:
 
-- cells.csv: success rate per policy x task x error_type x category, Wilson CI; skipped episodes
-  are excluded from the rate's denominator `n` but counted in `skipped`
-- by_policy.csv, by_policy_task.csv, by_policy_error_type.csv: the same, coarser
+- cells.csv: success rate per policy x task x error_type x category x origin (injected, nominal,
+  harvested), Wilson CI; skipped episodes are excluded from the rate's denominator `n` but counted
+  in `skipped`
+- by_policy.csv, by_policy_task.csv, by_policy_error_type.csv, by_policy_origin.csv: the same, coarser
 - comparison.csv: policies side by side, rows task / error type, one "rate [lo, hi] n=.." column
   per policy
 - recovery_gap.csv: per policy and task, success on nominal scenes (error type `none`: the task's
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from gauntlet.platform.eval.results import TRANSIENT
 from gauntlet.platform.eval.video import read_videos
 from gauntlet.platform.report.html import render_html
-from gauntlet.platform.report.load import ReportInputError, load_results, load_run_config
+from gauntlet.platform.report.load import ReportInputError, ReportWriteError, load_results, load_run_config
 from gauntlet.platform.report.plots import write_plots
 from gauntlet.platform.report.tables import (
     classifier_tables,
@@ -44,7 +45,7 @@ from gauntlet.platform.report.tables import (
     success_table,
 )
 from gauntlet.runtime.atomic_files import atomic_write
-from gauntlet.runtime.config_args import option, parse_config
+from gauntlet.runtime.config_args import option, parse_config, run_command
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -91,7 +92,8 @@ def build_report(run_dir: Path | str, confidence: float = 0.95) -> dict[str, Any
         "by_policy": success_table(frame, ["policy"], confidence),
         "comparison": comparison_table(frame, policies, confidence),
         "recovery_gap": recovery_gap_table(frame, policies, confidence),
-        "cells": success_table(frame, ["policy", "task", "error_type", "category"], confidence),
+        "cells": success_table(frame, ["policy", "task", "error_type", "category", "origin"], confidence),
+        "by_policy_origin": success_table(frame, ["policy", "origin"], confidence),
         "by_policy_task": success_table(frame, ["policy", "task"], confidence),
         "by_policy_error_type": success_table(frame, ["policy", "error_type", "category"], confidence),
         **classifier_tables(errors, confidence),
@@ -107,13 +109,28 @@ def build_report(run_dir: Path | str, confidence: float = 0.95) -> dict[str, Any
 
     n_skipped = int(frame["skipped"].sum())
     transient = int((frame["skipped"] & (frame["skip_kind"] == TRANSIENT)).sum())
+    run_ids = sorted(frame["run_id"].dropna().astype(str).unique())
+    notes += _notes(frame, tables, n_skipped, transient, run_ids)
+
+    return {
+        "run_dir": str(run_dir), "run_config": run_config, "confidence": confidence, "policies": policies,
+        "run_ids": run_ids, "n_rows": len(frame), "n_skipped": n_skipped,
+        "n_skipped_transient": transient, "tables": tables, "notes": notes,
+        "videos": read_videos(Path(run_dir)),
+    }
+
+
+def _notes(frame: pd.DataFrame, tables: dict[str, pd.DataFrame], n_skipped: int, transient: int,
+           run_ids: list[str]) -> list[str]:
+    """What a reader must know to read the tables right: skips, pooled run ids, missing baselines,
+    undefined statistics."""
+    notes = []
     if n_skipped:
         reasons = frame.loc[frame["skipped"], "skip_reason"].fillna("").replace("", "(no reason given)")
         top = ", ".join(f"{reason} ({count})" for reason, count in reasons.value_counts().head(3).items())
         notes.append(f"{n_skipped} of {len(frame)} episodes were skipped and are excluded from rates: {top}; "
                      f"{transient} transient (`gauntlet eval --resume` runs them again: policy unreachable, "
                      f"timeout, actor died), {n_skipped - transient} permanent")
-    run_ids = sorted(frame["run_id"].dropna().astype(str).unique())
     if len(run_ids) > 1:
         notes.append(f"results hold {len(run_ids)} run ids ({', '.join(run_ids)}): they are pooled")
     if tables["recovery_gap"].empty:
@@ -125,13 +142,7 @@ def build_report(run_dir: Path | str, confidence: float = 0.95) -> dict[str, Any
     for row in tables["separability"].itertuples():
         if row.note:
             notes.append(f"Kruskal-Wallis for {row.policy}: {row.note}")
-
-    return {
-        "run_dir": str(run_dir), "run_config": run_config, "confidence": confidence, "policies": policies,
-        "run_ids": run_ids, "n_rows": len(frame), "n_skipped": n_skipped,
-        "n_skipped_transient": transient, "tables": tables, "notes": notes,
-        "videos": read_videos(Path(run_dir)),
-    }
+    return notes
 
 
 def write_report_files(report: dict[str, Any], out: Path | str, html: bool = True) -> dict[str, Path]:
@@ -198,21 +209,20 @@ def format_summary(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_config(ReportConfig, argv, PROG, __doc__.split("\n\n")[0])
-    run = Path(config.run)
-    try:
+
+    def work() -> int:
+        run = Path(config.run)
         report = build_report(run, confidence=config.confidence)
-    except ReportInputError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr, flush=True)
-        return 1
-    out = run / REPORT_DIR
-    try:
-        paths = write_report_files(report, out, html=config.html)
-    except OSError as exc:
-        print(f"{PROG}: cannot write the report into {out}: {exc}", file=sys.stderr, flush=True)
-        return 1
-    print(format_summary(report), flush=True)
-    _log(f"wrote {len(paths)} files into {out}" + (f"; open {paths['html']}" if "html" in paths else ""))
-    return 0
+        out = run / REPORT_DIR
+        try:
+            paths = write_report_files(report, out, html=config.html)
+        except OSError as exc:
+            raise ReportWriteError(f"cannot write the report into {out}: {exc}") from exc
+        print(format_summary(report), flush=True)
+        _log(f"wrote {len(paths)} files into {out}" + (f"; open {paths['html']}" if "html" in paths else ""))
+        return 0
+
+    return run_command(PROG, work, {ReportInputError: 1, ReportWriteError: 1})
 
 
 if __name__ == "__main__":

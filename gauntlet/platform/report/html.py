@@ -87,6 +87,9 @@ def render_html(report: dict[str, Any], plots: list[Path]) -> str:
     parts += [
         "<h2>Success rate per policy, task, error type and category</h2>", _html_table(tables["cells"]),
         "<h2>Per policy and error type</h2>", _html_table(tables["by_policy_error_type"]),
+        "<h2>Per policy and scene origin</h2><p>Injected scenes (an error played in by an injector), nominal "
+        "ones (the task's start state) and harvested ones (a policy's own failure, captured).</p>",
+        _html_table(tables["by_policy_origin"]),
         "<h2>Per policy and task</h2>", _html_table(tables["by_policy_task"]),
         "<h2>Error classifiers</h2><p>Three rule-based classifiers label each scene (each scene counted once). "
         "Agreement: Fleiss' kappa across all three, Cohen's kappa per pair (Landis &amp; Koch wording); "

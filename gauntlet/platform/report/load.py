@@ -23,6 +23,10 @@ class ReportInputError(ValueError):
     """The run directory cannot be reported on: missing, empty, or its results unreadable."""
 
 
+class ReportWriteError(RuntimeError):
+    """A report's files cannot be written where they were asked for (the message names the directory)."""
+
+
 def _unreadable_file(paths: list[Path]) -> Path | None:
     """The first results file that does not read with the store's schema (to name it in the error)."""
     import pyarrow.parquet as pq

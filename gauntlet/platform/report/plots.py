@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gauntlet.envs.scene_db import default_origin
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -76,7 +78,9 @@ def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
                              squeeze=False)
     for ax, task in zip(axes[:, 0], tasks, strict=True):
         part = cells[cells["task"] == task]
-        _bar_panel(ax, part, "error_type", sorted(part["error_type"].unique()), policies, confidence)
+        part = part.assign(cell=[e if o == default_origin(e) else f"{e} ({o})"  # harvested drops stand apart
+                                 for e, o in zip(part["error_type"], part["origin"], strict=True)])
+        _bar_panel(ax, part, "cell", sorted(part["cell"].unique()), policies, confidence)
         ax.set_title(f"task {task}: success rate per policy and error type")
     axes[0, 0].legend(fontsize=8)
     save(fig, "success_by_task_error_type.png")

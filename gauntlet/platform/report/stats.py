@@ -1,5 +1,5 @@
-"""Small, guarded statistics for evaluation reports: Wilson intervals (and the rate difference
-built from them), kappas, Kruskal-Wallis.
+"""Small, guarded statistics for evaluation reports: Wilson intervals (and the rate differences
+built from them, independent and paired), McNemar's exact test, kappas, Kruskal-Wallis.
 
 Everything here takes plain NumPy-compatible inputs and returns floats or plain dicts, so reports,
 notebooks and tests can use it without pandas. Degenerate inputs (no data, a single category, all
@@ -11,6 +11,8 @@ Rules for degenerate cases:
 
 - `wilson_interval`: n = 0 -> (nan, nan): no episodes, no estimate; `rate_difference_interval`
   likewise when either side has n = 0.
+- `paired_difference_interval`: no pairs -> (nan, nan, nan); `mcnemar_exact`: no discordant pair ->
+  p = 1.0 (nothing contradicts "no difference").
 - `fleiss_kappa` / `cohen_kappa`: no items, fewer than two raters, or chance agreement P_e = 1
   (every rating falls in one single category) -> nan. Kappa is agreement *beyond chance*; when
   chance alone already explains perfect agreement there is nothing beyond it to measure, and
@@ -78,6 +80,55 @@ def rate_difference_interval(successes_a: int, n_a: int, successes_b: int, n_b: 
     low = diff - math.sqrt((p_a - low_a) ** 2 + (high_b - p_b) ** 2)
     high = diff + math.sqrt((high_a - p_a) ** 2 + (p_b - low_b) ** 2)
     return (diff, max(-1.0, low), min(1.0, high))
+
+
+def paired_difference_interval(a_only: int, b_only: int, both: int, neither: int,
+                               confidence: float = 0.95) -> tuple[float, float, float]:
+    """(difference, low, high) of success rate A - B over paired episodes, Newcombe's hybrid score
+    interval for paired proportions (Newcombe 1998, "Improved confidence intervals for the difference
+    between binomial proportions based on paired data", Statistics in Medicine 17:2635, method 10).
+
+    Counts: `a_only` pairs where only A succeeded, `b_only` only B, `both`, `neither`. Each marginal
+    rate gets its Wilson interval (l1, u1 for A; l2, u2 for B), and the two are combined with the
+    correlation of the pairs, phi = (both * neither - a_only * b_only) / sqrt(product of the four
+    margins) (0 when a margin is empty):
+        low  = d - sqrt((p1 - l1)^2 - 2 phi (p1 - l1)(u2 - p2) + (u2 - p2)^2)
+        high = d + sqrt((u1 - p1)^2 - 2 phi (u1 - p1)(p2 - l2) + (p2 - l2)^2)
+    Positively correlated outcomes (the same scenes are hard for both) narrow it; phi = 0 gives the
+    independent-samples interval. No pairs -> (nan, nan, nan).
+    """
+    counts = [int(a_only), int(b_only), int(both), int(neither)]
+    if min(counts) < 0:
+        raise ValueError(f"paired_difference_interval needs counts >= 0, got {counts}")
+    n = sum(counts)
+    if n == 0:
+        return (math.nan, math.nan, math.nan)
+    successes_a, successes_b = both + a_only, both + b_only
+    p1, p2 = successes_a / n, successes_b / n
+    l1, u1 = wilson_interval(successes_a, n, confidence)
+    l2, u2 = wilson_interval(successes_b, n, confidence)
+    margins = successes_a * (n - successes_a) * successes_b * (n - successes_b)
+    phi = (both * neither - a_only * b_only) / math.sqrt(margins) if margins else 0.0
+    diff = p1 - p2
+    # max(0, .): the radicand is a sum of squares minus a correlation term, never negative but for rounding.
+    low = diff - math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
+    high = diff + math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
+    return (diff, max(-1.0, low), min(1.0, high))
+
+
+def mcnemar_exact(a_only: int, b_only: int) -> float:
+    """Two-sided p of McNemar's exact test: under "A and B succeed equally often", each discordant
+    pair is A's with probability 1/2, so the smaller discordant count is binomial(a_only + b_only, 1/2);
+    p = min(1, 2 * P(X <= min count)). No discordant pair -> 1.0."""
+    from scipy.stats import binom
+
+    a_only, b_only = int(a_only), int(b_only)
+    if a_only < 0 or b_only < 0:
+        raise ValueError(f"mcnemar_exact needs counts >= 0, got {a_only}, {b_only}")
+    n = a_only + b_only
+    if n == 0:
+        return 1.0
+    return min(1.0, 2.0 * float(binom.cdf(min(a_only, b_only), n, 0.5)))
 
 
 def _is_missing(value: Any) -> bool:

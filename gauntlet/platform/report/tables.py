@@ -189,17 +189,6 @@ def classifier_tables(frame: pd.DataFrame, confidence: float = 0.95) -> dict[str
             "kappa": kappa, "strength": kappa_strength(kappa),
         })
 
-    accuracy_rows = []
-    for name in names:
-        judged = [(label, t) for label, t in zip(labels[name], truth, strict=True) if label is not None]
-        correct = sum(label == t for label, t in judged)
-        low, high = wilson_interval(correct, len(judged), confidence)
-        accuracy_rows.append({
-            "classifier": name, "n_scenes": len(judged), "correct": correct,
-            "accuracy": correct / len(judged) if judged else math.nan, "ci_low": low, "ci_high": high,
-            "said_none": sum(label == NOMINAL for label, _ in judged),
-        })
-
     by_type_rows = []
     scene_types = scenes[["error_type", "category"]].reset_index(drop=True)
     for (error_type, category), group in scene_types.groupby(["error_type", "category"], sort=True):
@@ -211,11 +200,26 @@ def classifier_tables(frame: pd.DataFrame, confidence: float = 0.95) -> dict[str
 
     return {
         "classifier_agreement": pd.DataFrame(agreement_rows),
-        "classifier_accuracy": pd.DataFrame(accuracy_rows),
+        "classifier_accuracy": pd.DataFrame(_accuracy_rows(labels, truth, confidence)),
         "classifier_accuracy_by_error_type": pd.DataFrame(
             by_type_rows, columns=["error_type", "category", "n_scenes", *(f"accuracy_{n}" for n in names)]
         ),
     }
+
+
+def _accuracy_rows(labels: dict[str, list[str | None]], truth: list[str], confidence: float) -> list[dict[str, Any]]:
+    """Per classifier: how often its label (where it gave one) is the injected error type, Wilson CI."""
+    rows = []
+    for name, given in labels.items():
+        judged = [(label, t) for label, t in zip(given, truth, strict=True) if label is not None]
+        correct = sum(label == t for label, t in judged)
+        low, high = wilson_interval(correct, len(judged), confidence)
+        rows.append({
+            "classifier": name, "n_scenes": len(judged), "correct": correct,
+            "accuracy": correct / len(judged) if judged else math.nan, "ci_low": low, "ci_high": high,
+            "said_none": sum(label == NOMINAL for label, _ in judged),
+        })
+    return rows
 
 
 def separability_table(frame: pd.DataFrame, policies: list[str]) -> pd.DataFrame:
