@@ -4,17 +4,20 @@
    Python loop calling the same module once per spot on its unpadded tokens. Target >= 20x.
 2. staig's image edge weights (drop probabilities from image-embedding distance): one gather + norm
    over all kNN edges vs a Python double loop over spots and their neighbours. Target >= 100x.
-Both pairs are checked to produce the same numbers before their times are compared.
+Both pairs are checked to produce the same numbers before their times are compared. Exit status 0
+when both targets are met, 1 when one is missed.
 
     .venv/bin/python benchmarks/bench_fusion_speed.py [--spots 3000] [--threads 1]
+    .venv/bin/python -m gauntlet.fusion.bench [--spots 3000] [--threads 1]
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,6 +26,28 @@ from gauntlet.fusion.methods.base import FusionConfig
 from gauntlet.fusion.methods.qformer import make_qformer
 from gauntlet.fusion.spatial_graph import image_edge_drop_probabilities, knn_edges, neighbour_tokens
 from gauntlet.fusion.synthetic import SyntheticConfig, make_synthetic_slide
+from gauntlet.runtime.config_args import option, parse_config, require_at_least, run_command
+
+PROG = "bench_fusion_speed"
+QFORMER_TARGET = 20.0  # batched qformer forward vs the per-spot loop
+EDGE_WEIGHTS_TARGET = 100.0  # vectorised staig edge weights vs the Python double loop
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Flags of the fusion speed benchmark."""
+
+    # approximate spots of the synthetic slide (rounded to a full grid)
+    spots: int = option(3000, help="approximate spots of the synthetic slide")
+    # width of the synthetic image embedding
+    image_dim: int = option(64, help="image embedding width")
+    # torch threads; one keeps the comparison fair on a shared machine
+    threads: int = option(1, help="torch threads (1: fair on a shared machine)")
+    # timed repeats of each fast path (the baselines run a fraction of them)
+    repeats: int = option(10, help="timed repeats of the fast path")
+
+    def __post_init__(self) -> None:
+        require_at_least(self, 1, "spots", "image_dim", "threads", "repeats")
 
 
 def timed(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
@@ -95,27 +120,22 @@ def bench_edge_weights(slide, config: FusionConfig, repeats: int) -> tuple[float
     return t_vec, t_loop, max_diff, edges.shape[1]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--spots", type=int, default=3000, help="approximate spots of the synthetic slide")
-    parser.add_argument("--image-dim", type=int, default=64, help="image embedding width")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: fair on a shared machine)")
-    parser.add_argument("--repeats", type=int, default=10, help="timed repeats of the fast path")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-
-    slide = make_synthetic_slide(SyntheticConfig(n_spots=args.spots, image_dim=args.image_dim, seed=0))
-    config = FusionConfig()
+def run(config: BenchConfig) -> int:
+    """Runs both claims and prints the table; 0 when both targets are met, 1 otherwise."""
+    torch.set_num_threads(config.threads)
+    slide = make_synthetic_slide(SyntheticConfig(n_spots=config.spots, image_dim=config.image_dim, seed=0))
+    fusion = FusionConfig()
     print(f"slide: {slide.n_spots} spots, {slide.expression.shape[1]} genes, image dim {slide.image.shape[1]}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU", flush=True)
 
-    q_batched, q_loop, q_diff = bench_qformer(slide, config, args.repeats)
-    e_vec, e_loop, e_diff, n_edges = bench_edge_weights(slide, config, args.repeats)
+    q_batched, q_loop, q_diff = bench_qformer(slide, fusion, config.repeats)
+    e_vec, e_loop, e_diff, n_edges = bench_edge_weights(slide, fusion, config.repeats)
 
     rows = [
         ("qformer forward", f"batched + padding mask ({slide.n_spots} spots)", "per-spot loop", q_batched, q_loop,
-         20.0, q_diff),
-        ("staig edge weights", f"vectorised ({n_edges} edges)", "Python double loop", e_vec, e_loop, 100.0, e_diff),
+         QFORMER_TARGET, q_diff),
+        ("staig edge weights", f"vectorised ({n_edges} edges)", "Python double loop", e_vec, e_loop,
+         EDGE_WEIGHTS_TARGET, e_diff),
     ]
     print(f"\n{'claim':<20} {'fast path':<36} {'baseline':<20} {'fast ms':>9} {'base ms':>10} {'ratio':>8} "
           f"{'target':>7} {'max |diff|':>11}")
@@ -128,5 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if ok else 1
 
 
+def main(argv: list[str] | None = None) -> int:
+    config = parse_config(BenchConfig, argv, PROG, __doc__.split("\n\n")[0])
+    return run_command(PROG, lambda: run(config), {})
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

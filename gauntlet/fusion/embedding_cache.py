@@ -68,20 +68,8 @@ def save_embedding_cache(
     return path
 
 
-def load_embedding_cache(
-    path: str | Path,
-    *,
-    spot_ids: np.ndarray | None = None,
-    encoder: str | None = None,
-    modality: str | None = None,
-    dims: int | None = None,
-) -> tuple[np.ndarray, CacheMetadata]:
-    """Loads and validates a cache; each keyword, when given, must match what the cache records.
-
-    Raises CacheVersionError (stale format), CacheShapeError (array vs metadata vs slide mismatch) or
-    EmbeddingCacheError (unreadable, wrong encoder/modality, non-finite values), naming the file.
-    """
-    path = Path(path)
+def _read_cache(path: Path) -> tuple[np.ndarray, np.ndarray, CacheMetadata]:
+    """(embeddings, spot_ids, metadata) as the file holds them, unchecked against each other."""
     if not path.is_file():
         raise EmbeddingCacheError(f"{path}: embedding cache not found; compute it or point to the right file")
     try:
@@ -99,7 +87,38 @@ def load_embedding_cache(
         meta = CacheMetadata(**{k: fields[k] for k in CacheMetadata.__dataclass_fields__})
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise EmbeddingCacheError(f"{path}: cache metadata is malformed ({exc})") from exc
+    return emb, ids, meta
 
+
+def _check_spot_ids(path: Path, ids: np.ndarray, spot_ids: np.ndarray) -> None:
+    """The cache's spot ids must be the slide's, in the slide's order."""
+    want = np.asarray(spot_ids).astype(str)
+    if want.shape != ids.shape:
+        raise CacheShapeError(f"{path}: cache has {ids.shape[0]} spots, the slide has {want.shape[0]}")
+    mismatched = np.flatnonzero(want != ids.astype(str))
+    if mismatched.size:
+        i = int(mismatched[0])
+        raise CacheShapeError(
+            f"{path}: spot_ids differ from the slide's at {mismatched.size} positions "
+            f"(first: row {i}, cache {ids[i]!r} vs slide {want[i]!r})"
+        )
+
+
+def load_embedding_cache(
+    path: str | Path,
+    *,
+    spot_ids: np.ndarray | None = None,
+    encoder: str | None = None,
+    modality: str | None = None,
+    dims: int | None = None,
+) -> tuple[np.ndarray, CacheMetadata]:
+    """Loads and validates a cache; each keyword, when given, must match what the cache records.
+
+    Raises CacheVersionError (stale format), CacheShapeError (array vs metadata vs slide mismatch) or
+    EmbeddingCacheError (unreadable, wrong encoder/modality, non-finite values), naming the file.
+    """
+    path = Path(path)
+    emb, ids, meta = _read_cache(path)
     if meta.cache_version != CACHE_VERSION:
         raise CacheVersionError(
             f"{path}: cache_version {meta.cache_version}, this code reads version {CACHE_VERSION}; "
@@ -119,16 +138,7 @@ def load_embedding_cache(
     if dims is not None and meta.dims != dims:
         raise CacheShapeError(f"{path}: dims={meta.dims}, expected {dims}")
     if spot_ids is not None:
-        want = np.asarray(spot_ids).astype(str)
-        if want.shape != ids.shape:
-            raise CacheShapeError(f"{path}: cache has {ids.shape[0]} spots, the slide has {want.shape[0]}")
-        mismatched = np.flatnonzero(want != ids.astype(str))
-        if mismatched.size:
-            i = int(mismatched[0])
-            raise CacheShapeError(
-                f"{path}: spot_ids differ from the slide's at {mismatched.size} positions "
-                f"(first: row {i}, cache {ids[i]!r} vs slide {want[i]!r})"
-            )
+        _check_spot_ids(path, ids, spot_ids)
     if not np.isfinite(emb).all():
         raise EmbeddingCacheError(f"{path}: `embeddings` contains NaN/inf values")
     return emb.astype(np.float32, copy=False), meta

@@ -12,37 +12,36 @@ ari_by_method.png and refine_delta.png; prints the table at the end. With `--rep
 trial's config and metrics and the final tables also go to OUT/tensorboard/ or OUT/wandb/.
 
     gauntlet sweep fusion --slides synthetic:3 --out runs/fusion
-    python -m gauntlet.platform.sweeps.fusion --slides a.h5ad b.h5ad --methods concat staig --out runs/f
+    python -m gauntlet.fusion.sweep --slides a.h5ad b.h5ad --methods concat staig --out runs/f
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gauntlet.fusion.errors import SlideSpecError
 from gauntlet.fusion.methods import METHOD_NAMES
 from gauntlet.fusion.methods.base import FusionConfig
-from gauntlet.fusion.slide_sources import SlideLoadOptions
+from gauntlet.fusion.slide_sources import SlideLoadOptions, expand_slide_specs, slide_display_name
+from gauntlet.fusion.sweep_report import format_table, write_results
 from gauntlet.fusion.synthetic import SyntheticConfig
+from gauntlet.fusion.trial import METRIC_COLUMNS, ROW_COLUMNS, STATUS_FAILED, STATUS_OK
+from gauntlet.platform.sweeps.job import SweepJob, death_reason, run_job, tune_run_config
 from gauntlet.platform.sweeps.tune_progress import sweep_log, trial_progress
-from gauntlet.runtime.config_args import option, parse_config
-from gauntlet.runtime.manifests import write_json
-from gauntlet.runtime.tracking import REPORT_TO, REPORT_TO_HELP, Tracker, open_tracker
+from gauntlet.runtime.config_args import option
+from gauntlet.runtime.tracking import REPORT_TO, REPORT_TO_HELP, Tracker
 
 if TYPE_CHECKING:
     import pandas as pd
 
 
 SWEEP = "fusion"
-PROG = f"gauntlet sweep {SWEEP}"
 # The flags' defaults are the library's: one definition of each (the sweep only exposes them).
 _METHOD, _SYNTHETIC, _LOADING = FusionConfig(), SyntheticConfig(), SlideLoadOptions()
-METRICS = ("ari_kmeans", "nmi_kmeans", "ari_gmm", "nmi_gmm")
 
 
 def _log(message: str) -> None:
@@ -154,9 +153,19 @@ def _describe_trial(cfg: dict[str, Any]) -> str:
 
 
 def _trial_outcome(result: dict[str, Any]) -> str:
-    if result.get("status") == "ok":
+    if result.get("status") == STATUS_OK:
         return f"ARI {result['ari_kmeans']:.3f} (gmm {result['ari_gmm']:.3f})"
     return f"FAILED {result.get('error_type', '')}: {result.get('reason', '')}"
+
+
+def _dead_trial_row(cfg: dict[str, Any], result: Any, reason: str) -> dict[str, Any]:
+    """The row of a trial that crashed (not a reported bad input): kept visible in the table."""
+    return {
+        "slide": slide_display_name(str(cfg.get("slide_id", "?"))), "method": cfg.get("method", "?"),
+        "refine_dim": int(cfg.get("refine_dim", -1)), "seed": int(cfg.get("seed", -1)),
+        "status": STATUS_FAILED, "error_type": type(result.error).__name__ if result.error else "NoResult",
+        "reason": reason,
+    }
 
 
 def run_sweep(config: SweepFusionConfig, slide_ids: list[str], tracker: Tracker | None = None) -> pd.DataFrame:
@@ -164,10 +173,6 @@ def run_sweep(config: SweepFusionConfig, slide_ids: list[str], tracker: Tracker 
     import pandas as pd
     from ray import tune
 
-    from gauntlet.fusion.slide_sources import slide_display_name
-    from gauntlet.fusion.trial import STATUS_FAILED
-
-    out = Path(config.out).resolve()
     param_space = {
         "method": tune.grid_search(list(config.methods)),
         "refine_dim": tune.grid_search(list(config.refine_dims)),
@@ -183,207 +188,56 @@ def run_sweep(config: SweepFusionConfig, slide_ids: list[str], tracker: Tracker 
         {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial},
     )
     progress = trial_progress(SWEEP, total, _describe_trial, _trial_outcome, "ERROR (see the reason column)",
-                              tracker=tracker, metrics=(*METRICS, "fit_s"))
+                              tracker=tracker, metrics=(*METRIC_COLUMNS, "fit_s"))
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
         # reusing trial actors skips a fresh worker (and a torch import) per trial
         tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),
-        run_config=tune.RunConfig(
-            name="fusion", storage_path=str(out / "tune"), verbose=0, callbacks=[progress],
-            failure_config=tune.FailureConfig(max_failures=0),
-        ),
+        run_config=tune_run_config(SWEEP, Path(config.out), progress),
     )
     _log(f"{total} trials: {len(config.methods)} methods x {len(config.refine_dims)} refine x "
          f"{len(slide_ids)} slides x {config.seeds} seeds")
-    grid = tuner.fit()
     rows = []
-    for result in grid:
-        cfg = result.config or {}
-        if result.error is not None or not result.metrics or "status" not in result.metrics:
-            # a crash inside the trial (not a reported bad input): keep it visible in the table
-            rows.append({
-                "slide": slide_display_name(str(cfg.get("slide_id", "?"))), "method": cfg.get("method", "?"),
-                "refine_dim": int(cfg.get("refine_dim", -1)), "seed": int(cfg.get("seed", -1)),
-                "status": STATUS_FAILED, "error_type": type(result.error).__name__ if result.error else "NoResult",
-                "reason": str(result.error or "trial ended without reporting a result").strip().splitlines()[-1],
-            })
-            continue
-        rows.append({k: v for k, v in result.metrics.items() if k in _ROW_COLUMNS})
-    table = pd.DataFrame(rows).reindex(columns=list(_ROW_COLUMNS))
+    for result in tuner.fit():
+        reason = death_reason(result)
+        if reason is None:
+            rows.append({k: v for k, v in result.metrics.items() if k in ROW_COLUMNS})
+        else:
+            rows.append(_dead_trial_row(result.config or {}, result, reason))
+    table = pd.DataFrame(rows).reindex(columns=list(ROW_COLUMNS))
     return table.sort_values(["method", "refine_dim", "slide", "seed"], kind="stable").reset_index(drop=True)
 
 
-_ROW_COLUMNS = (
-    "slide", "method", "refine_dim", "seed", "status", "error_type", "reason", *METRICS,
-    "n_spots", "n_layers", "n_scored", "embedding_dim", "fit_s",
+def _expand_slides(config: SweepFusionConfig) -> list[str]:
+    """The pre-flight: every slide spec names slides that exist (a SlideSpecError names the one that does not)."""
+    return expand_slide_specs(config.slides)
+
+
+def _run(config: SweepFusionConfig, slide_ids: list[str], tracker: Tracker) -> dict[str, pd.DataFrame]:
+    tables = write_results(run_sweep(config, slide_ids, tracker), Path(config.out))
+    for name, frame in tables.items():
+        tracker.log_table(f"sweep/{name}", frame.to_dict("records"))
+    return tables
+
+
+def _finish(config: SweepFusionConfig, slide_ids: list[str], tables: dict[str, pd.DataFrame]) -> int:
+    trials = tables["trials"]
+    print(format_table(tables["summary"], tables["refine_delta"], trials), flush=True)
+    n_ok = int((trials["status"] == STATUS_OK).sum())
+    _log(f"{n_ok}/{len(trials)} trials ok; tables and plots in {Path(config.out).resolve()}")
+    return 0 if n_ok else 1
+
+
+JOB = SweepJob(
+    name=SWEEP, config_type=SweepFusionConfig, description=__doc__.split("\n\n")[0], prepare=_expand_slides,
+    input_errors=(SlideSpecError,), ray_cpus=lambda config, _: config.num_cpus or os.cpu_count() or 1,
+    run=_run, finish=_finish,
 )
 
 
-def summarise(trials: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(summary per method x refine_dim with mean/sd of each metric, refine delta per method)."""
-    import pandas as pd
-
-    summary_rows = []
-    for (method, refine_dim), group in trials.groupby(["method", "refine_dim"], sort=True):
-        ok = group[group["status"] == "ok"]
-        row: dict[str, Any] = {
-            "method": method, "refine_dim": int(refine_dim), "n_trials": len(group), "n_ok": len(ok),
-            "n_failed": len(group) - len(ok),
-        }
-        for m in METRICS:
-            values = pd.to_numeric(ok[m], errors="coerce")
-            row[f"{m}_mean"] = float(values.mean()) if len(ok) else math.nan
-            row[f"{m}_sd"] = float(values.std(ddof=1)) if len(ok) > 1 else math.nan
-        summary_rows.append(row)
-    summary = pd.DataFrame(summary_rows)
-
-    delta_rows = []
-    for method, group in summary.groupby("method", sort=True):
-        base = group[group["refine_dim"] == 0]
-        for _, refined in group[group["refine_dim"] > 0].iterrows():
-            row = {"method": method, "refine_dim": int(refined["refine_dim"])}
-            for m in METRICS:
-                before = float(base[f"{m}_mean"].iloc[0]) if len(base) else math.nan
-                row[f"delta_{m}"] = float(refined[f"{m}_mean"]) - before
-            delta_rows.append(row)
-    columns = ["method", "refine_dim", *(f"delta_{m}" for m in METRICS)]
-    return summary, pd.DataFrame(delta_rows, columns=columns)
-
-
-def _mean_sd(mean: float, sd: float) -> str:
-    if math.isnan(mean):
-        return "-"
-    return f"{mean:.3f} ± {sd:.3f}" if not math.isnan(sd) else f"{mean:.3f}"
-
-
-def format_table(summary: pd.DataFrame, delta: pd.DataFrame, trials: pd.DataFrame) -> str:
-    """The human-readable result: one line per method x refine, failures flagged, then failures."""
-    header = f"{'method':<18} {'refine':>6} {'ARI kmeans':>15} {'NMI kmeans':>15} {'ARI gmm':>15} {'NMI gmm':>15}  ok/all"
-    lines = [header, "-" * len(header)]
-    for _, r in summary.iterrows():
-        flag = f"  ({int(r['n_failed'])} FAILED)" if r["n_failed"] else ""
-        lines.append(
-            f"{r['method']:<18} {('off' if r['refine_dim'] == 0 else str(r['refine_dim'])):>6} "
-            + " ".join(f"{_mean_sd(r[f'{m}_mean'], r[f'{m}_sd']):>15}" for m in METRICS)
-            + f"  {int(r['n_ok'])}/{int(r['n_trials'])}{flag}"
-        )
-    if len(delta):
-        lines += ["", "refine delta (refined minus unrefined mean):",
-                  f"{'method':<18} {'refine':>6} {'dARI km':>9} {'dNMI km':>9} {'dARI gmm':>9} {'dNMI gmm':>9}"]
-        for _, r in delta.iterrows():
-            lines.append(
-                f"{r['method']:<18} {int(r['refine_dim']):>6} "
-                + " ".join(f"{r[f'delta_{m}']:>+9.3f}" if not math.isnan(r[f'delta_{m}']) else f"{'-':>9}"
-                           for m in METRICS)
-            )
-    failed = trials[trials["status"] != "ok"]
-    if len(failed):
-        lines += ["", f"failed trials ({len(failed)}):"]
-        for _, r in failed.iterrows():
-            lines.append(f"  {r['method']} refine={r['refine_dim']} {r['slide']} seed={r['seed']}: "
-                         f"{r['error_type']}: {r['reason']}")
-    return "\n".join(lines)
-
-
-def write_plots(summary: pd.DataFrame, delta: pd.DataFrame, out: Path) -> list[Path]:
-    """ari_by_method.png (mean ± sd per method and refine) and refine_delta.png."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on cluster nodes
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    written = []
-    methods = sorted(summary["method"].unique())
-    refines = sorted(summary["refine_dim"].unique())
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.4 * len(methods) * 2), 4.5), sharey=True)
-    width = 0.8 / max(len(refines), 1)
-    x = np.arange(len(methods))
-    for ax, metric, title in ((axes[0], "ari_kmeans", "ARI (KMeans)"), (axes[1], "ari_gmm", "ARI (GMM, tied)")):
-        for i, refine_dim in enumerate(refines):
-            part = summary[summary["refine_dim"] == refine_dim].set_index("method").reindex(methods)
-            ax.bar(x + (i - (len(refines) - 1) / 2) * width, part[f"{metric}_mean"].fillna(0.0), width,
-                   yerr=part[f"{metric}_sd"].fillna(0.0), capsize=2,
-                   label="no refine" if refine_dim == 0 else f"refine PCA {refine_dim}")
-        ax.set_xticks(x, methods, rotation=35, ha="right")
-        ax.set_title(title)
-        ax.axhline(0.0, color="black", linewidth=0.6)
-    axes[0].set_ylabel("mean ± sd over slides and seeds")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "ari_by_method.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    written.append(path)
-
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(methods) + 2), 4))
-    if len(delta):
-        for i, refine_dim in enumerate(sorted(delta["refine_dim"].unique())):
-            part = delta[delta["refine_dim"] == refine_dim].set_index("method").reindex(methods)
-            ax.bar(x + i * 0.35, part["delta_ari_kmeans"].fillna(0.0), 0.35, label=f"PCA {refine_dim}")
-        ax.legend(fontsize=8)
-    ax.set_xticks(x, methods, rotation=35, ha="right")
-    ax.axhline(0.0, color="black", linewidth=0.6)
-    ax.set_ylabel("ARI (KMeans): refined minus unrefined")
-    ax.set_title("refine delta per method")
-    fig.tight_layout()
-    path = out / "refine_delta.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    written.append(path)
-    return written
-
-
-def write_results(trials: pd.DataFrame, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Writes trial, summary and refine-delta tables (CSV + Parquet) and the plots into `out`."""
-    summary, delta = summarise(trials)
-    for name, frame in (("trials", trials), ("summary", summary), ("refine_delta", delta)):
-        frame.to_csv(out / f"{name}.csv", index=False)
-        frame.to_parquet(out / f"{name}.parquet", index=False)
-    write_plots(summary, delta, out)
-    return summary, delta
-
-
-def _init_ray(config: SweepFusionConfig) -> bool:
-    """Connects to RAY_ADDRESS or starts an embedded local Ray; True if this call started it."""
-    from gauntlet.runtime.ray_session import start_ray
-
-    return start_ray("sweep fusion", num_cpus=config.num_cpus or os.cpu_count() or 1)
-
-
 def main(argv: list[str] | None = None) -> int:
-    config = parse_config(SweepFusionConfig, argv, PROG, __doc__.split("\n\n")[0])
-    from gauntlet.fusion.errors import SlideSpecError
-    from gauntlet.fusion.slide_sources import expand_slide_specs
-
-    try:
-        slide_ids = expand_slide_specs(config.slides)
-    except SlideSpecError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr, flush=True)
-        return 2
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", dataclasses.asdict(config), indent=2)
-
-    import ray
-
-    tracker = open_tracker(config.report_to, out, name=f"{SWEEP}-{out.resolve().name}", job_type=f"sweep-{SWEEP}",
-                           config=dataclasses.asdict(config))
-    started = _init_ray(config)
-    try:
-        trials = run_sweep(config, slide_ids, tracker)
-        summary, delta = write_results(trials, out)
-        for name, frame in (("trials", trials), ("summary", summary), ("refine_delta", delta)):
-            tracker.log_table(f"sweep/{name}", frame.to_dict("records"))
-    finally:
-        tracker.close()
-        if started:
-            ray.shutdown()
-    print(format_table(summary, delta, trials), flush=True)
-    n_ok = int((trials["status"] == "ok").sum())
-    _log(f"{n_ok}/{len(trials)} trials ok; tables and plots in {out.resolve()}")
-    return 0 if n_ok else 1
+    return run_job(JOB, argv)
 
 
 if __name__ == "__main__":

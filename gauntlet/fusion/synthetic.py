@@ -81,31 +81,35 @@ def _smooth_fields(coords: np.ndarray, n_fields: int, rng: np.random.Generator) 
     return standardise(fields).astype(np.float64)
 
 
-def generate_tissue(config: SyntheticConfig) -> SyntheticTissue:
-    """Draws one slide's raw counts, image embedding, coordinates and labels."""
-    rng = np.random.default_rng(config.seed)
-    side = max(2, int(round(np.sqrt(config.n_spots))))
+def _grid(n_spots: int) -> np.ndarray:
+    """(N, 2) Visium-like spot centres in units of the spot spacing: odd rows shifted by half of it."""
+    side = max(2, int(round(np.sqrt(n_spots))))
     gx, gy = np.meshgrid(np.arange(side), np.arange(side), indexing="xy")
-    # Visium-like: odd rows shifted by half a spacing
     x = gx + 0.5 * (gy % 2)
     y = gy * (np.sqrt(3.0) / 2.0)
-    coords = np.stack([x.ravel(), y.ravel()], axis=1).astype(np.float64)
-    unit = (coords - coords.min(axis=0)) / np.ptp(coords, axis=0).clip(1e-9)  # (N, 2) in [0, 1]
-    n = coords.shape[0]
+    return np.stack([x.ravel(), y.ravel()], axis=1).astype(np.float64)
 
-    # Laminar depth with a wavy boundary: layers are bands of this coordinate.
+
+def _layers(unit: np.ndarray, n_layers: int, rng: np.random.Generator) -> np.ndarray:
+    """(N,) layer code in [0, n_layers): bands of a laminar depth with a wavy boundary."""
     amplitude, wavelength, phase = rng.uniform(0.03, 0.08), rng.uniform(0.6, 1.4), rng.uniform(0, 2 * np.pi)
     depth = unit[:, 1] + amplitude * np.sin(2.0 * np.pi * unit[:, 0] / wavelength + phase)
-    thickness = rng.dirichlet(np.full(config.n_layers, 8.0))
+    thickness = rng.dirichlet(np.full(n_layers, 8.0))
     edges = np.quantile(depth, np.cumsum(thickness)[:-1])
-    layer = np.searchsorted(edges, depth).astype(np.int64)  # (N,) in [0, n_layers)
+    return np.searchsorted(edges, depth).astype(np.int64)
 
+
+def _smooth_scale(difficulty: float) -> float:
+    """Weight of the layer-independent smooth programs, in both modalities."""
+    return 0.15 + 0.5 * difficulty
+
+
+def _counts(config: SyntheticConfig, unit: np.ndarray, layer: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(N, G) raw counts: log-rate = gene baseline + layer markers + smooth programs, Gamma-Poisson noise."""
     d = config.difficulty
     layer_lfc = 2.0 * (1.0 - 0.7 * d)  # log fold-change of markers in their layer
-    smooth_scale = 0.15 + 0.5 * d  # layer-independent smooth programs
+    smooth_scale = _smooth_scale(d)
     dispersion = 0.05 + 0.4 * d  # Gamma-Poisson overdispersion (1/shape)
-
-    # Expression: log-rate = gene baseline + layer markers + smooth programs.
     baseline = rng.normal(0.5, 0.8, size=config.n_genes)
     layer_effect = np.zeros((config.n_layers, config.n_genes))
     for k in range(config.n_layers):  # loop over layers, not spots: K iterations
@@ -116,24 +120,39 @@ def generate_tissue(config: SyntheticConfig) -> SyntheticTissue:
         config.n_smooth_programs
     )
     log_rate = baseline[None, :] + layer_effect[layer] + smooth_scale * (smooth @ loadings)
-    library = rng.lognormal(0.0, 0.3, size=(n, 1))
+    library = rng.lognormal(0.0, 0.3, size=(unit.shape[0], 1))
     rate = np.exp(log_rate) * library
     gamma = rng.gamma(1.0 / dispersion, dispersion, size=rate.shape)
-    counts = rng.poisson(rate * gamma).astype(np.float32)
+    return rng.poisson(rate * gamma).astype(np.float32)
 
-    # Image embedding: layer centroid + own smooth nuisance + isotropic noise.
+
+def _image(config: SyntheticConfig, unit: np.ndarray, layer: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(N, F) image embedding: layer centroid + its own smooth nuisance + isotropic noise."""
+    d = config.difficulty
+    smooth_scale = _smooth_scale(d)
     image_signal = 0.5 * (1.0 - 0.6 * d)
     image_noise = 1.0 + 0.8 * d
     centroids = rng.normal(0.0, 1.0, size=(config.n_layers, config.image_dim))
     img_smooth = _smooth_fields(unit, config.n_smooth_programs, rng) @ rng.normal(
         0.0, 1.0, size=(config.n_smooth_programs, config.image_dim)
     )
-    image = (
+    return (
         image_signal * centroids[layer]
         + smooth_scale * img_smooth / np.sqrt(config.n_smooth_programs)
-        + image_noise * rng.normal(size=(n, config.image_dim))
+        + image_noise * rng.normal(size=(unit.shape[0], config.image_dim))
     )
 
+
+def generate_tissue(config: SyntheticConfig) -> SyntheticTissue:
+    """Draws one slide's raw counts, image embedding, coordinates and labels (in that draw order:
+    the same seed gives the same slide)."""
+    rng = np.random.default_rng(config.seed)
+    coords = _grid(config.n_spots)
+    unit = (coords - coords.min(axis=0)) / np.ptp(coords, axis=0).clip(1e-9)  # (N, 2) in [0, 1]
+    n = coords.shape[0]
+    layer = _layers(unit, config.n_layers, rng)
+    counts = _counts(config, unit, layer, rng)
+    image = _image(config, unit, layer, rng)
     labels = layer.copy()
     n_unlabelled = int(round(config.unlabelled_fraction * n))
     if n_unlabelled:

@@ -12,11 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gauntlet.fusion.clustering import cluster
 from gauntlet.fusion.errors import FusionError
 from gauntlet.fusion.methods import make_method
 from gauntlet.fusion.methods.base import FusionConfig
-from gauntlet.fusion.metrics import annotated_scores
 from gauntlet.fusion.refine import refine
 from gauntlet.fusion.slide import Slide
 from gauntlet.fusion.slide_sources import SlideLoadOptions, load_slide, slide_display_name
@@ -24,6 +22,11 @@ from gauntlet.fusion.slide_sources import SlideLoadOptions, load_slide, slide_di
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
 METRIC_COLUMNS = ("ari_kmeans", "nmi_kmeans", "ari_gmm", "nmi_gmm")
+# a trial row's columns, in the order the sweep's tables show them
+ROW_COLUMNS = (
+    "slide", "method", "refine_dim", "seed", "status", "error_type", "reason", *METRIC_COLUMNS,
+    "n_spots", "n_layers", "n_scored", "embedding_dim", "fit_s",
+)
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,10 @@ def fuse_and_score(slide: Slide, method: str, refine_dim: int, seed: int, config
 
     The method gets `slide.features()`, the label-free view; labels are used only after it returns.
     """
+    # imported here: scikit-learn is a trial's need, not the sweep driver's (nor its --help's)
+    from gauntlet.fusion.clustering import cluster
+    from gauntlet.fusion.metrics import annotated_scores
+
     features = slide.features()
     if refine_dim:
         features = refine(features, refine_dim)

@@ -25,7 +25,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("data", "import-lerobot"), "gauntlet.data.lerobot_import", "import a LeRobot v3.0 dataset"),
     (("data", "stats"), "gauntlet.data.stats", "normalisation statistics of a dataset"),
     (("train",), "gauntlet.platform.train.driver", "fine-tune a policy on Ray Train (LoRA or full)"),
-    (("sweep", "fusion"), "gauntlet.platform.sweeps.fusion", "Ray Tune sweep over fusion methods"),
+    (("sweep", "fusion"), "gauntlet.fusion.sweep", "Ray Tune sweep over fusion methods"),
     (("sweep", "throughput"), "gauntlet.platform.sweeps.throughput", "Ray Tune throughput sweep"),
 ]
 

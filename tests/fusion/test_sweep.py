@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from gauntlet.fusion import sweep as sweep_fusion
 from gauntlet.fusion.anndata_io import write_h5ad
 from gauntlet.fusion.methods import METHOD_NAMES
-from gauntlet.platform.sweeps import fusion as sweep_fusion
 from gauntlet.runtime.config_args import parse_config
 
 

@@ -81,7 +81,7 @@ def test_wandb_mode_honours_the_environment(tmp_path: Path, monkeypatch) -> None
 @pytest.mark.parametrize("module, cls", [
     ("gauntlet.platform.train.config", "TrainConfig"),
     ("gauntlet.platform.eval.config", "EvalConfig"),
-    ("gauntlet.platform.sweeps.fusion", "SweepFusionConfig"),
+    ("gauntlet.fusion.sweep", "SweepFusionConfig"),
     ("gauntlet.platform.sweeps.throughput", "SweepThroughputConfig"),
 ])
 def test_every_entry_point_takes_report_to_defaulting_to_none(module: str, cls: str) -> None:

@@ -21,6 +21,42 @@ if TYPE_CHECKING:
     import torch
 
 
+def _cross_attend(model: torch.nn.Module, spots: torch.Tensor, index: torch.Tensor, offset: torch.Tensor,
+                  padding_mask: torch.Tensor | None, heads: int) -> torch.Tensor:
+    """The learned queries of `model` attending over each neighbourhood's tokens -> (B, Q, d).
+
+    The queries are shared by every neighbourhood, so attention scores split into a per-spot part
+    (scored once per spot, then gathered: H*Q numbers per token instead of a 2d-wide key) and a
+    position part that is linear in the 2-d offset. Likewise the value of a token is value(spot) +
+    W_off @ offset, so the position part of the output is W_off applied to the attention-weighted
+    mean offset. Same function as attending over materialised (B, L, 2d) keys/values, at a fraction
+    of the memory traffic.
+    """
+    import torch
+
+    b, length = index.shape
+    d = spots.shape[1]
+    dh = d // heads
+    flat = index.reshape(-1)  # (B*L,)
+    q = model.to_q(model.queries).view(-1, heads, dh)  # (Q, H, dh)
+    k_spot, v_spot = model.to_kv(spots).view(-1, 2, heads, dh).unbind(1)  # 2 x (N, H, dh)
+    w_k, w_v = model.kv_offset.weight.view(2, heads, dh, 2).unbind(0)  # 2 x (H, dh, 2)
+    scale = dh**-0.5
+    s_spot = torch.einsum("nhe,qhe->nhq", k_spot, q) * scale  # (N, H, Q)
+    q_off = torch.einsum("qhe,hec->hqc", q, w_k) * scale  # (H, Q, 2)
+    scores = s_spot.index_select(0, flat).view(b, length, -1)  # (B, L, H*Q)
+    scores = torch.baddbmm(scores, offset, q_off.permute(2, 0, 1).reshape(2, -1).expand(b, -1, -1))
+    if padding_mask is not None:
+        scores = scores.masked_fill(padding_mask[:, :, None], float("-inf"))
+    p = torch.softmax(scores, dim=1)  # (B, L, H*Q): over each neighbourhood's tokens
+    p = p.view(b, length, heads, -1).permute(0, 2, 3, 1)  # (B, H, Q, L)
+    v_tok = v_spot.reshape(-1, d).index_select(0, flat).view(b, length, heads, dh).transpose(1, 2)  # (B, H, L, dh)
+    attended = torch.matmul(p, v_tok)  # (B, H, Q, dh)
+    mean_offset = torch.matmul(p.reshape(b, -1, length), offset).view(b, heads, -1, 2)  # (B, H, Q, 2)
+    attended = attended + torch.einsum("bhqc,hec->bhqe", mean_offset, w_v)
+    return model.cross_out(attended.transpose(1, 2).reshape(b, -1, d))  # (B, Q, d)
+
+
 def make_qformer(n_genes: int, image_dim: int, config: FusionConfig) -> torch.nn.Module:
     """The Q-Former encoder: `embed_spots` (N, d) once per slide, `forward` pools neighbourhoods."""
     import torch
@@ -56,32 +92,7 @@ def make_qformer(n_genes: int, image_dim: int, config: FusionConfig) -> torch.nn
         def forward(self, spots, index, offset, padding_mask=None):
             """Spots (N, d); each row of index (B, L) lists one neighbourhood, offset (B, L, 2) its
             relative positions, padding_mask (B, L) True where there is no token -> (B, out_dim)."""
-            b, length = index.shape
-            dh = d // heads
-            flat = index.reshape(-1)  # (B*L,)
-            # The queries are shared by every neighbourhood, so attention scores split into a per-spot
-            # part (scored once per spot, then gathered: H*Q numbers per token instead of a 2d-wide
-            # key) and a position part that is linear in the 2-d offset. Likewise the value of a
-            # token is value(spot) + W_off @ offset, so the position part of the output is W_off
-            # applied to the attention-weighted mean offset. Same function as attending over
-            # materialised (B, L, 2d) keys/values, at a fraction of the memory traffic.
-            q = self.to_q(self.queries).view(-1, heads, dh)  # (Q, H, dh)
-            k_spot, v_spot = self.to_kv(spots).view(-1, 2, heads, dh).unbind(1)  # 2 x (N, H, dh)
-            w_k, w_v = self.kv_offset.weight.view(2, heads, dh, 2).unbind(0)  # 2 x (H, dh, 2)
-            scale = dh**-0.5
-            s_spot = torch.einsum("nhe,qhe->nhq", k_spot, q) * scale  # (N, H, Q)
-            q_off = torch.einsum("qhe,hec->hqc", q, w_k) * scale  # (H, Q, 2)
-            scores = s_spot.index_select(0, flat).view(b, length, -1)  # (B, L, H*Q)
-            scores = torch.baddbmm(scores, offset, q_off.permute(2, 0, 1).reshape(2, -1).expand(b, -1, -1))
-            if padding_mask is not None:
-                scores = scores.masked_fill(padding_mask[:, :, None], float("-inf"))
-            p = torch.softmax(scores, dim=1)  # (B, L, H*Q): over each neighbourhood's tokens
-            p = p.view(b, length, heads, -1).permute(0, 2, 3, 1)  # (B, H, Q, L)
-            v_tok = v_spot.reshape(-1, d).index_select(0, flat).view(b, length, heads, dh).transpose(1, 2)  # (B, H, L, dh)
-            attended = torch.matmul(p, v_tok)  # (B, H, Q, dh)
-            mean_offset = torch.matmul(p.reshape(b, -1, length), offset).view(b, heads, -1, 2)  # (B, H, Q, 2)
-            attended = attended + torch.einsum("bhqc,hec->bhqe", mean_offset, w_v)
-            attended = self.cross_out(attended.transpose(1, 2).reshape(b, -1, d))  # (B, Q, d)
+            attended = _cross_attend(self, spots, index, offset, padding_mask, heads)  # (B, Q, d)
             h = self.norm_cross(self.queries + attended)
             mixed, _ = self.self_attn(h, h, h, need_weights=False)
             h = self.norm_self(h + mixed)

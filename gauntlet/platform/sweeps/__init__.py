@@ -1,1 +1,2 @@
-"""Ray Tune sweeps: search modes, the RAM floor, fusion-method sweeps and throughput sweeps."""
+"""Ray Tune sweeps: the one sweep-job skeleton (job), trial progress lines, search modes, the RAM floor and
+the throughput sweep. The fusion sweep is `gauntlet.fusion.sweep`, built on the same skeleton."""
