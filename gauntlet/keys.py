@@ -35,9 +35,14 @@ EPISODE_CALLS_KEY = "episode_calls"
 # The serving layer's per-request timing, added to each answer: {"infer_ms", "queue_wait_ms", "batch_size"}.
 SERVER_TIMING_KEY = "server_timing"
 
+# The largest request or answer any protocol carries (HTTP body, WebSocket frame, gRPC message), in
+# bytes: Gauntlet's servers refuse bigger requests and its clients refuse bigger answers, unread.
+MAX_MESSAGE_BYTES = 16 * 2**20
+
 # Dataset columns (LeRobot's names) of the wire keys above.
 STATE_FEATURE = "observation.state"
 ACTION_FEATURE = "action"
+IMAGE_FEATURE_PREFIX = "observation.images."  # + a camera name: that camera's image column
 DATASET_COLUMNS: dict[str, str] = {STATE_KEY: STATE_FEATURE, ACTIONS_KEY: ACTION_FEATURE}
 # The episodes table keeps each episode's language instruction under the wire key's own name.
 PROMPT_COLUMN = PROMPT_KEY
@@ -45,3 +50,8 @@ PROMPT_COLUMN = PROMPT_KEY
 # Cameras: robosuite's camera names and the dataset's camera names, each mapped to its wire key.
 ROBOSUITE_CAMERAS: dict[str, str] = {"agentview": IMAGE_KEY, "robot0_eye_in_hand": WRIST_IMAGE_KEY}
 DATASET_CAMERAS: dict[str, str] = {"agentview": IMAGE_KEY, "wrist": WRIST_IMAGE_KEY}
+
+
+def image_feature(camera: str) -> str:
+    """The dataset column (LeRobot's feature name) of one camera's images, e.g. `observation.images.wrist`."""
+    return IMAGE_FEATURE_PREFIX + camera

@@ -1,8 +1,9 @@
 """The wire vocabulary has one home: no module of the package spells a key of `gauntlet/keys.py` again.
 
 An AST scan of `gauntlet/**/*.py` finds every string constant (docstrings aside) equal to one of the
-keys' values; outside keys.py each must be a listed exception, one that belongs to another protocol
-and only shares the spelling.
+keys' values, or naming a camera's image column (`observation.images.<camera>`, which is
+`keys.image_feature(camera)`); outside keys.py each must be a listed exception, one that belongs to
+another protocol and only shares the spelling.
 """
 
 from __future__ import annotations
@@ -48,8 +49,13 @@ def docstring_nodes(tree: ast.Module) -> set[int]:
     return found
 
 
+def is_wire_literal(text: str, values: set[str]) -> bool:
+    """A wire value itself, or an image column spelled out instead of built by `keys.image_feature`."""
+    return text in values or text.startswith(keys.IMAGE_FEATURE_PREFIX)
+
+
 def literal_hits() -> set[tuple[str, str, int]]:
-    """(module, value, line) of every non-docstring string constant equal to a wire value."""
+    """(module, value, line) of every non-docstring string constant that is a wire literal."""
     values = wire_values()
     hits: set[tuple[str, str, int]] = set()
     for path in sorted(PACKAGE.rglob("*.py")):
@@ -59,7 +65,7 @@ def literal_hits() -> set[tuple[str, str, int]]:
         tree = ast.parse(path.read_text(), filename=str(path))
         docs = docstring_nodes(tree)
         for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in values \
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and is_wire_literal(node.value, values) \
                     and id(node) not in docs:
                 hits.add((rel, node.value, node.lineno))
     return hits
@@ -69,8 +75,11 @@ def test_scan_sees_the_vocabulary() -> None:
     """The scan's vocabulary is keys.py's: the wire keys and their dataset columns are in it."""
     values = wire_values()
     for key in (keys.STATE_KEY, keys.IMAGE_KEY, keys.WRIST_IMAGE_KEY, keys.PROMPT_KEY, keys.EPISODE_ID_KEY,
-                keys.ACTIONS_KEY, keys.SERVER_TIMING_KEY, keys.STATE_FEATURE, keys.ACTION_FEATURE):
+                keys.ACTIONS_KEY, keys.SERVER_TIMING_KEY, keys.STATE_FEATURE, keys.ACTION_FEATURE,
+                keys.IMAGE_FEATURE_PREFIX):
         assert key in values
+    assert is_wire_literal("observation.images.front", values)  # any camera's column, known or not
+    assert not is_wire_literal("observation.imagery", values)
 
 
 def test_scan_finds_a_literal_and_skips_docstrings(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from gauntlet.data.dataset_writer import DatasetWriter
 from gauntlet.data.images import resize_image
 from gauntlet.keys import DATASET_CAMERAS, STATE_KEY
 from gauntlet.runtime.config_args import as_tuple, option, parse_config, require_at_least
+from gauntlet.runtime.manifests import jsonable
 from gauntlet.runtime.progress import Progress
 
 # observe() key -> dataset camera name
@@ -141,23 +142,9 @@ def env_metadata(env: Any) -> dict[str, Any]:
     return {
         "env_name": env.spec.robosuite_env, "robot": cfg.robot, "control_freq": cfg.control_freq,
         "env_config": {**asdict(cfg), "cameras": list(cfg.cameras)},
-        "env_args": {"env_name": env.spec.robosuite_env, "type": 1, "env_kwargs": _jsonable(env_kwargs)},
+        "env_args": {"env_name": env.spec.robosuite_env, "type": 1, "env_kwargs": jsonable(env_kwargs)},
         "fingerprint": env.fingerprint,
     }
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
 
 
 def collect_demos(cfg: CollectConfig) -> Path:

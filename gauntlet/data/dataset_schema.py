@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from gauntlet.keys import ACTION_FEATURE, PROMPT_COLUMN, STATE_FEATURE
+from gauntlet.keys import ACTION_FEATURE, DATASET_CAMERAS, PROMPT_COLUMN, STATE_FEATURE, image_feature
 from gauntlet.runtime.manifests import read_manifest
 
 FORMAT_NAME = "gauntlet-dataset"
@@ -29,10 +29,7 @@ CHUNKS_SIZE = 1000  # episodes per data/chunk-NNN directory
 DEFAULT_FPS = 20
 
 # camera name (add_episode's `images` keys) -> feature / column name
-IMAGE_FEATURES: dict[str, str] = {
-    "agentview": "observation.images.agentview",
-    "wrist": "observation.images.wrist",
-}
+IMAGE_FEATURES: dict[str, str] = {cam: image_feature(cam) for cam in DATASET_CAMERAS}
 STATE_NAMES = ["eef_x", "eef_y", "eef_z", "eef_ax", "eef_ay", "eef_az", "gripper_q0", "gripper_q1"]
 ACTION_NAMES = ["dx", "dy", "dz", "dax", "day", "daz", "gripper"]
 

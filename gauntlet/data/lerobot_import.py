@@ -38,15 +38,15 @@ from gauntlet.data.lerobot_format import (
     feature_names,
     read_info,
 )
-from gauntlet.keys import ACTION_FEATURE, PROMPT_COLUMN, STATE_FEATURE
+from gauntlet.keys import ACTION_FEATURE, PROMPT_COLUMN, STATE_FEATURE, image_feature
 from gauntlet.runtime.config_args import option, parse_config, require_at_least
 from gauntlet.runtime.progress import Progress
 
 TAG = "data import-lerobot"
 # Gauntlet camera -> LeRobot features tried when --camera does not name one (Gauntlet's, then LIBERO's).
 CAMERA_CANDIDATES: dict[str, tuple[str, ...]] = {
-    "agentview": ("observation.images.agentview", "observation.images.image", "image"),
-    "wrist": ("observation.images.wrist", "observation.images.wrist_image", "wrist_image"),
+    "agentview": (image_feature("agentview"), image_feature("image"), "image"),
+    "wrist": (image_feature("wrist"), image_feature("wrist_image"), "wrist_image"),
 }
 _EPISODE_COLUMNS = ("episode_index", "length", "data/chunk_index", "data/file_index")
 _NUMERIC = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8")

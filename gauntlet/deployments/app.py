@@ -9,9 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from gauntlet.deployments.batcher import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_BATCH_SIZE
-from gauntlet.deployments.grpc_bind import MAX_REQUEST_BYTES
 from gauntlet.deployments.ws_guard import INGRESS_OTHER_SLOTS, WebSocketPolicy
-from gauntlet.policies.registry import PolicyRef, check_checkpoint, runtime_env_for
+from gauntlet.keys import MAX_MESSAGE_BYTES
+from gauntlet.policies.registry import (
+    PolicyRef,
+    ServingOptions,
+    check_checkpoint,
+    plugin_env_vars,
+    policy_family,
+    runtime_env_for,
+    serving_kwargs,
+)
 
 # Serve names, defined once: whoever deploys and whoever looks a deployment up agree through these.
 APP_NAME = "gauntlet"  # the app `gauntlet serve` runs (what `--policy serve=NAME` targets, gRPC metadata)
@@ -66,7 +74,7 @@ def ingress_max_ongoing(ws_policy: WebSocketPolicy) -> int:
 
 
 def build_app(policies: list[PolicyServing], api_key: str | None = None,
-              max_request_bytes: int = MAX_REQUEST_BYTES, ws_port: int | None = None, ws_host: str = "127.0.0.1",
+              max_request_bytes: int = MAX_MESSAGE_BYTES, ws_port: int | None = None, ws_host: str = "127.0.0.1",
               ws_policy: WebSocketPolicy | None = None) -> Any:
     """The Serve application (not yet running): `serve.run(build_app(...))`.
 
@@ -115,7 +123,8 @@ def _bind_policy(serve: Any, cls: type, p: PolicyServing, max_ongoing_requests: 
 
     options = p.actor_options()
     env = dict(options.get("runtime_env") or {})  # Ray merges these env_vars with the job's, key by key
-    env["env_vars"] = {**REPLICA_ENV_VARS, **env.get("env_vars", {})}
+    # The plugin modules go with the replicas: they look the family up in their own process.
+    env["env_vars"] = {**REPLICA_ENV_VARS, **plugin_env_vars(), **env.get("env_vars", {})}
     deployment = serve.deployment(
         cls,
         name=deployment_name(p.ref.name),
@@ -209,17 +218,18 @@ def _last_error_line(serve_message: str) -> str:
 def specs_from_names(policies: list[str], *, replicas: int = 1, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
                      batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_S, vla_size: str = "tiny",
                      adapters_dir: str | None = None, num_gpus: float = 0.0, max_queued: int = 0) -> list[PolicyServing]:
-    """`NAME[=CHECKPOINT]` strings -> serving specs (shared by `gauntlet serve` and config files)."""
+    """`NAME[=CHECKPOINT]` strings -> serving specs (shared by `gauntlet serve` and config files); each
+    family's entry says what its replicas are built with (`policies/registry.PolicyFamily`)."""
+    options = ServingOptions(preset=vla_size, num_gpus=num_gpus)
     specs = []
     for text in policies:
         ref = PolicyRef.parse(str(text))
-        kwargs = {"config_name": vla_size} if ref.name == "vla" and not ref.checkpoint else {}
-        if ref.name == "lerobot" and num_gpus:
-            kwargs = {"device": "cuda"}  # LeRobot places the model and its processors on this device
+        family = policy_family(ref.name)
+        kwargs = serving_kwargs(ref, options)
         ref = check_checkpoint(ref)  # a checkpoint that cannot fit the environment is refused before deploying
         specs.append(PolicyServing(ref=ref, replicas=replicas, max_batch_size=max_batch_size,
                                    batch_wait_timeout_s=batch_wait_timeout_s, num_gpus=num_gpus, max_queued=max_queued,
-                                   policy_kwargs=kwargs, adapters_dir=adapters_dir if ref.name == "vla" else None,
+                                   policy_kwargs=kwargs, adapters_dir=adapters_dir if family.serves_adapters else None,
                                    runtime_env=runtime_env_for(ref.name)))
     return specs
 
@@ -252,7 +262,7 @@ def check_serve_runtime_env() -> None:
         (f"env_vars.{HOST_ENV}", HOST_ENV in env_vars),
         (f"env_vars.{GRPC_MAX_MESSAGE_ENV}",
          str(env_vars.get(GRPC_MAX_MESSAGE_ENV, "")).isdigit()
-         and int(env_vars[GRPC_MAX_MESSAGE_ENV]) <= MAX_REQUEST_BYTES),
+         and int(env_vars[GRPC_MAX_MESSAGE_ENV]) <= MAX_MESSAGE_BYTES),
     ) if not ok]
     if missing:
         raise RuntimeError(

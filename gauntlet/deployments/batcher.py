@@ -44,7 +44,7 @@ DEFAULT_BATCH_WAIT_S = 0.005
 # than MIN_QUEUED requests (a serial policy, max_batch_size 1, still queues a few callers' worth).
 QUEUED_BATCHES = 4
 MIN_QUEUED = 64
-# What a replica answers a request its full queue refused (`policy_deployment.error_value` kind and
+# What a replica answers a request its full queue refused (`error_values.error_value` kind and
 # status): transient, so callers with a retry budget back off and send it again.
 OVERLOADED_KIND = "overloaded"
 OVERLOADED_STATUS = 503

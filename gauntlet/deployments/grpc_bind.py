@@ -1,7 +1,7 @@
 """Settings of Serve's proxy processes: the gRPC bind host and the request size limit.
 
 Size: Serve's gRPC proxy accepts messages up to 2 GiB by default, read into memory whole; the
-runtime_env below lowers that to MAX_REQUEST_BYTES, which gRPC enforces while receiving (the
+runtime_env below lowers that to MAX_MESSAGE_BYTES (gauntlet.keys), which gRPC enforces while receiving (the
 caller gets RESOURCE_EXHAUSTED and nothing past the limit is buffered). HTTP bodies are counted
 while they stream in (the ingress), WebSocket frames over 16 MiB are refused by uvicorn's protocol
 layer (`ws_max_size`) before their payload is read.
@@ -22,8 +22,9 @@ import os
 import sys
 from types import ModuleType
 
+from gauntlet.keys import MAX_MESSAGE_BYTES
+
 HOST_ENV = "GAUNTLET_GRPC_HOST"
-MAX_REQUEST_BYTES = 16 * 2**20  # largest request body, frame or message any protocol accepts
 GRPC_MAX_MESSAGE_ENV = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"  # read by Serve's proxy when it starts
 
 
@@ -113,4 +114,4 @@ def _restrict_replica_bind() -> None:
 def runtime_env(host: str = "127.0.0.1") -> dict:
     """The runtime_env for `ray.init` that applies the hook in every worker (incl. Serve's proxy)."""
     return {"worker_process_setup_hook": "gauntlet.deployments.grpc_bind.restrict_grpc_bind",
-            "env_vars": {HOST_ENV: host, GRPC_MAX_MESSAGE_ENV: str(MAX_REQUEST_BYTES)}}
+            "env_vars": {HOST_ENV: host, GRPC_MAX_MESSAGE_ENV: str(MAX_MESSAGE_BYTES)}}

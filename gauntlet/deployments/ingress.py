@@ -37,10 +37,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from gauntlet.deployments.adapters import AdapterNameError, check_adapter_name
+from gauntlet.deployments.adapters import check_adapter_name
 from gauntlet.deployments.auth import REFUSAL, ApiKeyGuard
 from gauntlet.deployments.batcher import OVERLOADED_STATUS
-from gauntlet.deployments.grpc_bind import MAX_REQUEST_BYTES
+from gauntlet.deployments.error_values import (
+    BUSY_KIND,
+    UNAUTHORIZED_KIND,
+    RequestError,
+    error_value,
+    grpc_code,
+    is_error_value,
+    refusal_of,
+)
 from gauntlet.deployments.policy_deployment import PolicyReplica
 from gauntlet.deployments.proxy_guard import publish_key, withdraw_key
 from gauntlet.deployments.ws_guard import (
@@ -50,72 +58,26 @@ from gauntlet.deployments.ws_guard import (
     SessionSlots,
     WebSocketPolicy,
 )
-from gauntlet.keys import ACTIONS_KEY, EPISODE_ID_KEY, PROMPT_KEY, SERVER_TIMING_KEY
+from gauntlet.keys import ACTIONS_KEY, EPISODE_ID_KEY, MAX_MESSAGE_BYTES, PROMPT_KEY, SERVER_TIMING_KEY
 from gauntlet.policies import msgpack_numpy
 from gauntlet.policies.msgpack_numpy import WireFormatError
+from gauntlet.runtime.manifests import jsonable
 
 MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack")
 MAX_BATCH_ITEMS = 1024  # observations in one HTTP {"batch": [...]} (each becomes its own replica request)
 
 
-class RequestError(Exception):
-    """A client's mistake: carries the HTTP status and the message."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
-def _classify(exc: BaseException) -> tuple[int, str]:
-    """(HTTP status, message) for anything raised while answering a request."""
-    if isinstance(exc, RequestError):
-        return exc.status, str(exc)
-    if isinstance(exc, (WireFormatError, AdapterNameError)):
-        return 400, str(exc)
-    return 500, f"{type(exc).__name__}: {exc}"
-
-
-def _adapter_name(value: Any) -> str | None:
-    """An adapter named by a client (body, query, header, frame, gRPC): a valid name or nothing,
-    never silently ignored (400 otherwise, before anything touches the file system)."""
-    try:
-        return check_adapter_name(value)
-    except AdapterNameError as exc:
-        raise RequestError(400, str(exc)) from None
-
-
-def _grpc_code(status: int) -> Any:
-    import grpc
-
-    return {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
-            404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-            422: grpc.StatusCode.INVALID_ARGUMENT,
-            503: grpc.StatusCode.UNAVAILABLE}.get(status, grpc.StatusCode.INTERNAL)  # 503: queue full, retry
-
-
-def _grpc_refuse(grpc_context: Any, status: int, message: str) -> None:
+def _grpc_refuse(grpc_context: Any, refusal: RequestError) -> None:
     if grpc_context is not None:
-        grpc_context.set_code(_grpc_code(status))
-        grpc_context.set_details(message)
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
+        grpc_context.set_code(grpc_code(refusal.status))
+        grpc_context.set_details(str(refusal))
 
 
 async def _refuse_busy(ws: WebSocket, reason: str) -> None:
     """Over the session cap: HTTP 503 during the handshake where the server can send one (ASGI's
     denial-response extension; uvicorn, hence Serve's proxy, has it), else accept and close 1013."""
     if "websocket.http.response" in ws.scope.get("extensions", {}):
-        await ws.send_denial_response(JSONResponse({"error": reason}, status_code=503))
+        await ws.send_denial_response(JSONResponse(error_value(BUSY_KIND, 503, reason), status_code=503))
     else:
         await ws.accept()
         await ws.close(code=BUSY_CLOSE_CODE, reason=reason[:120])
@@ -180,8 +142,8 @@ class PolicyRoutes:
             if session:
                 handle = handle.options(session_id=session)
             out = await handle.infer.remote(obs, adapter)
-        if "error" in out:
-            raise RequestError(int(out.get("status", 500)), str(out["error"]))
+        if is_error_value(out):
+            raise RequestError.of_value(out)
         return out
 
     async def _episode_session(self, name: str, obs: Any) -> str:
@@ -200,7 +162,7 @@ class PolicyRoutes:
         metadata = grpc_context.invocation_metadata() if grpc_context is not None else None
         if self.guard.allows_grpc(metadata):
             return True
-        _grpc_refuse(grpc_context, 401, REFUSAL)
+        _grpc_refuse(grpc_context, RequestError(401, REFUSAL))
         return False
 
     async def _read_body(self, request: Request) -> bytes:
@@ -226,36 +188,36 @@ class PolicyRoutes:
 
     async def http_metadata(self, request: Request) -> Response:
         if not self.guard.allows(request.headers.get("authorization")):
-            return JSONResponse({"error": REFUSAL}, status_code=401)
+            return JSONResponse(error_value(UNAUTHORIZED_KIND, 401, REFUSAL), status_code=401)
         try:
-            return JSONResponse(_jsonable(await self._metadata(request.path_params["name"])))
+            return JSONResponse(jsonable(await self._metadata(request.path_params["name"])))
         except RequestError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+            return JSONResponse(exc.value(), status_code=exc.status)
 
     async def http_infer(self, request: Request) -> Response:
         if not self.guard.allows(request.headers.get("authorization")):
-            return JSONResponse({"error": REFUSAL}, status_code=401)
+            return JSONResponse(error_value(UNAUTHORIZED_KIND, 401, REFUSAL), status_code=401)
         use_msgpack = request.headers.get("content-type", "").split(";")[0].strip() in MSGPACK_TYPES
         wants_msgpack = use_msgpack or request.headers.get("accept", "") in MSGPACK_TYPES
 
         def reply(payload: dict, status: int = 200) -> Response:
             if wants_msgpack:
                 return Response(msgpack_numpy.packb(payload), status_code=status, media_type=MSGPACK_TYPES[0])
-            return JSONResponse(_jsonable(payload), status_code=status)
+            return JSONResponse(jsonable(payload), status_code=status)
 
         try:
             name = request.path_params["name"]
             payload = self._decode_body(await self._read_body(request), use_msgpack)
             self._check_name(name)
-            adapter = _adapter_name(request.query_params.get("adapter") or request.headers.get("x-gauntlet-adapter"))
+            adapter = check_adapter_name(request.query_params.get("adapter") or request.headers.get("x-gauntlet-adapter"))
             if "adapter" in payload:
-                adapter = _adapter_name(payload.pop("adapter"))
+                adapter = check_adapter_name(payload.pop("adapter"))
             if "batch" in payload:
                 return reply({"results": await self._infer_items(name, payload["batch"], adapter)})
             return reply(await self._infer_one(name, payload, adapter))
         except Exception as exc:  # noqa: BLE001 - every failure becomes a response, never a crash
-            status, message = _classify(exc)
-            return reply({"error": message}, status)
+            refusal = refusal_of(exc)
+            return reply(refusal.value(), refusal.status)
 
     @staticmethod
     def _decode_body(body: bytes, use_msgpack: bool) -> dict:
@@ -277,14 +239,7 @@ class PolicyRoutes:
         if len(items) > MAX_BATCH_ITEMS:
             raise RequestError(413, f"batch of {len(items)} observations exceeds {MAX_BATCH_ITEMS}")
         outs = await asyncio.gather(*(self._infer_one(name, o, adapter) for o in items), return_exceptions=True)
-        results = []
-        for out in outs:
-            if isinstance(out, BaseException):
-                status, message = _classify(out)
-                results.append({"error": message, "status": status})
-            else:
-                results.append(out)
-        return results
+        return [refusal_of(out).value() if isinstance(out, BaseException) else out for out in outs]
 
     # ---------------------------------------------------------------------- openpi WebSocket
     async def websocket(self, ws: WebSocket) -> None:
@@ -321,7 +276,7 @@ class PolicyRoutes:
         `ws` has Starlette's WebSocket methods (`receive_bytes` raising WebSocketDisconnect,
         `send_bytes`, `send_text`, `close`); the replica's own listener adapts its connections to them.
         """
-        await ws.send_bytes(msgpack_numpy.packb(_jsonable(await self._metadata(name))))
+        await ws.send_bytes(msgpack_numpy.packb(jsonable(await self._metadata(name))))
         prev_total_ms: float | None = None
         while True:
             try:
@@ -334,7 +289,7 @@ class PolicyRoutes:
                 if len(data) > self.max_request_bytes:
                     raise WireFormatError(f"frame of {len(data)} bytes exceeds the limit of {self.max_request_bytes}")
                 obs = msgpack_numpy.unpackb(data)
-                adapter = _adapter_name(obs.pop("adapter", None)) if isinstance(obs, dict) else None
+                adapter = check_adapter_name(obs.pop("adapter", None)) if isinstance(obs, dict) else None
                 infer_start = time.perf_counter()
                 out = await self._infer_one(name, obs, adapter)
                 timing = dict(out.get(SERVER_TIMING_KEY, {}))
@@ -355,14 +310,14 @@ class PolicyRoutes:
         """Sends the error's text frame; True if the session goes on. Overloaded (503: the queue is
         full) is transient: the frame starts with OVERLOADED_FRAME_PREFIX and the client may send
         again on the same session. Anything else ends it with close 1011 (openpi's convention)."""
-        status, message = _classify(exc)
-        if status == 500:  # the traceback goes to the replica's log: it names files of this host
+        refusal = refusal_of(exc)
+        if refusal.status == 500:  # the traceback goes to the replica's log: it names files of this host
             traceback.print_exc()
         try:
-            if status == OVERLOADED_STATUS:
-                await ws.send_text(OVERLOADED_FRAME_PREFIX + message)
+            if refusal.status == OVERLOADED_STATUS:
+                await ws.send_text(OVERLOADED_FRAME_PREFIX + str(refusal))
                 return True
-            await ws.send_text(message)
+            await ws.send_text(str(refusal))
             await ws.close(code=1011, reason="Internal server error")
         except Exception:  # noqa: BLE001 - the client may already be gone
             pass
@@ -379,13 +334,13 @@ class PolicyRoutes:
             obs: dict[str, Any] = {k: from_tensor(t, k) for k, t in request.observation.items()}
             if request.prompt:
                 obs[PROMPT_KEY] = request.prompt
-            out = await self._infer_one(request.policy, obs, _adapter_name(request.adapter))
+            out = await self._infer_one(request.policy, obs, check_adapter_name(request.adapter))
             return policy_pb2.InferResponse(
                 actions=to_tensor(np.asarray(out[ACTIONS_KEY], dtype=np.float32), policy_pb2.Tensor),
                 server_timing={k: float(v) for k, v in out.get(SERVER_TIMING_KEY, {}).items()},
             )
         except Exception as exc:  # noqa: BLE001 - mapped to a gRPC status for this caller
-            _grpc_refuse(grpc_context, *_classify(exc))
+            _grpc_refuse(grpc_context, refusal_of(exc))
             return policy_pb2.InferResponse()
 
     async def Metadata(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802 - RPC name
@@ -394,9 +349,9 @@ class PolicyRoutes:
         if not self._check_grpc_auth(grpc_context):
             return policy_pb2.MetadataResponse()
         try:
-            return policy_pb2.MetadataResponse(json=json.dumps(_jsonable(await self._metadata(request.policy))))
+            return policy_pb2.MetadataResponse(json=json.dumps(jsonable(await self._metadata(request.policy))))
         except RequestError as exc:
-            _grpc_refuse(grpc_context, exc.status, str(exc))
+            _grpc_refuse(grpc_context, exc)
             return policy_pb2.MetadataResponse()
 
 
@@ -405,7 +360,7 @@ class Gateway(PolicyRoutes):
     """Ingress deployment without a policy of its own: `policies` maps names to bound deployments."""
 
     def __init__(self, policies: dict[str, Any], api_key: str | None = None,
-                 max_request_bytes: int = MAX_REQUEST_BYTES, ws_policy: WebSocketPolicy | None = None):
+                 max_request_bytes: int = MAX_MESSAGE_BYTES, ws_policy: WebSocketPolicy | None = None):
         self._init_routes(policies, api_key, max_request_bytes, ws_policy)
         self._publish_key(api_key)
 
@@ -416,7 +371,7 @@ class PolicyIngress(PolicyReplica, PolicyRoutes):
     it also serves openpi's WebSocket protocol itself (`direct_ws`), beside Serve's proxy."""
 
     async def __init__(self, policy: str, *, others: dict[str, Any] | None = None, api_key: str | None = None,
-                       max_request_bytes: int = MAX_REQUEST_BYTES, ws_port: int | None = None,
+                       max_request_bytes: int = MAX_MESSAGE_BYTES, ws_port: int | None = None,
                        ws_host: str = "127.0.0.1", ws_policy: WebSocketPolicy | None = None,
                        **replica_kwargs: Any):
         PolicyReplica.__init__(self, policy, **replica_kwargs)

@@ -35,9 +35,10 @@ from gauntlet.deployments.batcher import (
     QueueFull,
     check_limits,
 )
+from gauntlet.deployments.error_values import error_value
 from gauntlet.deployments.replica_stats import ReplicaStats
 from gauntlet.keys import ACTIONS_KEY, EPISODE_CALLS_KEY, SERVER_TIMING_KEY
-from gauntlet.policies.base import stack_observations
+from gauntlet.policies.base import CountsCompiles, ServesAdapters, WarmsUp, stack_observations
 from gauntlet.policies.validation import ObservationError, validate_observation
 
 # Serve's own default max_ongoing_requests (5) would silently cap every batch at 5; the deployment
@@ -53,10 +54,6 @@ REPLICA_ENV_VARS = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
 
 class AdapterLoadError(RuntimeError):
     """An adapter that exists but cannot be loaded; the message names it, never its host path."""
-
-
-def error_value(kind: str, status: int, message: str, **extra: Any) -> dict[str, Any]:
-    return {"error": message, "status": status, "kind": kind, **extra}
 
 
 class PolicyError(RuntimeError):
@@ -89,10 +86,9 @@ class _AdapterRef:
         self.batcher = batcher
 
     def _unload(self) -> None:
-        unload = getattr(self.policy, "remove_adapter", None)
-        if unload is not None:
+        if isinstance(self.policy, ServesAdapters):
             try:
-                unload(self.name)
+                self.policy.remove_adapter(self.name)
             except Exception:  # noqa: BLE001 - eviction must never take the replica down
                 pass
 
@@ -125,9 +121,8 @@ class PolicyReplica:
     # ---------------------------------------------------------------------- configuration
     def _warm(self, max_batch_size: int) -> None:
         """Compiles every bucket up to `max_batch_size`, so no request ever waits on a compile."""
-        warmup = getattr(self.policy, "warmup", None)
-        if warmup is not None and max_batch_size > self._warm_buckets:
-            warmup(max_batch_size)
+        if isinstance(self.policy, WarmsUp) and max_batch_size > self._warm_buckets:
+            self.policy.warmup(max_batch_size)
             self._warm_buckets = max_batch_size
 
     @property
@@ -162,7 +157,7 @@ class PolicyReplica:
         snap["max_queued"] = self.batcher.max_queued
         snap["queued"] = self.batcher.queued  # waiting behind the running batch right now
         # JAX policies: compilations so far. Flat after start-up means no request waited on one.
-        snap["compile_count"] = int(getattr(self.policy, "compile_count", 0))
+        snap["compile_count"] = int(self.policy.compile_count) if isinstance(self.policy, CountsCompiles) else 0
         return snap
 
     def reset_stats(self) -> None:
@@ -171,9 +166,9 @@ class PolicyReplica:
     @serve.multiplexed(max_num_models_per_replica=8)
     async def _load_adapter(self, adapter: str) -> _AdapterRef:
         """Loads the adapter of canonical name `adapter` (one multiplex slot per canonical name)."""
-        loader = getattr(self.policy, "load_adapter", None)
-        if loader is None:
+        if not isinstance(self.policy, ServesAdapters):
             raise UnknownAdapterError(adapter, [])
+        loader = self.policy.load_adapter
         name, path = resolve_adapter(self.adapters_dir, adapter)
         stamp = _newest_mtime(path)
         failed = self._broken_adapters.get(name)

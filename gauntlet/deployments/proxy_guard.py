@@ -32,6 +32,7 @@ import time
 from typing import Any
 
 from gauntlet.deployments.auth import REFUSAL, SCHEME
+from gauntlet.deployments.error_values import UNAUTHORIZED_KIND, error_value
 
 KV_NAMESPACE = "gauntlet"
 KV_PREFIX = b"serve-key/"  # + "<app>/<replica id>" -> hex SHA-256 of "Api-Key KEY"
@@ -138,7 +139,7 @@ def guard_system_routes() -> None:
                 return
             await info.response_generator.aclose()
             if not grpc_proxy:
-                for message in convert_object_to_asgi_messages({"error": REFUSAL}, status_code=401):
+                for message in convert_object_to_asgi_messages(error_value(UNAUTHORIZED_KIND, 401, REFUSAL), status_code=401):
                     yield message
             yield refusal(grpc_proxy)
 

@@ -20,6 +20,7 @@ from gauntlet.deployments.ws_guard import (
     INGRESS_OTHER_SLOTS,
     WebSocketPolicy,
 )
+from gauntlet.policies.registry import families_help
 from gauntlet.runtime.config_args import option, parse_config, require_at_least, run_command
 
 
@@ -27,7 +28,7 @@ from gauntlet.runtime.config_args import option, parse_config, require_at_least,
 class ServeCLIConfig:
     """Serves one or more policies until interrupted (uses RAY_ADDRESS if set, else a local Ray)."""
 
-    policy: tuple[str, ...] = option(help="NAME[=CHECKPOINT], repeatable: random, scripted, bc_rnn, vla")
+    policy: tuple[str, ...] = option(help=lambda: f"NAME[=CHECKPOINT], repeatable; NAME one of: {families_help()}")
     host: str = option("127.0.0.1", help="HTTP bind address (use 0.0.0.0 only on a trusted network)")
     http_port: int = option(8000, help="HTTP/WebSocket port")
     grpc_port: int = option(9000, help="gRPC port (0 disables gRPC)")
@@ -54,7 +55,8 @@ class ServeCLIConfig:
     replicas: int = option(1, help="replicas per policy")
     num_gpus: float = option(0.0, help="GPUs per replica")
     vla_size: str = option("tiny", help="VLA preset when no checkpoint is given")
-    adapters_dir: str | None = option(None, help="directory of LoRA adapters served by name (vla)")
+    adapters_dir: str | None = option(None, help=lambda: "directory of LoRA adapters served by name (for "
+                                      f"{families_help(lambda f: f.serves_adapters, summaries=False)})")
     api_key: str | None = option(None, help="require `Authorization: Api-Key KEY` on every protocol; visible in the "
                                             "process list, so prefer --api-key-file or GAUNTLET_API_KEY")
     api_key_file: str | None = option(None, help="read the API key from this file's first line")
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     from gauntlet.deployments.app import DeployFailed
 
     cfg = parse_config(ServeCLIConfig, argv, prog="gauntlet serve", description=ServeCLIConfig.__doc__)
-    # ValueError: a policy name or checkpoint that cannot be served (UnknownPolicyError, ...);
+    # ValueError: a policy name or checkpoint that cannot be served (UnknownNameError, ...);
     # DeployFailed: Serve could not start the app (e.g. a --ws-port that another process holds).
     return run_command("gauntlet serve", lambda: serve_until_interrupted(cfg), {ValueError: 2, DeployFailed: 1})
 

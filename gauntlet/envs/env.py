@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from gauntlet.envs.errors import UnknownTaskError
 from gauntlet.envs.fingerprint import fingerprint_of
 from gauntlet.envs.rendering import configure_gl, egl_device_id
 from gauntlet.envs.rotations import quat_wxyz_to_xyzw, quat_xyzw_to_axis_angle
 from gauntlet.envs.sim_state import capture_state, restore_state
 from gauntlet.envs.tasks import TaskSpec, check_variant, get_task
 from gauntlet.keys import ACTION_DIM, OBJECT_STATE_KEY, PROMPT_KEY, ROBOSUITE_CAMERAS, STATE_KEY
+from gauntlet.runtime.registry import UnknownNameError
 
 configure_gl()
 
@@ -67,7 +67,7 @@ class EnvConfig:
             raise ValueError(f"image_size must be in [8, 1024], got {self.image_size}")
         for cam in self.cameras:
             if cam not in CAMERA_KEYS:
-                raise UnknownTaskError("camera", cam, sorted(CAMERA_KEYS))
+                raise UnknownNameError("camera", cam, sorted(CAMERA_KEYS))
         if self.control_freq <= 0:
             raise ValueError(f"control_freq must be positive, got {self.control_freq}")
 

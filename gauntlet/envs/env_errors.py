@@ -1,17 +1,12 @@
-"""Typed errors of the env layer. Each says what went wrong and what to do about it."""
+"""Typed errors of the env layer (the simulator and scene databases, not the errors injected into
+episodes). Each says what went wrong and what to do about it. An unknown task, variant, error type
+or camera is a `gauntlet.runtime.registry.UnknownNameError`."""
 
 from __future__ import annotations
 
 
 class GauntletEnvError(Exception):
     """Base class for env-layer errors."""
-
-
-class UnknownTaskError(GauntletEnvError, ValueError):
-    def __init__(self, field: str, value: str, known: list[str]):
-        super().__init__(f"unknown {field} {value!r}; known: {', '.join(known)}")
-        self.field = field
-        self.value = value
 
 
 class EnvironmentMismatchError(GauntletEnvError):

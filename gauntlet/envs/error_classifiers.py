@@ -18,6 +18,7 @@ from collections.abc import Callable
 import numpy as np
 
 from gauntlet.envs.injectors import NOMINAL
+from gauntlet.runtime.registry import Registry
 
 Signals = dict[str, np.ndarray]  # signal name (trajectory.SIGNALS) -> (T, ...) frames
 
@@ -114,8 +115,8 @@ def classify_command(traj: dict[str, np.ndarray]) -> str:
     return NOMINAL
 
 
-CLASSIFIERS: dict[str, Callable[[dict[str, np.ndarray]], str]] = {
-    "motion": classify_motion,
-    "grasp": classify_grasp,
-    "command": classify_command,
-}
+# label column -> classifier, in the order the scene table's label columns are written
+CLASSIFIERS: Registry[Callable[[dict[str, np.ndarray]], str]] = Registry("error classifier")
+CLASSIFIERS.register("motion", classify_motion)
+CLASSIFIERS.register("grasp", classify_grasp)
+CLASSIFIERS.register("command", classify_command)

@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gauntlet.envs.errors import UnknownTaskError
 from gauntlet.envs.rotations import quat_mul_wxyz, yaw_quat_wxyz
 from gauntlet.keys import ACTION_DIM
+from gauntlet.runtime.registry import Registry, UnknownNameError
 
 if TYPE_CHECKING:
     from gauntlet.envs.env import GauntletEnv
@@ -68,7 +68,7 @@ class InjectorSpec:
         return self.tasks is None or task in self.tasks
 
 
-SPECS: dict[str, InjectorSpec] = {}  # error type -> spec, in declaration order
+SPECS: Registry[InjectorSpec] = Registry("error type")  # in declaration order
 
 
 def injector(name: str, category: str, phases: tuple[str, ...], magnitude_range: tuple[float, float],
@@ -77,11 +77,10 @@ def injector(name: str, category: str, phases: tuple[str, ...], magnitude_range:
     """Registers the decorated apply function as error type `name` (see `InjectorSpec`)."""
 
     def register(apply: ApplyFn) -> ApplyFn:
-        if name in SPECS:
-            raise ValueError(f"error type {name!r} is declared twice")
-        SPECS[name] = InjectorSpec(name=name, category=category, phases=phases, magnitude_range=magnitude_range,
-                                   magnitude_unit=magnitude_unit, settle_steps=settle_steps, apply=apply,
-                                   tasks=tasks, description=description)
+        SPECS.register(name, InjectorSpec(name=name, category=category, phases=phases,
+                                          magnitude_range=magnitude_range, magnitude_unit=magnitude_unit,
+                                          settle_steps=settle_steps, apply=apply, tasks=tasks,
+                                          description=description))
         return apply
 
     return register
@@ -208,11 +207,8 @@ ERROR_TYPES = tuple(SPECS)
 
 # ------------------------------------------------------------------------------------- use
 def get_spec(error_type: str) -> InjectorSpec:
-    """The spec of `error_type`, or an `UnknownTaskError` that lists the known error types."""
-    try:
-        return SPECS[error_type]
-    except KeyError:
-        raise UnknownTaskError("error type", error_type, list(SPECS)) from None
+    """The spec of `error_type`, or an `UnknownNameError` that lists the known error types."""
+    return SPECS.lookup(error_type)
 
 
 def apply_injection(env: GauntletEnv, error_type: str, rng: np.random.Generator,
@@ -220,7 +216,7 @@ def apply_injection(env: GauntletEnv, error_type: str, rng: np.random.Generator,
     """Applies one error to `env` now; returns the parameters used (JSON-serialisable)."""
     spec = get_spec(error_type)
     if not spec.applies_to(env.spec.name):
-        raise UnknownTaskError(f"task for error type {error_type}", env.spec.name, list(spec.tasks or ()))
+        raise UnknownNameError(f"task for error type {error_type}", env.spec.name, spec.tasks or ())
     lo, hi = spec.magnitude_range
     mag = float(rng.uniform(lo, hi) if magnitude is None else magnitude)
     params: dict[str, Any] = {"magnitude": mag, "magnitude_unit": spec.magnitude_unit}

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from gauntlet.envs.env import EnvConfig, GauntletEnv
-from gauntlet.envs.errors import GauntletEnvError
+from gauntlet.envs.env_errors import GauntletEnvError
 from gauntlet.envs.scene_db import SceneDB, SceneDBError
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gauntlet import __version__
-from gauntlet.envs.errors import EnvironmentMismatchError, GauntletEnvError
+from gauntlet.envs.env_errors import EnvironmentMismatchError, GauntletEnvError
 from gauntlet.envs.injectors import NOMINAL
 from gauntlet.runtime.atomic_files import atomic_write
 from gauntlet.runtime.manifests import read_json, write_json

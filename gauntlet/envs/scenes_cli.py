@@ -9,11 +9,11 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
 
-from gauntlet.envs.errors import GauntletEnvError
+from gauntlet.envs.env_errors import GauntletEnvError
 from gauntlet.envs.injectors import ERROR_TYPES, NOMINAL, SPECS, get_spec
 from gauntlet.envs.scene_db import SceneDB
 from gauntlet.envs.tasks import TASKS, VARIANTS, check_variant, get_task
-from gauntlet.runtime.config_args import as_tuple, option, parse_config
+from gauntlet.runtime.config_args import as_tuple, option, parse_config, require_at_least, run_command
 from gauntlet.runtime.progress import Progress
 
 ALL_TASKS = tuple(TASKS)
@@ -56,10 +56,7 @@ class GenerateConfig:
             raise ValueError("tasks and variants must not be empty")
         if not self.error_types:
             raise ValueError("error_types must not be empty")
-        if self.per_combo < 1:
-            raise ValueError(f"per_combo must be >= 1, got {self.per_combo}")
-        if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        require_at_least(self, 1, "per_combo", "workers")
 
     @property
     def task_list(self) -> tuple[str, ...]:
@@ -179,33 +176,33 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     verb, rest = argv[0], argv[1:]
     cfg = parse_config(verbs[verb], rest, prog=f"gauntlet scenes {verb}", description=verbs[verb].__doc__)
-    try:
-        if isinstance(cfg, GenerateConfig):
-            summary = generate(cfg)
-            return 0 if summary["written"] or not summary["failed"] else 1
-        db = SceneDB.open(cfg.db)
-        if isinstance(cfg, CheckConfig):
-            from gauntlet.envs.scene_check import check_report
+    return run_command(f"gauntlet scenes {verb}", lambda: _run_verb(cfg), {GauntletEnvError: 1})
 
-            if len(db) == 0:
-                print(f"gauntlet scenes check: {db.table_path}: the database is empty", file=sys.stderr, flush=True)
-                return 1
-            report = check_report(db)
-            if cfg.json:
-                print(json.dumps(report, indent=2), flush=True)
-            else:
-                print_check(report)
-            return 0
-        row = db.row(cfg.scene_id)
-        row["injection_params"] = json.loads(row["injection_params"])
-        row["env_config"] = json.loads(row["env_config"])
-        if cfg.arrays:
-            row["arrays"] = {k: list(v.shape) for k, v in db.load_arrays(cfg.scene_id).items()}
-        print(json.dumps(row, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o)), flush=True)
+
+def _run_verb(cfg: GenerateConfig | CheckConfig | ShowConfig) -> int:
+    """One verb's work; its exit status (a failed generation, an empty database: 1)."""
+    if isinstance(cfg, GenerateConfig):
+        summary = generate(cfg)
+        return 0 if summary["written"] or not summary["failed"] else 1
+    db = SceneDB.open(cfg.db)
+    if isinstance(cfg, CheckConfig):
+        from gauntlet.envs.scene_check import check_report
+
+        if len(db) == 0:
+            raise GauntletEnvError(f"{db.table_path}: the database is empty")
+        report = check_report(db)
+        if cfg.json:
+            print(json.dumps(report, indent=2), flush=True)
+        else:
+            print_check(report)
         return 0
-    except GauntletEnvError as exc:
-        print(f"gauntlet scenes {verb}: {exc}", file=sys.stderr, flush=True)
-        return 1
+    row = db.row(cfg.scene_id)
+    row["injection_params"] = json.loads(row["injection_params"])
+    row["env_config"] = json.loads(row["env_config"])
+    if cfg.arrays:
+        row["arrays"] = {k: list(v.shape) for k, v in db.load_arrays(cfg.scene_id).items()}
+    print(json.dumps(row, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o)), flush=True)
+    return 0
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from gauntlet.runtime.config_args import run_command
+
 # (words, module, one-line summary): the one list of sub-commands; `gauntlet --help` and dispatch read it.
 COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("demo",), "gauntlet.platform.demo", "run the main job on an embedded local Ray"),
@@ -39,8 +41,12 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+class UnknownCommandError(ValueError):
+    """Words that name no sub-command; the message lists them all."""
+
+
+def _dispatch(argv: list[str]) -> int:
+    """Runs the sub-command `argv` starts with; its exit status."""
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage(), flush=True)
         return 0
@@ -52,8 +58,12 @@ def main(argv: list[str] | None = None) -> int:
             if len(words) > 1 and words[0] == "scenes":
                 rest = [words[1], *rest]  # scenes_cli dispatches its own verbs
             return int(mod.main(rest) or 0)
-    print(f"gauntlet: unknown command {' '.join(argv[:2])!r}\n\n{_usage()}", file=sys.stderr, flush=True)
-    return 2
+    raise UnknownCommandError(f"unknown command {' '.join(argv[:2])!r}\n\n{_usage()}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run_command("gauntlet", lambda: _dispatch(argv), {UnknownCommandError: 2})
 
 
 if __name__ == "__main__":

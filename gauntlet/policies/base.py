@@ -95,6 +95,40 @@ class Policy(Protocol):
         ...
 
 
+# ---------------------------------------------------------------------------------------------
+# Serving: optional abilities the replica uses when a policy has them (checked with isinstance).
+
+
+@runtime_checkable
+class WarmsUp(Protocol):
+    """Compiles ahead of traffic, so that no request waits on a compile (JAX policies)."""
+
+    def warmup(self, max_batch_size: int | None = None) -> Any:
+        """Compiles every batch bucket up to `max_batch_size`."""
+        ...
+
+
+@runtime_checkable
+class ServesAdapters(Protocol):
+    """Serves LoRA adapters by name on one base: `infer(batch, adapter=name)` once loaded."""
+
+    def load_adapter(self, name: str, adapter_dir: Any) -> None:
+        """Loads the adapter checkpoint in `adapter_dir` under `name`."""
+        ...
+
+    def remove_adapter(self, name: str) -> None:
+        """Unloads `name` (no error when it is not loaded)."""
+        ...
+
+
+@runtime_checkable
+class CountsCompiles(Protocol):
+    """Says how many executables it has compiled: flat after start-up means no request waited on one."""
+
+    @property
+    def compile_count(self) -> int: ...
+
+
 def state_spec(privileged: bool = False, object_state_dim: int | None = None) -> dict[str, FieldSpec]:
     spec = {STATE_KEY: FieldSpec((STATE_DIM,), "float32"), PROMPT_KEY: FieldSpec((), "str")}
     if privileged:

@@ -37,15 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from gauntlet.deployments.grpc_bind import MAX_REQUEST_BYTES
 from gauntlet.deployments.ws_guard import DEFAULT_PORTS, OVERLOADED_FRAME_PREFIX
-from gauntlet.keys import ACTIONS_KEY, EPISODE_ID_KEY, PROMPT_KEY
+from gauntlet.keys import ACTIONS_KEY, EPISODE_ID_KEY, MAX_MESSAGE_BYTES, PROMPT_KEY
 from gauntlet.policies import msgpack_numpy
 from gauntlet.policies.base import PolicyMetadata
 
-# Largest message read from a server (an answer is one action chunk, the metadata a small map): the
-# same bound Gauntlet's servers put on what they read.
-MAX_REPLY_BYTES = MAX_REQUEST_BYTES
 # The request header Serve's proxy (Ray 2.60) turns into the request's Serve session id: Ray's
 # default for RAY_SERVE_SESSION_ID_HEADER_KEY, which Gauntlet's servers leave unset.
 SESSION_HEADER = "x-session-id"
@@ -179,7 +175,7 @@ class RemotePolicy:
     an answer, never retried."""
 
     def __init__(self, url: str, api_key: str | None = None, timeout_s: float = 60.0,
-                 connect_retry_s: float = 0.0, max_reply_bytes: int = MAX_REPLY_BYTES):
+                 connect_retry_s: float = 0.0, max_reply_bytes: int = MAX_MESSAGE_BYTES):
         self.url = url.rstrip("/")
         self.api_key = api_key
         self.timeout_s = timeout_s

@@ -26,7 +26,7 @@ T = TypeVar("T")
 
 def option(
     default: Any = dataclasses.MISSING,
-    help: str = "",
+    help: str | Callable[[], str] = "",
     *,
     flag: str | None = None,
     aliases: tuple[str, ...] = (),
@@ -37,7 +37,8 @@ def option(
 ) -> Any:
     """A dataclass field that documents itself on the command line.
 
-    `flag` overrides the derived `--field-name`; `aliases` keep old spellings working;
+    `help` may be a function, called when `--help` is built (text derived from a registry that
+    plugins extend); `flag` overrides the derived `--field-name`; `aliases` keep old spellings working;
     `positional` makes it a positional argument; `split_commas=False` keeps commas inside list items.
     """
     meta = {"help": help, "flag": flag, "aliases": aliases, "positional": positional, "choices": choices,
@@ -72,6 +73,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None
         )
         help_text = meta.get("help", "")
+        help_text = help_text() if callable(help_text) else help_text
         if is_seq:
             help_text = f"{help_text} [list: {'a,b or ' if meta.get('split_commas', True) else ''}a b]"
             if meta.get("choices"):

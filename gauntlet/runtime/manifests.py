@@ -72,6 +72,20 @@ def read_manifest(path: str | Path, *, format_name: str, versions: tuple[int, ..
     return body
 
 
+def jsonable(value: Any) -> Any:
+    """`value` with NumPy arrays as lists, NumPy scalars as numbers, tuples as lists and keys as
+    strings, so `json.dumps` takes it (anything else unknown becomes its `str`)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "tolist"):
+        return value.tolist()  # NumPy arrays and scalars, without importing NumPy here
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
 def _json_default(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()  # NumPy scalars

@@ -191,11 +191,11 @@ def test_a_rollout_source_backs_off_and_resends_what_a_full_queue_refused(gated)
     before = _overloaded_count(handle)
 
     async def round_of_three() -> list[np.ndarray]:
-        return list(await asyncio.gather(*(source.infer_async(OBS) for _ in range(3))))
+        return list(await asyncio.gather(*(source.next_chunk_async(OBS) for _ in range(3))))
 
     with cf.ThreadPoolExecutor(2) as pool:
         rounds = pool.submit(asyncio.run, round_of_three())
-        blocking = pool.submit(source.infer, OBS)
+        blocking = pool.submit(source.next_chunk, OBS)
         # Refused at least twice each (the group of three, the blocking call): they came back after a backoff.
         _until(lambda: _overloaded_count(handle) - before >= 2 * (3 + 1), "the sources to retry")
         assert not rounds.done() and not blocking.done()

@@ -13,8 +13,8 @@ import yaml
 from gauntlet.deployments.app import SERVE_RUNTIME_ENV_FILE, app_from_args
 from gauntlet.deployments.grpc_bind import runtime_env
 from gauntlet.deployments.serve_cli import ServeCLIConfig, serving_specs
-from gauntlet.policies.registry import UnknownPolicyError
 from gauntlet.runtime.config_args import parse_config
+from gauntlet.runtime.registry import UnknownNameError
 
 CONFIG = Path(__file__).resolve().parents[2] / "gauntlet" / "deployments" / "serve_config.yaml"
 
@@ -39,7 +39,7 @@ def test_serve_flags_are_checked() -> None:
     assert specs[0].max_ongoing_requests >= 2 * 8  # never Serve's silent default of 5
     with pytest.raises(SystemExit):
         parse_config(ServeCLIConfig, ["--policy", "vla", "--max-batch-size", "0"], "p", "d")
-    with pytest.raises(UnknownPolicyError, match="unknown policy 'gpt'"):
+    with pytest.raises(UnknownNameError, match="unknown policy 'gpt'"):
         serving_specs(parse_config(ServeCLIConfig, ["--policy", "gpt"], "p", "d"))
 
 

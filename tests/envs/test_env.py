@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from gauntlet.envs.env import EnvConfig, GauntletEnv, make_env
-from gauntlet.envs.errors import UnknownTaskError
 from gauntlet.envs.fingerprint import canonical_xml, fingerprint_of
 from gauntlet.envs.rotations import quat_xyzw_to_axis_angle
 from gauntlet.envs.tasks import TASKS
+from gauntlet.runtime.registry import UnknownNameError
 
 
 @pytest.fixture(scope="module")
@@ -172,9 +172,9 @@ def test_fingerprint_ignores_install_paths_but_not_physics() -> None:
 
 
 def test_unknown_task_variant_and_bad_actions_are_rejected(lift: GauntletEnv) -> None:
-    with pytest.raises(UnknownTaskError, match="unknown task 'juggle'"):
+    with pytest.raises(UnknownNameError, match="unknown task 'juggle'"):
         make_env("juggle")
-    with pytest.raises(UnknownTaskError, match="unknown variant 'D7'"):
+    with pytest.raises(UnknownNameError, match="unknown variant 'D7'"):
         make_env("lift", "D7")
     with pytest.raises(ValueError, match="7 values"):
         lift.step(np.zeros(6))

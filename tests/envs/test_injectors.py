@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from gauntlet.envs.env import GauntletEnv, make_env
-from gauntlet.envs.errors import UnknownTaskError
 from gauntlet.envs.experts import make_expert
 from gauntlet.envs.injectors import SPECS, apply_injection, hold_action
 from gauntlet.envs.tasks import TASKS
 from gauntlet.envs.tasks.scene import is_grasped
+from gauntlet.runtime.registry import UnknownNameError
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def test_target_shift_moves_the_base_cube_and_only_applies_to_stack(lift: Gauntl
     before = stack.object_pose("cubeB_main")[0]
     apply_injection(stack, "target_shift", np.random.default_rng(0), magnitude=0.06)
     assert np.isclose(np.linalg.norm((stack.object_pose("cubeB_main")[0] - before)[:2]), 0.06)
-    with pytest.raises(UnknownTaskError):
+    with pytest.raises(UnknownNameError):
         apply_injection(lift, "target_shift", np.random.default_rng(0))
-    with pytest.raises(UnknownTaskError, match="error type"):
+    with pytest.raises(UnknownNameError, match="error type"):
         apply_injection(lift, "meteor_strike", np.random.default_rng(0))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gauntlet.envs.env import EnvConfig, GauntletEnv, make_env
-from gauntlet.envs.errors import EnvironmentMismatchError
+from gauntlet.envs.env_errors import EnvironmentMismatchError
 from gauntlet.envs.injectors import ERROR_TYPES, NOMINAL, NOMINAL_CATEGORY, SPECS
 from gauntlet.envs.scene_db import SceneDB
 from gauntlet.envs.scenes_cli import GenerateConfig, jobs_for

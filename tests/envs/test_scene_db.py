@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from gauntlet.envs.env import EnvConfig, GauntletEnv, make_env
-from gauntlet.envs.errors import EnvironmentMismatchError
+from gauntlet.envs.env_errors import EnvironmentMismatchError
 from gauntlet.envs.scene_db import SCENE_COLUMNS, SceneDB, SceneDBError
 from gauntlet.platform.cli import main as cli
 

@@ -215,9 +215,9 @@ def test_an_overloaded_http_server_is_retried_by_the_rollout_source(recorders) -
 
     server = recorders(route)
     source = RemoteSource(f"{server.base}/v1/policies/x", RemoteOptions(connect_s=30, timeout_s=30))
-    assert source.infer(OBS).shape == (4, 7)
+    assert source.next_chunk(OBS).shape == (4, 7)
     assert [p for _, p, _ in server.seen].count("/v1/policies/x/infer") == 3  # two 503s, then the answer
     busy_for["n"] = -1
     with pytest.raises(RemotePolicyError, match="HTTP 500"):
-        source.infer(OBS)
+        source.next_chunk(OBS)
     assert [p for _, p, _ in server.seen].count("/v1/policies/x/infer") == 4  # a 500 is not retried

@@ -14,40 +14,28 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from gauntlet.envs.errors import UnknownTaskError
 from gauntlet.envs.tasks.spec import PlacementRange, TaskScene, TaskSpec, Waypoints
+from gauntlet.runtime.registry import Registry, UnknownNameError
 
 __all__ = ["TASKS", "VARIANTS", "PlacementRange", "TaskScene", "TaskSpec", "Waypoints", "check_variant",
            "get_task"]
 
 VARIANTS = ("D0", "D1")
-
-
-def _discover() -> dict[str, TaskSpec]:
-    """{name: spec} of the task modules in this package, in module-name order (deterministic)."""
-    found: dict[str, TaskSpec] = {}
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        task = getattr(importlib.import_module(f"{__name__}.{info.name}"), "TASK", None)
-        if isinstance(task, TaskSpec):  # spec.py and scene.py are helpers, not tasks
-            if task.name in found:
-                raise RuntimeError(f"task {task.name!r} is declared twice ({info.name}.py)")
-            found[task.name] = task
-    return found
-
-
-TASKS: dict[str, TaskSpec] = _discover()
+# Every task, registered in module-name order (deterministic) as this package is imported.
+TASKS: Registry[TaskSpec] = Registry("task")
+for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    _task = getattr(importlib.import_module(f"{__name__}.{_info.name}"), "TASK", None)
+    if isinstance(_task, TaskSpec):  # spec.py and scene.py are helpers, not tasks
+        TASKS.register(_task.name, _task)
 
 
 def get_task(name: str) -> TaskSpec:
-    """The spec for `name`, or an `UnknownTaskError` that lists the known tasks."""
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise UnknownTaskError("task", name, sorted(TASKS)) from None
+    """The spec for `name`, or an `UnknownNameError` that lists the known tasks."""
+    return TASKS.lookup(name)
 
 
 def check_variant(variant: str) -> str:
-    """`variant` itself when it is a known placement variant, else an `UnknownTaskError`."""
+    """`variant` itself when it is a known placement variant, else an `UnknownNameError`."""
     if variant not in VARIANTS:
-        raise UnknownTaskError("variant", variant, list(VARIANTS))
+        raise UnknownNameError("variant", variant, VARIANTS)
     return variant

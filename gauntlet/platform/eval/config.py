@@ -8,7 +8,7 @@ from typing import Any
 
 from gauntlet.deployments.batcher import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_BATCH_SIZE
 from gauntlet.keys import ACTION_DIM
-from gauntlet.runtime.config_args import as_tuple, option
+from gauntlet.runtime.config_args import as_tuple, option, require_at_least
 from gauntlet.runtime.tracking import REPORT_TO, REPORT_TO_HELP
 
 # EvalConfig fields that select scenes -> the scene metadata column each one filters
@@ -25,18 +25,24 @@ class EvalRunError(RuntimeError):
     `--resume` continues once the cause is fixed."""
 
 
+def _policy_help() -> str:
+    """`--policy`'s help, listing the policy families registered when `--help` is built."""
+    from gauntlet.policies.registry import families_help
+
+    return (f"NAME[=CHECKPOINT] with NAME one of: {families_help()}. Deployed on Serve by this job, except "
+            f"{families_help(lambda f: f.local_by_default, summaries=False)}, which run in-process in the rollout "
+            "actors; deploy=NAME[=CHECKPOINT] deploys any policy on Serve, e.g. deploy=scripted; "
+            "NAME=BASE@ADAPTER_DIR for a LoRA adapter on that base "
+            f"({families_help(lambda f: f.serves_adapters, summaries=False)}); remote=URL (an openpi-protocol ws:// "
+            "or http:// server; see --remote-*), or serve=NAME (an already running `gauntlet serve` app); repeatable")
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """Evaluates policies over a scene database on Ray (RAY_ADDRESS, else an embedded local Ray)."""
 
     scenes: str = option(help="scene database directory")
-    policy: tuple[str, ...] = option(help="NAME[=CHECKPOINT] (deployed on Serve by this job, except scripted and "
-                                          "random, which run in-process in the rollout actors; "
-                                          "deploy=NAME[=CHECKPOINT] deploys any policy on Serve, e.g. "
-                                          "deploy=scripted; vla=BASE@ADAPTER_DIR "
-                                          "for a LoRA adapter on that base), "
-                                          "remote=URL (an openpi-protocol ws:// or http:// server; see --remote-*), or serve=NAME "
-                                          "(an already running `gauntlet serve` app); repeatable")
+    policy: tuple[str, ...] = option(help=_policy_help)
     out: str = option(help="run directory (results, status, report)")
     trials: int = option(1, help="trials per scene and policy")
     actors: int = option(2, help="rollout actors")
@@ -125,15 +131,9 @@ class EvalConfig:
         for name in ("replan_steps", "policy_tasks", "video_cameras", "video_tasks", "video_error_types"):
             object.__setattr__(self, name, as_tuple(getattr(self, name)))
         self._check_video()
-        for name in ("trials", "actors", "envs_per_actor", "horizon", "write_every", "remote_image_size",
-                     "max_attempts", "start_attempts"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("remote_action_dim", "remote_chunk_len"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.actor_gpus < 0:
-            raise ValueError(f"actor_gpus must be >= 0, got {self.actor_gpus}")
+        require_at_least(self, 1, "trials", "actors", "envs_per_actor", "horizon", "write_every",
+                         "remote_image_size", "max_attempts", "start_attempts")
+        require_at_least(self, 0, "remote_action_dim", "remote_chunk_len", "actor_gpus")
         for name in ("remote_connect_s", "remote_timeout_s", "start_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -143,12 +143,10 @@ class EvalConfig:
     def _check_video(self) -> None:
         from gauntlet.keys import ROBOSUITE_CAMERAS
 
-        if self.record_video < 0:
-            raise ValueError(f"record_video must be >= 0, got {self.record_video}")
+        require_at_least(self, 0, "record_video")
         if self.video_size % 2 or not 16 <= self.video_size <= 1024:
             raise ValueError(f"video_size must be even and in [16, 1024], got {self.video_size}")
-        if self.video_stride < 1:
-            raise ValueError(f"video_stride must be >= 1, got {self.video_stride}")
+        require_at_least(self, 1, "video_stride")
         unknown = [c for c in self.video_cameras if c not in ROBOSUITE_CAMERAS]
         if unknown or not self.video_cameras:
             raise ValueError(f"video_cameras: unknown {unknown}; choose from {', '.join(ROBOSUITE_CAMERAS)}")

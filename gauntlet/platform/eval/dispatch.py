@@ -82,10 +82,14 @@ class Dispatcher:
 
     def _new_actor(self) -> Any:
         from gauntlet.platform.eval.rollout_actor import RolloutActor
+        from gauntlet.policies.registry import plugin_env_vars
 
         resources = {self.cfg.actor_resource: 1} if self.cfg.actor_resource else None
+        # Plugin policy families go with the actors, which build local policies themselves (Ray merges
+        # these env_vars with the job's).
+        plugins = {"runtime_env": {"env_vars": plugin_env_vars()}} if plugin_env_vars() else {}
         return RolloutActor.options(num_cpus=self.cfg.actor_cpus, num_gpus=self.cfg.actor_gpus, max_restarts=0,
-                                    resources=resources).remote(
+                                    resources=resources, **plugins).remote(
             str(Path(self.cfg.scenes).resolve()), self.targets, self.scenes, self.version, self.cfg.envs_per_actor)
 
     def _start(self, slot: int) -> None:

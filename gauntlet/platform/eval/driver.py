@@ -29,7 +29,7 @@ from gauntlet.platform.eval.status import RUN_MANIFEST, StatusLine, policy_outco
 from gauntlet.platform.eval.targets import PolicyTarget, policy_targets, policy_tasks
 from gauntlet.platform.eval.video import mark_recorded
 from gauntlet.runtime.atomic_files import DirLock, DirLockedError
-from gauntlet.runtime.config_args import parse_config
+from gauntlet.runtime.config_args import parse_config, run_command
 from gauntlet.runtime.tracking import open_tracker
 
 if TYPE_CHECKING:
@@ -290,19 +290,23 @@ def _undeploy() -> None:
         print(f"[eval] could not delete Serve app {EVAL_APP!r}: {exc}", file=sys.stderr, flush=True)
 
 
+class UnusableResultsError(RuntimeError):
+    """The run finished but some policy's results cannot be used (its PROBLEM lines say why)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(EvalConfig, argv, prog="gauntlet eval", description=EvalConfig.__doc__)
-    try:
+
+    def work() -> None:
         summary = run_eval(cfg)
-    except (EvalConfigError, ValueError, EvalRunError) as exc:  # ValueError: e.g. UnknownPolicyError
-        print(f"gauntlet eval: {exc}", file=sys.stderr, flush=True)
-        return 2
-    print(f"[eval] finished: {json.dumps(summary)}", flush=True)
-    if summary["problems"]:
-        print(f"gauntlet eval: {len(summary['problems'])} policy result(s) unusable; see the PROBLEM lines above "
-              f"and {Path(cfg.out) / 'status.json'}", file=sys.stderr, flush=True)
-        return 1
-    return 0
+        print(f"[eval] finished: {json.dumps(summary)}", flush=True)
+        if summary["problems"]:
+            raise UnusableResultsError(f"{len(summary['problems'])} policy result(s) unusable; see the PROBLEM "
+                                       f"lines above and {Path(cfg.out) / 'status.json'}")
+
+    # ValueError: e.g. an unknown policy name; EvalRunError: the run could not go on.
+    return run_command("gauntlet eval", work, {UnusableResultsError: 1, EvalConfigError: 2, ValueError: 2,
+                                               EvalRunError: 2})
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ One episode loop, two drivers. `Episode` holds everything an episode does (resto
 result row); a driver only decides how to wait for the policy's answer:
 
 - `run_episode`: blocks on `policy.infer` (in-process callers, benchmarks);
-- `run_episode_async`: awaits `policy.infer_async`, so a rollout actor runs several episodes on its
+- `run_episode_async`: awaits `policy.next_chunk_async`, so a rollout actor runs several episodes on its
   one rendering thread and steps whichever env has actions while the others wait for theirs.
 
 A policy with per-episode memory (a recurrent state, the scripted oracle's expert) keeps it in the
@@ -71,10 +71,10 @@ class ChunkSource(Protocol):
     replan_steps: int  # execute this many actions of each chunk, then ask again; 0 = the whole chunk
     pad_images: bool  # resize images keeping their aspect ratio, padded (openpi's clients)
 
-    def infer(self, obs: dict[str, Any]) -> np.ndarray:  # (H, D)
+    def next_chunk(self, obs: dict[str, Any]) -> np.ndarray:  # (H, D): one chunk for one observation
         ...
 
-    async def infer_async(self, obs: dict[str, Any]) -> np.ndarray:  # (H, D); never blocks the event loop
+    async def next_chunk_async(self, obs: dict[str, Any]) -> np.ndarray:  # (H, D); never blocks the event loop
         ...
 
 
@@ -294,12 +294,12 @@ class Episode:
             check_fits(obs, self.policy.vector_shapes, self.scene.get("task", ""))
         return filter_obs(obs, self.policy.spec_keys, self.policy.image_shapes, self.policy.pad_images)
 
-    def sending(self) -> None:
+    def mark_sent(self) -> None:
         """The request leaves now: its latency counts from here."""
         self._asked_at = time.perf_counter()
 
-    def give(self, actions: np.ndarray) -> None:
-        """The policy's answer to the last `request()`: an (H, D) chunk."""
+    def take_chunk(self, actions: np.ndarray) -> None:
+        """Takes the policy's answer to the last `request()`, an (H, D) chunk, as the actions to step."""
         self._latencies_ms.append((time.perf_counter() - self._asked_at) * 1e3)
         # openpi's clients execute only the first `replan_steps` actions, then ask again.
         self._chunk = list(np.asarray(actions, dtype=np.float64))[: self.policy.replan_steps or None]
@@ -343,7 +343,7 @@ class Episode:
 
 
 class _Blocking:
-    """A source seen through `infer_async` that answers with its blocking `infer`."""
+    """A source seen through `next_chunk_async` that answers with its blocking `next_chunk`."""
 
     def __init__(self, source: ChunkSource):
         self._source = source
@@ -351,8 +351,8 @@ class _Blocking:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._source, name)
 
-    async def infer_async(self, obs: dict[str, Any]) -> np.ndarray:
-        return self._source.infer(obs)
+    async def next_chunk_async(self, obs: dict[str, Any]) -> np.ndarray:
+        return self._source.next_chunk(obs)
 
 
 def run_episode(db: SceneDB, envs: EnvCache, item: WorkItem, scene: dict[str, Any], policy: ChunkSource,
@@ -376,13 +376,13 @@ async def run_episode_async(db: SceneDB, envs: EnvCache, item: WorkItem, scene: 
             if episode.wants_chunk:
                 request = episode.request()
                 async with rounds.turn() if rounds is not None else contextlib.nullcontext():
-                    episode.sending()
+                    episode.mark_sent()
                     try:
-                        actions = await policy.infer_async(request)
+                        actions = await policy.next_chunk_async(request)
                     except EpisodeMemoryLost as lost:
                         episode.restart(lost)  # from the scene's start, at the next round
                         continue
-                    episode.give(actions)
+                    episode.take_chunk(actions)
             episode.step()
             # The actor's other episodes take their turn step by step, so an answer that arrived
             # while this one was stepping is taken up within a step, not after this whole chunk.

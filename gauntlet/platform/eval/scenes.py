@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 def select_scenes(cfg: EvalConfig) -> tuple[SceneDB, pd.DataFrame]:
     """(the database, the filtered metadata frame with compatibility columns). Raises EvalConfigError early."""
-    from gauntlet.envs.errors import GauntletEnvError
+    from gauntlet.envs.env_errors import GauntletEnvError
     from gauntlet.envs.scene_check import compatibility
     from gauntlet.envs.scene_db import SceneDB
 

@@ -1,7 +1,7 @@
 """How a rollout actor reaches a policy: a Serve DeploymentHandle, a remote URL, or in-process.
 
 All three present the same `ChunkSource` face to the episode loop, blocking (`infer`) and awaitable
-(`infer_async`, what the rollout actors use to keep several envs' requests in flight). The Serve
+(`next_chunk_async`, what the rollout actors use to keep several envs' requests in flight). The Serve
 client retries while a replica is being restarted, so a replica crash costs latency, not episodes,
 of a policy without per-episode memory.
 
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from gauntlet.deployments.batcher import OVERLOADED_KIND
+from gauntlet.deployments.error_values import is_error_value
 from gauntlet.keys import ACTIONS_KEY, EPISODE_CALLS_KEY, EPISODE_ID_KEY, SIM_STATE_KEY
 from gauntlet.platform.eval.episode import ChunkSource, EpisodeMemoryLost, PolicyUnavailableError
 from gauntlet.platform.eval.openpi import RemoteOptions, check_answer, effective_metadata, remote_contract
@@ -113,7 +114,7 @@ class _RetryBudget:
 def _overloaded(answer: Any) -> bool:
     """The replica's full queue refused the request (HTTP 503's error value): transient, so it is sent
     again after a backoff, never counted as the episode's failure while the retry budget lasts."""
-    return isinstance(answer, dict) and answer.get("kind") == OVERLOADED_KIND
+    return is_error_value(answer) and answer.get("kind") == OVERLOADED_KIND
 
 
 class ServeSource(_SourceBase):
@@ -148,17 +149,17 @@ class ServeSource(_SourceBase):
             time.sleep(budget.next_delay(RuntimeError(out.get("error"))))
 
     def _actions(self, obs: dict[str, Any], out: dict[str, Any]) -> np.ndarray:
-        if "error" in out:
+        if is_error_value(out):
             raise PolicyUnavailableError(f"policy answered an error: {out['error']}")
         actions = np.asarray(out[ACTIONS_KEY])
         if self.episode_calls is not None:
             self.episode_calls.check(obs, out)
         return actions
 
-    def infer(self, obs: dict[str, Any]) -> np.ndarray:
+    def next_chunk(self, obs: dict[str, Any]) -> np.ndarray:
         return self._actions(obs, self._call(lambda: self._infer_handle.infer.remote(obs, self.adapter).result()))
 
-    async def infer_async(self, obs: dict[str, Any]) -> np.ndarray:
+    async def next_chunk_async(self, obs: dict[str, Any]) -> np.ndarray:
         # Requests made in the same event-loop turn (the envs of one round, see request_rounds)
         # leave as one `infer_many` call: one Ray call, and one group in the replica's batcher.
         loop = asyncio.get_running_loop()
@@ -251,7 +252,7 @@ class RemoteSource(_SourceBase):
         # A spec-less (openpi) server gets exactly what openpi's LIBERO client sends, images padded.
         self.pad_images = not self.contract.declared
 
-    def infer(self, obs: dict[str, Any]) -> np.ndarray:
+    def next_chunk(self, obs: dict[str, Any]) -> np.ndarray:
         if not self.contract.declared:
             obs = {k: v for k, v in obs.items() if k in self.contract.spec}
         deadline = time.monotonic() + self.options.connect_s
@@ -268,10 +269,10 @@ class RemoteSource(_SourceBase):
             self.episode_calls.check(obs, answer)
         return actions
 
-    async def infer_async(self, obs: dict[str, Any]) -> np.ndarray:
+    async def next_chunk_async(self, obs: dict[str, Any]) -> np.ndarray:
         # The client blocks on its socket; in a worker thread (each with its own connection, see
         # RemotePolicy) it leaves the event loop free to step the actor's other envs.
-        return await asyncio.to_thread(self.infer, obs)
+        return await asyncio.to_thread(self.next_chunk, obs)
 
 
 class LocalSource(_SourceBase):
@@ -285,14 +286,14 @@ class LocalSource(_SourceBase):
         self._validate = validate_observation
         self._set_metadata(self.policy.metadata)
 
-    def infer(self, obs: dict[str, Any]) -> np.ndarray:
+    def next_chunk(self, obs: dict[str, Any]) -> np.ndarray:
         obs = self._validate(obs, self.policy.metadata.observation_spec)
         return self.policy.infer(stack_observations([obs]))[ACTIONS_KEY][0]
 
-    async def infer_async(self, obs: dict[str, Any]) -> np.ndarray:
+    async def next_chunk_async(self, obs: dict[str, Any]) -> np.ndarray:
         # On the loop's own thread: the policy is cheap, and the scripted oracle steps mirror envs,
         # which belong to the actor's one rendering thread like every other env.
-        return self.infer(obs)
+        return self.next_chunk(obs)
 
 
 def make_source(target: PolicyTarget) -> ChunkSource:

@@ -1,11 +1,12 @@
 """The `--policy` grammar of `gauntlet eval`: each TARGET becomes a PolicyTarget (where an actor finds
 the policy) and, for policies this job deploys, one serving spec per policy name.
 
-    NAME[=CHECKPOINT]        deployed on Serve by this job (app EVAL_APP), except cheap privileged
-                             policies (registry LOCAL_BY_DEFAULT: scripted, random), which run
+    NAME[=CHECKPOINT]        deployed on Serve by this job (app EVAL_APP), except families whose
+                             entry says `local_by_default` (cheap ones: scripted, random), which run
                              in-process in each rollout actor (no network hop, like a serial loop)
     deploy=NAME[=CHECKPOINT] deployed on Serve by this job, whatever the policy (e.g. deploy=scripted)
-    vla=BASE@ADAPTER_DIR     a LoRA adapter on that base, served by the base's deployment
+    NAME=BASE@ADAPTER_DIR    a LoRA adapter on that base, served by the base's deployment (families
+                             that serve adapters, e.g. vla)
     serve=NAME[@ADAPTER]     an already running `gauntlet serve` app (APP_NAME)
     remote=ws://...|http://  an openpi-protocol policy server (`--remote-*` flags: what it is sent)
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, get_args
 
 from gauntlet.deployments.app import APP_NAME, EVAL_APP, deployment_name
 from gauntlet.platform.eval.config import EvalConfig, EvalConfigError
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from gauntlet.deployments.app import PolicyServing
 
 REMOTE_SCHEMES = ("ws://", "wss://", "http://", "https://")
+# Where an actor finds a target's policy: a Serve deployment, an openpi-protocol server, or its own process.
+TargetKind = Literal["serve", "remote", "local"]
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ class PolicyTarget:
     """Where a policy lives, in a form that can be shipped to an actor (plain strings)."""
 
     label: str  # results column value
-    kind: str  # "serve" | "remote" | "local" (in-process in each rollout actor)
+    kind: TargetKind  # "local": in-process in each rollout actor
     policy: str = ""  # registry NAME[=CHECKPOINT] (kind=local)
     app: str = ""  # Serve application (kind=serve)
     deployment: str = ""  # Serve deployment (kind=serve)
@@ -44,11 +47,15 @@ class PolicyTarget:
     replan_steps: int = 0  # actions executed per chunk before asking again; 0 = the whole chunk
     remote: RemoteOptions | None = None  # how to talk to it (kind=remote)
 
+    def __post_init__(self) -> None:
+        if self.kind not in get_args(TargetKind):
+            raise ValueError(f"PolicyTarget {self.label!r}: kind {self.kind!r} is not one of {get_args(TargetKind)}")
+
 
 def policy_targets(cfg: EvalConfig) -> tuple[list[PolicyTarget], list[PolicyServing]]:
     """(targets for the actors, serving specs this job must deploy under EVAL_APP).
 
-    `vla=BASE@ADAPTER_DIR` evaluates a LoRA adapter: the base is deployed once, with the adapter's
+    `NAME=BASE@ADAPTER_DIR` (e.g. `vla=BASE@ADAPTER_DIR`) evaluates a LoRA adapter: the base is deployed once, with the adapter's
     parent directory as its adapters directory, and requests name the adapter (Serve multiplexing),
     so `--policy vla=BASE --policy vla=BASE@adapters/d1` compares a base and its fine-tune on one
     replica. The adapter's label is `vla@d1`.
@@ -127,15 +134,15 @@ def policy_tasks(cfg: EvalConfig, targets: list[PolicyTarget]) -> dict[str, froz
 
 
 def _local_target(text: str) -> PolicyTarget | None:
-    """`NAME` of a policy the registry runs in the actors by default; None for every other text
-    (unknown names are reported by the deployed path, with the same message as before)."""
-    from gauntlet.policies.registry import LOCAL_BY_DEFAULT, PolicyRef
+    """`NAME` of a family that runs in the actors by default; None for every other text (unknown
+    names are reported by the deployed path, with the same message)."""
+    from gauntlet.policies.registry import PolicyRef, policy_family
 
     try:
         ref = PolicyRef.parse(text)
     except ValueError:
         return None
-    if ref.name not in LOCAL_BY_DEFAULT or ref.checkpoint or "@" in text:
+    if not policy_family(ref.name).local_by_default or ref.checkpoint or "@" in text:
         return None
     return PolicyTarget(label=ref.name, kind="local", policy=ref.name)
 
@@ -143,6 +150,7 @@ def _local_target(text: str) -> PolicyTarget | None:
 def _deployed_target(cfg: EvalConfig, text: str, deploy: dict[str, PolicyServing]) -> PolicyTarget:
     """`NAME[=CHECKPOINT][@ADAPTER_DIR]`: adds (or merges) its serving spec into `deploy`."""
     from gauntlet.deployments.app import specs_from_names
+    from gauntlet.policies.registry import families, policy_family
 
     base_text, _, adapter_path = text.partition("@")
     try:
@@ -155,8 +163,9 @@ def _deployed_target(cfg: EvalConfig, text: str, deploy: dict[str, PolicyServing
     adapter = ""
     if adapter_path:
         adapter_dir = Path(adapter_path).resolve()
-        if spec.ref.name != "vla":
-            raise EvalConfigError(f"{text}: adapters are for the vla policy")
+        if not policy_family(spec.ref.name).serves_adapters:
+            serving = [f.name for f in families().values() if f.serves_adapters]
+            raise EvalConfigError(f"{text}: adapters are for the {', '.join(serving)} policy")
         if not (adapter_dir / "config.json").is_file():
             raise EvalConfigError(f"{text}: {adapter_path} is not an adapter checkpoint directory")
         adapter = adapter_dir.name

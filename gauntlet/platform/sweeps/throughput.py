@@ -259,7 +259,7 @@ def target_of(config: SweepThroughputConfig) -> ThroughputTarget:
         factory = RealLoaderFactory(dataset=str(Path(config.dataset).resolve()),
                                     settings=(("epochs", 0), ("split", config.split)))
         return LoaderTarget(factory=factory, warmup_batches=config.warmup_batches, measure_s=config.measure_s)
-    from gauntlet.envs.errors import GauntletEnvError
+    from gauntlet.envs.env_errors import GauntletEnvError
     from gauntlet.envs.scene_db import SceneDB
     from gauntlet.policies.registry import PolicyRef
 

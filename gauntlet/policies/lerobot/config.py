@@ -17,6 +17,7 @@ from typing import Any
 from gauntlet.keys import (
     ACTION_DIM,
     ACTION_FEATURE,
+    IMAGE_FEATURE_PREFIX,
     IMAGE_KEY,
     PROMPT_KEY,
     STATE_DIM,
@@ -25,6 +26,7 @@ from gauntlet.keys import (
     WRIST_IMAGE_KEY,
 )
 from gauntlet.policies.base import FieldSpec, PolicyMetadata
+from gauntlet.runtime.config_args import require_at_least
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -33,7 +35,7 @@ POSTPROCESSOR_FILE = "policy_postprocessor.json"
 
 # LeRobot's feature names (lerobot.utils.constants); state and action are keys.py's dataset columns.
 LEROBOT_STATE = STATE_FEATURE
-LEROBOT_IMAGES_PREFIX = "observation.images."
+LEROBOT_IMAGES_PREFIX = IMAGE_FEATURE_PREFIX
 LEROBOT_ACTION = ACTION_FEATURE
 LEROBOT_TASK = "task"
 
@@ -69,8 +71,7 @@ class LeRobotAdapterConfig:
     def __post_init__(self) -> None:
         if not self.cameras:
             raise ValueError("cameras: map at least one LeRobot camera name to a wire key")
-        if self.state_dim < 1 or self.action_dim < 1:
-            raise ValueError("state_dim and action_dim must be >= 1")
+        require_at_least(self, 1, "state_dim", "action_dim")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Randomly initialised LeRobot policies shaped for Gauntlet's environment, saved as LeRobot would.
 
-For tests and benchmarks (no model hub, no dataset): LeRobot's own config classes, policy classes and
+For the LeRobot serving benchmark (`benchmarks/bench_lerobot_serving.py`, which needs a checkpoint
+when none is given) and the tests (no model hub, no dataset): LeRobot's own config classes, policy classes and
 processor factory build the policy, and `save_pretrained` writes the directory a researcher would
 have after training (config.json, model.safetensors, policy_pre/postprocessor.json + stats).
 Run it where LeRobot is importable: `ray.remote(runtime_env=environment.runtime_env())(save_random_policy)`.
@@ -10,7 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from gauntlet.keys import ACTION_DIM, ACTION_FEATURE, DATASET_CAMERAS, STATE_DIM, STATE_FEATURE, STATE_KEY
+from gauntlet.keys import (
+    ACTION_DIM,
+    ACTION_FEATURE,
+    DATASET_CAMERAS,
+    STATE_DIM,
+    STATE_FEATURE,
+    STATE_KEY,
+    image_feature,
+)
 
 # Small, CPU-fast shapes: the architecture is LeRobot's, only its sizes are cut down.
 SMALL_OVERRIDES: dict[str, dict[str, Any]] = {
@@ -46,14 +55,14 @@ def save_random_policy(policy_type: str, out_dir: str, *, image_size: int = 32,
     torch.manual_seed(seed)
     inputs = {STATE_FEATURE: PolicyFeature(type=FeatureType.STATE, shape=(state_dim,))}
     for cam in cameras:
-        inputs[f"observation.images.{cam}"] = PolicyFeature(type=FeatureType.VISUAL, shape=(3, image_size, image_size))
+        inputs[image_feature(cam)] = PolicyFeature(type=FeatureType.VISUAL, shape=(3, image_size, image_size))
     outputs = {ACTION_FEATURE: PolicyFeature(type=FeatureType.ACTION, shape=(action_dim,))}
     kwargs = {**SMALL_OVERRIDES.get(policy_type, {}), **overrides}
     config = make_policy_config(policy_type, input_features=inputs, output_features=outputs, device="cpu", **kwargs)
     policy = get_policy_class(policy_type)(config)
     stats = {STATE_FEATURE: _stats(state_dim, seed + 1), ACTION_FEATURE: _stats(action_dim, seed + 2)}
     for cam in cameras:
-        stats[f"observation.images.{cam}"] = {
+        stats[image_feature(cam)] = {
             "mean": torch.full((3, 1, 1), 0.45), "std": torch.full((3, 1, 1), 0.25),
             "min": torch.zeros(3, 1, 1), "max": torch.ones(3, 1, 1)}
     pre, post = make_pre_post_processors(config, dataset_stats=stats)

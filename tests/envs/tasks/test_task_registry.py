@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gauntlet.envs.errors import UnknownTaskError
 from gauntlet.envs.tasks import TASKS, VARIANTS, check_variant, get_task
 from gauntlet.envs.tasks.spec import PlacementRange, TaskSpec, Waypoints
+from gauntlet.runtime.registry import UnknownNameError
 
 WAYPOINT_HOOKS = ("place_target", "placed", "rest_z", "travel_z", "grasp_point", "grasp_heading",
                   "grasp_obstacle", "carry_yaw", "held_askew")
@@ -40,8 +40,8 @@ def test_registry_entry_is_complete(name: str) -> None:
 
 
 def test_unknown_names_list_the_known_ones() -> None:
-    with pytest.raises(UnknownTaskError, match="known: .*lift"):
+    with pytest.raises(UnknownNameError, match="known: .*lift"):
         get_task("juggle")
-    with pytest.raises(UnknownTaskError, match="known: D0, D1"):
+    with pytest.raises(UnknownNameError, match="known: D0, D1"):
         check_variant("D7")
     assert check_variant("D1") == "D1"

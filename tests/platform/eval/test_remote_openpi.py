@@ -22,7 +22,7 @@ from gauntlet.platform.eval.driver import main
 from gauntlet.platform.eval.openpi import resize_with_pad
 from gauntlet.platform.eval.status import EvalStatus
 from gauntlet.policies import msgpack_numpy
-from gauntlet.policies.remote import MAX_REPLY_BYTES
+from gauntlet.keys import MAX_MESSAGE_BYTES
 
 LIFT_PROMPT = "pick up the red cube"
 Answer = Callable[[int, dict[str, Any]], Any]  # (1-based request number, observation) -> reply
@@ -205,8 +205,8 @@ IMAGE_FIELD = f"metadata.observation_spec[{IMAGE_KEY!r}]"
      f"{IMAGE_FIELD}.dtype"),
     ({"action_dim": "seven"}, chunk(), "metadata.action_dim: expected a whole number in [0, 4096], got 'seven'"),
     ({"chunk_len": 10**12}, chunk(), "metadata.chunk_len"),
-    (huge_frame_header(), chunk(), f"over the client's limit of {MAX_REPLY_BYTES} bytes (max_reply_bytes)"),
-    ({}, lambda n, obs: huge_frame_header(), f"over the client's limit of {MAX_REPLY_BYTES} bytes (max_reply_bytes)"),
+    (huge_frame_header(), chunk(), f"over the client's limit of {MAX_MESSAGE_BYTES} bytes (max_reply_bytes)"),
+    ({}, lambda n, obs: huge_frame_header(), f"over the client's limit of {MAX_MESSAGE_BYTES} bytes (max_reply_bytes)"),
 ])
 def test_a_server_past_the_clients_limits_is_refused_naming_the_field(
         scene_db: Path, tmp_path: Path, servers, metadata: Any, answer: Answer, needle: str,

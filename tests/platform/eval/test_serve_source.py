@@ -55,7 +55,7 @@ def test_a_round_is_one_call_and_a_malformed_answer_fails_only_its_own_request(o
     source = ServeSource(APP, "odd", retry_s=5.0)
 
     async def one_round() -> list[Any]:
-        asks = [source.infer_async({STATE: np.full(8, i, np.float32)}) for i in range(3)]
+        asks = [source.next_chunk_async({STATE: np.full(8, i, np.float32)}) for i in range(3)]
         return await asyncio.wait_for(asyncio.gather(*asks, return_exceptions=True), 30)
 
     first, missing, none = asyncio.run(one_round())
