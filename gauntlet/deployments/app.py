@@ -140,7 +140,7 @@ def _bind_policy(serve: Any, cls: type, p: PolicyServing, max_ongoing_requests: 
         health_check_timeout_s=60,
     )
     return deployment.bind(
-        policy=p.ref.name, checkpoint=p.ref.checkpoint, policy_kwargs=p.policy_kwargs,
+        policy_name=p.ref.name, checkpoint=p.ref.checkpoint, policy_kwargs=p.policy_kwargs,
         adapters_dir=p.adapters_dir, max_batch_size=p.max_batch_size,
         batch_wait_timeout_s=p.batch_wait_timeout_s, max_queued=p.max_queued, **extra,
     )

@@ -370,12 +370,12 @@ class PolicyIngress(PolicyReplica, PolicyRoutes):
     """A policy replica that is also the app's ingress (see the module docstring). With `ws_port`,
     it also serves openpi's WebSocket protocol itself (`direct_ws`), beside Serve's proxy."""
 
-    async def __init__(self, policy: str, *, others: dict[str, Any] | None = None, api_key: str | None = None,
+    async def __init__(self, policy_name: str, *, others: dict[str, Any] | None = None, api_key: str | None = None,
                        max_request_bytes: int = MAX_MESSAGE_BYTES, ws_port: int | None = None,
                        ws_host: str = "127.0.0.1", ws_policy: WebSocketPolicy | None = None,
                        **replica_kwargs: Any):
-        PolicyReplica.__init__(self, policy, **replica_kwargs)
-        self.local_policy = policy
+        PolicyReplica.__init__(self, policy_name, **replica_kwargs)
+        self.local_policy = policy_name
         self._init_routes(others or {}, api_key, max_request_bytes, ws_policy)
         self.direct_ws = None
         if ws_port:

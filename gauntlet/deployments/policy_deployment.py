@@ -102,17 +102,17 @@ class _AdapterRef:
 class PolicyReplica:
     """Deployment class (wrapped by `serve.deployment` in app.py)."""
 
-    def __init__(self, policy: str, checkpoint: str | None = None, policy_kwargs: dict | None = None,
+    def __init__(self, policy_name: str, checkpoint: str | None = None, policy_kwargs: dict | None = None,
                  adapters_dir: str | None = None, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
                  batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_S, max_queued: int = 0):
         from gauntlet.policies.registry import make_policy
 
-        self.name = policy
-        self.policy = make_policy(policy, checkpoint, **(policy_kwargs or {}))
+        self.name = policy_name
+        self.policy = make_policy(policy_name, checkpoint, **(policy_kwargs or {}))
         self.spec = self.policy.metadata.observation_spec
         self.adapters_dir = adapters_dir
         self._broken_adapters: dict[str, tuple[int, str]] = {}  # name -> (its dir's mtime, message)
-        self.stats = ReplicaStats(policy)
+        self.stats = ReplicaStats(policy_name)
         self._warm_buckets = 0
         check_limits(max_batch_size, batch_wait_timeout_s, max_queued)
         self._warm(max_batch_size)  # before Serve reports the replica healthy

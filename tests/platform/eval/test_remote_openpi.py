@@ -17,12 +17,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gauntlet.keys import EPISODE_ID_KEY, IMAGE_KEY, PROMPT_KEY, STATE_KEY, WRIST_IMAGE_KEY
+from gauntlet.keys import EPISODE_ID_KEY, IMAGE_KEY, MAX_MESSAGE_BYTES, PROMPT_KEY, STATE_KEY, WRIST_IMAGE_KEY
 from gauntlet.platform.eval.driver import main
 from gauntlet.platform.eval.openpi import resize_with_pad
 from gauntlet.platform.eval.status import EvalStatus
 from gauntlet.policies import msgpack_numpy
-from gauntlet.keys import MAX_MESSAGE_BYTES
 
 LIFT_PROMPT = "pick up the red cube"
 Answer = Callable[[int, dict[str, Any]], Any]  # (1-based request number, observation) -> reply
