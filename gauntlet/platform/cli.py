@@ -21,6 +21,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("serve",), "gauntlet.deployments.serve_cli", "serve policies on Ray Serve (HTTP, gRPC, WebSocket)"),
     (("eval",), "gauntlet.platform.eval.driver", "evaluate policies over a scene database"),
     (("report",), "gauntlet.platform.report.build", "turn an evaluation run into tables, plots and HTML"),
+    (("report", "compare"), "gauntlet.platform.report.compare", "paired comparison of two runs (McNemar, interval)"),
     (("data", "collect"), "gauntlet.data.collect", "record scripted-expert demonstrations"),
     (("data", "import-hdf5"), "gauntlet.data.import_hdf5", "import robomimic/MimicGen HDF5 demos"),
     (("data", "export-lerobot"), "gauntlet.data.lerobot_export", "export a dataset in LeRobot's v3.0 format"),
