@@ -42,8 +42,11 @@ MAX_MESSAGE_BYTES = 16 * 2**20
 # Dataset columns (LeRobot's names) of the wire keys above.
 STATE_FEATURE = "observation.state"
 ACTION_FEATURE = "action"
+# Optional: the privileged object state, in datasets collected with `--object-state` (one task's width).
+OBJECT_STATE_FEATURE = "observation.object_state"
 IMAGE_FEATURE_PREFIX = "observation.images."  # + a camera name: that camera's image column
-DATASET_COLUMNS: dict[str, str] = {STATE_KEY: STATE_FEATURE, ACTIONS_KEY: ACTION_FEATURE}
+DATASET_COLUMNS: dict[str, str] = {STATE_KEY: STATE_FEATURE, ACTIONS_KEY: ACTION_FEATURE,
+                                   OBJECT_STATE_KEY: OBJECT_STATE_FEATURE}
 # The episodes table keeps each episode's language instruction under the wire key's own name.
 PROMPT_COLUMN = PROMPT_KEY
 

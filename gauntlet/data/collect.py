@@ -7,6 +7,9 @@ Per control step it records what a policy would have seen and what was applied:
   rendered at --render-size (the scene databases' camera size) and resized to --image-size with
   the eval path's resize (OpenCV INTER_AREA, as filter_obs does), so training images are exactly
   what a policy is sent at evaluation;
+- with --object-state, `observation.object_state`: the privileged object state of the same
+  `observe()` (what the scripted oracle and privileged BC-RNNs read; its width depends on the task,
+  so such a dataset holds tasks of one width);
 - `action`: the expert's action as the env applies it (clipped to [-1, 1], rounded to float32
   before it is applied, so replaying the stored actions from the seed reproduces the episode);
 - the robomimic-style flattened MuJoCo state (time, qpos, qvel) before the action, plus the exact
@@ -30,7 +33,7 @@ from gauntlet.data.commands import run_dataset_command
 from gauntlet.data.dataset_schema import DatasetError
 from gauntlet.data.dataset_writer import DatasetWriter
 from gauntlet.data.images import resize_image
-from gauntlet.keys import DATASET_CAMERAS, STATE_KEY
+from gauntlet.keys import DATASET_CAMERAS, OBJECT_STATE_KEY, STATE_KEY
 from gauntlet.runtime.config_args import as_tuple, option, parse_config, require_at_least
 from gauntlet.runtime.manifests import jsonable
 from gauntlet.runtime.progress import Progress
@@ -46,13 +49,17 @@ class CollectConfig:
     out: str = option(help="dataset directory to create")
     task: tuple[str, ...] = option(("lift",), help="tasks (each gets --episodes episodes)",
                        aliases=("--tasks",))
-    variant: str = option("D0", help="placement variant (D0 or D1)")
-    episodes: int = option(10, help="episodes to record per task (successful ones unless --keep-failures)")
+    variant: tuple[str, ...] = option(("D0",), help="placement variants (D0, D1; each task gets --episodes "
+                                                    "episodes of each)", aliases=("--variants",))
+    episodes: int = option(10, help="episodes to record per task and variant (successful ones unless "
+                                    "--keep-failures)")
     cameras: bool = option(False, help="also record agentview and wrist images (slow on a CPU)")
+    object_state: bool = option(False, help="also record the privileged object state (the tasks must share "
+                                            "its width)")
     image_size: int = option(64, help="stored image size (pixels, square)")
     render_size: int = option(128, help="camera render size (pixels); 128 matches `scenes generate`'s "
                                         "default, so images equal what the eval path sends after resizing")
-    seed: int = option(0, help="first env seed; attempt k of a task resets with seed + k")
+    seed: int = option(0, help="first env seed; attempt k of a task and variant resets with seed + k")
     horizon: int = option(400, help="max control steps per episode (stops at the first success)")
     keep_failures: bool = option(False, help="keep episodes that did not succeed (success=False)")
     max_attempts: int = option(0, help="give up on a task after this many attempts (0 = 3 x episodes)")
@@ -63,13 +70,17 @@ class CollectConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "task", as_tuple(self.task))
+        object.__setattr__(self, "variant", as_tuple(self.variant))
         from gauntlet.envs.tasks import check_variant, get_task
 
-        if not self.task_list:
-            raise ValueError("task: name at least one task")
-        for t in self.task_list:
-            get_task(t)
-        check_variant(self.variant)
+        if not self.task_list or not self.variant:
+            raise ValueError("task, variant: name at least one of each")
+        widths = {t: get_task(t).object_state_dim for t in self.task_list}
+        for v in self.variant:
+            check_variant(v)
+        if self.object_state and len(set(widths.values())) > 1:
+            raise ValueError(f"object_state: the tasks' object states differ in width ({widths}); collect one "
+                             "width per dataset")
         require_at_least(self, 1, "episodes", "horizon")
         for name in ("image_size", "render_size"):
             if not 8 <= getattr(self, name) <= 1024:
@@ -88,7 +99,7 @@ class CollectConfig:
 
 
 @dataclass(frozen=True)
-class Episode:
+class RecordedEpisode:
     """One recorded expert rollout."""
 
     states: np.ndarray  # (T, 8) float32 observation/state before each action
@@ -97,17 +108,18 @@ class Episode:
     images: dict[str, np.ndarray]  # camera -> (T, H, W, 3) uint8 (empty without cameras)
     success: bool  # task solved within the horizon
     init_state: dict[str, np.ndarray]  # exact initial state (gauntlet.envs.sim_state.capture_state)
+    object_states: np.ndarray | None = None  # (T, K) float32 object state before each action, if recorded
 
 
 def record_episode(env: Any, seed: int, horizon: int, cameras: bool, image_size: int,
-                   noise_std: float = 0.0) -> Episode:
+                   noise_std: float = 0.0, object_state: bool = False) -> RecordedEpisode:
     """Resets `env` to `seed` and runs its scripted expert, recording every step."""
     from gauntlet.envs.experts import make_expert
 
     env.reset(seed)
     expert = make_expert(env, seed=seed, noise_std=noise_std)
     init_state = env.get_state()
-    states, actions, sims = [], [], []
+    states, actions, sims, objects = [], [], [], []
     images: dict[str, list[np.ndarray]] = {cam: [] for cam in OBS_IMAGE_KEYS.values()} if cameras else {}
     success = env.success()
     for _ in range(horizon):
@@ -115,6 +127,7 @@ def record_episode(env: Any, seed: int, horizon: int, cameras: bool, image_size:
             break
         obs = env.observe(images=cameras)  # the same call the eval path makes
         states.append(obs[STATE_KEY])
+        objects.append(obs[OBJECT_STATE_KEY])
         sims.append(env.sim.get_state().flatten())
         for key, cam in OBS_IMAGE_KEYS.items() if cameras else ():
             images[cam].append(resize_image(obs[key], image_size))
@@ -125,10 +138,11 @@ def record_episode(env: Any, seed: int, horizon: int, cameras: bool, image_size:
         actions.append(action)
     if not states:
         raise RuntimeError(f"seed {seed}: the task was already solved at reset; nothing to record")
-    return Episode(
+    return RecordedEpisode(
         states=np.stack(states).astype(np.float32), actions=np.stack(actions).astype(np.float32),
         sim_states=np.stack(sims).astype(np.float64),
         images={cam: np.stack(v) for cam, v in images.items()}, success=bool(success), init_state=init_state,
+        object_states=np.stack(objects).astype(np.float32) if object_state else None,
     )
 
 
@@ -148,57 +162,62 @@ def env_metadata(env: Any) -> dict[str, Any]:
 
 
 def collect_demos(cfg: CollectConfig) -> Path:
-    """Collects `cfg.episodes` episodes per task into `cfg.out`; returns the dataset path.
+    """Collects `cfg.episodes` episodes per task and variant into `cfg.out`; returns the dataset path.
 
-    Raises DatasetError if a task yields no episode to keep within its attempts.
+    Raises DatasetError if a task yields too few episodes to keep within its attempts. info.json's
+    `envs` has one entry per task (per "task/variant" when several variants are collected).
     """
     from gauntlet.envs.env import make_env
 
     source = {"kind": "collect", "expert": "gauntlet.envs.experts.ScriptedExpert", "seed": cfg.seed,
               "horizon": cfg.horizon, "noise_std": cfg.noise_std, "keep_failures": cfg.keep_failures,
+              "object_state": cfg.object_state,
               "render_size": cfg.render_size if cfg.cameras else None,
               "image_size": cfg.image_size if cfg.cameras else None}
-    total = cfg.episodes * len(cfg.task_list)
-    message = (f"[data collect] {total} episodes ({', '.join(cfg.task_list)} {cfg.variant}, cameras="
+    total = cfg.episodes * len(cfg.task_list) * len(cfg.variant)
+    message = (f"[data collect] {total} episodes ({', '.join(cfg.task_list)} {', '.join(cfg.variant)}, cameras="
                f"{'on' if cfg.cameras else 'off'}) -> {cfg.out}")
     print(message, flush=True)
     progress = Progress(total, "data collect", unit="episodes")
     with DatasetWriter(cfg.out, source=source, overwrite=cfg.overwrite) as writer:
         for task in cfg.task_list:
-            env = make_env(task, cfg.variant, image_size=cfg.render_size)
-            try:
-                writer.register_env(task, env_metadata(env))
-                _collect_task(writer, env, task, cfg, progress)
-            finally:
-                env.close()
+            for variant in cfg.variant:
+                env = make_env(task, variant, image_size=cfg.render_size)
+                try:
+                    writer.register_env(task if len(cfg.variant) == 1 else f"{task}/{variant}", env_metadata(env))
+                    _collect_task(writer, env, task, variant, cfg, progress)
+                finally:
+                    env.close()
         return writer.finalize()
 
 
-def _collect_task(writer: DatasetWriter, env: Any, task: str, cfg: CollectConfig, progress: Progress) -> None:
-    """Records `cfg.episodes` kept episodes of one task (seeds cfg.seed, cfg.seed + 1, ...) into `writer`."""
+def _collect_task(writer: DatasetWriter, env: Any, task: str, variant: str, cfg: CollectConfig,
+                  progress: Progress) -> None:
+    """Records `cfg.episodes` kept episodes of one task and variant (seeds cfg.seed, cfg.seed + 1, ...)
+    into `writer`."""
     kept, attempts = 0, 0
     n_valid = int(round(cfg.episodes * cfg.valid_fraction))
     while kept < cfg.episodes and attempts < cfg.attempts_per_task:
         seed = cfg.seed + attempts
         attempts += 1
-        ep = record_episode(env, seed, cfg.horizon, cfg.cameras, cfg.image_size, cfg.noise_std)
+        ep = record_episode(env, seed, cfg.horizon, cfg.cameras, cfg.image_size, cfg.noise_std, cfg.object_state)
         if not ep.success and not cfg.keep_failures:
             print(f"[data collect] {task} seed {seed}: expert failed within {cfg.horizon} steps; not kept", flush=True)
             continue
         split = "valid" if kept >= cfg.episodes - n_valid else "train"
         writer.add_episode(
-            ep.states, ep.actions, task=task, variant=cfg.variant, prompt=env.spec.instruction,
+            ep.states, ep.actions, task=task, variant=variant, prompt=env.spec.instruction,
             success=ep.success, sim_states=ep.sim_states, model_xml=env.sim.model.get_xml(),
             images=ep.images or None, split=split, seed=seed, fingerprint=env.fingerprint,
-            source_episode=f"{task}/{cfg.variant}/seed{seed}",
-            sim_extra={f"init/{k}": v for k, v in ep.init_state.items()},
+            source_episode=f"{task}/{variant}/seed{seed}",
+            sim_extra={f"init/{k}": v for k, v in ep.init_state.items()}, object_states=ep.object_states,
         )
         kept += 1
         elapsed = max(time.monotonic() - progress.start, 1e-9)
         progress.update(extra=f"{task}: attempts={attempts} frames={writer.num_frames} "
                               f"({writer.num_frames / elapsed:.1f} frames/s)")
     if kept < cfg.episodes:
-        raise DatasetError(cfg.out, f"task {task!r}: only {kept} of {cfg.episodes} episodes kept after "
+        raise DatasetError(cfg.out, f"task {task!r} {variant}: only {kept} of {cfg.episodes} episodes kept after "
                                     f"{attempts} attempts (raise --max-attempts or --horizon, or "
                                     "pass --keep-failures)")
 

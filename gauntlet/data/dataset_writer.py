@@ -39,7 +39,14 @@ from gauntlet.data.dataset_schema import (
     fixed_list,
 )
 from gauntlet.data.images import encode_png
-from gauntlet.keys import ACTION_DIM, ACTION_FEATURE, PROMPT_COLUMN, STATE_DIM, STATE_FEATURE
+from gauntlet.keys import (
+    ACTION_DIM,
+    ACTION_FEATURE,
+    OBJECT_STATE_FEATURE,
+    PROMPT_COLUMN,
+    STATE_DIM,
+    STATE_FEATURE,
+)
 from gauntlet.runtime.atomic_files import atomic_write, replace_dir, staging_dir
 from gauntlet.runtime.manifests import write_json
 
@@ -52,6 +59,7 @@ class _CheckedEpisode:
     actions: np.ndarray  # (T, action_dim) float32
     images: dict[str, np.ndarray]  # camera -> (T, H, W, 3) uint8
     sim: np.ndarray | None  # (T, S) float64, or None without simulator states
+    object_states: np.ndarray | None  # (T, K) float32, or None without the object state
 
 
 class DatasetWriter:
@@ -100,6 +108,7 @@ class DatasetWriter:
         self._frames = 0
         self._image_shapes: dict[str, tuple[int, ...]] | None = None  # decided by the first episode
         self._has_sim: bool | None = None
+        self._object_dim: int | None = None  # 0: no object state; decided by the first episode
         self._done = False
 
     def _check_destination(self, overwrite: bool) -> None:
@@ -153,19 +162,21 @@ class DatasetWriter:
         fingerprint: str = "",
         source_episode: str = "",
         sim_extra: Mapping[str, np.ndarray] | None = None,
+        object_states: np.ndarray | None = None,
     ) -> int:
         """Writes one episode's files (each atomically) and returns its episode index.
 
         states (T, state_dim), actions (T, action_dim): per frame, the action applied at that frame.
         sim_states (T, S) float64; model_xml the MuJoCo XML; images {camera: (T, H, W, 3) uint8}
         with cameras from IMAGE_FEATURES; sim_extra: more arrays for the episode's .npz (e.g. the
-        exact initial state), plain numeric/string arrays only.
+        exact initial state), plain numeric/string arrays only. object_states (T, K): the privileged
+        object state before each frame's action (every episode has it, at one width, or none does).
         """
         if self._done:
             raise RuntimeError("finalize() or abort() was already called")
         ep = len(self._rows)
         where = f"episode {ep}"
-        checked = self._check_episode(where, states, actions, images, sim_states, model_xml, split)
+        checked = self._check_episode(where, states, actions, images, sim_states, model_xml, split, object_states)
         n, start = checked.states.shape[0], self._frames
         table = self._frame_table(ep, start, checked)
         atomic_write(self.stage / data_path(ep, self.chunks_size), lambda tmp: pq.write_table(table, tmp))
@@ -182,7 +193,7 @@ class DatasetWriter:
 
     def _check_episode(self, where: str, states: np.ndarray, actions: np.ndarray,
                        images: Mapping[str, np.ndarray] | None, sim_states: np.ndarray | None,
-                       model_xml: str | None, split: str) -> _CheckedEpisode:
+                       model_xml: str | None, split: str, object_states: np.ndarray | None) -> _CheckedEpisode:
         states = np.asarray(states, dtype=np.float32)
         actions = np.asarray(actions, dtype=np.float32)
         if states.ndim != 2 or states.shape[1] != self.state_dim or states.shape[0] < 1:
@@ -197,7 +208,24 @@ class DatasetWriter:
         if not split:
             raise DatasetError(self.root, f"{where}: split must be a non-empty name")
         return _CheckedEpisode(states, actions, self._check_images(where, n, images),
-                               self._check_sim(where, n, sim_states, model_xml))
+                               self._check_sim(where, n, sim_states, model_xml),
+                               self._check_object_states(where, n, object_states))
+
+    def _check_object_states(self, where: str, n: int, object_states: np.ndarray | None) -> np.ndarray | None:
+        """The episode's object states as float32, checked; the first episode decides the width."""
+        arr = None if object_states is None else np.asarray(object_states, dtype=np.float32)
+        if arr is not None and (arr.ndim != 2 or arr.shape[0] != n or arr.shape[1] < 1):
+            raise DatasetError(self.root, f"{where}: object_states must have shape ({n}, K>=1), got {arr.shape}")
+        width = 0 if arr is None else int(arr.shape[1])
+        if self._object_dim is None:
+            self._object_dim = width
+        if width != self._object_dim:
+            raise DatasetError(self.root, f"{where}: object_states width {width}, but earlier episodes' is "
+                                          f"{self._object_dim} (every episode has them at one width, or none does)")
+        bad = None if arr is None else first_nonfinite(arr)
+        if bad is not None:
+            raise DatasetError(self.root, f"{where} frame {bad[0]}: object_states[{bad[1]}] is {arr[bad]} (NaN/inf)")
+        return arr
 
     def _check_images(self, where: str, n: int, images: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
         """The episode's images, checked; the first episode decides the dataset's cameras and sizes."""
@@ -251,6 +279,8 @@ class DatasetWriter:
             ACTION_FEATURE: fixed_list(episode.actions, self.action_dim),
             "next.done": pa.array(done),
         }
+        if episode.object_states is not None:
+            columns[OBJECT_STATE_FEATURE] = fixed_list(episode.object_states, episode.object_states.shape[1])
         for cam in sorted(episode.images):
             columns[IMAGE_FEATURES[cam]] = pa.array([encode_png(img) for img in episode.images[cam]],
                                                     type=pa.binary())
@@ -289,8 +319,7 @@ class DatasetWriter:
             "robot": self.robot,
             "state_dim": self.state_dim,
             "action_dim": self.action_dim,
-            "features": features(self.state_dim, self.action_dim, self.state_names, self.action_names,
-                                 self._image_shapes or {}),
+            "features": self._features(),
             "data_path": DATA_PATH,
             "chunks_size": self.chunks_size,
             "source": self.source,
@@ -302,6 +331,13 @@ class DatasetWriter:
             },
             "gauntlet_version": __version__,
         }
+
+    def _features(self) -> dict[str, Any]:
+        feats = features(self.state_dim, self.action_dim, self.state_names, self.action_names,
+                         self._image_shapes or {})
+        if self._object_dim:
+            feats[OBJECT_STATE_FEATURE] = {"dtype": "float32", "shape": [self._object_dim], "names": None}
+        return feats
 
     def finalize(self) -> Path:
         """Writes meta/ and moves the dataset into place. Returns `root`."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,6 +37,7 @@ import numpy as np
 
 from gauntlet.data.dataset_reader import Dataset
 from gauntlet.data.dataset_schema import DatasetError
+from gauntlet.data.image_cache import EpisodeImageCache
 from gauntlet.data.images import decode_png, resize_image
 from gauntlet.keys import (
     ACTION_FEATURE,
@@ -93,52 +94,6 @@ class LoaderConfig:
                 raise LoaderError(f"cameras: unknown camera {cam!r}; known: {sorted(CAMERA_KEYS)}")
 
 
-class _EpisodeImageCache:
-    """LRU cache of whole episodes' PNG bytes, capped in bytes; thread-safe."""
-
-    def __init__(self, ds: Dataset, cameras: list[str], cap_bytes: int):
-        self.ds = ds
-        self.cameras = cameras
-        self.cap_bytes = cap_bytes
-        self._lock = threading.Lock()
-        self._items: OrderedDict[int, tuple[dict[str, list[bytes]], int]] = OrderedDict()
-        self._loading: dict[int, threading.Event] = {}  # episodes being read right now
-        self.bytes = 0
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, episode: int) -> dict[str, list[bytes]]:
-        event: threading.Event | None = None  # set when this thread is the one reading the episode
-        while event is None:
-            with self._lock:
-                item = self._items.get(episode)
-                if item is not None:
-                    self._items.move_to_end(episode)
-                    self.hits += 1
-                    return item[0]
-                loading = self._loading.get(episode)
-                if loading is None:  # this thread reads it; others asking meanwhile wait for it
-                    event = self._loading[episode] = threading.Event()
-                    self.misses += 1
-            if event is None:
-                loading.wait()  # then look again (an episode too large to cache is read again)
-        try:
-            data = self.ds.read_image_bytes(episode, self.cameras)  # outside the lock: parallel reads
-            size = sum(len(b) for frames in data.values() for b in frames)
-            with self._lock:
-                if size <= self.cap_bytes and episode not in self._items:
-                    self._items[episode] = (data, size)
-                    self.bytes += size
-                    while self.bytes > self.cap_bytes and self._items:
-                        _, (_, evicted) = self._items.popitem(last=False)
-                        self.bytes -= evicted
-        finally:
-            with self._lock:
-                del self._loading[episode]
-            event.set()
-        return data
-
-
 class DatasetLoader:
     """Iterate with `for batch in loader` (or `iter_batches()`); `close()` or use `with`."""
 
@@ -184,7 +139,7 @@ class DatasetLoader:
         self._row_end = np.repeat(local_starts + lengths, lengths)  # exclusive end row of its episode
         self._row_frame = np.arange(self.num_frames, dtype=np.int64) - np.repeat(local_starts, lengths)
         self._prompts = np.asarray(prompts, dtype=str)  # (episodes,) fixed-width unicode
-        self._cache = _EpisodeImageCache(ds, self.cameras, self.cache_cap_bytes) if self.cameras else None
+        self._cache = EpisodeImageCache(ds, self.cameras, self.cache_cap_bytes) if self.cameras else None
         if self.batches_per_epoch == 0:
             raise LoaderError(
                 f"batch_size={cfg.batch_size} is larger than shard {cfg.shard_index}'s "

@@ -1,7 +1,8 @@
 """`gauntlet data stats DS`: normalisation statistics of a dataset, streamed and vectorised.
 
 Writes DS/meta/stats.json in gauntlet.data.normalization.NormStats format (keys
-"observation/state" and "actions"), which policies load with `NormStats.load`.
+"observation/state", "actions" and, when the dataset has the column, "observation/object_state"),
+which policies load with `NormStats.load`.
 
 Episode files are read in chunks of whole episodes (threads, pyarrow) and reduced with NumPy on
 whole columns; nothing loops over frames in Python.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,7 +32,7 @@ import numpy as np
 
 from gauntlet.data.dataset_reader import Dataset, describe
 from gauntlet.data.dataset_schema import DatasetError
-from gauntlet.keys import ACTION_FEATURE, DATASET_COLUMNS, STATE_FEATURE
+from gauntlet.keys import DATASET_COLUMNS
 from gauntlet.runtime.config_args import option, parse_config, require_at_least, run_command
 from gauntlet.runtime.progress import Progress
 
@@ -44,7 +46,7 @@ QUANTILES = (0.01, 0.99)
 
 @dataclass(frozen=True)
 class StatsConfig:
-    """Computes normalisation statistics (mean, std, min, max, q01, q99) of a dataset's state and actions."""
+    """Computes normalisation statistics (mean, std, min, max, q01, q99) of a dataset's states and actions."""
 
     dataset: str = option(help="dataset directory", positional=True)
     split: str = option("", help="only this split's episodes ('' = every frame of the dataset)")
@@ -146,7 +148,8 @@ def compute_stats(
     read_threads: int = 2,
     progress: bool = True,
 ) -> tuple[NormStats, StatsReport]:
-    """Statistics of "observation.state" and "action" over the dataset (or one split)."""
+    """Statistics of "observation.state", "action" and, when the dataset has it,
+    "observation.object_state", over the dataset (or one split)."""
     from gauntlet.data.normalization import FieldStats, NormStats
 
     ds = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
@@ -154,8 +157,8 @@ def compute_stats(
     total = int(ds.lengths[episodes].sum())
     if total == 0:
         raise DatasetError(ds.root, "no frames to compute statistics over")
-    columns = list(STATS_KEYS)
-    dims = {STATE_FEATURE: ds.state_dim, ACTION_FEATURE: ds.action_dim}
+    dims = {c: int(ds.info["features"][c]["shape"][0]) for c in STATS_KEYS if c in ds.info["features"]}
+    columns = list(dims)
     exact = total * sum(dims.values()) * 8 <= exact_quantile_mb * 2**20
     start = time.perf_counter()
     moments = {c: _Moments(dims[c]) for c in columns}
@@ -171,33 +174,44 @@ def compute_stats(
             if exact:
                 kept[c].append(x)
         bar.update(len(chunk[columns[0]]), extra=f"pass 1/{passes}")
-    quantiles: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    bounds: dict[str, list[float]] = {}
     if exact:
-        for c in columns:
-            allx = np.concatenate(kept[c]).astype(np.float64)
-            kept[c] = []
-            q = np.quantile(allx, QUANTILES, axis=0)
-            quantiles[c] = (q[0], q[1])
+        quantiles, bounds = _exact_quantiles(kept), {}
     else:
-        hists = {c: _Histogram(moments[c].min, moments[c].max, histogram_bins) for c in columns}
-        for chunk in ds.iter_column_chunks(columns, episodes, frames_per_chunk=chunk_frames, threads=read_threads):
-            for c in columns:
-                hists[c].add(chunk[c])
-            bar.update(len(chunk[columns[0]]), extra="pass 2/2")
-        for c in columns:
-            quantiles[c] = (hists[c].quantile(QUANTILES[0]), hists[c].quantile(QUANTILES[1]))
-            bounds[STATS_KEYS[c]] = hists[c].width.tolist()
-    seconds = time.perf_counter() - start
+        chunks = ds.iter_column_chunks(columns, episodes, frames_per_chunk=chunk_frames, threads=read_threads)
+        quantiles, bounds = _histogram_quantiles(chunks, moments, histogram_bins, bar)
     fields = {
         STATS_KEYS[c]: FieldStats(mean=moments[c].mean, std=moments[c].std, min=moments[c].min,
                                   max=moments[c].max, q01=quantiles[c][0], q99=quantiles[c][1])
         for c in columns
     }
-    report = StatsReport(frames=total, episodes=len(episodes), seconds=seconds,
+    report = StatsReport(frames=total, episodes=len(episodes), seconds=time.perf_counter() - start,
                          quantile_method="exact" if exact else "histogram", passes=passes,
                          quantile_error_bound=bounds)
     return NormStats(fields), report
+
+
+def _exact_quantiles(kept: dict[str, list[np.ndarray]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(q01, q99) per column over every kept frame (np.quantile); the kept chunks are released."""
+    quantiles = {}
+    for c, parts in kept.items():
+        allx = np.concatenate(parts).astype(np.float64)
+        parts.clear()
+        q = np.quantile(allx, QUANTILES, axis=0)
+        quantiles[c] = (q[0], q[1])
+    return quantiles
+
+
+def _histogram_quantiles(chunks: Iterator[dict[str, np.ndarray]], moments: dict[str, _Moments], bins: int,
+                         bar: Progress) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, list[float]]]:
+    """The second, streamed pass: (q01, q99) per column read off histograms between the first
+    pass's min and max, and each wire key's error bound (the bin width per dimension)."""
+    hists = {c: _Histogram(m.min, m.max, bins) for c, m in moments.items()}
+    for chunk in chunks:
+        for c, hist in hists.items():
+            hist.add(chunk[c])
+        bar.update(len(next(iter(chunk.values()))), extra="pass 2/2")
+    quantiles = {c: (h.quantile(QUANTILES[0]), h.quantile(QUANTILES[1])) for c, h in hists.items()}
+    return quantiles, {STATS_KEYS[c]: h.width.tolist() for c, h in hists.items()}
 
 
 class _Null:

@@ -198,7 +198,13 @@ class ScriptedExpert:
             phase, move, speed, target_yaw, grip = self._reaching(eef, gp, yaw, gap)
         if phase != "grasp":
             self._grasp_steps = 0
+        self._phase = phase
+        return self._command(phase, move, speed, rot, target_yaw, grip)
 
+    def _command(self, phase: str, move: np.ndarray, speed: float, rot: np.ndarray, target_yaw: float,
+                 grip: float) -> np.ndarray:
+        """The action that moves the eef by `move` (capped at `speed`), turns it to `target_yaw`
+        from its rotation `rot` and sets the gripper, plus the expert's noise."""
         action = np.zeros(ACTION_DIM)
         cmd = self.pos_gain * move / POS_SCALE_M
         # Height is limited on its own: scaling it with a long xy move would let a carried object
@@ -212,7 +218,6 @@ class ScriptedExpert:
             # Rotation noise is scaled down: one action unit turns 0.5 rad but moves only 5 cm,
             # and a wobbling wrist knocks objects far more than a wobbling position does.
             action[:6] += self._rng.normal(0.0, self.noise_std, 6) * NOISE_AXIS_SCALE
-        self._phase = phase
         return np.clip(action, -1.0, 1.0)
 
     def _reaching(

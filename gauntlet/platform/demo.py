@@ -3,7 +3,8 @@
 1. builds a scene database covering every task x variant x error type, plus one nominal scene (the
    untouched start state) per task x variant, with oracle validation;
 2. runs the pre-flight check on it;
-3. trains a BC-RNN on a few scripted-expert demonstrations of one task (about half a minute);
+3. trains a BC-RNN on a few scripted-expert demonstrations of one task (with the object state)
+   through `gauntlet train`'s path: `data collect`, `data stats`, Ray Train (about half a minute);
 4. evaluates the scripted oracle, an untrained tiny VLA and the trained BC-RNN over every scene with
    several rollout actors (the BC-RNN knows one task's observation: the other tasks' scenes are
    skipped for it and recorded as such), recording a few rollout videos;
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -37,7 +39,7 @@ class DemoConfig:
     policies: tuple[str, ...] = option(("scripted", "vla"), help="policies to evaluate besides the trained one")
     seed: int = option(0, help="base seed")
     train_task: str = option("lift", help="task the demo's BC-RNN is trained on ('' = train nothing)")
-    train_demos: int = option(30, help="scripted-expert demonstrations it learns from (half D0, half D1)")
+    train_demos: int = option(30, help="scripted-expert demonstrations it learns from (half D0, half D1, rounded down)")
     train_steps: int = option(600, help="training steps (batch 32; about 30 s on one core)")
     record_video: int = option(1, help="videos per policy x task x error type (see --video-error-types)")
     video_error_types: tuple[str, ...] = option((NOMINAL, "drop", "object_push", "gripper_stall"),
@@ -91,33 +93,36 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train_demo_policy(cfg: DemoConfig, ckpt: Path) -> Path:
-    """A BC-RNN fitted on scripted-expert demos of `cfg.train_task` (kept if a finished one exists)."""
+    """A BC-RNN trained by `gauntlet train`'s path (collect, stats, Ray Train) on scripted-expert demos
+    of `cfg.train_task` with the object state; a finished checkpoint at `ckpt` is kept."""
+    from gauntlet.data.collect import CollectConfig, collect_demos
+    from gauntlet.data.dataset_schema import INFO_PATH
+    from gauntlet.data.stats import StatsConfig, write_stats
+    from gauntlet.platform.train.driver import TrainConfig, run_train
     from gauntlet.policies.checkpoints import CONFIG_FILE
+    from gauntlet.runtime.ray_session import ray_session
 
     if (ckpt / CONFIG_FILE).is_file():
         print(f"[demo]   reusing {ckpt}", flush=True)
         return ckpt
-    import torch
-
-    from gauntlet.policies.bc_rnn.config import config_for_task
-    from gauntlet.policies.bc_rnn.train import collect_demos, fit
-
-    half = max(cfg.train_demos // 2, 1)
-    # Demo seeds start far from the scene seeds, so the policy is evaluated on starts it never saw.
-    demos = (collect_demos(cfg.train_task, "D0", half, seed=cfg.seed + 10_000)
-             + collect_demos(cfg.train_task, "D1", cfg.train_demos - half or 1, seed=cfg.seed + 20_000))
-    frames = sum(len(d) for d in demos)
-    print(f"[demo]   {len(demos)} demonstrations, {frames} frames; fitting {cfg.train_steps} steps", flush=True)
-    # A small LSTM runs best on one thread; more threads spin against the rollouts on a small machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        policy, losses = fit(config_for_task(cfg.train_task), demos, steps=cfg.train_steps, batch_size=32,
-                             lr=1e-3, seed=cfg.seed, progress=True)
-    finally:
-        torch.set_num_threads(threads)
-    print(f"[demo]   loss {losses[0]:.3f} -> {losses[-1]:.3f}", flush=True)
-    policy.save(ckpt)
+    shutil.rmtree(ckpt, ignore_errors=True)  # an unfinished run: train again (seconds)
+    demos = ckpt.with_name(f"{ckpt.name}_demos")
+    if not (demos / INFO_PATH).is_file():
+        # Half D0, half D1. Demo seeds start far from the scene seeds, so the policy is evaluated
+        # on starts it never saw.
+        collect_demos(CollectConfig(out=str(demos), task=(cfg.train_task,), variant=("D0", "D1"),
+                                    episodes=max(cfg.train_demos // 2, 1), object_state=True,
+                                    seed=cfg.seed + 10_000, horizon=300))
+    write_stats(StatsConfig(dataset=str(demos)), progress=False)
+    # One checkpoint and a few reports: each report is a barrier that costs more than a step here.
+    train = TrainConfig(dataset=str(demos), out=str(ckpt), policy="bc_rnn", mode="full", steps=cfg.train_steps,
+                        batch_size=32, learning_rate=1e-3, weight_decay=0.0, seed=cfg.seed,
+                        checkpoint_every=cfg.train_steps, keep_checkpoints=1,
+                        log_every=max(cfg.train_steps // 4, 1), report_every=max(cfg.train_steps // 4, 1))
+    # Ray for training only: the evaluation starts its own, sized for its actors and replicas.
+    with ray_session("demo"):
+        summary = run_train(train)
+    print(f"[demo]   loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}", flush=True)
     return ckpt
 
 

@@ -1,5 +1,6 @@
 """BC-RNN with real torch on CPU and real robosuite: shapes, per-episode hidden state, pickle-free
-checkpoints, behaviour cloning on scripted-expert demos of lift D0, and a closed-loop rollout."""
+checkpoints, behaviour cloning on scripted-expert demos of lift D0 (collected by `data collect`,
+trained by `gauntlet train`'s path on the test Ray), and a closed-loop rollout."""
 
 from __future__ import annotations
 
@@ -14,11 +15,18 @@ import torch
 
 torch.set_num_threads(1)  # 2 shared cores: intra-op threads only contend
 
-from gauntlet.keys import EPISODE_CALLS_KEY, EPISODE_ID_KEY, OBJECT_STATE_KEY, PROMPT_KEY, STATE_KEY  # noqa: E402
+from gauntlet.keys import (  # noqa: E402
+    ACTION_FEATURE,
+    EPISODE_CALLS_KEY,
+    EPISODE_ID_KEY,
+    OBJECT_STATE_FEATURE,
+    OBJECT_STATE_KEY,
+    PROMPT_KEY,
+    STATE_KEY,
+)
 from gauntlet.policies.base import Policy, PolicyMetadata, stack_observations  # noqa: E402
 from gauntlet.policies.bc_rnn import BCRNNConfig, config_for_task  # noqa: E402
 from gauntlet.policies.bc_rnn.policy import BCRNNPolicy  # noqa: E402
-from gauntlet.policies.bc_rnn.train import DemoEpisode, collect_demos, compute_norm_stats, fit  # noqa: E402
 from gauntlet.policies.checkpoints import (  # noqa: E402
     CONFIG_FILE,
     PARAMS_FILE,
@@ -50,13 +58,31 @@ def untrained() -> BCRNNPolicy:
 
 
 @pytest.fixture(scope="module")
-def demos() -> list[DemoEpisode]:
-    return collect_demos("lift", "D0", episodes=5, seed=0)
+def demos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """5 scripted-expert demos of lift D0 with the object state (seeds 0..), and their statistics."""
+    from gauntlet.data.collect import CollectConfig, collect_demos
+    from gauntlet.data.stats import StatsConfig, write_stats
+
+    path = tmp_path_factory.mktemp("bc_rnn_demos") / "lift_d0"
+    collect_demos(CollectConfig(out=str(path), task=("lift",), variant=("D0",), episodes=5, object_state=True,
+                                horizon=300))
+    write_stats(StatsConfig(dataset=str(path)), progress=False)
+    return path
 
 
 @pytest.fixture(scope="module")
-def trained(demos: list[DemoEpisode]) -> tuple[BCRNNPolicy, list[float]]:
-    return fit(config_for_task("lift", **SMALL), demos, steps=300, batch_size=16, lr=3e-3, seed=0)
+def trained(ray_session, demos: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[BCRNNPolicy, list[float]]:
+    """A small BC-RNN (from a fresh base) trained 300 steps by `gauntlet train`'s path; its per-step losses."""
+    from gauntlet.platform.train.driver import TrainConfig, run_train
+
+    root = tmp_path_factory.mktemp("bc_rnn_train")
+    base = BCRNNPolicy.create(config_for_task("lift", **SMALL), seed=0).save(root / "base")
+    out = root / "trained"
+    run_train(TrainConfig(dataset=str(demos), out=str(out), base=str(base), policy="bc_rnn", mode="full", steps=300,
+                          batch_size=16, learning_rate=3e-3, weight_decay=0.0, checkpoint_every=300,
+                          report_every=100, log_every=100, cpus_per_worker=0.5))
+    rows = [json.loads(line) for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
+    return BCRNNPolicy.load(out), [r["loss"] for r in rows]
 
 
 # ------------------------------------------------------------------------------ contract
@@ -232,15 +258,18 @@ def test_save_load_round_trip_and_corrupt_checkpoints(trained, tmp_path: Path) -
 
 
 def test_training_on_expert_demos_reduces_the_loss(demos, trained) -> None:
-    assert len(demos) == 5 and all(d.success for d in demos)
-    assert all(d.observations[OBJECT_STATE_KEY].shape == (len(d), 10) for d in demos)
+    from gauntlet.data.dataset_format import Dataset
+
+    ds = Dataset(demos)
+    assert ds.num_episodes == 5 and ds.episodes["success"].all()
+    assert ds.load_columns([OBJECT_STATE_FEATURE])[OBJECT_STATE_FEATURE].shape == (ds.num_frames, 10)
     policy, losses = trained
+    assert policy.config.obs_keys == (STATE_KEY, OBJECT_STATE_KEY) and policy.config.hidden_size == SMALL["hidden_size"]
     assert len(losses) == 300 and np.all(np.isfinite(losses))
     first, last = np.mean(losses[:5]), np.mean(losses[-20:])
     assert last < 0.2 * first, (first, last)
-    # Statistics come from the demos, not the identity stats of an untrained policy.
-    stats = compute_norm_stats(demos, policy.config)
-    assert policy.has_data_stats and stats.allclose(policy.norm_stats)
+    # Statistics come from the demos (`data stats`), not the identity stats of an untrained policy.
+    assert policy.has_data_stats and ds.load_norm_stats().allclose(policy.norm_stats)
 
 
 def test_closed_loop_rollout_moves_the_gripper_to_the_cube(demos, trained) -> None:
@@ -250,7 +279,9 @@ def test_closed_loop_rollout_moves_the_gripper_to_the_cube(demos, trained) -> No
     from gauntlet.envs.env import make_env
 
     policy, _ = trained
-    mean_action = np.concatenate([d.actions for d in demos]).mean(0)
+    from gauntlet.data.dataset_format import Dataset
+
+    mean_action = Dataset(demos).load_columns([ACTION_FEATURE])[ACTION_FEATURE].mean(0)
     env = make_env("lift", "D0", cameras=())
 
     def cube_distance() -> float:

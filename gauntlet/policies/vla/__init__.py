@@ -1,7 +1,7 @@
 """A compact pi0-style VLA in JAX/Flax with LoRA adapters.
 
 Importing this package (and `config`, `inputs`, `executables`) does not import JAX; `VLAPolicy`
-(and everything under `model`, `lora`, `train`, `trainer`, `policy`) does, on first use, so
+(and everything under `model`, `lora`, `train`, `policy`) does, on first use, so
 registries can list the VLA without paying for JAX.
 """
 
@@ -11,9 +11,9 @@ from typing import Any
 
 from gauntlet.policies.vla.config import PRESETS, VLAConfig, get_config
 
-__all__ = ["PRESETS", "VLAConfig", "get_config", "VLAPolicy", "VLAAdapterView", "VLATrainer", "AdapterNotFoundError"]
+__all__ = ["PRESETS", "VLAConfig", "get_config", "VLAPolicy", "VLAAdapterView", "AdapterNotFoundError"]
 
-_LAZY = {"VLAPolicy": "policy", "VLAAdapterView": "policy", "VLATrainer": "trainer", "AdapterNotFoundError": "policy"}
+_LAZY = {"VLAPolicy": "policy", "VLAAdapterView": "loaded_adapters", "AdapterNotFoundError": "loaded_adapters"}
 
 
 def __getattr__(name: str) -> Any:

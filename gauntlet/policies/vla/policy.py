@@ -13,19 +13,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from gauntlet.data.normalization import NormStats
 from gauntlet.keys import ACTIONS_KEY, STATE_KEY
@@ -45,6 +42,7 @@ from gauntlet.policies.vla import lora as lora_lib
 from gauntlet.policies.vla.config import VLAConfig, get_config
 from gauntlet.policies.vla.executables import SHARED_EXECUTABLES, bucket_sizes, clear_executable_cache
 from gauntlet.policies.vla.inputs import NOISE_SEED_KEY, model_inputs
+from gauntlet.policies.vla.loaded_adapters import AdapterNotFoundError, LoadedAdapter, VLAAdapterView
 from gauntlet.policies.vla.model import (
     VLAModel,
     flow_matching_loss,
@@ -53,19 +51,11 @@ from gauntlet.policies.vla.model import (
     sample_flow_inputs,
     sample_noise,
 )
-from gauntlet.policies.vla.train import TrainMode, make_optimizer
-
-if TYPE_CHECKING:
-    from gauntlet.policies.vla.trainer import VLATrainer
 
 Tree = dict[str, Any]
 # Re-exported: callers import these from here.
 __all__ = ["NOISE_SEED_KEY", "AdapterNotFoundError", "VLAAdapterView", "VLAPolicy", "bucket_sizes",
            "clear_executable_cache"]
-
-
-class AdapterNotFoundError(LookupError):
-    """`infer(..., adapter=name)` for an adapter that is not loaded."""
 
 
 def _as_float32(tree: Any) -> Any:
@@ -74,19 +64,6 @@ def _as_float32(tree: Any) -> Any:
 
 def _to_numpy(tree: Any) -> Any:
     return jax.tree_util.tree_map(lambda x: np.asarray(x), tree)
-
-
-@dataclass(frozen=True)
-class _Adapter:
-    name: str
-    params: Tree  # device arrays, rescaled to the policy's lora_alpha
-    norm_stats: NormStats  # used for this adapter's requests (fine-tunes bring their data's stats)
-    rank: int
-    source: str | None  # the checkpoint dir it came from, if any
-
-    @property
-    def variant(self) -> str:
-        return f"lora-r{self.rank}"
 
 
 class VLAPolicy:
@@ -119,7 +96,7 @@ class VLAPolicy:
         self._version = version or f"{config.preset}-{self._fingerprint[:10]}"
         self.seed = seed  # default sampling seed: fixed, so repeated calls are reproducible
         self._max_batch_size = max_batch_size
-        self._adapters: dict[str, _Adapter] = {}
+        self._adapters: dict[str, LoadedAdapter] = {}
         self._compiled: dict[tuple[str, int], Any] = {}
         self._compile_count = 0
         self._warm_variants: set[str] = set()  # variants whose buckets must stay compiled
@@ -200,7 +177,7 @@ class VLAPolicy:
             params = jax.tree_util.tree_map_with_path(
                 lambda path, x: x * ratio if getattr(path[-1], "key", None) == "b" else x, params
             )
-        adapter = _Adapter(name=name, params=params, norm_stats=stats, rank=rank, source=source)
+        adapter = LoadedAdapter(name=name, params=params, norm_stats=stats, rank=rank, source=source)
         with self._lock:
             self._adapters[name] = adapter
             self.metadata = self._make_metadata()
@@ -249,7 +226,7 @@ class VLAPolicy:
             self._get_adapter(name)
         return VLAAdapterView(self, name)
 
-    def _get_adapter(self, name: str) -> _Adapter:
+    def _get_adapter(self, name: str) -> LoadedAdapter:
         try:
             return self._adapters[name]
         except KeyError:
@@ -397,17 +374,6 @@ class VLAPolicy:
         x = self.prepare_train_batch(batch, rng, norm_stats)
         return float(self._loss(variables or self.variables(None), x))
 
-    def make_trainer(self, mode: TrainMode = "lora", *, optimizer: optax.GradientTransformation | None = None,
-                     learning_rate: float = 1e-3, adapter: Tree | None = None, adapter_seed: int = 0,
-                     norm_stats: NormStats | None = None) -> VLATrainer:
-        """A trainer over this policy's base: mode="lora" trains a (new or given) adapter, "full" the base."""
-        from gauntlet.policies.vla.trainer import VLATrainer
-
-        variables = self.train_weights(mode, adapter_seed)
-        if adapter is not None:
-            variables["lora"] = adapter
-        return VLATrainer(self, mode, optimizer or make_optimizer(learning_rate), variables, norm_stats or self.norm_stats)
-
     # ---------------------------------------------------------------- metadata
 
     def _make_metadata(self) -> PolicyMetadata:
@@ -423,21 +389,3 @@ class VLAPolicy:
             },
         )
 
-
-class VLAAdapterView:
-    """One adapter of a shared VLAPolicy, as a standalone Policy (e.g. per multiplexed model id)."""
-
-    def __init__(self, policy: VLAPolicy, adapter: str | None):
-        self.policy = policy
-        self.adapter = adapter
-        base = policy.metadata
-        self.metadata = dataclasses.replace(
-            base, name=base.name if adapter is None else f"{base.name}:{adapter}",
-            extra={**base.extra, "adapter": adapter},
-        )
-
-    def infer(self, batch: Mapping[str, Any], seed: int | None = None) -> dict[str, Any]:
-        return self.policy.infer(batch, adapter=self.adapter, seed=seed)
-
-    def reset(self) -> None:
-        self.policy.reset()

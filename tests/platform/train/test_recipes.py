@@ -13,6 +13,7 @@ from gauntlet.keys import ACTION_IS_PAD_KEY, ACTIONS_KEY, STATE_KEY
 from gauntlet.platform.train.recipes import RECIPES, get_recipe
 from gauntlet.platform.train.worker import BACKENDS
 from gauntlet.policies.base import masked_chunk_mse
+from gauntlet.runtime.registry import UnknownNameError
 
 
 def test_every_registered_recipe_names_itself_and_a_known_trainer() -> None:
@@ -20,7 +21,7 @@ def test_every_registered_recipe_names_itself_and_a_known_trainer() -> None:
         recipe = get_recipe(name)
         assert recipe.name == name
         assert recipe.trainer in BACKENDS
-    with pytest.raises(ValueError, match="not trainable"):
+    with pytest.raises(UnknownNameError, match="unknown trainable policy family 'random'; known: vla, bc_rnn"):
         get_recipe("random")
 
 
@@ -61,7 +62,7 @@ def test_bc_rnn_trains_on_the_inputs_it_is_served() -> None:
     from gauntlet.policies.bc_rnn import BCRNNConfig
     from gauntlet.policies.bc_rnn.model import chunk_inputs
     from gauntlet.policies.bc_rnn.policy import BCRNNPolicy
-    from gauntlet.policies.bc_rnn.train import SequenceSampler
+    from gauntlet.policies.bc_rnn.windows import SequenceSampler
 
     config = BCRNNConfig(obs_keys=(STATE_KEY,), obs_dims=(8,), chunk_len=4, seq_len=8)
     policy = BCRNNPolicy.create(config, seed=0)

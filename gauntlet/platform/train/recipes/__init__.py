@@ -1,7 +1,7 @@
 """The trainable policy families `gauntlet train --policy` knows, and what each one provides.
 
 A family is one module here defining `RECIPE` (how `gauntlet train` builds, checks and exports it)
-plus one registration line in RECIPES; its loss and batch preparation live with the policy itself
+plus one registration in RECIPES (the one registry style, `gauntlet.runtime.registry`); its loss and batch preparation live with the policy itself
 (`TrainablePolicy` in gauntlet/policies/base.py), so policies never import the platform. Training dispatches on the
 recipe's abilities, never on the family's name. Recipe modules load on first use, so listing the
 names (for `--help`) imports neither JAX nor torch.
@@ -9,7 +9,6 @@ names (for `--help`) imports neither JAX nor torch.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+from gauntlet.runtime.registry import Registry, import_object
 
 if TYPE_CHECKING:
     from gauntlet.data.dataset_format import Dataset
@@ -29,15 +30,15 @@ if TYPE_CHECKING:
 class RecipeEntry:
     """One registered family."""
 
-    module: str  # the module that defines RECIPE (a TrainRecipe); imported on first use
+    recipe: str  # "module:attribute" of its TrainRecipe; imported on first use
     summary: str  # one line for `--policy`'s help: framework, trainer, modes
 
 
-RECIPES: dict[str, RecipeEntry] = {
-    "vla": RecipeEntry("gauntlet.platform.train.recipes.vla", "JAX, JaxTrainer, LoRA or full"),
-    "bc_rnn": RecipeEntry("gauntlet.platform.train.recipes.bc_rnn",
-                          "torch, TorchTrainer with DDP, full only; reads observation/state"),
-}
+RECIPES: Registry[RecipeEntry] = Registry("trainable policy family")
+RECIPES.register("vla", RecipeEntry("gauntlet.platform.train.recipes.vla:RECIPE", "JAX, JaxTrainer, LoRA or full"))
+RECIPES.register("bc_rnn", RecipeEntry("gauntlet.platform.train.recipes.bc_rnn:RECIPE",
+                                       "torch, TorchTrainer with DDP, full only; reads the dataset's "
+                                       "low-dimensional observations"))
 
 
 @dataclass(frozen=True)
@@ -112,9 +113,5 @@ class TrainRecipe(Protocol):
 
 
 def get_recipe(name: str) -> TrainRecipe:
-    """The registered recipe of `name` (its module imported now)."""
-    try:
-        entry = RECIPES[name]
-    except KeyError:
-        raise ValueError(f"--policy: {name!r} is not trainable (trainable: {', '.join(RECIPES)})") from None
-    return importlib.import_module(entry.module).RECIPE
+    """The registered recipe of `name` (its module imported now); UnknownNameError lists the trainable."""
+    return import_object(RECIPES.lookup(name).recipe)

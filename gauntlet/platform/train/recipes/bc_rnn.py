@@ -1,9 +1,10 @@
 """How `gauntlet train --policy bc_rnn` trains the BC-RNN: model config, data windows, artifact.
 
 The loss and batch preparation are the policy's own (`BCRNNPolicy.train_loss`,
-`prepare_train_batch`); this is the rest of what the training platform asks of a family. Datasets
-carry the robot state, not the privileged object state, so the trained model is state-only. torch
-is imported only inside the functions that need it.
+`prepare_train_batch`); this is the rest of what the training platform asks of a family. A fresh
+model reads every low-dimensional observation the dataset carries: the robot state, plus the
+privileged object state when the dataset was collected with `--object-state`. torch is imported
+only inside the functions that need it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gauntlet.keys import ACTION_FEATURE, ACTIONS_KEY, STATE_DIM, STATE_FEATURE, STATE_KEY
+from gauntlet.keys import (
+    ACTIONS_KEY,
+    DATASET_COLUMNS,
+    OBJECT_STATE_FEATURE,
+    OBJECT_STATE_KEY,
+    STATE_DIM,
+    STATE_KEY,
+)
 from gauntlet.platform.train.config import TrainConfig, TrainConfigError
 from gauntlet.platform.train.recipes import BatchSource, DatasetNeeds, TrainPlan, WorkerContext
 from gauntlet.policies.bc_rnn.config import BCRNNConfig
@@ -27,7 +35,21 @@ if TYPE_CHECKING:
     from gauntlet.platform.train.preflight import Preflight
     from gauntlet.policies.bc_rnn.policy import BCRNNPolicy
 
-STATE_ONLY = (STATE_KEY,)  # what a dataset provides to a BC-RNN
+
+
+def dataset_observations(dataset: str) -> dict[str, int]:
+    """The low-dimensional observations a dataset provides, key -> width: the robot state, plus the
+    object state if it was collected with it. A dataset that cannot be read provides the state only
+    here; the pre-flight then names what is wrong with it."""
+    from gauntlet.data.dataset_format import Dataset, DatasetError
+
+    try:
+        feats = Dataset(dataset).info["features"]
+    except DatasetError:
+        return {STATE_KEY: STATE_DIM}
+    if OBJECT_STATE_FEATURE in feats:
+        return {STATE_KEY: STATE_DIM, OBJECT_STATE_KEY: int(feats[OBJECT_STATE_FEATURE]["shape"][0])}
+    return {STATE_KEY: STATE_DIM}
 
 
 @dataclass(frozen=True)
@@ -44,8 +66,9 @@ class BCRNNRecipe:
 
         if cfg.mode == "lora":
             raise TrainConfigError("--mode lora: bc_rnn has no adapters; use --mode full (or auto)")
+        provided = dataset_observations(cfg.dataset)
         if not cfg.base:
-            return BCRNNConfig(obs_keys=STATE_ONLY, obs_dims=(STATE_DIM,)), f"fresh-seed-{cfg.seed}"
+            return BCRNNConfig(obs_keys=tuple(provided), obs_dims=tuple(provided.values())), f"fresh-seed-{cfg.seed}"
         try:
             manifest = read_manifest(cfg.base)
             config = BCRNNConfig.from_dict(dict(manifest["model_config"]))
@@ -54,9 +77,9 @@ class BCRNNRecipe:
         model = manifest.get("extra", {}).get("model")
         if model != MODEL_NAME:
             raise TrainConfigError(f"--base {cfg.base}: is a {model!r} checkpoint, not bc_rnn")
-        if tuple(config.obs_keys) != STATE_ONLY:
-            raise TrainConfigError(f"--base {cfg.base}: reads {list(config.obs_keys)}, but datasets provide only "
-                                   f"{STATE_KEY!r}")
+        if any(provided.get(k) != d for k, d in zip(config.obs_keys, config.obs_dims, strict=True)):
+            raise TrainConfigError(f"--base {cfg.base}: reads {dict(zip(config.obs_keys, config.obs_dims, strict=True))}"
+                                   f", but the dataset provides {provided} (key: width)")
         return config, str(manifest["fingerprint"])
 
     def dataset_needs(self, config: BCRNNConfig) -> DatasetNeeds:
@@ -91,15 +114,16 @@ class BCRNNRecipe:
         """Windows over this worker's disjoint share of the split's episodes (every world-th one);
         the step's generator draws them, so a resumed run repeats the uninterrupted one."""
         from gauntlet.data.dataset_format import Dataset
-        from gauntlet.policies.bc_rnn.train import SequenceSampler
+        from gauntlet.policies.bc_rnn.windows import SequenceSampler
 
         del start_step  # windows depend on the step's generator only
         ds = Dataset(pre.identity["dataset"])
         mine = ds.split(cfg.split)[worker.rank::worker.world]
-        cols = ds.load_columns([STATE_FEATURE, ACTION_FEATURE], mine)
+        keys = (*policy.config.obs_keys, ACTIONS_KEY)
+        cols = ds.load_columns([DATASET_COLUMNS[k] for k in keys], mine)
         bounds = np.cumsum(ds.lengths[mine])[:-1]
-        episodes = [{STATE_KEY: s, ACTIONS_KEY: a} for s, a in
-                    zip(np.split(cols[STATE_FEATURE], bounds), np.split(cols[ACTION_FEATURE], bounds), strict=True)]
+        per_key = {k: np.split(cols[DATASET_COLUMNS[k]], bounds) for k in keys}
+        episodes = [{k: per_key[k][i] for k in keys} for i in range(len(mine))]
         sampler = SequenceSampler(episodes, policy.config, np.random.default_rng(0))
         yield lambda rng: sampler.sample(cfg.batch_per_worker, rng)
 
