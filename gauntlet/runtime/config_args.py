@@ -167,13 +167,16 @@ def as_tuple(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
     return tuple(p.strip() for t in texts for p in str(t).split(",") if p.strip())
 
 
-def require_at_least(config: Any, minimum: float, *names: str, error: Callable[[str], Exception] = ValueError) -> None:
+def require_at_least(config: Any, minimum: float, *names: str, error: Callable[[str], Exception] = ValueError,
+                     as_flags: bool = False) -> None:
     """For a config's `__post_init__`: raises `error("NAME must be >= MINIMUM, got VALUE")` for the first
-    field in `names` below `minimum`, so the message names the field the user must change."""
+    field in `names` below `minimum`, so the message names the field the user must change; with
+    `as_flags`, it names the flag instead: `--flag-name: must be >= MINIMUM, got VALUE`."""
     for name in names:
         value = getattr(config, name)
         if value < minimum:
-            raise error(f"{name} must be >= {minimum}, got {value}")
+            where = f"--{name.replace('_', '-')}:" if as_flags else name
+            raise error(f"{where} must be >= {minimum}, got {value}")
 
 
 def run_command(prog: str, work: Callable[[], int | None], errors: Mapping[type[Exception], int]) -> int:
