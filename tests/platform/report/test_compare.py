@@ -15,7 +15,8 @@ from scipy.stats import binomtest
 
 from gauntlet.envs.scene_db import HARVESTED, INJECTED, NOMINAL_ORIGIN
 from gauntlet.platform.cli import main as cli
-from gauntlet.platform.eval.results import COMPACTED_FILE, RESULT_COLUMNS, ResultsStore
+from gauntlet.platform.eval.episode import WorkItem
+from gauntlet.platform.eval.results import COMPACTED_FILE, ResultsStore, new_row, skipped_row
 from gauntlet.platform.report.compare import COMPARE_COLUMNS, COVERAGE_COLUMNS, PAIR_KEY
 from gauntlet.platform.report.stats import mcnemar_exact, paired_difference_interval, rate_difference_interval
 
@@ -66,18 +67,15 @@ def test_paired_interval_matches_an_independent_computation_and_the_unpaired_cas
 
 
 # ------------------------------------------------------------------------------------ hand-made runs
-def _row(**values: Any) -> dict[str, Any]:
-    row = {
-        "run_id": "r", "scene_id": "s", "policy": "base", "trial": 0, "task": "lift", "variant": "D0",
-        "error_type": "drop", "category": "natural", "origin": INJECTED, "success": False, "skipped": False,
-        "skip_reason": "", "skip_kind": "", "steps": 100, "recovery_step": -1, "inference_calls": 10,
-        "episode_restarts": 0, "replan_steps": 10, "latency_ms_mean": 5.0, "latency_ms_p50": 4.0,
-        "latency_ms_max": 9.0, "label_motion": "drop", "label_grasp": "drop", "label_command": "none",
-        "scene_seed": 7, "policy_seed": 0, "horizon": 200, "wall_s": 1.0, "worker": "w0", "code_version": "0.1.0",
-    }
-    row.update(values)
-    assert set(row) == set(RESULT_COLUMNS)
-    return row
+def _row(*, policy: str, scene_id: str = "lift-drop-0", trial: int = 0, error_type: str = "drop",
+         origin: str = INJECTED, skip_reason: str = "", **outcome: Any) -> dict[str, Any]:
+    """A result row from the real row builder: the scene's columns, then the outcome."""
+    item = WorkItem("r", scene_id, policy, trial, 200)
+    scene = {"task": "lift", "variant": "D0", "error_type": error_type, "category": "natural", "origin": origin,
+             "seed": 7}
+    if skip_reason:
+        return skipped_row(item, scene, skip_reason, "w0", "0.1.0")
+    return new_row(item, scene, "w0", "0.1.0", **outcome)
 
 
 # (scene, error_type, origin, [(success A, success B) per trial])
@@ -93,15 +91,15 @@ def _write_runs(root: Path, labels: tuple[str, str] = ("base", "tuned")) -> tupl
     rows: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
     for scene_id, error_type, origin, outcomes in SCENES:
         for trial, (win_a, win_b) in enumerate(outcomes):
-            common = dict(scene_id=scene_id, error_type=error_type, origin=origin, trial=trial, policy_seed=trial)
+            common = dict(scene_id=scene_id, error_type=error_type, origin=origin, trial=trial)
             rows["a"].append(_row(policy=labels[0], success=bool(win_a), **common))
-            skipped = scene_id == "lift-drop-1" and trial == 1
-            rows["b"].append(_row(policy=labels[1], success=bool(win_b) and not skipped, skipped=skipped,
-                                  skip_reason="TimeoutError: slow" if skipped else "", **common))
-    rows["a"].append(_row(policy=labels[0], scene_id="lift-drop-0", trial=3, policy_seed=3, skipped=True,
-                          skip_reason="fingerprint mismatch"))
-    rows["b"] += [_row(policy=labels[1], scene_id="lift-push-9", error_type="object_push", trial=t, policy_seed=t,
-                       success=True) for t in range(2)]
+            if scene_id == "lift-drop-1" and trial == 1:
+                rows["b"].append(_row(policy=labels[1], skip_reason="TimeoutError: slow", **common))
+            else:
+                rows["b"].append(_row(policy=labels[1], success=bool(win_b), **common))
+    rows["a"].append(_row(policy=labels[0], trial=3, skip_reason="fingerprint mismatch"))
+    rows["b"] += [_row(policy=labels[1], scene_id="lift-push-9", error_type="object_push", trial=t, success=True)
+                  for t in range(2)]
     runs = []
     for side in "ab":
         run = root / f"run-{side}"
