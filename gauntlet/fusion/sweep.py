@@ -29,7 +29,7 @@ from gauntlet.fusion.methods.base import FusionConfig
 from gauntlet.fusion.slide_sources import SlideLoadOptions, expand_slide_specs, slide_display_name
 from gauntlet.fusion.sweep_report import format_table, write_results
 from gauntlet.fusion.synthetic import SyntheticConfig
-from gauntlet.fusion.trial import METRIC_COLUMNS, ROW_COLUMNS, STATUS_FAILED, STATUS_OK
+from gauntlet.fusion.trial import METRIC_COLUMNS, ROW_COLUMNS, STATUS_FAILED, STATUS_OK, TrialSpec, run_trial
 from gauntlet.platform.sweeps.job import SweepJob, death_reason, run_job, tune_run_config
 from gauntlet.platform.sweeps.tune_progress import sweep_log, trial_progress
 from gauntlet.runtime.config_args import option
@@ -137,8 +137,6 @@ def fusion_trainable(params: dict[str, Any], fusion_config: FusionConfig, load_o
     """The Tune trainable: one trial, one result row (failed trials report status and reason)."""
     import torch
     from ray import tune
-
-    from gauntlet.fusion.trial import TrialSpec, run_trial
 
     torch.set_num_threads(torch_threads)  # trials share the machine; one thread each by default
     spec = TrialSpec(

@@ -25,13 +25,13 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gauntlet.platform.eval.config import EvalConfig
 from gauntlet.platform.eval.driver import SERVE_REPLICA_CPUS
+from gauntlet.platform.sweeps.job import SweepJob, run_job, tune_run_config
 from gauntlet.platform.sweeps.ram_floor import GB, MB
 from gauntlet.platform.sweeps.search import (
     GridPlan,
@@ -45,9 +45,18 @@ from gauntlet.platform.sweeps.search import (
     summarise_plan,
     tune_searcher,
 )
-from gauntlet.platform.sweeps.throughput_report import describe_knobs, format_table, write_report
+from gauntlet.platform.sweeps.throughput_report import (
+    RESULT_COLUMNS,
+    describe_grid_point,
+    describe_knobs,
+    describe_ladder_step,
+    format_table,
+    outcome,
+    trial_row,
+    trials_table,
+    write_report,
+)
 from gauntlet.platform.sweeps.throughput_trials import (
-    STATUS_OK,
     EvalTarget,
     LoaderTarget,
     RamLimits,
@@ -56,15 +65,13 @@ from gauntlet.platform.sweeps.throughput_trials import (
     loader_api,
 )
 from gauntlet.platform.sweeps.tune_progress import sweep_log, trial_progress
-from gauntlet.runtime.config_args import option, parse_config
-from gauntlet.runtime.manifests import write_json
-from gauntlet.runtime.tracking import REPORT_TO, REPORT_TO_HELP, Tracker, open_tracker
+from gauntlet.runtime.config_args import option
+from gauntlet.runtime.tracking import REPORT_TO, REPORT_TO_HELP, Tracker
 
 if TYPE_CHECKING:
     import pandas as pd
 
 SWEEP = "throughput"
-PROG = f"gauntlet sweep {SWEEP}"
 _TRIAL_DIED = "ERROR (the trial's process died; see the reason column)"
 TARGETS = ("eval", "loader")
 MODES = ("grid", "ladder")
@@ -284,27 +291,6 @@ def target_of(config: SweepThroughputConfig) -> ThroughputTarget:
 
 # ------------------------------------------------------------------------------------ the sweep
 
-def _describe_grid_point(cfg: dict[str, Any]) -> str:
-    return describe_knobs(cfg.get("knobs", {}))
-
-
-def _describe_ladder_step(cfg: dict[str, Any]) -> str:
-    step = cfg.get("step", {})
-    moved = f"moved {step['changed_knob']}" if step.get("changed_knob") else "baseline"
-    return f"(ladder round {step.get('round', '?')}, {moved}) {_describe_grid_point(cfg)}"
-
-
-def _outcome(metric: str) -> Callable[[dict[str, Any]], str]:
-    def outcome(r: dict[str, Any]) -> str:
-        memory = (f"peak tree RSS {r.get('peak_tree_rss_mb', math.nan):.0f} MB, min available "
-                  f"{r.get('min_available_mb', math.nan) / 1024:.2f} GB")
-        if r.get("status") == STATUS_OK:
-            return f"{r.get(metric, math.nan):.1f} {metric.replace('_per_', '/')} ({memory})"
-        return f"{str(r.get('status', 'error')).upper()} {r.get('reason', '')} ({memory})"
-
-    return outcome
-
-
 def run_sweep(config: SweepThroughputConfig, target: ThroughputTarget, plan: GridPlan | LadderPlan,
               limits: RamLimits | None = None, tracker: Tracker | None = None) -> pd.DataFrame:
     """Runs `plan` on Ray Tune (one trial at a time, on the current Ray); one row per trial (each also
@@ -314,15 +300,14 @@ def run_sweep(config: SweepThroughputConfig, target: ThroughputTarget, plan: Gri
     from gauntlet.platform.sweeps.throughput_trials import throughput_trainable
 
     limits = limits or config.limits
-    out = Path(config.out).resolve()
     metric = target.metric
     trainable = tune.with_resources(
         tune.with_parameters(throughput_trainable, target=target, limits=limits),
         {"cpu": TRIAL_CPUS.get(config.target, 1.0)},
     )
-    describe = _describe_ladder_step if config.mode == "ladder" else _describe_grid_point
-    progress = trial_progress(SWEEP, plan.total, describe, _outcome(metric), _TRIAL_DIED, tracker=tracker,
-                              metrics=_RESULT_COLUMNS)
+    describe = describe_ladder_step if config.mode == "ladder" else describe_grid_point
+    progress = trial_progress(SWEEP, plan.total, describe, outcome(metric), _TRIAL_DIED, tracker=tracker,
+                              metrics=RESULT_COLUMNS)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -331,10 +316,7 @@ def run_sweep(config: SweepThroughputConfig, target: ThroughputTarget, plan: Gri
             max_concurrent_trials=1,  # throughput measured beside another trial is noise
             reuse_actors=False,  # a fresh process per trial: no threads or memory left by the last
         ),
-        run_config=tune.RunConfig(
-            name=f"throughput-{config.target}", storage_path=str(out / "tune"), verbose=0,
-            callbacks=[progress], failure_config=tune.FailureConfig(max_failures=0),
-        ),
+        run_config=tune_run_config(f"throughput-{config.target}", Path(config.out), progress),
     )
     size = f"{plan.total} trials" if plan.total else f"at most {plan.max_trials} trials"
     headroom = f", or {limits.headroom_bytes / GB:.2f} GB below what a trial starts with" if limits.headroom_bytes else ""
@@ -342,108 +324,73 @@ def run_sweep(config: SweepThroughputConfig, target: ThroughputTarget, plan: Gri
          f"{limits.floor_bytes / GB:.2f} GB{headroom}")
     grid = tuner.fit()
     accepted = {s.proposal.index: s.accepted for s in plan.history}
-    rows = []
-    for result in grid:
-        cfg = result.config or {}
-        step = cfg.get("step", {})
-        metrics = result.metrics or {}
-        row: dict[str, Any] = {"trial": int(step.get("index", -1))}
-        if config.mode == "ladder":
-            row.update(round=int(step.get("round", 0)), changed_knob=str(step.get("changed_knob", "")),
-                       kept=bool(accepted.get(row["trial"], False)))
-        row.update(cfg.get("knobs", {}))
-        if result.error is not None or "status" not in metrics:
-            reason = str(result.error or "trial ended without reporting").strip().splitlines()
-            row.update(status="error", reason=reason[-1][:500] if reason else "trial died")
-            row[metric] = math.nan
-        else:
-            row.update({k: v for k, v in metrics.items() if k in _RESULT_COLUMNS or k == metric})
-        rows.append(row)
-    return _table(rows, list(plan.knobs), metric, config.mode)
+    rows = [trial_row(result, config.mode, metric, accepted) for result in grid]
+    return trials_table(rows, list(plan.knobs), metric, config.mode)
 
 
-_RESULT_COLUMNS = (
-    "status", "samples_per_s", "episodes_per_min", "mean_batch_size", "max_batch_size_seen", "episodes", "skipped",
-    "batches_per_s", "samples", "batches", "measured_s", "first_batch_s", "eval_wall_s", "peak_tree_rss_mb",
-    "tree_growth_mb", "min_available_mb", "floor_mb", "breach_available_mb", "breach_tree_rss_mb", "breach_decline_mb_per_s",
-    "trial_s", "reason",
-)
+@dataclass(frozen=True)
+class Prepared:
+    """What the pre-flight found: the sweep's knobs, its plan, the checked target and the RAM limits."""
+
+    knobs: Knobs  # candidate values per knob
+    plan: GridPlan | LadderPlan  # which configurations run, in which order
+    target: ThroughputTarget  # what each trial measures
+    limits: RamLimits  # fixed now: an automatic floor must not drift between trials
 
 
-def _table(rows: list[dict[str, Any]], knob_names: list[str], metric: str, mode: str) -> pd.DataFrame:
-    import pandas as pd
-
-    frame = pd.DataFrame(rows)
-    lead = ["trial", *(["round", "changed_knob", "kept"] if mode == "ladder" else []), *knob_names, "status",
-            metric]
-    rest = [c for c in _RESULT_COLUMNS if c in frame.columns and c not in lead and c != "reason"]
-    frame = frame.reindex(columns=[*lead, *rest, "reason"])
-    frame["reason"] = frame["reason"].fillna("").astype(str)
-    frame["status"] = frame["status"].fillna("error").astype(str)
-    for col in ("samples", "batches", "episodes", "skipped", "max_batch_size_seen"):
-        if col in frame.columns and frame[col].notna().all():
-            frame[col] = frame[col].astype("int64")
-    if mode == "ladder":
-        frame["kept"] = frame["kept"].astype(bool)
-    return frame.sort_values("trial", kind="stable").reset_index(drop=True)
+def _prepare(config: SweepThroughputConfig) -> Prepared:
+    knobs = knobs_of(config)
+    plan = plan_of(config, knobs)
+    check_floor(config)
+    return Prepared(knobs=knobs, plan=plan, target=target_of(config), limits=config.limits)
 
 
-def _init_ray(config: SweepThroughputConfig, knobs: Knobs) -> bool:
-    """Connects to RAY_ADDRESS or starts an embedded local Ray (as `gauntlet eval` does); True if started."""
-    from gauntlet.runtime.ray_session import start_ray
-
+def _ray_cpus(config: SweepThroughputConfig, prepared: Prepared) -> int:
+    """CPUs of an embedded Ray: the machine's, and for eval at least what the largest trial places at once."""
     num_cpus = config.num_cpus or os.cpu_count() or 1
     if config.target == "eval" and not config.num_cpus:
-        # logical CPUs for the largest trial: its actors and replicas must all be placed at once
-        actors = max(knobs.get("actors", (EVAL_DEFAULTS["actors"],)))
-        replicas = max(knobs.get("replicas", (EVAL_DEFAULTS["replicas"],)))
+        actors = max(prepared.knobs.get("actors", (EVAL_DEFAULTS["actors"],)))
+        replicas = max(prepared.knobs.get("replicas", (EVAL_DEFAULTS["replicas"],)))
         need = actors * config.actor_cpus + replicas * SERVE_REPLICA_CPUS + TRIAL_CPUS["eval"]
         num_cpus = max(num_cpus, math.ceil(need))
-    return start_ray("sweep throughput", num_cpus=num_cpus, log_to_driver=False)
+    return num_cpus
 
 
-def main(argv: list[str] | None = None) -> int:
-    config = parse_config(SweepThroughputConfig, argv, PROG, __doc__.split("\n\n")[0])
-    try:
-        knobs = knobs_of(config)
-        plan = plan_of(config, knobs)
-        check_floor(config)
-        target = target_of(config)
-    except (KnobError, SweepInputError) as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr, flush=True)
-        return 2
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", dataclasses.asdict(config), indent=2)
-    limits = config.limits  # fixed now: an automatic floor must not drift between trials
+def _run(config: SweepThroughputConfig, prepared: Prepared, tracker: Tracker) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """(the trials table, the report object), both written to --out and logged to the tracker."""
+    trials = run_sweep(config, prepared.target, prepared.plan, prepared.limits, tracker)
+    report = write_report(trials, summarise_plan(prepared.plan), config, list(prepared.knobs), prepared.limits,
+                          Path(config.out), getattr(prepared.target, "runs_dir", None))
+    tracker.log_table("sweep/trials", trials.to_dict("records"))
+    if report["recommended"]:
+        tracker.log_table("sweep/recommended", [{**report["recommended"]["knobs"],
+                                                 config.metric: report["recommended"][config.metric]}])
+    return trials, report
 
-    import ray
 
-    tracker = open_tracker(config.report_to, out, name=f"{SWEEP}-{out.resolve().name}", job_type=f"sweep-{SWEEP}",
-                           config=dataclasses.asdict(config))
-    started = _init_ray(config, knobs)
-    try:
-        trials = run_sweep(config, target, plan, limits, tracker)
-        summary = summarise_plan(plan)
-        report = write_report(trials, summary, config, list(knobs), limits, out, getattr(target, "runs_dir", None))
-        tracker.log_table("sweep/trials", trials.to_dict("records"))
-        if report["recommended"]:
-            tracker.log_table("sweep/recommended", [{**report["recommended"]["knobs"],
-                                                     config.metric: report["recommended"][config.metric]}])
-    finally:
-        tracker.close()
-        if started:
-            ray.shutdown()
-    print(format_table(trials, list(knobs), config.metric), flush=True)
+def _finish(config: SweepThroughputConfig, prepared: Prepared, result: tuple[pd.DataFrame, dict[str, Any]]) -> int:
+    trials, report = result
+    print(format_table(trials, list(prepared.knobs), config.metric), flush=True)
     rec = report["recommended"]
     counts = report["counts"]
     _log(f"{counts['ok']}/{len(trials)} trials ok, {counts['ram_floor']} stopped at the RAM floor, "
-         f"{counts['error']} errors; report in {(out / 'report.md').resolve()}")
+         f"{counts['error']} errors; report in {(Path(config.out) / 'report.md').resolve()}")
     if rec:
         _log(f"recommended: {describe_knobs(rec['knobs'])} ({rec[config.metric]:.2f} {config.metric})")
     else:
         _log("no configuration finished above the RAM floor: nothing to recommend")
     return 0 if rec else 1
+
+
+JOB = SweepJob(
+    name=SWEEP, config_type=SweepThroughputConfig, description=__doc__.split("\n\n")[0], prepare=_prepare,
+    input_errors=(KnobError, SweepInputError), ray_cpus=_ray_cpus, run=_run, finish=_finish,
+    log_to_driver=False,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(JOB, argv)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,18 @@
-"""The throughput sweep's outputs: trials.csv/.parquet, report.json and report.md (the recommendation,
-the ladder's path, every trial) and the table printed at the end."""
+"""The throughput sweep's outputs: its progress lines, the trials table (one row per Tune trial),
+trials.csv/.parquet, report.json and report.md (the recommendation, the ladder's path, every trial)
+and the table printed at the end."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gauntlet.platform.sweeps.job import death_reason
 from gauntlet.platform.sweeps.ram_floor import GB
 from gauntlet.platform.sweeps.search import PlanSummary
-from gauntlet.platform.sweeps.throughput_trials import STATUS_OK, RamLimits
+from gauntlet.platform.sweeps.throughput_trials import STATUS_ERROR, STATUS_OK, STATUS_RAM_FLOOR, RamLimits
 from gauntlet.runtime.atomic_files import atomic_write
 from gauntlet.runtime.manifests import write_json
 
@@ -21,6 +24,75 @@ if TYPE_CHECKING:
 
 def describe_knobs(knobs: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in knobs.items())
+
+
+# what a trial reports (throughput_trials.run_trial), in the order the table shows it
+RESULT_COLUMNS = (
+    "status", "samples_per_s", "episodes_per_min", "mean_batch_size", "max_batch_size_seen", "episodes", "skipped",
+    "batches_per_s", "samples", "batches", "measured_s", "first_batch_s", "eval_wall_s", "peak_tree_rss_mb",
+    "tree_growth_mb", "min_available_mb", "floor_mb", "breach_available_mb", "breach_tree_rss_mb", "breach_decline_mb_per_s",
+    "trial_s", "reason",
+)
+
+
+def describe_grid_point(cfg: dict[str, Any]) -> str:
+    return describe_knobs(cfg.get("knobs", {}))
+
+
+def describe_ladder_step(cfg: dict[str, Any]) -> str:
+    step = cfg.get("step", {})
+    moved = f"moved {step['changed_knob']}" if step.get("changed_knob") else "baseline"
+    return f"(ladder round {step.get('round', '?')}, {moved}) {describe_grid_point(cfg)}"
+
+
+def outcome(metric: str) -> Callable[[dict[str, Any]], str]:
+    """What a finished trial's progress line says it measured."""
+
+    def said(r: dict[str, Any]) -> str:
+        memory = (f"peak tree RSS {r.get('peak_tree_rss_mb', math.nan):.0f} MB, min available "
+                  f"{r.get('min_available_mb', math.nan) / 1024:.2f} GB")
+        if r.get("status") == STATUS_OK:
+            return f"{r.get(metric, math.nan):.1f} {metric.replace('_per_', '/')} ({memory})"
+        return f"{str(r.get('status', STATUS_ERROR)).upper()} {r.get('reason', '')} ({memory})"
+
+    return said
+
+
+def trial_row(result: Any, mode: str, metric: str, accepted: Mapping[int, bool]) -> dict[str, Any]:
+    """One Tune result -> one table row: the trial's index (and ladder step), knobs and measurements."""
+    cfg = result.config or {}
+    step = cfg.get("step", {})
+    row: dict[str, Any] = {"trial": int(step.get("index", -1))}
+    if mode == "ladder":
+        row.update(round=int(step.get("round", 0)), changed_knob=str(step.get("changed_knob", "")),
+                   kept=bool(accepted.get(row["trial"], False)))
+    row.update(cfg.get("knobs", {}))
+    died = death_reason(result)
+    if died is not None:
+        row.update(status=STATUS_ERROR, reason=died[:500])
+        row[metric] = math.nan
+    else:
+        row.update({k: v for k, v in result.metrics.items() if k in RESULT_COLUMNS or k == metric})
+    return row
+
+
+def trials_table(rows: list[dict[str, Any]], knob_names: list[str], metric: str, mode: str) -> pd.DataFrame:
+    """The trials table: index, ladder step, knobs, status and metric first, the reason last."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    lead = ["trial", *(["round", "changed_knob", "kept"] if mode == "ladder" else []), *knob_names, "status",
+            metric]
+    rest = [c for c in RESULT_COLUMNS if c in frame.columns and c not in lead and c != "reason"]
+    frame = frame.reindex(columns=[*lead, *rest, "reason"])
+    frame["reason"] = frame["reason"].fillna("").astype(str)
+    frame["status"] = frame["status"].fillna(STATUS_ERROR).astype(str)
+    for col in ("samples", "batches", "episodes", "skipped", "max_batch_size_seen"):
+        if col in frame.columns and frame[col].notna().all():
+            frame[col] = frame[col].astype("int64")
+    if mode == "ladder":
+        frame["kept"] = frame["kept"].astype(bool)
+    return frame.sort_values("trial", kind="stable").reset_index(drop=True)
 
 
 def recommendation(summary: PlanSummary, metric: str) -> dict[str, Any] | None:
@@ -67,7 +139,7 @@ def write_report(trials: pd.DataFrame, summary: PlanSummary, config: SweepThroug
     metric = config.metric
     trials.to_csv(out / "trials.csv", index=False)
     trials.to_parquet(out / "trials.parquet", index=False)
-    counts = {s: int((trials["status"] == s).sum()) for s in ("ok", "ram_floor", "error")}
+    counts = {s: int((trials["status"] == s).sum()) for s in (STATUS_OK, STATUS_RAM_FLOOR, STATUS_ERROR)}
     rec = recommendation(summary, metric)
     report = {
         "target": config.target, "mode": config.mode, "metric": metric, "ram_floor_gb": limits.floor_bytes / GB,
