@@ -23,10 +23,17 @@ __all__ = ["TASKS", "VARIANTS", "PlacementRange", "TaskScene", "TaskSpec", "Wayp
 VARIANTS = ("D0", "D1")
 # Every task, registered in module-name order (deterministic) as this package is imported.
 TASKS: Registry[TaskSpec] = Registry("task")
-for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-    _task = getattr(importlib.import_module(f"{__name__}.{_info.name}"), "TASK", None)
-    if isinstance(_task, TaskSpec):  # spec.py and scene.py are helpers, not tasks
-        TASKS.register(_task.name, _task)
+
+
+def _register_task_modules() -> None:
+    """Registers the `TASK` of every module of this package (a name declared twice is an error)."""
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        task = getattr(importlib.import_module(f"{__name__}.{info.name}"), "TASK", None)
+        if isinstance(task, TaskSpec):  # spec.py and scene.py are helpers, not tasks
+            TASKS.register(task.name, task)
+
+
+_register_task_modules()
 
 
 def get_task(name: str) -> TaskSpec:
