@@ -8,6 +8,7 @@ from typing import Any
 
 from gauntlet.deployments.batcher import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_BATCH_SIZE
 from gauntlet.keys import ACTION_DIM
+from gauntlet.policies.registry import ServingOptions, families_help
 from gauntlet.runtime.config_args import as_tuple, option, require_at_least
 from gauntlet.runtime.tracking import REPORT_TO, REPORT_TO_HELP
 
@@ -27,8 +28,6 @@ class EvalRunError(RuntimeError):
 
 def _policy_help() -> str:
     """`--policy`'s help, listing the policy families registered when `--help` is built."""
-    from gauntlet.policies.registry import families_help
-
     return (f"NAME[=CHECKPOINT] with NAME one of: {families_help()}. Deployed on Serve by this job, except "
             f"{families_help(lambda f: f.local_by_default, summaries=False)}, which run in-process in the rollout "
             "actors; deploy=NAME[=CHECKPOINT] deploys any policy on Serve, e.g. deploy=scripted; "
@@ -88,7 +87,7 @@ class EvalConfig:
     max_batch_size: int = option(DEFAULT_MAX_BATCH_SIZE, help="Serve batch size for deployed policies")
     batch_wait_timeout_s: float = option(DEFAULT_BATCH_WAIT_S, help="Serve batch wait for deployed policies")
     replicas: int = option(1, help="Serve replicas per deployed policy")
-    vla_size: str = option("tiny", help="VLA preset for `vla` without a checkpoint")
+    vla_size: str = option(ServingOptions.preset, help="VLA preset for `vla` without a checkpoint")
     actor_cpus: float = option(1.0, help="CPUs reserved per rollout actor")
     actor_gpus: float = option(0.0, help="GPU share per rollout actor (e.g. 0.125: eight actors per GPU); each "
                                          "actor renders on its GPU's EGL device, so the actors of a node spread "
