@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gauntlet.envs.injectors import NOMINAL
-from gauntlet.runtime.config_args import option, parse_config
+from gauntlet.runtime.config_args import option, parse_config, run_command
 from gauntlet.runtime.manifests import write_json
 
 
@@ -48,6 +48,14 @@ class DemoConfig:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(DemoConfig, argv, prog="gauntlet demo", description=DemoConfig.__doc__)
+    from gauntlet.data.dataset_schema import DatasetError
+    from gauntlet.platform.train.config import TrainConfigError, TrainRunError
+
+    return run_command("gauntlet demo", lambda: run_demo(cfg), {TrainConfigError: 2, DatasetError: 1, TrainRunError: 1})
+
+
+def run_demo(cfg: DemoConfig) -> None:
+    """The five steps (see the module docstring); what each one found is printed as it finishes."""
     from gauntlet.envs.scene_check import check_report
     from gauntlet.envs.scene_db import SceneDB
     from gauntlet.envs.scenes_cli import GenerateConfig, generate, print_check
@@ -89,7 +97,6 @@ def main(argv: list[str] | None = None) -> int:
                f"({len(summary['failed'])} not generated), {result['total']} episodes; "
                f"report: {paths.get('html', run_dir / 'report')}")
     print(message, flush=True)
-    return 0
 
 
 def train_demo_policy(cfg: DemoConfig, ckpt: Path) -> Path:

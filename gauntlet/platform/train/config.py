@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from gauntlet.platform.train.recipes import RECIPES
-from gauntlet.runtime.config_args import option
+from gauntlet.runtime.config_args import option, require_at_least
 from gauntlet.runtime.tracking import REPORT_TO, REPORT_TO_HELP
 
 TRAIN_DIR = "train"  # run state inside --out
@@ -76,10 +76,11 @@ class TrainConfig:
                                          "rate, steps/s and samples/s, logged by the driver", choices=REPORT_TO)
 
     def __post_init__(self) -> None:
-        _check_at_least(self, 1, ("steps", "workers", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every",
-                                  "report_every", "loader_workers", "prefetch_depth", "decode_workers",
-                                  "loader_memory_mb"))
-        _check_at_least(self, 0, ("warmup_steps", "decay_steps", "max_failures", "lora_rank", "weight_decay"))
+        require_at_least(self, 1, "steps", "workers", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every",
+                         "report_every", "loader_workers", "prefetch_depth", "decode_workers", "loader_memory_mb",
+                         error=TrainConfigError, as_flags=True)
+        require_at_least(self, 0, "warmup_steps", "decay_steps", "max_failures", "lora_rank", "weight_decay",
+                         error=TrainConfigError, as_flags=True)
         if self.learning_rate <= 0:
             raise TrainConfigError(f"--learning-rate: must be positive, got {self.learning_rate}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -111,9 +112,3 @@ class TrainConfig:
             args += ["# needs --base: train a base first with --mode full on a smaller batch or a bigger device"]
         return " ".join(shlex.quote(a) if not a.startswith("#") else a for a in args)
 
-
-def _check_at_least(cfg: TrainConfig, floor: int, names: tuple[str, ...]) -> None:
-    """Refuse the first of `names` below `floor`, naming its flag."""
-    for name in names:
-        if getattr(cfg, name) < floor:
-            raise TrainConfigError(f"--{name.replace('_', '-')}: must be >= {floor}, got {getattr(cfg, name)}")

@@ -41,7 +41,7 @@ from gauntlet.platform.train.config import (
 from gauntlet.platform.train.live_metrics import LiveTraining
 from gauntlet.platform.train.preflight import Preflight, check_run_dir, plan_text, preflight
 from gauntlet.platform.train.recipes import get_recipe
-from gauntlet.runtime.config_args import parse_config
+from gauntlet.runtime.config_args import parse_config, run_command
 from gauntlet.runtime.manifests import write_json
 
 # Re-exported: the command's public names, importable from the module that runs it.
@@ -198,17 +198,10 @@ def registered_checkpoint_steps(train_dir: Path) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = None
-    try:
-        cfg = parse_config(TrainConfig, argv, prog="gauntlet train", description=TrainConfig.__doc__)
-        run_train(cfg)
-    except TrainConfigError as exc:
-        print(f"gauntlet train: {exc}", file=sys.stderr, flush=True)
-        return 2
-    except TrainRunError as exc:
-        print(f"gauntlet train: {exc}", file=sys.stderr, flush=True)
-        return 1
-    return 0
+    def work() -> None:
+        run_train(parse_config(TrainConfig, argv, prog="gauntlet train", description=TrainConfig.__doc__))
+
+    return run_command("gauntlet train", work, {TrainConfigError: 2, TrainRunError: 1})
 
 
 if __name__ == "__main__":
