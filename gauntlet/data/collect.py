@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from gauntlet.data.commands import run_dataset_command
-from gauntlet.data.dataset_schema import DatasetError
+from gauntlet.data.dataset_schema import DatasetError, EpisodeTags
 from gauntlet.data.dataset_writer import DatasetWriter
 from gauntlet.data.images import resize_image
 from gauntlet.keys import DATASET_CAMERAS, OBJECT_STATE_KEY, STATE_KEY
@@ -43,32 +43,51 @@ OBS_IMAGE_KEYS: dict[str, str] = {key: cam for cam, key in DATASET_CAMERAS.items
 
 
 @dataclass(frozen=True)
-class CollectConfig:
-    """Records scripted-expert demonstrations (state, applied action, sim state, optional images)."""
+class RecordingOptions:
+    """What every recording of scripted-expert episodes takes (`data collect`, with or without --from-scenes)."""
 
     out: str = option(help="dataset directory to create")
-    task: tuple[str, ...] = option(("lift",), help="tasks (each gets --episodes episodes)",
-                       aliases=("--tasks",))
-    variant: tuple[str, ...] = option(("D0",), help="placement variants (D0, D1; each task gets --episodes "
-                                                    "episodes of each)", aliases=("--variants",))
-    episodes: int = option(10, help="episodes to record per task and variant (successful ones unless "
-                                    "--keep-failures)")
     cameras: bool = option(False, help="also record agentview and wrist images (slow on a CPU)")
     object_state: bool = option(False, help="also record the privileged object state (the tasks must share "
                                             "its width)")
     image_size: int = option(64, help="stored image size (pixels, square)")
-    render_size: int = option(128, help="camera render size (pixels); 128 matches `scenes generate`'s "
-                                        "default, so images equal what the eval path sends after resizing")
-    seed: int = option(0, help="first env seed; attempt k of a task and variant resets with seed + k")
     horizon: int = option(400, help="max control steps per episode (stops at the first success)")
     keep_failures: bool = option(False, help="keep episodes that did not succeed (success=False)")
-    max_attempts: int = option(0, help="give up on a task after this many attempts (0 = 3 x episodes)")
     noise_std: float = option(0.0, help="std of Gaussian noise the expert adds to its actions")
     valid_fraction: float = option(0.0, help="fraction of each task's episodes (the last ones) put in the "
                                              "'valid' split; the rest go to 'train'")
     overwrite: bool = option(False, help="replace an existing dataset at --out")
 
     def __post_init__(self) -> None:
+        require_at_least(self, 1, "horizon")
+        if not 8 <= self.image_size <= 1024:
+            raise ValueError(f"image_size must be in [8, 1024], got {self.image_size}")
+        require_at_least(self, 0, "noise_std")
+        if not 0.0 <= self.valid_fraction < 1.0:
+            raise ValueError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
+
+
+@dataclass(frozen=True)
+class CollectConfig(RecordingOptions):
+    """Records scripted-expert demonstrations (state, applied action, sim state, optional images).
+
+    With --from-scenes DB it records the oracle recovering from a scene database's scenes instead
+    (gauntlet.data.recovery_demos; its flags: `gauntlet data collect --from-scenes DB --help`).
+    """
+
+    task: tuple[str, ...] = option(("lift",), help="tasks (each gets --episodes episodes)",
+                       aliases=("--tasks",))
+    variant: tuple[str, ...] = option(("D0",), help="placement variants (D0, D1; each task gets --episodes "
+                                                    "episodes of each)", aliases=("--variants",))
+    episodes: int = option(10, help="episodes to record per task and variant (successful ones unless "
+                                    "--keep-failures)")
+    render_size: int = option(128, help="camera render size (pixels); 128 matches `scenes generate`'s "
+                                        "default, so images equal what the eval path sends after resizing")
+    seed: int = option(0, help="first env seed; attempt k of a task and variant resets with seed + k")
+    max_attempts: int = option(0, help="give up on a task after this many attempts (0 = 3 x episodes)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         object.__setattr__(self, "task", as_tuple(self.task))
         object.__setattr__(self, "variant", as_tuple(self.variant))
         from gauntlet.envs.tasks import check_variant, get_task
@@ -81,13 +100,10 @@ class CollectConfig:
         if self.object_state and len(set(widths.values())) > 1:
             raise ValueError(f"object_state: the tasks' object states differ in width ({widths}); collect one "
                              "width per dataset")
-        require_at_least(self, 1, "episodes", "horizon")
-        for name in ("image_size", "render_size"):
-            if not 8 <= getattr(self, name) <= 1024:
-                raise ValueError(f"{name} must be in [8, 1024], got {getattr(self, name)}")
-        require_at_least(self, 0, "max_attempts", "noise_std")
-        if not 0.0 <= self.valid_fraction < 1.0:
-            raise ValueError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
+        require_at_least(self, 1, "episodes")
+        if not 8 <= self.render_size <= 1024:
+            raise ValueError(f"render_size must be in [8, 1024], got {self.render_size}")
+        require_at_least(self, 0, "max_attempts")
 
     @property
     def task_list(self) -> tuple[str, ...]:
@@ -118,6 +134,19 @@ def record_episode(env: Any, seed: int, horizon: int, cameras: bool, image_size:
 
     env.reset(seed)
     expert = make_expert(env, seed=seed, noise_std=noise_std)
+    try:
+        return record_from_here(env, expert, horizon, cameras, image_size, object_state)
+    except AlreadySolvedError:
+        raise AlreadySolvedError(f"seed {seed}: the task was already solved at reset; nothing to record") from None
+
+
+class AlreadySolvedError(RuntimeError):
+    """The task was solved in the state an episode was to start from: there is nothing to record."""
+
+
+def record_from_here(env: Any, expert: Any, horizon: int, cameras: bool, image_size: int,
+                     object_state: bool = False) -> RecordedEpisode:
+    """Runs `expert` from `env`'s current state (a reset, or a restored scene), recording every step."""
     init_state = env.get_state()
     states, actions, sims, objects = [], [], [], []
     images: dict[str, list[np.ndarray]] = {cam: [] for cam in OBS_IMAGE_KEYS.values()} if cameras else {}
@@ -137,12 +166,23 @@ def record_episode(env: Any, seed: int, horizon: int, cameras: bool, image_size:
         success = env.step(action)
         actions.append(action)
     if not states:
-        raise RuntimeError(f"seed {seed}: the task was already solved at reset; nothing to record")
+        raise AlreadySolvedError("the task was already solved in the start state; nothing to record")
     return RecordedEpisode(
         states=np.stack(states).astype(np.float32), actions=np.stack(actions).astype(np.float32),
         sim_states=np.stack(sims).astype(np.float64),
         images={cam: np.stack(v) for cam, v in images.items()}, success=bool(success), init_state=init_state,
         object_states=np.stack(objects).astype(np.float32) if object_state else None,
+    )
+
+
+def add_recorded(writer: DatasetWriter, env: Any, ep: RecordedEpisode, *, task: str, variant: str, split: str,
+                 seed: int | None, source_episode: str, tags: EpisodeTags | None = None) -> int:
+    """Writes a recorded episode (with its exact initial state under "init/...") into `writer`."""
+    return writer.add_episode(
+        ep.states, ep.actions, task=task, variant=variant, prompt=env.spec.instruction, success=ep.success,
+        sim_states=ep.sim_states, model_xml=env.sim.model.get_xml(), images=ep.images or None, split=split,
+        seed=seed, fingerprint=env.fingerprint, source_episode=source_episode,
+        sim_extra={f"init/{k}": v for k, v in ep.init_state.items()}, object_states=ep.object_states, tags=tags,
     )
 
 
@@ -205,13 +245,8 @@ def _collect_task(writer: DatasetWriter, env: Any, task: str, variant: str, cfg:
             print(f"[data collect] {task} seed {seed}: expert failed within {cfg.horizon} steps; not kept", flush=True)
             continue
         split = "valid" if kept >= cfg.episodes - n_valid else "train"
-        writer.add_episode(
-            ep.states, ep.actions, task=task, variant=variant, prompt=env.spec.instruction,
-            success=ep.success, sim_states=ep.sim_states, model_xml=env.sim.model.get_xml(),
-            images=ep.images or None, split=split, seed=seed, fingerprint=env.fingerprint,
-            source_episode=f"{task}/{variant}/seed{seed}",
-            sim_extra={f"init/{k}": v for k, v in ep.init_state.items()}, object_states=ep.object_states,
-        )
+        add_recorded(writer, env, ep, task=task, variant=variant, split=split, seed=seed,
+                     source_episode=f"{task}/{variant}/seed{seed}")
         kept += 1
         elapsed = max(time.monotonic() - progress.start, 1e-9)
         progress.update(extra=f"{task}: attempts={attempts} frames={writer.num_frames} "
@@ -223,7 +258,12 @@ def _collect_task(writer: DatasetWriter, env: Any, task: str, variant: str, cfg:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(CollectConfig, argv, prog="gauntlet data collect", description=CollectConfig.__doc__)
+    args = sys.argv[1:] if argv is None else list(argv)
+    if any(a == "--from-scenes" or a.startswith("--from-scenes=") for a in args):
+        from gauntlet.data.recovery_demos import main as recovery_main
+
+        return recovery_main(args)
+    cfg = parse_config(CollectConfig, args, prog="gauntlet data collect", description=CollectConfig.__doc__)
     return run_dataset_command("gauntlet data collect", "data collect", lambda: collect_demos(cfg))
 
 

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from gauntlet.data.dataset_schema import (
     EPISODE_COLUMNS,
+    EPISODE_TAG_DEFAULTS,
     EPISODES_PATH,
     FRAME_SCALARS,
     IMAGE_FEATURES,
@@ -80,6 +81,9 @@ class Dataset:
             frame = pq.read_table(path).to_pandas()
         except (pa.ArrowInvalid, OSError) as exc:
             raise DatasetError(path, f"corrupt Parquet table ({exc})") from None
+        for column, default in EPISODE_TAG_DEFAULTS.items():  # absent: every episode starts from a reset
+            if column not in frame.columns:
+                frame[column] = default
         missing = [c for c in EPISODE_COLUMNS if c not in frame.columns]
         if missing:
             raise DatasetError(path, f"missing columns {missing}")
@@ -343,4 +347,17 @@ def describe(ds: Dataset) -> str:
     splits = ", ".join(f"{k}={len(v)}" for k, v in ds.info["splits"].items())
     seconds = ds.num_frames / ds.fps if ds.fps else math.nan
     return (f"{ds.root}: {ds.num_episodes} episodes, {ds.num_frames} frames ({seconds / 60:.1f} min at "
-            f"{ds.fps} fps), cameras={ds.cameras or 'none'}, splits: {splits}")
+            f"{ds.fps} fps), cameras={ds.cameras or 'none'}, splits: {splits}{_describe_recovery(ds)}")
+
+
+def _describe_recovery(ds: Dataset) -> str:
+    """", recovery: E episodes, F frames (by error type: ...; by origin: ...)", or "" without any."""
+    eps = ds.episodes[ds.episodes["recovery"].astype(bool)]
+    if eps.empty:
+        return ""
+
+    def counts(column: str) -> str:
+        return ", ".join(f"{k}={v}" for k, v in sorted(eps[column].astype(str).value_counts().items()))
+
+    return (f"; recovery: {len(eps)} episodes, {int(eps['length'].sum())} frames (by error type: "
+            f"{counts('error_type')}; by origin: {counts('origin')})")

@@ -8,6 +8,7 @@ The writer (gauntlet.data.dataset_writer) and the reader (gauntlet.data.dataset_
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,11 @@ EPISODE_COLUMNS: dict[str, str] = {
     "seed": "Int64",  # env reset seed; <NA> when unknown (imported demos)
     "fingerprint": "string",  # env fingerprint (collected) or "sha256:" model-XML hash (imported)
     "source_episode": "string",  # provenance: e.g. the HDF5 demo name
+    # EpisodeTags: which scene the episode starts from
+    "recovery": "bool",
+    "scene_id": "string",
+    "error_type": "string",
+    "origin": "string",
 }
 # per-frame scalar columns beside the state, action and image columns
 FRAME_SCALARS = ("index", "episode_index", "frame_index", "timestamp", "next.done")
@@ -58,6 +64,26 @@ _SCALAR_FEATURES: dict[str, dict[str, Any]] = {
     "next.done": {"dtype": "bool", "shape": [1]},
 }
 _INT_FIELDS = ("fps", "total_episodes", "total_frames", "state_dim", "action_dim", "chunks_size")
+
+
+@dataclass(frozen=True)
+class EpisodeTags:
+    """Where an episode starts: a reset (the defaults) or a scene's state (`data collect --from-scenes`).
+
+    They are columns of meta/episodes.parquet, so a recipe can select or weight recovery episodes; a
+    dataset written before the columns existed reads with the defaults (every episode from a reset).
+    """
+
+    recovery: bool = False  # the episode is the oracle recovering from an error scene's state
+    scene_id: str = ""  # the scene it starts from ("" after a reset)
+    error_type: str = ""  # that scene's error type ("none" for a nominal scene)
+    origin: str = ""  # that scene's origin (gauntlet.envs.scene_db.ORIGINS)
+
+    def columns(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+EPISODE_TAG_DEFAULTS: dict[str, Any] = EpisodeTags().columns()
 
 
 class DatasetError(ValueError):

@@ -33,6 +33,7 @@ from gauntlet.data.dataset_schema import (
     STATE_NAMES,
     XML_PATH,
     DatasetError,
+    EpisodeTags,
     data_path,
     features,
     first_nonfinite,
@@ -163,6 +164,7 @@ class DatasetWriter:
         source_episode: str = "",
         sim_extra: Mapping[str, np.ndarray] | None = None,
         object_states: np.ndarray | None = None,
+        tags: EpisodeTags | None = None,
     ) -> int:
         """Writes one episode's files (each atomically) and returns its episode index.
 
@@ -171,6 +173,7 @@ class DatasetWriter:
         with cameras from IMAGE_FEATURES; sim_extra: more arrays for the episode's .npz (e.g. the
         exact initial state), plain numeric/string arrays only. object_states (T, K): the privileged
         object state before each frame's action (every episode has it, at one width, or none does).
+        tags: the scene the episode starts from (a recovery demonstration); None after a reset.
         """
         if self._done:
             raise RuntimeError("finalize() or abort() was already called")
@@ -186,7 +189,7 @@ class DatasetWriter:
             "episode_index": ep, "length": n, "dataset_from_index": start, "dataset_to_index": start + n,
             "task": task, "variant": variant, PROMPT_COLUMN: prompt, "success": bool(success), "split": split,
             "seed": None if seed is None else int(seed), "fingerprint": fingerprint,
-            "source_episode": source_episode,
+            "source_episode": source_episode, **(tags or EpisodeTags()).columns(),
         })
         self._frames += n
         return ep
