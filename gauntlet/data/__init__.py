@@ -1,6 +1,8 @@
 """Demonstration datasets: collection, HDF5 import, format, statistics and loaders.
 
     gauntlet data collect --task T --variant V --episodes N --out DS [--cameras]   (gauntlet.data.collect)
+    gauntlet data collect --from-scenes DB --out DS [--error-types ...]            (gauntlet.data.recovery_demos)
+    gauntlet data merge DS_A DS_B --out DS                                         (gauntlet.data.merge)
     gauntlet data import-hdf5 FILE --out DS                                        (gauntlet.data.import_hdf5)
     gauntlet data stats DS                                                         (gauntlet.data.stats)
 

@@ -82,6 +82,11 @@ class EpisodeTags:
     def columns(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> EpisodeTags:
+        """The tags of an episode-table row (a pandas row or a dict with the tag columns)."""
+        return cls(**{k: type(d)(row[k]) for k, d in asdict(cls()).items()})
+
 
 EPISODE_TAG_DEFAULTS: dict[str, Any] = EpisodeTags().columns()
 

@@ -3,7 +3,8 @@
 The result is what `LeRobotDataset(repo_id, root=DIR)` of lerobot 0.4.x loads offline (layout in
 gauntlet.data.lerobot_format): the state, action and camera features under Gauntlet's own column
 names (which are LeRobot's: `observation.state`, `action`, `observation.images.<camera>`), tasks
-from the episodes' prompts, per-episode and dataset statistics. PNG frames are copied as they are
+from the episodes' prompts, per-episode and dataset statistics, and each episode's tags (`recovery`,
+`scene_id`, `error_type`, `origin`) as columns of meta/episodes, which LeRobotDataset carries through. PNG frames are copied as they are
 (no decode and re-encode, so pixels are bit-identical); only a sample of them is decoded for the
 image statistics, as LeRobot does. Simulator states (`sim/`) and Gauntlet's episode table travel
 alongside in folders LeRobot ignores. Everything is written into a staging sibling and renamed into
@@ -25,7 +26,7 @@ import pyarrow.parquet as pq
 
 from gauntlet.data.dataset_reader import Dataset, open_dataset
 from gauntlet.data.dataset_schema import EPISODES_PATH as GAUNTLET_EPISODES_PATH
-from gauntlet.data.dataset_schema import IMAGE_FEATURES, DatasetError
+from gauntlet.data.dataset_schema import IMAGE_FEATURES, DatasetError, EpisodeTags
 from gauntlet.data.images import decode_png
 from gauntlet.data.lerobot_format import (
     CHUNKS_SIZE,
@@ -155,6 +156,12 @@ def _frame_table(ds: Dataset, ep: int, task_index: int, image_features: list[str
     return pa.table([columns[f.name] for f in schema], schema=schema), stats_arrays
 
 
+def episode_tags(ds: Dataset) -> list[dict[str, Any]]:
+    """Each episode's EpisodeTags as plain values: extra columns of LeRobot's meta/episodes, which
+    LeRobotDataset keeps (`meta.episodes["recovery"]`, ...) as it keeps every non-stats column."""
+    return [EpisodeTags.from_row(row).columns() for row in ds.episodes.to_dict("records")]
+
+
 def _check_destination(out: Path, overwrite: bool) -> None:
     if not out.exists():
         return
@@ -194,6 +201,7 @@ def _write(ds: Dataset, cfg: ExportConfig, stage: Path) -> None:
     progress = Progress(ds.num_episodes, TAG, unit="episodes")
     files = _DataFiles(stage, schema, cfg.data_file_size_mb, cfg.chunks_size)
     rows: list[dict[str, Any]] = []
+    tags = episode_tags(ds)
     ep_stats: list[dict[str, dict[str, np.ndarray]]] = []
     try:
         for ep in range(ds.num_episodes):
@@ -205,7 +213,7 @@ def _write(ds: Dataset, cfg: ExportConfig, stage: Path) -> None:
             rows.append({"episode_index": ep, "tasks": [prompts[ep]], "length": table.num_rows,
                          "data/chunk_index": chunk, "data/file_index": file,
                          "dataset_from_index": start, "dataset_to_index": start + table.num_rows,
-                         "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0,
+                         "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0, **tags[ep],
                          **{f"stats/{name}/{k}": v.tolist() for name, s in stats.items() for k, v in s.items()}})
             progress.update(extra=f"data/chunk-{chunk:03d}/file-{file:03d}")
     finally:

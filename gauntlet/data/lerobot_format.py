@@ -12,6 +12,8 @@ Source: lerobot 0.4.4, `lerobot/datasets/utils.py` (DEFAULT_* paths, DEFAULT_FEA
       meta/episodes/chunk-000/file-000.parquet  one row per episode: episode_index, tasks, length,
                                               data/chunk_index, data/file_index, dataset_from_index,
                                               dataset_to_index, meta/episodes/*, stats/<feature>/<stat>
+                                              (+ Gauntlet's episode tags: recovery, scene_id, error_type,
+                                              origin; LeRobot keeps every non-stats column)
       data/chunk-000/file-000.parquet         one row per frame, many episodes per file; image
                                               features embedded as HF Image structs {bytes, path}
 

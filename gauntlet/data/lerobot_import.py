@@ -26,7 +26,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gauntlet.data.commands import run_dataset_command
-from gauntlet.data.dataset_schema import IMAGE_FEATURES, SIM_PATH, XML_PATH, DatasetError, column_to_numpy
+from gauntlet.data.dataset_schema import (
+    EPISODE_TAG_DEFAULTS,
+    IMAGE_FEATURES,
+    SIM_PATH,
+    XML_PATH,
+    DatasetError,
+    EpisodeTags,
+    column_to_numpy,
+)
 from gauntlet.data.dataset_writer import DatasetWriter
 from gauntlet.data.images import decode_png, resize_image
 from gauntlet.data.lerobot_format import (
@@ -241,6 +249,9 @@ def _meta(p: _Plan, cfg: ImportConfig, ep: int, rows: dict[str, Any]) -> dict[st
                     success=bool(row["success"]), split=str(row["split"]), fingerprint=str(row["fingerprint"]),
                     seed=None if pd.isna(seed) else int(seed),
                     source_episode=str(row["source_episode"]) or meta["source_episode"])
+    tagged = p.episodes[p.episodes["episode_index"] == ep]
+    if len(tagged) and set(EPISODE_TAG_DEFAULTS) <= set(p.episodes.columns):  # e.g. a Gauntlet export's tags
+        meta["tags"] = EpisodeTags.from_row(tagged.iloc[0])
     return meta
 
 

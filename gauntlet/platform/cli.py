@@ -27,6 +27,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("data", "export-lerobot"), "gauntlet.data.lerobot_export", "export a dataset in LeRobot's v3.0 format"),
     (("data", "import-lerobot"), "gauntlet.data.lerobot_import", "import a LeRobot v3.0 dataset"),
     (("data", "stats"), "gauntlet.data.stats", "normalisation statistics of a dataset"),
+    (("data", "merge"), "gauntlet.data.merge", "concatenate datasets (e.g. nominal + recovery demonstrations)"),
     (("train",), "gauntlet.platform.train.driver", "fine-tune a policy on Ray Train (LoRA or full)"),
     (("sweep", "fusion"), "gauntlet.fusion.sweep", "Ray Tune sweep over fusion methods"),
     (("sweep", "throughput"), "gauntlet.platform.sweeps.throughput", "Ray Tune throughput sweep"),
