@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gauntlet.policies.base import CountsCompiles, Policy, ServesAdapters, WarmsUp
+from gauntlet.policies.vla.config import DEFAULT_PRESET
 from gauntlet.runtime.registry import Registry, import_object
 
 PLUGINS_ENV = "GAUNTLET_POLICY_PLUGINS"  # comma-separated modules that register policy families
@@ -40,7 +41,7 @@ RESERVED_NAMES = frozenset({"deploy", "serve", "remote"})
 class ServingOptions:
     """The command-line serving options a family may turn into constructor kwargs."""
 
-    preset: str = "tiny"  # `--vla-size`: the model preset a family builds when no checkpoint is given
+    preset: str = DEFAULT_PRESET  # `--vla-size`: the model preset a family builds when no checkpoint is given
     num_gpus: float = 0.0  # GPUs per replica (a family may then place its model on the GPU)
 
 

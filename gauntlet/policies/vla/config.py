@@ -101,6 +101,9 @@ class VLAConfig(ModelConfig):
         return self.lora_alpha / self.lora_rank if self.lora_rank else 0.0
 
 
+# The preset a fresh VLA is built from when nothing names one (CLI flags, training, serving).
+DEFAULT_PRESET = "tiny"
+
 PRESETS: dict[str, VLAConfig] = {
     # CPU tests: a forward pass in a few milliseconds.
     "tiny": VLAConfig(),
@@ -119,7 +122,7 @@ PRESETS: dict[str, VLAConfig] = {
 }
 
 
-def get_config(name: str = "tiny", **overrides: Any) -> VLAConfig:
+def get_config(name: str = DEFAULT_PRESET, **overrides: Any) -> VLAConfig:
     """A preset by name, with field overrides (e.g. `get_config("tiny", num_cameras=1)`)."""
     if name not in PRESETS:
         raise ValueError(f"config_name: unknown preset {name!r} (known: {sorted(PRESETS)})")

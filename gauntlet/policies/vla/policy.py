@@ -39,7 +39,7 @@ from gauntlet.policies.checkpoints import (
 )
 from gauntlet.policies.tokenizer import ByteTokenizer
 from gauntlet.policies.vla import lora as lora_lib
-from gauntlet.policies.vla.config import VLAConfig, get_config
+from gauntlet.policies.vla.config import DEFAULT_PRESET, VLAConfig, get_config
 from gauntlet.policies.vla.executables import SHARED_EXECUTABLES, bucket_sizes, clear_executable_cache
 from gauntlet.policies.vla.inputs import NOISE_SEED_KEY, model_inputs
 from gauntlet.policies.vla.loaded_adapters import AdapterNotFoundError, LoadedAdapter, VLAAdapterView
@@ -108,7 +108,7 @@ class VLAPolicy:
     # ---------------------------------------------------------------- construction / persistence
 
     @classmethod
-    def create(cls, config_name: str = "tiny", seed: int = 0, *, norm_stats: NormStats | None = None,
+    def create(cls, config_name: str = DEFAULT_PRESET, seed: int = 0, *, norm_stats: NormStats | None = None,
                max_batch_size: int = 16, name: str = "vla", **config_overrides: Any) -> VLAPolicy:
         """A randomly initialised policy from a preset (`config_overrides` replace config fields)."""
         config = get_config(config_name, **config_overrides)
