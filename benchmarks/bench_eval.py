@@ -54,7 +54,8 @@ def _run_serial(db_path: str, items: list[tuple[str, int]], horizon: int, fast: 
     import json
 
     from gauntlet.envs.scene_db import SceneDB
-    from gauntlet.platform.eval.episode import EnvCache, WorkItem, run_episode
+    from gauntlet.platform.eval.env_cache import EnvCache
+    from gauntlet.platform.eval.episode import WorkItem, run_episode
     from gauntlet.platform.eval.sources import LocalSource
     from gauntlet.policies.registry import make_policy
 

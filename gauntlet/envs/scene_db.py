@@ -58,13 +58,26 @@ SCENE_COLUMNS: dict[str, str] = {
     "label_command": "string",
     "gauntlet_version": "string",
     "origin": "string",  # where the scene's state came from: one of ORIGINS
+    # Provenance of a harvested scene (PROVENANCE_DEFAULTS for every other one):
+    "policy_target": "string",  # the --policy TARGET whose rollout failed
+    "policy_digest": "string",  # its checkpoint's digest ("" when it has none)
+    "source_scene_id": "string",  # the scene that rollout started from
+    "source_trial": "int64",  # its trial
+    "source_step": "int64",  # the episode step at which a failure was detected
 }
+
+# What the provenance columns hold for a scene that was not harvested, and what a database written
+# before they existed reads as.
+PROVENANCE_DEFAULTS: dict[str, Any] = {"policy_target": "", "policy_digest": "", "source_scene_id": "",
+                                       "source_trial": -1, "source_step": -1}
 
 # A scene's origin. A database written before the column existed holds only injected and nominal
 # scenes, so a missing origin is derived from the error type (`default_origin`): old databases read
 # as they always meant.
 INJECTED, NOMINAL_ORIGIN, HARVESTED = "injected", "nominal", "harvested"
 ORIGINS = (INJECTED, NOMINAL_ORIGIN, HARVESTED)
+# The error type of a harvested scene on whose error the classifiers agree on no label but "none".
+UNLABELLED = "unlabelled"
 
 
 SCENE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}"  # what a scene id may be: a file name, never a path
@@ -173,6 +186,9 @@ class SceneDB:
                 derived, recorded = frame["error_type"].map(default_origin), frame.get("origin")
                 frame["origin"] = derived if recorded is None else recorded.mask(
                     recorded.isna() | (recorded == ""), derived)
+            for column, default in PROVENANCE_DEFAULTS.items():
+                if column not in frame.columns:
+                    frame[column] = default
             missing = [c for c in SCENE_COLUMNS if c not in frame.columns]
             if missing:
                 raise SceneDBError(self.table_path, f"missing columns {missing}")

@@ -24,7 +24,7 @@ from gauntlet.envs.env import EnvConfig, GauntletEnv
 from gauntlet.envs.error_classifiers import CLASSIFIERS
 from gauntlet.envs.experts import ScriptedExpert, make_expert
 from gauntlet.envs.injectors import NOMINAL, NOMINAL_CATEGORY, SPECS, apply_injection, hold_action
-from gauntlet.envs.scene_db import SCHEMA_VERSION, SceneRecord, default_origin
+from gauntlet.envs.scene_db import PROVENANCE_DEFAULTS, SCHEMA_VERSION, SceneRecord, default_origin
 from gauntlet.envs.trajectory import TrajectoryRecorder
 
 
@@ -86,7 +86,7 @@ def generate_scene(job: SceneJob) -> tuple[SceneRecord | None, str]:
         state = env.get_state()
         traj = recorder.arrays()
         labels = {name: clf(traj) for name, clf in CLASSIFIERS.items()}
-        recovery_steps = _oracle_recovery_steps(env, seed, job.recovery_horizon) if job.validate else -1
+        recovery_steps = oracle_recovery_steps(env, seed, job.recovery_horizon) if job.validate else -1
         row = _scene_row(job, env, phase, params, inject_step, seed, labels, recovery_steps)
         arrays = {f"state/{k}": v for k, v in state.items()}
         arrays.update(traj)
@@ -111,7 +111,7 @@ def _nominal_scene(job: SceneJob) -> SceneRecord:
     state = env.get_state()
     traj = recorder.arrays()
     labels = {name: clf(traj) for name, clf in CLASSIFIERS.items()}
-    recovery_steps = _oracle_recovery_steps(env, seed, job.recovery_horizon) if job.validate else -1
+    recovery_steps = oracle_recovery_steps(env, seed, job.recovery_horizon) if job.validate else -1
     params = {"magnitude": 0.0, "magnitude_unit": ""}
     row = _scene_row(job, env, "start", params, 0, seed, labels, recovery_steps)
     arrays = {f"state/{k}": v for k, v in state.items()}
@@ -150,7 +150,7 @@ def _inject_and_settle(env: GauntletEnv, expert: ScriptedExpert, recorder: Traje
     return params
 
 
-def _oracle_recovery_steps(env: GauntletEnv, seed: int, horizon: int) -> int:
+def oracle_recovery_steps(env: GauntletEnv, seed: int, horizon: int) -> int:
     """Steps a fresh expert needs to solve the task from here; -1 when it does not within `horizon`."""
     oracle = make_expert(env, seed=seed)
     for t in range(horizon):
@@ -186,6 +186,7 @@ def _scene_row(job: SceneJob, env: GauntletEnv, phase: str, params: dict[str, An
         "label_command": labels["command"],
         "gauntlet_version": __version__,
         "origin": default_origin(job.error_type),  # generated here: injected, or nominal
+        **PROVENANCE_DEFAULTS,
     }
 
 

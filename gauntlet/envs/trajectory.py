@@ -39,21 +39,7 @@ class TrajectoryRecorder:
         self.injected = False
 
     def record(self, env: GauntletEnv, gripper_cmd: float) -> None:
-        _, vadr = env._object_joint_adr[env.spec.manipulated]
-        applied = env.disturbances.gripper_stall_command if env.disturbances.gripper_stall_steps > 0 else gripper_cmd
-        frame = {
-            "eef_pos": env.eef_pos,
-            "obj_pos": env.object_pose(env.spec.manipulated)[0],
-            "obj_quat": env.object_pose(env.spec.manipulated)[1],
-            "obj_vel": np.array(env.sim.data.qvel[vadr : vadr + 3]),
-            "target_pos": env.target_pos,
-            "gripper_qpos": env.gripper_qpos,
-            "gripper_cmd": np.array(float(gripper_cmd)),
-            "gripper_applied": np.array(float(applied)),
-            "arm_qvel": np.array(env.sim.data.qvel[env._arm_qvel_idx]),
-            "grasped": np.array(is_grasped(env)),
-        }
-        (self.post if self.injected else self.pre).append(frame)
+        (self.post if self.injected else self.pre).append(signal_frame(env, gripper_cmd))
 
     def mark_injection(self) -> None:
         self.injected = True
@@ -64,3 +50,21 @@ class TrajectoryRecorder:
         out = {f"traj/{k}": np.stack([f[k] for f in frames]) for k in SIGNALS}
         out["traj/inject_index"] = np.array(len(self.pre))
         return out
+
+
+def signal_frame(env: GauntletEnv, gripper_cmd: float) -> dict[str, np.ndarray]:
+    """The env's SIGNALS now, with the gripper command the policy sent for this step."""
+    _, vadr = env._object_joint_adr[env.spec.manipulated]
+    applied = env.disturbances.gripper_stall_command if env.disturbances.gripper_stall_steps > 0 else gripper_cmd
+    return {
+        "eef_pos": env.eef_pos,
+        "obj_pos": env.object_pose(env.spec.manipulated)[0],
+        "obj_quat": env.object_pose(env.spec.manipulated)[1],
+        "obj_vel": np.array(env.sim.data.qvel[vadr : vadr + 3]),
+        "target_pos": env.target_pos,
+        "gripper_qpos": env.gripper_qpos,
+        "gripper_cmd": np.array(float(gripper_cmd)),
+        "gripper_applied": np.array(float(applied)),
+        "arm_qvel": np.array(env.sim.data.qvel[env._arm_qvel_idx]),
+        "grasped": np.array(is_grasped(env)),
+    }

@@ -18,6 +18,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("scenes", "generate"), "gauntlet.envs.scenes_cli", "build an error-recovery scene database"),
     (("scenes", "check"), "gauntlet.envs.scenes_cli", "pre-flight: which scenes match the current code"),
     (("scenes", "show"), "gauntlet.envs.scenes_cli", "print one scene's metadata"),
+    (("scenes", "harvest"), "gauntlet.platform.eval.harvest", "failure scenes from a policy's own rollouts"),
     (("serve",), "gauntlet.deployments.serve_cli", "serve policies on Ray Serve (HTTP, gRPC, WebSocket)"),
     (("eval",), "gauntlet.platform.eval.driver", "evaluate policies over a scene database"),
     (("report",), "gauntlet.platform.report.build", "turn an evaluation run into tables, plots and HTML"),
@@ -57,7 +58,7 @@ def _dispatch(argv: list[str]) -> int:
         if tuple(argv[: len(words)]) == words:
             mod = importlib.import_module(module)
             rest = argv[len(words):]
-            if len(words) > 1 and words[0] == "scenes":
+            if module == "gauntlet.envs.scenes_cli":
                 rest = [words[1], *rest]  # scenes_cli dispatches its own verbs
             return int(mod.main(rest) or 0)
     raise UnknownCommandError(f"unknown command {' '.join(argv[:2])!r}\n\n{_usage()}")

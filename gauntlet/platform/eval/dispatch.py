@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from gauntlet.platform.eval.config import EvalConfig, EvalRunError
-from gauntlet.platform.eval.episode import WorkItem
+from gauntlet.platform.eval.episode import OBSERVED_KEY, ObserverSpec, WorkItem
 from gauntlet.platform.eval.results import (
     ACTOR_DIED,
     ACTOR_RAISED,
@@ -42,6 +43,15 @@ QUEUED_PER_ACTOR = 1  # items an actor holds beyond its envs: the next episode i
 ERROR_CHARS = 300  # of an actor's error kept in a skip reason or a message (Ray's errors run to pages)
 
 
+@dataclass(frozen=True)
+class Observation:
+    """Every episode of a run watched: `spec` goes with each item to the actors (episode.ObserverSpec),
+    and `sink`, in the driver, receives each finished episode's item and its observer's result."""
+
+    spec: ObserverSpec
+    sink: Callable[[WorkItem, Any], None]
+
+
 def brief(exc: BaseException) -> str:
     """`Type: the message's telling line`, at most ERROR_CHARS long: the first line, or the last when
     the message carries the traceback of an error raised in the actor (that line names the error)."""
@@ -54,8 +64,10 @@ class Dispatcher:
     """Runs `pending` on `cfg.actors` rollout actors until every item has a row."""
 
     def __init__(self, cfg: EvalConfig, scenes: dict[str, dict[str, Any]], targets: list[PolicyTarget],
-                 version: str, store: ResultsStore, status: StatusLine, replay: bool = False):
+                 version: str, store: ResultsStore, status: StatusLine, replay: bool = False,
+                 sink: Callable[[WorkItem, Any], None] | None = None):
         self.cfg = cfg
+        self.sink = sink  # receives each episode's observer result (Observation.sink)
         self.replay = replay  # items re-run only for their videos: rows are not stored again
         self.scenes = scenes
         self.targets = targets
@@ -239,7 +251,9 @@ class Dispatcher:
                 self._replace(slot, brief(exc))
                 continue
             self.in_flight.pop(ref)
-            video = row.pop(VIDEO_KEY, None)
+            video, observed = row.pop(VIDEO_KEY, None), row.pop(OBSERVED_KEY, None)
+            if observed is not None and self.sink is not None:
+                self.sink(item, observed)
             if video is not None:
                 write_video(Path(self.cfg.out), row, video)
             if self.replay:

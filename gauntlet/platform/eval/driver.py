@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from gauntlet.deployments.app import EVAL_APP, deployment_name
 from gauntlet.deployments.batcher import default_max_queued
 from gauntlet.platform.eval.config import EvalConfig, EvalConfigError, EvalRunError
-from gauntlet.platform.eval.dispatch import QUEUED_PER_ACTOR
+from gauntlet.platform.eval.dispatch import QUEUED_PER_ACTOR, Observation
 from gauntlet.platform.eval.episode import WorkItem
 from gauntlet.platform.eval.results import DRIVER_WORKER, PERMANENT, ResultsStore, skipped_row
 from gauntlet.platform.eval.scenes import scene_records, select_scenes
@@ -106,16 +106,17 @@ def plan_work(cfg: EvalConfig, scenes: dict[str, dict[str, Any]], targets: list[
     return plan
 
 
-def run_eval(cfg: EvalConfig) -> dict[str, Any]:
+def run_eval(cfg: EvalConfig, observe: Observation | None = None) -> dict[str, Any]:
     """The whole evaluation; returns a summary. Raises EvalConfigError before any work on bad input
-    (or when another process holds the run directory), EvalRunError when the run cannot go on."""
+    (or when another process holds the run directory), EvalRunError when the run cannot go on.
+    `observe`: watch every episode (e.g. `scenes harvest`); the rows are written as ever."""
     _, frame = select_scenes(cfg)
     targets, deploy = policy_targets(cfg)
     policy_tasks(cfg, targets)  # a bad --policy-tasks is refused before any work
     probe_remotes(targets, frame)
     lock = lock_run_dir(Path(cfg.out))
     try:
-        return _run(cfg, frame, targets, deploy)
+        return _run(cfg, frame, targets, deploy, observe)
     finally:
         lock.release()
 
@@ -131,7 +132,7 @@ def lock_run_dir(run_dir: Path) -> DirLock:
 
 
 def _run(cfg: EvalConfig, frame: pd.DataFrame, targets: list[PolicyTarget],
-         deploy: list[PolicyServing]) -> dict[str, Any]:
+         deploy: list[PolicyServing], observe: Observation | None = None) -> dict[str, Any]:
     """run_eval once the run directory is locked."""
     import ray
 
@@ -151,7 +152,9 @@ def _run(cfg: EvalConfig, frame: pd.DataFrame, targets: list[PolicyTarget],
         _deploy(deploy, cfg)
         from gauntlet.platform.eval.dispatch import Dispatcher
 
-        outcome = Dispatcher(cfg, scenes, targets, version, store, status).run(plan.pending)
+        pending = deque(replace(item, observe=observe.spec) for item in plan.pending) if observe else plan.pending
+        outcome = Dispatcher(cfg, scenes, targets, version, store, status,
+                             sink=observe.sink if observe else None).run(pending)
         _record_missing_outcomes(cfg, scenes, targets, version, store, status)
         summary.update(outcome, skipped=status.skipped, skipped_transient=status.transient,
                        success_rate=status.success_rate)

@@ -24,19 +24,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-from gauntlet.envs.env import EnvConfig, GauntletEnv
+from gauntlet.envs.env import GauntletEnv
 from gauntlet.envs.scene_db import SceneDB
 from gauntlet.keys import EPISODE_ID_KEY, PROMPT_KEY, SIM_STATE_KEY
+from gauntlet.platform.eval.env_cache import EnvCache
 from gauntlet.platform.eval.request_rounds import RequestRounds
 from gauntlet.platform.eval.results import new_row, skipped_row
 from gauntlet.platform.eval.video import VIDEO_KEY, EpisodeRecorder, VideoOptions
+
+OBSERVED_KEY = "_observed"  # a finished row's entry for its observer's result (popped by the driver)
+
+
+class StepObserver(Protocol):
+    """Watches one episode (e.g. for failures to harvest): sees the env after every step."""
+
+    def on_step(self, env: GauntletEnv, action: np.ndarray, step: int) -> None:  # step: 1-based
+        ...
+
+    def finish(self, env: GauntletEnv) -> Any:  # at the episode's end; the row carries it back
+        ...
+
+
+class ObserverSpec(Protocol):
+    """What a work item carries to the actor (plain, shippable): starts an episode's observer."""
+
+    def start(self, scene: dict[str, Any]) -> StepObserver:
+        ...
 
 
 class PolicyUnavailableError(RuntimeError):
@@ -90,6 +109,7 @@ class WorkItem:
     video: VideoOptions | None = None  # record this episode (not part of its identity)
     # Times the item was sent again after an actor died with it in flight (not part of its identity).
     attempt: int = 0
+    observe: ObserverSpec | None = None  # watch each step of the episode (not part of its identity)
 
     @property
     def key(self) -> tuple:
@@ -141,68 +161,6 @@ def check_fits(obs: dict[str, Any], vector_shapes: dict[str, tuple[int, ...]], t
                                       f"task {task!r} gives {np.shape(value)}")
 
 
-def env_pool_key(env_config_json: str, fingerprint: str = "") -> str:
-    """The pool of envs a scene can run in. A scene restores its whole state, so the placement
-    variant (it only draws where objects start at a reset) does not matter to the env replaying it:
-    D0 and D1 scenes whose fingerprints (model and dynamics) agree share envs, and an actor meeting
-    both builds one set of envs instead of two. Without a fingerprint the whole configuration keys
-    the pool (a shared env whose fingerprint differed would skip the scene at restore)."""
-    if not fingerprint:
-        return env_config_json
-    config = json.loads(env_config_json)
-    config.pop("variant", None)
-    return f"{json.dumps(config, sort_keys=True)}@{fingerprint}"
-
-
-class EnvCache:
-    """Envs by pool (`env_pool_key`), built on first use and reused across episodes.
-
-    Each episode running at the same time holds its own env (an env carries one episode's physics),
-    so a pool grows to the most episodes of it that ran at once. `capacity` bounds the envs alive in
-    all pools together (an env with its renderer holds a few hundred MB): a new one past it replaces
-    the least recently used idle env of another pool (work items come grouped by scene, so that
-    one's configuration is usually done). It must be at least the number of episodes run at once;
-    None = no bound.
-    """
-
-    def __init__(self, capacity: int | None = None) -> None:
-        self.capacity = capacity
-        self._idle: dict[str, list[GauntletEnv]] = {}
-        self._idle_order: list[tuple[str, GauntletEnv]] = []  # least recently released first
-        self._pool_of: dict[int, str] = {}  # id(env) -> its pool, for `release`
-        self.alive = 0  # envs built and not closed
-        self.built = 0  # envs built so far
-
-    def acquire(self, env_config_json: str, fingerprint: str = "") -> GauntletEnv:
-        """An idle env of the scene's pool, or a new one of its configuration; hand it back with
-        `release`. `fingerprint`: the scene's, if known (lets variants share envs)."""
-        pool = env_pool_key(env_config_json, fingerprint)
-        idle = self._idle.get(pool)
-        if idle:
-            env = idle.pop()
-            self._idle_order.remove((pool, env))
-            return env
-        if self.capacity is not None and self.alive >= self.capacity and self._idle_order:
-            old_pool, old = self._idle_order.pop(0)
-            self._idle[old_pool].remove(old)
-            del self._pool_of[id(old)]
-            old.close()  # frees its renderer's GL context and buffers
-            self.alive -= 1
-        cfg = json.loads(env_config_json)
-        cfg["cameras"] = tuple(cfg.get("cameras", ()))
-        env = GauntletEnv(EnvConfig(**cfg))
-        self._pool_of[id(env)] = pool
-        self.alive += 1
-        self.built += 1
-        return env
-
-    def release(self, env: GauntletEnv) -> None:
-        # Whatever state the env is left in does not matter: the next episode restores its scene.
-        pool = self._pool_of[id(env)]
-        self._idle.setdefault(pool, []).append(env)
-        self._idle_order.append((pool, env))
-
-
 class Episode:
     """One episode, advanced by a driver: `start`, then until `done`: if `wants_chunk`, build
     `request()`, call `sending()` as it leaves for the policy and hand the answer to `give`; then
@@ -229,6 +187,7 @@ class Episode:
         self._started_at = time.perf_counter()
         self._recorder: EpisodeRecorder | None = None
         self.restarts = 0  # times started again because the policy lost its memory of the episode
+        self.observer: StepObserver | None = None  # item.observe's, for the current start
 
     @property
     def episode_id(self) -> str:
@@ -249,6 +208,7 @@ class Episode:
         """Restores the scene (and starts its video): at the start and at each restart."""
         assert self.env is not None
         self.db.restore(self.env, self.item.scene_id)
+        self.observer = self.item.observe.start(self.scene) if self.item.observe is not None else None
         if self.item.video is not None:
             title = f"{self.item.policy} | {self.scene.get('task', '')} {self.scene.get('variant', '')}"
             self._recorder = EpisodeRecorder(self.env, self.item.video, title, self.scene.get("error_type", ""))
@@ -312,8 +272,11 @@ class Episode:
         method: `self.env` has just stepped and `self.step_index` is the step's 1-based number."""
         assert self.env is not None
         self.step_index += 1
-        solved = self.env.step(self._chunk.pop(0))
+        action = self._chunk.pop(0)
+        solved = self.env.step(action)
         self.row["steps"] = self.step_index
+        if self.observer is not None:
+            self.observer.on_step(self.env, action, self.step_index)
         if solved:
             self.row.update(success=True, recovery_step=self.step_index)
         if self._recorder is not None:
@@ -329,6 +292,8 @@ class Episode:
         if self._recorder is not None:
             self.row[VIDEO_KEY] = self._recorder.finish(bool(self.row["success"]), self.step_index)
             self._recorder = None
+        if self.observer is not None:
+            self.row[OBSERVED_KEY] = self.observer.finish(self.env)
         self.row["wall_s"] = time.perf_counter() - self._started_at
         self.done = True
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import ray
 
+from gauntlet.platform.eval.env_cache import EnvCache
 from gauntlet.platform.eval.episode import (
     ChunkSource,
-    EnvCache,
     PolicyUnavailableError,
     WorkItem,
     run_episode_async,

@@ -92,7 +92,7 @@ def _first_scene(meta: pd.DataFrame, variant: str) -> dict:
 
 def test_env_cache_pools_scenes_that_replay_alike_within_its_capacity(scene_db: Path) -> None:
     from gauntlet.envs.scene_db import SceneDB
-    from gauntlet.platform.eval.episode import EnvCache
+    from gauntlet.platform.eval.env_cache import EnvCache
 
     meta = SceneDB.open(scene_db).metadata()
     d0, d1 = _first_scene(meta, "D0"), _first_scene(meta, "D1")
@@ -118,7 +118,8 @@ def test_a_scene_replays_alike_in_an_env_built_for_another_variant(scene_db: Pat
     import numpy as np
 
     from gauntlet.envs.scene_db import SceneDB
-    from gauntlet.platform.eval.episode import EnvCache, WorkItem, run_episode
+    from gauntlet.platform.eval.env_cache import EnvCache
+    from gauntlet.platform.eval.episode import WorkItem, run_episode
     from gauntlet.platform.eval.sources import LocalSource
 
     db = SceneDB.open(scene_db)
