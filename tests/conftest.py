@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +52,16 @@ def _free_ports(n: int) -> list[int]:
 def free_ports() -> Callable[[int], list[int]]:
     """`free_ports(n)`: n distinct TCP ports free on 127.0.0.1 now (for servers a test starts)."""
     return _free_ports
+
+
+@pytest.fixture(scope="session")
+def generate_scenes() -> Callable[..., Path]:
+    """`generate_scenes(out, variants=..., error_types=..., workers=...)`: a lift scene DB via the CLI."""
+    from gauntlet.platform.cli import main as cli
+
+    def generate(out: Path, *, variants: str, error_types: str, workers: int = 2) -> Path:
+        assert cli(["scenes", "generate", "--out", str(out), "--tasks", "lift", "--variants", variants,
+                    "--error-types", error_types, "--workers", str(workers), "--no-validate"]) == 0
+        return out
+
+    return generate

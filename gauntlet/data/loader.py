@@ -12,6 +12,8 @@ images. Batches:
     "observation/image"        (B, S, S, 3) uint8      (agentview, when wanted and present)
     "observation/wrist_image"  (B, S, S, 3) uint8      (wrist, when wanted and present)
     "episode_index", "frame_index"  (B,) int64
+    "recovery"                 (B,) bool               (the sample's episode is a recovery demonstration,
+                                                        so a recipe can weight or select them)
 
 States and actions of the split are loaded once (vectorised, pyarrow); images stay PNG bytes on
 disk, with an LRU cache of whole episodes' bytes capped by what the memory budget leaves, and are
@@ -139,6 +141,7 @@ class DatasetLoader:
         self._row_end = np.repeat(local_starts + lengths, lengths)  # exclusive end row of its episode
         self._row_frame = np.arange(self.num_frames, dtype=np.int64) - np.repeat(local_starts, lengths)
         self._prompts = np.asarray(prompts, dtype=str)  # (episodes,) fixed-width unicode
+        self._recovery = ds.episodes["recovery"].to_numpy(dtype=bool)[self.episodes]  # (episodes,)
         self._cache = EpisodeImageCache(ds, self.cameras, self.cache_cap_bytes) if self.cameras else None
         if self.batches_per_epoch == 0:
             raise LoaderError(
@@ -162,7 +165,7 @@ class DatasetLoader:
         """Bytes of one assembled batch (what prefetching holds per queued batch)."""
         cfg = self.config
         per_sample = (self.ds.state_dim * 4 + cfg.chunk_len * (self.ds.action_dim * 4 + 1)
-                      + self._prompt_width * 4 + 16)
+                      + self._prompt_width * 4 + 17)
         for cam in self.cameras:
             h, w, _ = self.ds.image_shape(cam)
             size = self.image_sizes[cam]
@@ -250,6 +253,7 @@ class DatasetLoader:
             PROMPT_KEY: self._prompts[local_ep],
             "episode_index": self.episodes[local_ep],
             "frame_index": self._row_frame[rows],
+            "recovery": self._recovery[local_ep],
         }
         if self.cameras:
             batch.update(self._images(local_ep, batch["frame_index"]))

@@ -12,7 +12,6 @@ install torch again), and the check exercises exactly the isolation production u
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from ray._private.ray_constants import WORKER_PROCESS_SETUP_HOOK_ENV_VAR
 
 from gauntlet.data.dataset_writer import DatasetWriter
 from gauntlet.data.images import decode_png
@@ -30,20 +28,6 @@ from gauntlet.platform.cli import main as cli
 
 LENGTHS = [5, 3, 7]
 IMAGE_SIZE = 16
-
-
-def lerobot_runtime_env(tmp: Path) -> dict[str, Any]:
-    """The LeRobot replicas' own runtime_env (same install spec, so Ray builds it once per session and
-    uv's cache makes later sessions fast), offline, with HF caches under the test's `tmp`."""
-    from gauntlet.policies.lerobot.environment import runtime_env
-
-    env = runtime_env()
-    env["env_vars"] = {**env["env_vars"], "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                       "HF_HOME": str(tmp / "hf_home"), "HF_DATASETS_CACHE": str(tmp / "hf_datasets"),
-                       # The session's Serve gRPC bind hook imports ray.serve, which the LeRobot venv's
-                       # protobuf breaks; these tasks start no Serve proxy, so they skip the hook.
-                       WORKER_PROCESS_SETUP_HOOK_ENV_VAR: ""}
-    return env
 
 
 @pytest.fixture
@@ -194,15 +178,12 @@ def _source(root: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def lerobot_view(ray_session, tmp_path_factory):
+def lerobot_view(run_in_lerobot, tmp_path_factory):
     """One lerobot-environment task per module: everything LeRobotDataset sees of one export."""
     tmp = tmp_path_factory.mktemp("lerobot_export")
     written = _source(tmp / "gauntlet")
     out = export_lerobot(ExportConfig(dataset=str(tmp / "gauntlet"), out=str(tmp / "lerobot")))
-    # Ray's workers cannot import this test module: ship its functions by value.
-    ray_session.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    task = ray_session.remote(_load_with_lerobot).options(runtime_env=lerobot_runtime_env(tmp), num_cpus=1)
-    return written, ray_session.get(task.remote(str(out), 20), timeout=900)
+    return written, run_in_lerobot(_load_with_lerobot, str(out), 20)
 
 
 @pytest.mark.slow

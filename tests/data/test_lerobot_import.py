@@ -6,7 +6,6 @@ by lerobot 0.4.4's own `LeRobotDataset` writer, built in the same Ray runtime_en
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from ray._private.ray_constants import WORKER_PROCESS_SETUP_HOOK_ENV_VAR
 
 from gauntlet.data.dataset_reader import open_dataset
 from gauntlet.data.dataset_validation import validate
@@ -24,7 +22,6 @@ from gauntlet.data.lerobot_export import ExportConfig, export_lerobot
 from gauntlet.data.lerobot_format import DEFAULT_FEATURES, data_schema
 from gauntlet.data.lerobot_import import ImportConfig, import_lerobot
 from gauntlet.platform.cli import main as cli
-from gauntlet.policies.lerobot.environment import runtime_env
 
 
 def test_round_trip_is_lossless(make_dataset, tmp_path):
@@ -175,17 +172,6 @@ def test_bad_input_refused_before_any_work(tmp_path, capsys):
 
 
 # -------------------------------------------------------- lerobot 0.4.4's own writer (slow)
-def lerobot_runtime_env(tmp: Path) -> dict[str, Any]:
-    """The LeRobot replicas' runtime_env (one build per Ray session for every LeRobot test), offline."""
-    env = runtime_env()
-    env["env_vars"] = {**env["env_vars"], "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                       "HF_HOME": str(tmp / "hf_home"), "HF_DATASETS_CACHE": str(tmp / "hf_datasets"),
-                       # The session's Serve gRPC bind hook imports ray.serve, which the LeRobot venv's
-                       # protobuf breaks; these tasks start no Serve proxy, so they skip the hook.
-                       WORKER_PROCESS_SETUP_HOOK_ENV_VAR: ""}
-    return env
-
-
 def _write_with_lerobot(root: str) -> dict[str, Any]:
     """Runs inside the lerobot environment: a small dataset recorded with LeRobot's own API."""
     import numpy as np
@@ -218,10 +204,8 @@ def _write_with_lerobot(root: str) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_imports_what_lerobot_itself_wrote(ray_session, tmp_path):
-    ray_session.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests
-    task = ray_session.remote(_write_with_lerobot).options(runtime_env=lerobot_runtime_env(tmp_path), num_cpus=1)
-    written = ray_session.get(task.remote(str(tmp_path / "lerobot")), timeout=900)
+def test_imports_what_lerobot_itself_wrote(run_in_lerobot, tmp_path):
+    written = run_in_lerobot(_write_with_lerobot, str(tmp_path / "lerobot"))
     ds = open_dataset(import_lerobot(ImportConfig(source=str(tmp_path / "lerobot"), out=str(tmp_path / "ds"))))
     assert list(ds.lengths) == [4, 6] and ds.cameras == ["agentview"] and ds.fps == 10
     cols = ds.load_columns()
