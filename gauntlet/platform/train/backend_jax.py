@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gauntlet.platform.train.recipes import WorkerContext
-from gauntlet.platform.train.worker import StepMetrics
+from gauntlet.platform.train.worker import StepMetrics, digest_arrays
 
 if TYPE_CHECKING:
     from gauntlet.platform.train.config import TrainConfig
@@ -114,6 +114,13 @@ class JaxBackend:
         if self.ema is not None:
             self.ema = self.ema_fn(self.ema, self.state.trainable, self.cfg.ema_decay)
         return StepMetrics(float(metrics["loss"]), float(metrics["grad_norm"]), float(self.schedule(step)))
+
+    def param_digest(self) -> str:
+        import jax
+
+        # This process's copy of each replicated leaf (a global array across workers is not fetchable whole).
+        leaves = jax.tree_util.tree_leaves(self.state.trainable)
+        return digest_arrays(np.asarray(x.addressable_data(0) if hasattr(x, "addressable_data") else x) for x in leaves)
 
     def save(self, directory: Path, steps_taken: int, history: list[dict[str, Any]]) -> None:
         import jax

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from gauntlet.platform.train.recipes import WorkerContext
-from gauntlet.platform.train.worker import StepMetrics
+from gauntlet.platform.train.worker import StepMetrics, digest_arrays
 from gauntlet.runtime.manifests import read_json, write_json
 
 if TYPE_CHECKING:
@@ -122,6 +122,9 @@ class TorchBackend:
             torch.distributed.all_reduce(loss_value)
             loss_value /= self.world
         return StepMetrics(float(loss_value), grad_norm, self.cfg.learning_rate)
+
+    def param_digest(self) -> str:
+        return digest_arrays(p.detach().cpu().numpy() for p in self.module.parameters())
 
     def save(self, directory: Path, steps_taken: int, history: list[dict[str, Any]]) -> None:
         self.policy.save(directory / POLICY_DIR, extra={"trained_steps": steps_taken})

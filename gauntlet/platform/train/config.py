@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from gauntlet.platform.train.recipes import RECIPES
+from gauntlet.policies.vla.config import DEFAULT_PRESET
 from gauntlet.runtime.config_args import option, require_at_least
 from gauntlet.runtime.tracking import REPORT_TO, REPORT_TO_HELP
 
 TRAIN_DIR = "train"  # run state inside --out
 RAY_RUN_NAME = "ray_train"  # Ray Train's run name under TRAIN_DIR (what --resume finds)
+RECOVERY_FRACTION_OFF = -1.0  # --recovery-fraction's "off": batches drawn without regard to episode tags
 
 
 class TrainConfigError(ValueError):
@@ -34,7 +36,7 @@ class TrainConfig:
                          choices=tuple(RECIPES))
     base: str = option("", help="base checkpoint to fine-tune (required for lora; full without it starts "
                                 "from a fresh --preset model)")
-    preset: str = option("tiny", help="VLA preset for a fresh model (full mode without --base)")
+    preset: str = option(DEFAULT_PRESET, help="VLA preset for a fresh model (full mode without --base)")
     mode: str = option("lora", help="lora: train adapters on a frozen base; full: train every parameter; "
                                     "auto: full if it fits the device, else lora", choices=("lora", "full", "auto"))
     steps: int = option(100, help="total optimizer steps (with --resume: the new total)")
@@ -63,10 +65,24 @@ class TrainConfig:
                                         "worker, ~2 s with two on a 2-core host), so per-step reports would "
                                         "dominate a step that takes milliseconds")
     split: str = option("train", help="dataset split to train on")
+    val_episodes: int = option(0, help="hold out the split's last N episodes: never trained on, their loss is "
+                                       "reported as val_loss with every report (0 = none)")
+    recovery_fraction: float = option(RECOVERY_FRACTION_OFF, help="share of each batch drawn from recovery-tagged episodes "
+                                                 "(`data collect --from-scenes`), the rest from the others: 0 "
+                                                 "trains on nominal demonstrations only, 1 on recovery only "
+                                                 "(-1 = off: every frame equally likely)")
     device_memory_gb: float = option(0.0, help="plan for devices of this size (0 = detect: the accelerator, "
                                                "else host RAM shared by the workers)")
     use_gpu: bool = option(False, help="one GPU per worker (JAX on CUDA)")
     cpus_per_worker: float = option(1.0, help="CPUs reserved per worker")
+    placement: str = option("PACK", help="where Ray places the workers: PACK fills a node first (collectives "
+                                         "stay on one host); SPREAD puts them on different nodes where it can "
+                                         "(a multi-node cluster: one worker per node's CPUs or GPU)",
+                            choices=("PACK", "SPREAD"))
+    param_digests: bool = option(False, help="after every step each worker appends a digest of its trained "
+                                             "parameters and of its batch to CKPT/train/workers/rankR.digests.jsonl "
+                                             "(proves data-parallel workers hold the same weights; costs a hash "
+                                             "of the weights per step)")
     loader_workers: int = option(2, help="threads assembling batches per worker")
     prefetch_depth: int = option(4, help="batches prepared ahead per worker")
     decode_workers: int = option(2, help="threads decoding images per worker")
@@ -80,7 +96,10 @@ class TrainConfig:
                          "report_every", "loader_workers", "prefetch_depth", "decode_workers", "loader_memory_mb",
                          error=TrainConfigError, as_flags=True)
         require_at_least(self, 0, "warmup_steps", "decay_steps", "max_failures", "lora_rank", "weight_decay",
-                         error=TrainConfigError, as_flags=True)
+                         "val_episodes", error=TrainConfigError, as_flags=True)
+        if self.recovery_fraction != RECOVERY_FRACTION_OFF and not 0.0 <= self.recovery_fraction <= 1.0:
+            raise TrainConfigError(f"--recovery-fraction: must be in [0, 1] (or {RECOVERY_FRACTION_OFF:g}: off), "
+                                   f"got {self.recovery_fraction}")
         if self.learning_rate <= 0:
             raise TrainConfigError(f"--learning-rate: must be positive, got {self.learning_rate}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -91,6 +110,11 @@ class TrainConfig:
     @property
     def batch_per_worker(self) -> int:
         return self.batch_size // self.workers
+
+    @property
+    def recovery_share(self) -> float | None:
+        """--recovery-fraction as the samplers take it: None when off."""
+        return None if self.recovery_fraction == RECOVERY_FRACTION_OFF else self.recovery_fraction
 
     @property
     def train_dir(self) -> Path:

@@ -152,7 +152,7 @@ def _fit(cfg: TrainConfig, pre: Preflight, trainer_kind: str, callbacks: list[An
     from gauntlet.platform.train.worker import backend_module, train_loop
 
     loop_config = {"config": asdict(cfg), "preflight": asdict(pre), "train_dir": str(cfg.train_dir)}
-    scaling = ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
+    scaling = ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu, placement_strategy=cfg.placement,
                             resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})})
     run_config = RunConfig(
         name=RAY_RUN_NAME, storage_path=str(cfg.train_dir),

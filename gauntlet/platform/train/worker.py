@@ -11,8 +11,11 @@ asks the backend to write a checkpoint when one is due.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -54,6 +57,10 @@ class Backend(Protocol):
         """Write a training checkpoint into `directory` (rank 0 only)."""
         ...
 
+    def param_digest(self) -> str:
+        """`digest_arrays` of the trained parameters as this worker holds them now."""
+        ...
+
 
 class BackendModule(Protocol):
     """What a backend module provides (a module, so that importing it can wait for `setup_process`)."""
@@ -76,6 +83,44 @@ def backend_module(kind: str) -> BackendModule:
     return importlib.import_module(BACKENDS[kind])  # type: ignore[return-value]
 
 
+def digest_arrays(arrays: Iterable[np.ndarray]) -> str:
+    """SHA-256 of the arrays' bytes, in order: equal on two workers only if every value is bit-equal."""
+    h = hashlib.sha256()
+    for array in arrays:
+        h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()
+
+
+class DigestLog:
+    """`--param-digests`: one line per step in `workers/rankR.digests.jsonl`, {step, params, batch, pid,
+    node_id}. Ranks draw different batches; after the gradient all-reduce their parameters must still be equal."""
+
+    def __init__(self, train_dir: Path, rank: int, node_id: str):
+        self.path = train_dir / "workers" / f"rank{rank}.digests.jsonl"
+        self.node_id = node_id
+
+    def append(self, step: int, backend: Backend, batch: dict[str, np.ndarray]) -> None:
+        record = {"step": step + 1, "params": backend.param_digest(),
+                  "batch": digest_arrays(batch[k] for k in sorted(batch)), "pid": os.getpid(),
+                  "node_id": self.node_id}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def record_worker(train_dir: Path, worker: WorkerContext) -> str:
+    """Writes `workers/rankR.json` (pid, rank, world, node address and id), where whoever watches the run
+    (and the failure-recovery tests) finds each rank's process; returns this worker's node id."""
+    import ray
+
+    from gauntlet.runtime.manifests import write_json
+
+    node_id = ray.get_runtime_context().get_node_id()
+    write_json(train_dir / "workers" / f"rank{worker.rank}.json", {
+        "pid": os.getpid(), "rank": worker.rank, "world": worker.world, "node": ray.util.get_node_ip_address(),
+        "node_id": node_id})
+    return node_id
+
+
 def train_loop(loop_config: dict[str, Any]) -> None:
     """The Ray Train entry point: loop_config = {"config", "preflight", "train_dir"} (plain data)."""
     import logging
@@ -86,7 +131,6 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     from gauntlet.platform.train.preflight import Preflight
     from gauntlet.platform.train.recipes import get_recipe
     from gauntlet.platform.train.reporting import StepReporter
-    from gauntlet.runtime.manifests import write_json
 
     # Ray Train logs every report at INFO; the job log should show our progress lines instead.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
@@ -98,9 +142,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     recipe = get_recipe(cfg.policy)
     backends = backend_module(recipe.trainer)
     backends.setup_process(cfg, worker)
-    # Whoever watches the run (and the failure-recovery test) finds each rank's process here.
-    write_json(train_dir / "workers" / f"rank{worker.rank}.json", {
-        "pid": os.getpid(), "rank": worker.rank, "world": worker.world, "node": ray.util.get_node_ip_address()})
+    node_id = record_worker(train_dir, worker)
 
     policy = recipe.build_policy(cfg, pre)
     backend = backends.open_backend(cfg, pre, policy, worker)
@@ -111,6 +153,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             start, history = backend.restore(Path(d))
         resumed = True
     reporter = StepReporter(cfg, train_dir, worker.rank, worker.world, start, history, resumed=resumed)
+    digests = DigestLog(train_dir, worker.rank, node_id) if cfg.param_digests else None
     if worker.rank == 0:
         message = (f"[train] rank 0/{worker.world} {f'resuming from step {start}' if resumed else 'starting'}; "
                    f"{cfg.steps} steps, {cfg.policy}, batch {cfg.batch_size} ({cfg.batch_per_worker}/worker), "
@@ -120,7 +163,10 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     with recipe.open_batches(cfg, pre, policy, worker, start) as draw:
         for step in range(start, cfg.steps):
             rng = np.random.default_rng([cfg.seed, step, worker.rank])
-            metrics = backend.step(policy.prepare_train_batch(draw(rng), rng), step)
+            batch = policy.prepare_train_batch(draw(rng), rng)
+            metrics = backend.step(batch, step)
+            if digests is not None:
+                digests.append(step, backend, batch)
             reporter.record(step, metrics.loss, metrics.grad_norm, metrics.learning_rate)
             if not np.isfinite(metrics.loss):
                 raise FloatingPointError(f"loss became {metrics.loss} at step {step + 1}; the latest good "
