@@ -16,7 +16,8 @@ Per control step it records what a policy would have seen and what was applied:
   initial state (gauntlet.envs.sim_state) under "init/..." in the episode's .npz.
 
 Only successful episodes are kept unless --keep-failures. Rendering is slow on a CPU (~10 steps/s
-with two cameras), so cameras are opt-in.
+with two cameras), so cameras are opt-in. With --from-scenes DB the same recording starts from
+scenes' states instead of resets (gauntlet.data.recovery_demos: recovery demonstrations).
 """
 
 from __future__ import annotations
@@ -127,6 +128,10 @@ class RecordedEpisode:
     object_states: np.ndarray | None = None  # (T, K) float32 object state before each action, if recorded
 
 
+class AlreadySolvedError(RuntimeError):
+    """The task was solved in the state an episode was to start from: there is nothing to record."""
+
+
 def record_episode(env: Any, seed: int, horizon: int, cameras: bool, image_size: int,
                    noise_std: float = 0.0, object_state: bool = False) -> RecordedEpisode:
     """Resets `env` to `seed` and runs its scripted expert, recording every step."""
@@ -138,10 +143,6 @@ def record_episode(env: Any, seed: int, horizon: int, cameras: bool, image_size:
         return record_from_here(env, expert, horizon, cameras, image_size, object_state)
     except AlreadySolvedError:
         raise AlreadySolvedError(f"seed {seed}: the task was already solved at reset; nothing to record") from None
-
-
-class AlreadySolvedError(RuntimeError):
-    """The task was solved in the state an episode was to start from: there is nothing to record."""
 
 
 def record_from_here(env: Any, expert: Any, horizon: int, cameras: bool, image_size: int,
