@@ -1,4 +1,4 @@
-"""Shared test set-up: headless rendering, one Ray per test session."""
+"""Shared test set-up: headless rendering, one Ray per test session, small real scene databases."""
 
 from __future__ import annotations
 
