@@ -20,7 +20,9 @@ disk, with an LRU cache of whole episodes' bytes capped by what the memory budge
 decoded per batch by `decode_workers` threads (OpenCV releases the GIL). `num_workers` threads
 assemble batches; at most `prefetch_depth` batches are in flight or ready ahead of the consumer.
 Sharding: every shard draws the same per-epoch permutation (seeded by `seed` and the epoch) and
-takes every `num_shards`-th frame of it, so shards are disjoint and together cover the split.
+takes every `num_shards`-th frame of it, so shards are disjoint and together cover the split. With a
+recovery fraction the epoch is as many frames drawn with replacement by their weights (same seeding
+and sharding); `val_episodes` holds the split's last episodes out (`held_out` draws only them).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from gauntlet.data.dataset_reader import Dataset
 from gauntlet.data.dataset_schema import DatasetError
 from gauntlet.data.image_cache import EpisodeImageCache
 from gauntlet.data.images import decode_png, resize_image
+from gauntlet.data.sampling import SamplingError, recovery_weights, split_holdout
 from gauntlet.keys import (
     ACTION_FEATURE,
     ACTION_IS_PAD_KEY,
@@ -82,6 +85,11 @@ class LoaderConfig:
                                                         "default: all the dataset has; none: pass an empty tuple")
     image_size: int = option(0, help="resize images to this square size (pixels; 0 = stored size)")
     epochs: int = option(1, help="passes over the data (0 = infinite)")
+    val_episodes: int = option(0, help="hold out the split's last N episodes (not drawn; see data/sampling.py)")
+    held_out: bool = option(False, help="draw the held-out episodes instead (validation batches)")
+    recovery_fraction: float | None = option(None, help="share of draws from recovery-tagged episodes, the rest "
+                                                        "from the others (frames drawn with replacement by "
+                                                        "these weights; None = a permutation of every frame)")
 
     def __post_init__(self) -> None:
         require_at_least(self, 1, "batch_size", "chunk_len", "num_workers", "prefetch_depth", "decode_workers",
@@ -103,7 +111,15 @@ class DatasetLoader:
         self.ds = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
         self.config = cfg = config or LoaderConfig()
         ds = self.ds
-        self.episodes = ds.split(cfg.split) if cfg.split else np.arange(ds.num_episodes, dtype=np.int64)
+        split = ds.split(cfg.split) if cfg.split else np.arange(ds.num_episodes, dtype=np.int64)
+        try:
+            trained, held = split_holdout(split, cfg.val_episodes)
+            self.episodes = held if cfg.held_out else trained
+            weights = recovery_weights(ds.lengths[self.episodes],
+                                       ds.episodes["recovery"].to_numpy(dtype=bool)[self.episodes],
+                                       cfg.recovery_fraction)
+        except SamplingError as exc:
+            raise LoaderError(str(exc)) from None
         # Cameras: what was asked for, or everything the dataset has.
         if cfg.cameras is None:
             self.cameras = list(ds.cameras)
@@ -142,6 +158,8 @@ class DatasetLoader:
         self._row_frame = np.arange(self.num_frames, dtype=np.int64) - np.repeat(local_starts, lengths)
         self._prompts = np.asarray(prompts, dtype=str)  # (episodes,) fixed-width unicode
         self._recovery = ds.episodes["recovery"].to_numpy(dtype=bool)[self.episodes]  # (episodes,)
+        # --recovery-fraction: each frame's draw probability (its episode's weight over its length)
+        self._frame_p = None if cfg.recovery_fraction is None else np.repeat(weights / lengths, lengths)
         self._cache = EpisodeImageCache(ds, self.cameras, self.cache_cap_bytes) if self.cameras else None
         if self.batches_per_epoch == 0:
             raise LoaderError(
@@ -217,7 +235,9 @@ class DatasetLoader:
     def epoch_rows(self, epoch: int) -> np.ndarray:
         """This shard's rows (local frame positions) for `epoch`, in the order they are drawn."""
         cfg = self.config
-        if cfg.shuffle:
+        if self._frame_p is not None:
+            order = np.random.default_rng([cfg.seed, epoch]).choice(self.num_frames, self.num_frames, p=self._frame_p)
+        elif cfg.shuffle:
             order = np.random.default_rng([cfg.seed, epoch]).permutation(self.num_frames)
         else:
             order = np.arange(self.num_frames, dtype=np.int64)

@@ -32,6 +32,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("train",), "gauntlet.platform.train.driver", "fine-tune a policy on Ray Train (LoRA or full)"),
     (("sweep", "fusion"), "gauntlet.fusion.sweep", "Ray Tune sweep over fusion methods"),
     (("sweep", "throughput"), "gauntlet.platform.sweeps.throughput", "Ray Tune throughput sweep"),
+    (("sweep", "train"), "gauntlet.platform.sweeps.train_sweep", "Ray Tune over training configs, ASHA on val loss"),
 ]
 
 

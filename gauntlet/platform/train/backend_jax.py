@@ -76,6 +76,7 @@ class JaxBackend:
         self.state = init_train_state(policy.train_weights(pre.mode, cfg.adapter_seed), pre.mode, optimizer)
         self.ema = jax.tree_util.tree_map(lambda x: x, self.state.trainable) if cfg.ema_decay > 0 else None
         self.step_fn = make_loss_step(policy.train_loss, optimizer)
+        self.eval_fn = jax.jit(lambda state, batch: policy.train_loss({**state.frozen, **state.trainable}, batch))
         self.ema_fn = jax.jit(lambda e, p, d: jax.tree_util.tree_map(lambda a, b: d * a + (1 - d) * b, e, p))
         # Replicated state, batch sharded over the data axis: XLA all-reduces the gradient mean.
         mesh = Mesh(np.array(jax.devices()), ("data",))
@@ -114,6 +115,10 @@ class JaxBackend:
         if self.ema is not None:
             self.ema = self.ema_fn(self.ema, self.state.trainable, self.cfg.ema_decay)
         return StepMetrics(float(metrics["loss"]), float(metrics["grad_norm"]), float(self.schedule(step)))
+
+    def eval_loss(self, batch: dict[str, np.ndarray]) -> float:
+        x = self._to_global(batch, self.sharded) if self.world > 1 else batch
+        return float(self.eval_fn(self.state, x))
 
     def param_digest(self) -> str:
         import jax

@@ -126,6 +126,14 @@ class TorchBackend:
     def param_digest(self) -> str:
         return digest_arrays(p.detach().cpu().numpy() for p in self.module.parameters())
 
+    def eval_loss(self, batch: dict[str, np.ndarray]) -> float:
+        import torch
+
+        # The unwrapped module: no gradient, no DDP collective (each worker measures the same batches).
+        with torch.no_grad():
+            return float(self.policy.train_loss(self.module, {k: torch.from_numpy(np.ascontiguousarray(v))
+                                                              for k, v in batch.items()}))
+
     def save(self, directory: Path, steps_taken: int, history: list[dict[str, Any]]) -> None:
         self.policy.save(directory / POLICY_DIR, extra={"trained_steps": steps_taken})
         optimizer_to_files(self.optimizer.state_dict(), directory)

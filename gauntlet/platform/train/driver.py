@@ -110,8 +110,9 @@ def plot_loss(history: list[dict[str, Any]], path: Path, title: str, ylabel: str
 # Run
 
 
-def run_train(cfg: TrainConfig) -> dict[str, Any]:
-    """Pre-flight, train on Ray Train, write the artifact; returns the summary."""
+def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> dict[str, Any]:
+    """Pre-flight, train on Ray Train, write the artifact; returns the summary. `callbacks`: more Ray
+    Train callbacks (a Tune trial's TuneReportCallback, which hands each report to the sweep)."""
     from gauntlet.runtime.ray_session import start_ray
 
     pre = preflight(cfg)
@@ -122,7 +123,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
 
     start_ray("train")
     with LiveTraining(cfg, pre) as live:
-        result = _fit(cfg, pre, recipe.trainer, live.callbacks)
+        result = _fit(cfg, pre, recipe.trainer, [*live.callbacks, *(callbacks or [])])
         _remove_orphan_checkpoints(cfg.train_dir / RAY_RUN_NAME)
         with result.checkpoint.as_directory() as state_dir:
             out, history = write_artifact(cfg, pre, Path(state_dir))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gauntlet.platform.train.config import RAY_RUN_NAME, TrainConfig, TrainConfigError
-from gauntlet.platform.train.recipes import get_recipe
+from gauntlet.platform.train.recipes import episode_weights, get_recipe, training_episodes
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,9 @@ def preflight(cfg: TrainConfig, *, workers_per_node: int | None = None) -> Prefl
     if missing:
         raise TrainConfigError(f"--dataset {cfg.dataset}: has no {missing} images, which the {recipe.name} model "
                                f"reads ({len(needs.cameras)} camera(s)); collect with --cameras")
-    frames = int(ds.episodes.loc[ds.episodes["episode_index"].isin(ds.split(cfg.split)), "length"].sum())
+    trained, _ = training_episodes(cfg, ds)
+    episode_weights(cfg, ds, trained)  # a fraction the trained episodes cannot honour is refused here
+    frames = int(ds.lengths[trained].sum())
     if frames < cfg.batch_size:
         raise TrainConfigError(f"--batch-size {cfg.batch_size}: split {cfg.split!r} of {cfg.dataset} has only "
                                f"{frames} frames")
@@ -55,6 +57,9 @@ def preflight(cfg: TrainConfig, *, workers_per_node: int | None = None) -> Prefl
     identity = {
         "dataset": str(Path(cfg.dataset).resolve()), "dataset_frames": frames, "split": cfg.split,
         "base_fingerprint": base_fp, "mode": plan.mode, "batch_size": cfg.batch_size, "seed": cfg.seed,
+        # what --val-episodes and --recovery-fraction change, named only when set (older runs lack them)
+        **({"val_episodes": cfg.val_episodes} if cfg.val_episodes else {}),
+        **({"recovery_fraction": cfg.recovery_fraction} if cfg.recovery_share is not None else {}),
         "model": config.architecture_dict(), **plan.identity,
     }
     return Preflight(config.to_dict(), base_fp, plan.mode, plan.plan, str(ds.stats_path), frames, identity)

@@ -94,9 +94,11 @@ class StepReporter:
                    f"samples/s/worker | lr {learning_rate:.2e} | ETA {format_duration(eta)}")
         print(message, flush=True)
 
-    def report(self, step: int, write_checkpoint: Callable[[Path], None]) -> None:
+    def report(self, step: int, write_checkpoint: Callable[[Path], None],
+               measure: Callable[[], dict[str, float]] | None = None) -> None:
         """Report to Ray Train when a report or a checkpoint is due after 0-based `step`; on a
-        checkpoint step rank 0 calls `write_checkpoint(directory)` and Ray Train copies it."""
+        checkpoint step rank 0 calls `write_checkpoint(directory)` and Ray Train copies it. `measure`
+        (e.g. the validation loss) is called only when a report is made; its numbers join the report."""
         import ray.train
 
         due = (step + 1) % self.cfg.checkpoint_every == 0 or step + 1 == self.total
@@ -104,7 +106,7 @@ class StepReporter:
             return
         # Top-level keys: the latest step; "steps": every step since the last report, so Ray Train
         # sees each step's metrics even when reports are batched (--report-every).
-        metrics = {**self.unreported[-1], "steps": self.unreported}
+        metrics = {**self.unreported[-1], **(measure() if measure else {}), "steps": self.unreported}
         self.unreported = []
         if not due:
             ray.train.report(metrics)

@@ -15,7 +15,7 @@ import hashlib
 import importlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -27,6 +27,7 @@ from gauntlet.platform.train.recipes import WorkerContext
 if TYPE_CHECKING:
     from gauntlet.platform.train.config import TrainConfig
     from gauntlet.platform.train.preflight import Preflight
+    from gauntlet.platform.train.recipes import TrainRecipe
     from gauntlet.policies.base import TrainablePolicy
 
 # Trainer kind (a recipe's `trainer`) -> the module with its backend (see BackendModule).
@@ -59,6 +60,10 @@ class Backend(Protocol):
 
     def param_digest(self) -> str:
         """`digest_arrays` of the trained parameters as this worker holds them now."""
+        ...
+
+    def eval_loss(self, batch: dict[str, np.ndarray]) -> float:
+        """The loss of a prepared batch under the current weights, without a step (validation)."""
         ...
 
 
@@ -121,6 +126,21 @@ def record_worker(train_dir: Path, worker: WorkerContext) -> str:
     return node_id
 
 
+def validation(cfg: TrainConfig, pre: Preflight, recipe: TrainRecipe, policy: TrainablePolicy,
+               backend: Backend) -> Callable[[], dict[str, float]] | None:
+    """--val-episodes: what each report adds, {"val_loss": mean loss of the held-out batches}; None without.
+    The batches are prepared once, with fixed generators, so every report measures the same inputs."""
+    if not cfg.val_episodes:
+        return None
+    from gauntlet.data.dataset_format import Dataset
+    from gauntlet.platform.train.recipes import training_episodes
+
+    held_out = training_episodes(cfg, Dataset(pre.identity["dataset"]))[1]
+    raw = recipe.validation_batches(cfg, pre, policy, held_out)
+    batches = [policy.prepare_train_batch(b, np.random.default_rng([cfg.seed, i])) for i, b in enumerate(raw)]
+    return lambda: {"val_loss": float(np.mean([backend.eval_loss(b) for b in batches]))}
+
+
 def train_loop(loop_config: dict[str, Any]) -> None:
     """The Ray Train entry point: loop_config = {"config", "preflight", "train_dir"} (plain data)."""
     import logging
@@ -160,6 +180,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                    f"mode {pre.mode}")
         print(message, flush=True)
 
+    measure = validation(cfg, pre, recipe, policy, backend)
     with recipe.open_batches(cfg, pre, policy, worker, start) as draw:
         for step in range(start, cfg.steps):
             rng = np.random.default_rng([cfg.seed, step, worker.rank])
@@ -171,4 +192,4 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             if not np.isfinite(metrics.loss):
                 raise FloatingPointError(f"loss became {metrics.loss} at step {step + 1}; the latest good "
                                          "checkpoint is kept")
-            reporter.report(step, lambda d, s=step: backend.save(d, s + 1, reporter.history))
+            reporter.report(step, lambda d, s=step: backend.save(d, s + 1, reporter.history), measure)

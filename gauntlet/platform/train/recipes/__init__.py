@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from gauntlet.policies.base import ModelConfig, TrainablePolicy
 
 
+VAL_BATCHES = 4  # held-out batches (of at most --batch-size samples) whose mean loss is val_loss
+VAL_SEED = 7  # with --seed: the generator of the held-out batches, apart from every training step's
+
+
 @dataclass(frozen=True)
 class RecipeEntry:
     """One registered family."""
@@ -102,6 +106,12 @@ class TrainRecipe(Protocol):
         draws at those steps)."""
         ...
 
+    def validation_batches(self, cfg: TrainConfig, pre: Preflight, policy: TrainablePolicy,
+                           episodes: np.ndarray) -> list[Mapping[str, Any]]:
+        """In a worker: fixed raw batches from the held-out `episodes` (the same ones at every report,
+        on every resume), whose mean loss is the run's val_loss."""
+        ...
+
     def write_artifact(self, cfg: TrainConfig, pre: Preflight, state_dir: Path, dest: Path) -> list[dict[str, Any]]:
         """Write the servable checkpoint into `dest` from the final training checkpoint; returns
         the loss history it carries."""
@@ -110,6 +120,29 @@ class TrainRecipe(Protocol):
     def serve_hint(self, cfg: TrainConfig, pre: Preflight, out: Path) -> str:
         """The command that serves the artifact."""
         ...
+
+
+def training_episodes(cfg: TrainConfig, dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(episodes trained on, episodes held out by --val-episodes) of the split; TrainConfigError names the flag."""
+    from gauntlet.data.sampling import SamplingError, split_holdout
+    from gauntlet.platform.train.config import TrainConfigError
+
+    try:
+        return split_holdout(dataset.split(cfg.split), cfg.val_episodes)
+    except SamplingError as exc:
+        raise TrainConfigError(f"--val-episodes: {exc}") from None
+
+
+def episode_weights(cfg: TrainConfig, dataset: Dataset, episodes: np.ndarray) -> np.ndarray:
+    """Draw probability of each of `episodes` under --recovery-fraction (length-proportional when off)."""
+    from gauntlet.data.sampling import SamplingError, recovery_weights
+    from gauntlet.platform.train.config import TrainConfigError
+
+    tags = dataset.episodes["recovery"].to_numpy(dtype=bool)[episodes]  # rows are in episode order
+    try:
+        return recovery_weights(dataset.lengths[episodes], tags, cfg.recovery_share)
+    except SamplingError as exc:
+        raise TrainConfigError(f"--recovery-fraction: {exc}") from None
 
 
 def get_recipe(name: str) -> TrainRecipe:

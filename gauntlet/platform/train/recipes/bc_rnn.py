@@ -27,14 +27,23 @@ from gauntlet.keys import (
     STATE_KEY,
 )
 from gauntlet.platform.train.config import TrainConfig, TrainConfigError
-from gauntlet.platform.train.recipes import BatchSource, DatasetNeeds, TrainPlan, WorkerContext
+from gauntlet.platform.train.recipes import (
+    VAL_BATCHES,
+    VAL_SEED,
+    BatchSource,
+    DatasetNeeds,
+    TrainPlan,
+    WorkerContext,
+    episode_weights,
+    training_episodes,
+)
 from gauntlet.policies.bc_rnn.config import BCRNNConfig
 
 if TYPE_CHECKING:
     from gauntlet.data.dataset_format import Dataset
     from gauntlet.platform.train.preflight import Preflight
     from gauntlet.policies.bc_rnn.policy import BCRNNPolicy
-
+    from gauntlet.policies.bc_rnn.windows import SequenceSampler
 
 
 def dataset_observations(dataset: str) -> dict[str, int]:
@@ -50,6 +59,18 @@ def dataset_observations(dataset: str) -> dict[str, int]:
     if OBJECT_STATE_FEATURE in feats:
         return {STATE_KEY: STATE_DIM, OBJECT_STATE_KEY: int(feats[OBJECT_STATE_FEATURE]["shape"][0])}
     return {STATE_KEY: STATE_DIM}
+
+
+def _sampler(ds: Dataset, episodes: np.ndarray, policy: BCRNNPolicy) -> SequenceSampler:
+    """Training windows over these episodes of the dataset, with the observations the policy reads."""
+    from gauntlet.policies.bc_rnn.windows import SequenceSampler
+
+    keys = (*policy.config.obs_keys, ACTIONS_KEY)
+    cols = ds.load_columns([DATASET_COLUMNS[k] for k in keys], episodes)
+    bounds = np.cumsum(ds.lengths[episodes])[:-1]
+    per_key = {k: np.split(cols[DATASET_COLUMNS[k]], bounds) for k in keys}
+    return SequenceSampler([{k: per_key[k][i] for k in keys} for i in range(len(episodes))], policy.config,
+                           np.random.default_rng(0))
 
 
 @dataclass(frozen=True)
@@ -89,10 +110,10 @@ class BCRNNRecipe:
         """Always full; no memory plan (a small torch model). Each worker needs episodes of its own."""
         from gauntlet.policies.bc_rnn.model import param_shapes
 
-        episodes = len(dataset.split(cfg.split))
+        episodes = len(training_episodes(cfg, dataset)[0])
         if episodes < cfg.workers:
             raise TrainConfigError(f"--workers {cfg.workers}: split {cfg.split!r} has only {episodes} episodes "
-                                   "to share out")
+                                   "to share out" + (" after --val-episodes" if cfg.val_episodes else ""))
         count = int(sum(np.prod(s) for s in param_shapes(config).values()))
         plan = {"requested_mode": cfg.mode, "mode": "full", "batch_per_device": cfg.batch_per_worker,
                 "device_bytes": 0, "device_source": "not planned (small torch model)", "full": None,
@@ -114,18 +135,24 @@ class BCRNNRecipe:
         """Windows over this worker's disjoint share of the split's episodes (every world-th one);
         the step's generator draws them, so a resumed run repeats the uninterrupted one."""
         from gauntlet.data.dataset_format import Dataset
-        from gauntlet.policies.bc_rnn.windows import SequenceSampler
 
         del start_step  # windows depend on the step's generator only
         ds = Dataset(pre.identity["dataset"])
-        mine = ds.split(cfg.split)[worker.rank::worker.world]
-        keys = (*policy.config.obs_keys, ACTIONS_KEY)
-        cols = ds.load_columns([DATASET_COLUMNS[k] for k in keys], mine)
-        bounds = np.cumsum(ds.lengths[mine])[:-1]
-        per_key = {k: np.split(cols[DATASET_COLUMNS[k]], bounds) for k in keys}
-        episodes = [{k: per_key[k][i] for k in keys} for i in range(len(mine))]
-        sampler = SequenceSampler(episodes, policy.config, np.random.default_rng(0))
+        mine = training_episodes(cfg, ds)[0][worker.rank::worker.world]
+        sampler = _sampler(ds, mine, policy)
+        weights = episode_weights(cfg, ds, mine)
+        # --recovery-fraction: the sampler draws episodes by these weights (length-proportional when off).
+        sampler.step_weights = weights / weights.sum()
         yield lambda rng: sampler.sample(cfg.batch_per_worker, rng)
+
+    def validation_batches(self, cfg: TrainConfig, pre: Preflight, policy: BCRNNPolicy,
+                           episodes: np.ndarray) -> list[dict[str, np.ndarray]]:
+        """VAL_BATCHES windows batches over the held-out episodes, drawn once from a fixed generator."""
+        from gauntlet.data.dataset_format import Dataset
+
+        sampler = _sampler(Dataset(pre.identity["dataset"]), episodes, policy)
+        rng = np.random.default_rng([cfg.seed, VAL_SEED])
+        return [sampler.sample(cfg.batch_size, rng) for _ in range(VAL_BATCHES)]
 
     def write_artifact(self, cfg: TrainConfig, pre: Preflight, state_dir: Path, dest: Path) -> list[dict[str, Any]]:
         """The training checkpoint already holds a servable BC-RNN checkpoint: copy it."""

@@ -8,6 +8,7 @@ worker can choose JAX's platform before JAX loads.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,7 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gauntlet.platform.train.config import TrainConfig, TrainConfigError
-from gauntlet.platform.train.recipes import BatchSource, DatasetNeeds, TrainPlan, WorkerContext
+from gauntlet.platform.train.recipes import (
+    VAL_BATCHES,
+    VAL_SEED,
+    BatchSource,
+    DatasetNeeds,
+    TrainPlan,
+    WorkerContext,
+)
 
 if TYPE_CHECKING:
     from gauntlet.data.dataset_format import Dataset
@@ -107,13 +115,29 @@ class VLARecipe:
             batch_size=cfg.batch_per_worker, chunk_len=policy.config.chunk_len, shuffle=True, seed=cfg.seed,
             num_workers=cfg.loader_workers, prefetch_depth=cfg.prefetch_depth, decode_workers=cfg.decode_workers,
             memory_budget_mb=cfg.loader_memory_mb, split=cfg.split, shard_index=worker.rank,
-            num_shards=worker.world, image_size=policy.config.image_size, epochs=0,
+            num_shards=worker.world, image_size=policy.config.image_size, epochs=0, val_episodes=cfg.val_episodes,
+            recovery_fraction=cfg.recovery_share,
         )
         with DatasetLoader(pre.identity["dataset"], loader_cfg) as loader:
             per_epoch = loader.batches_per_epoch
             batches = loader.iter_batches(start_epoch=start_step // per_epoch, start_batch=start_step % per_epoch)
             # Order and content come from (seed, step); the step's generator is for the flow inputs.
             yield lambda rng: next(batches)
+
+    def validation_batches(self, cfg: TrainConfig, pre: Preflight, policy: VLAPolicy,
+                           episodes: Any) -> list[dict[str, Any]]:
+        """The first VAL_BATCHES batches of a fixed permutation of the held-out frames (at most --batch-size each)."""
+        from gauntlet.data.dataset_format import Dataset
+        from gauntlet.data.loader import DatasetLoader, LoaderConfig
+
+        frames = int(Dataset(pre.identity["dataset"]).lengths[episodes].sum())
+        loader_cfg = LoaderConfig(
+            batch_size=min(cfg.batch_size, frames), chunk_len=policy.config.chunk_len, seed=cfg.seed + VAL_SEED,
+            num_workers=1, prefetch_depth=1, decode_workers=1, memory_budget_mb=cfg.loader_memory_mb,
+            split=cfg.split, image_size=policy.config.image_size, val_episodes=cfg.val_episodes, held_out=True,
+        )
+        with DatasetLoader(pre.identity["dataset"], loader_cfg) as loader:
+            return list(itertools.islice(loader, VAL_BATCHES))
 
     def write_artifact(self, cfg: TrainConfig, pre: Preflight, state_dir: Path, dest: Path) -> list[dict[str, Any]]:
         """The trained adapter (lora) or model (full), EMA weights when kept, with the dataset's statistics."""

@@ -1,0 +1,162 @@
+"""`gauntlet sweep train` on real components: Ray Tune with ASHA over real BC-RNN `gauntlet train` runs
+(Ray Train, checkpoints, held-out validation loss), survivors scored by a real `gauntlet eval` on lift
+scenes and paired with the base; a sweep driver killed mid-sweep resumes with --resume. Also the held-out
+split and recovery-fraction sampling the trials use (data/sampling.py, the loader, the pre-flight)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gauntlet.data.sampling import SamplingError, recovery_weights, split_holdout
+from gauntlet.platform.cli import main as cli
+from gauntlet.platform.train.config import TrainConfig, TrainConfigError
+
+SMALL = {"hidden_size": 32, "mlp_hidden": 32}  # a BC-RNN that trains in seconds
+TRAIN = "--policy bc_rnn --mode full --steps 12 --batch-size 8 --checkpoint-every 6 --report-every 3 " \
+        "--log-every 100 --cpus-per-worker 0.5 --weight-decay 0"
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 scripted-expert lift D0 demos with the object state, and their statistics."""
+    from gauntlet.data.collect import CollectConfig, collect_demos
+    from gauntlet.data.stats import StatsConfig, write_stats
+
+    path = tmp_path_factory.mktemp("sweep_demos") / "lift_d0"
+    collect_demos(CollectConfig(out=str(path), task=("lift",), variant=("D0",), episodes=6, object_state=True,
+                                horizon=300))
+    write_stats(StatsConfig(dataset=str(path)), progress=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def base(demos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh small BC-RNN reading what the demos carry: the trials' starting point."""
+    from gauntlet.platform.train.recipes.bc_rnn import dataset_observations
+    from gauntlet.policies.bc_rnn import BCRNNConfig, BCRNNPolicy, config_for_task
+
+    obs = dataset_observations(str(demos))
+    config = BCRNNConfig.from_dict({**config_for_task("lift", **SMALL).to_dict(), "obs_keys": list(obs),
+                                    "obs_dims": list(obs.values())})
+    return BCRNNPolicy.create(config, seed=0).save(tmp_path_factory.mktemp("sweep_base") / "base")
+
+
+# ---------------------------------------------------------------------------------- sampling
+
+
+def test_holdout_and_recovery_weights() -> None:
+    eps = np.arange(5)
+    train, held = split_holdout(eps, 2)
+    assert train.tolist() == [0, 1, 2] and held.tolist() == [3, 4]
+    assert split_holdout(eps, 0)[1].size == 0
+    with pytest.raises(SamplingError, match="val_episodes=5"):
+        split_holdout(eps, 5)
+    lengths, tags = np.array([10, 30, 20, 40]), np.array([False, False, True, True])
+    assert np.allclose(recovery_weights(lengths, tags, None), lengths / 100)
+    w = recovery_weights(lengths, tags, 0.25)
+    assert np.isclose(w[tags].sum(), 0.25) and np.allclose(w[2:] / w[2:].sum(), [1 / 3, 2 / 3])
+    assert recovery_weights(lengths, tags, 0.0)[tags].sum() == 0
+    with pytest.raises(SamplingError, match="recovery episodes"):
+        recovery_weights(lengths, np.zeros(4, bool), 0.5)
+
+
+def test_preflight_refuses_what_the_split_cannot_honour(demos: Path, base: Path, tmp_path: Path) -> None:
+    from gauntlet.platform.train.preflight import preflight
+
+    common = {"dataset": str(demos), "out": str(tmp_path / "ck"), "policy": "bc_rnn", "mode": "full",
+              "base": str(base), "batch_size": 8}
+    with pytest.raises(TrainConfigError, match="--recovery-fraction: .* hold none"):
+        preflight(TrainConfig(**common, recovery_fraction=0.5))  # the demos hold no recovery episode
+    with pytest.raises(TrainConfigError, match="--val-episodes: .*nothing to train on"):
+        preflight(TrainConfig(**common, val_episodes=6))
+    held = preflight(TrainConfig(**common, val_episodes=2, recovery_fraction=0.0))
+    full = preflight(TrainConfig(**common))
+    assert held.dataset_frames < full.dataset_frames  # the held-out episodes are not trained on
+    assert held.identity["val_episodes"] == 2 and "val_episodes" not in full.identity
+    with pytest.raises(TrainConfigError, match="--recovery-fraction"):
+        TrainConfig(**common, recovery_fraction=1.5)
+
+
+def test_bad_sweep_flags_are_refused_before_anything_is_written(demos: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "sweep"
+    args = ["sweep", "train", "--dataset", str(demos), "--out", str(out), f"--train={TRAIN}"]
+    assert cli([*args, "--knobs", "momentum=0.9"]) == 2
+    assert "unknown knob 'momentum'" in capsys.readouterr().err
+    assert cli([*args, "--knobs", "learning_rate=0.01", "--train=--out elsewhere"]) == 2
+    assert "--out is set by the sweep" in capsys.readouterr().err
+    assert cli([*args, "--knobs", "recovery_fraction=0.5"]) == 2
+    assert "--recovery-fraction" in capsys.readouterr().err
+    assert cli([*args, "--knobs", "learning_rate=0.01", "--resume"]) == 2
+    assert "holds no sweep to continue" in capsys.readouterr().err
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------ sweeps
+
+
+@pytest.mark.slow
+def test_grid_stops_the_bad_trial_and_scores_the_survivors(ray_session, demos: Path, base: Path, tmp_path: Path,
+                                                          generate_scenes) -> None:
+    scenes = generate_scenes(tmp_path / "scenes", variants="D0", error_types="drop_object", workers=1)
+    out = tmp_path / "sweep"
+    # lr 1e-9 learns nothing: at the first rung its val_loss trails the others' and ASHA stops it.
+    assert cli(["sweep", "train", "--dataset", str(demos), "--out", str(out), f"--train={TRAIN} --base {base}",
+                "--knobs", "learning_rate=0.01,0.000000001", "--val-episodes", "2", "--eval-scenes", str(scenes),
+                "--eval-limit", "2", "--eval-horizon", "30"]) == 0
+    table = pd.read_csv(out / "trials.csv")
+    assert table["trial"].tolist() == ["t000", "t001"]
+    good, bad = table.iloc[0], table.iloc[1]
+    assert good["status"] == "completed" and good["step"] == 12
+    assert bad["status"] == "stopped" and bad["step"] < 12
+    assert bad["val_loss"] > good["val_loss"]
+    # The survivor was evaluated and paired with the base (the trials' training base) episode by episode.
+    assert good["episodes"] == 2 and 0.0 <= good["success"] <= 1.0
+    assert good["gain_ci_low"] <= good["gain"] <= good["gain_ci_high"]
+    assert (out / "eval" / "base").is_dir() and (out / "eval" / "t000").is_dir()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best"]["trial"] == "t000" and summary["counts"] == {"completed": 1, "stopped": 1}
+    history = [json.loads(line) for line in (out / "trials" / "t000" / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) == 12  # every step of the survivor trained
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_without_rerunning_finished_trials(demos: Path, base: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    args = [sys.executable, "-m", "gauntlet.platform.cli", "sweep", "train", "--dataset", str(demos), "--out",
+            str(out), f"--train={TRAIN} --base {base} --steps 18", "--knobs", "learning_rate=0.01,0.003",
+            "--val-episodes", "2", "--num-cpus", "3", "--grace-period", "100"]  # no rung: ASHA stops nothing
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own embedded Ray
+    first = out / "trials" / "t000" / "train"
+    proc = subprocess.Popen(args, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 150
+        while not (first / "summary.json").is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert (first / "summary.json").is_file(), "the first trial never finished"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, at once
+        proc.wait()
+    assert not (out / "trials.csv").exists()
+    finished_pid = json.loads((first / "workers" / "rank0.json").read_text())["pid"]
+    finished_metrics = (first / "metrics.jsonl").read_text()
+
+    resumed = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True, timeout=170)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    table = pd.read_csv(out / "trials.csv")
+    assert table["status"].tolist() == ["completed", "completed"]
+    assert table["step"].tolist() == [18, 18]
+    # The finished trial was not trained again: same worker record, same metrics.
+    assert json.loads((first / "workers" / "rank0.json").read_text())["pid"] == finished_pid
+    assert (first / "metrics.jsonl").read_text() == finished_metrics
