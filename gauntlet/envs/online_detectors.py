@@ -94,30 +94,45 @@ class SlipDetector:
         return False
 
 
-class MissedGraspDetector:
-    def __init__(self, cfg: DetectorConfig):
+class _RisingEdge:
+    """Fires when `condition` becomes true (and `at_edge` holds then), not again while it stays true."""
+
+    def __init__(self, cfg: DetectorConfig, start: bool = False):
         self.cfg = cfg
-        self.was_closed = True  # an episode that starts closed has not just missed anything
+        self.before = start  # the condition at the previous frame
+
+    def condition(self, frame: Frame) -> bool:
+        raise NotImplementedError
+
+    def at_edge(self, frame: Frame) -> bool:
+        return True
 
     def update(self, frame: Frame) -> bool:
-        closed = _opening(frame) < self.cfg.closed_gap_m
+        now = self.condition(frame)
+        fired = now and not self.before and self.at_edge(frame)
+        self.before = now
+        return fired
+
+
+class MissedGraspDetector(_RisingEdge):
+    """The fingers close fully while commanded closed, next to the object and not holding it."""
+
+    def __init__(self, cfg: DetectorConfig):
+        super().__init__(cfg, start=True)  # an episode that starts closed has not just missed anything
+
+    def condition(self, frame: Frame) -> bool:
+        return _opening(frame) < self.cfg.closed_gap_m
+
+    def at_edge(self, frame: Frame) -> bool:
         near = float(np.linalg.norm(frame["obj_pos"] - frame["eef_pos"])) < self.cfg.near_m
-        fired = closed and not self.was_closed and near and not bool(frame["grasped"]) \
-            and float(frame["gripper_cmd"]) > 0
-        self.was_closed = closed
-        return fired
+        return near and not bool(frame["grasped"]) and float(frame["gripper_cmd"]) > 0
 
 
-class PushDetector:
-    def __init__(self, cfg: DetectorConfig):
-        self.cfg = cfg
-        self.moving = False  # the object was already moving fast at the previous frame
+class PushDetector(_RisingEdge):
+    """The object, not held, starts moving fast sideways."""
 
-    def update(self, frame: Frame) -> bool:
-        fast = float(np.linalg.norm(frame["obj_vel"][:2])) > self.cfg.push_speed and not bool(frame["grasped"])
-        fired = fast and not self.moving
-        self.moving = fast
-        return fired
+    def condition(self, frame: Frame) -> bool:
+        return float(np.linalg.norm(frame["obj_vel"][:2])) > self.cfg.push_speed and not bool(frame["grasped"])
 
 
 class CollisionDetector:

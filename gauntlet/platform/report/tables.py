@@ -9,6 +9,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from gauntlet.envs.injectors import NOMINAL
+from gauntlet.envs.scene_db import HARVESTED
 from gauntlet.platform.eval.results import LABEL_COLUMNS
 from gauntlet.platform.report.load import run_fields
 from gauntlet.platform.report.stats import (
@@ -164,6 +165,8 @@ def classifier_tables(frame: pd.DataFrame, confidence: float = 0.95) -> dict[str
     import pandas as pd
 
     scenes = frame.drop_duplicates(subset=["scene_id"], keep="first")
+    if "origin" in scenes.columns:  # a harvested scene's error type is the classifiers' own majority label
+        scenes = scenes[scenes["origin"] != HARVESTED]
     labels = {
         name: [None if (v is None or (isinstance(v, float) and math.isnan(v)) or v == "") else str(v)
                for v in scenes[column].tolist()]
