@@ -27,7 +27,9 @@
 #   GAUNTLET_DASHBOARD_PORT  the head's dashboard / job API port (default 8265)
 #   GAUNTLET_RAY_PORT_BASE   when set, node i takes its ports from BASE + 10*i (needed for several
 #                            raylets on one host; unset, each node uses Ray's defaults)
-#   GAUNTLET_NODE_CPUS       CPUs each raylet offers (default: SLURM_CPUS_ON_NODE, else Ray's detection)
+#   GAUNTLET_NODE_CPUS       CPUs each raylet offers (default: SLURM_CPUS_PER_TASK, the CPUs each srun
+#                            step may use, else SLURM_CPUS_ON_NODE, else Ray's detection); GPUs are
+#                            the ones Slurm gives the step (--gpus-per-task), which Ray detects
 #   GAUNTLET_WAIT_S          seconds to wait for every node to join (default 300)
 #   GAUNTLET_PYTHON          the Python with Gauntlet and Ray installed (default: python on PATH)
 set -euo pipefail
@@ -73,7 +75,8 @@ HEAD="$HEAD_IP:$GCS_PORT"
 
 node_args() {  # node_args INDEX: the `ray start` flags common to every node
     local i=$1 args=(--block --disable-usage-stats)
-    [[ -n "${GAUNTLET_NODE_CPUS:-${SLURM_CPUS_ON_NODE:-}}" ]] && args+=(--num-cpus="${GAUNTLET_NODE_CPUS:-$SLURM_CPUS_ON_NODE}")
+    local cpus=${GAUNTLET_NODE_CPUS:-${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:-}}}
+    [[ -n "$cpus" ]] && args+=(--num-cpus="$cpus")
     if [[ -n "${GAUNTLET_RAY_PORT_BASE:-}" ]]; then
         local p=$((GAUNTLET_RAY_PORT_BASE + 10 * i))
         args+=(--node-manager-port=$p --object-manager-port=$((p + 1)) --dashboard-agent-listen-port=$((p + 2))

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_train import write_demo_dataset
+from test_train import _cfg, write_demo_dataset
+
+from gauntlet.platform.train.driver import run_train
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -45,6 +47,17 @@ def _attempts(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
             attempts.append([])
         attempts[-1].append(row)
     return attempts
+
+
+def test_jax_workers_hold_equal_parameters_after_every_step(ray_session, dataset: Path, tmp_path: Path) -> None:
+    """The VLA on JaxTrainer, two workers: --param-digests shows different batches and equal weights."""
+    out = tmp_path / "vla"
+    run_train(_cfg(dataset, out, mode="full", steps=3, workers=2, param_digests=True, checkpoint_every=3))
+    digests = [_jsonl(out / "train" / "workers" / f"rank{r}.digests.jsonl") for r in (0, 1)]
+    assert [r["step"] for r in digests[0]] == [r["step"] for r in digests[1]] == [1, 2, 3]
+    for a, b in zip(*digests, strict=True):
+        assert a["batch"] != b["batch"] and a["params"] == b["params"], a["step"]
+    assert len({r["params"] for r in digests[0]}) == 3, "the weights change every step"
 
 
 @pytest.mark.slow
