@@ -3,8 +3,40 @@
 #   GAUNTLET_ACCEL=auto|cpu|cuda  which torch/JAX builds (auto, the default: cuda when `nvidia-smi -L`
 #                                 lists a GPU, else cpu)
 #   GAUNTLET_INSTALL_PLAN=1       print the mode and the pip installs a real run would do, touch nothing
+#   PYTHON=/path/to/python3.12    the interpreter .venv is made from (default: found, see below)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Python 3.12 exactly: LeRobot >= 0.5 needs >= 3.12, Ray 2.60 publishes no 3.13 wheels.
+want_py=3.12
+py_version() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null; }
+find_python() {  # prints the first interpreter that answers $want_py: PATH, then pyenv, then uv
+  local cand root
+  if cand=$(command -v "python$want_py") && [ "$(py_version "$cand")" = "$want_py" ]; then
+    echo "$cand"; return; fi  # (pyenv's shim is on PATH but answers only with PYENV_VERSION set)
+  root=${PYENV_ROOT:-}
+  [ -z "$root" ] && command -v pyenv >/dev/null && root=$(pyenv root)
+  [ -z "$root" ] && root="$HOME/.pyenv"
+  for cand in "$root"/versions/"$want_py".*/bin/"python$want_py"; do
+    if [ -x "$cand" ] && [ "$(py_version "$cand")" = "$want_py" ]; then echo "$cand"; return; fi
+  done
+  if command -v uv >/dev/null && cand=$(uv python find "$want_py" 2>/dev/null) \
+    && [ "$(py_version "$cand")" = "$want_py" ]; then echo "$cand"; return; fi
+  return 1
+}
+if [ -n "${PYTHON:-}" ]; then
+  python=$PYTHON
+  got=$(py_version "$python" || true)
+  if [ "$got" != "$want_py" ]; then
+    echo "[install] PYTHON=$python is Python ${got:-?} (or does not run); Gauntlet needs Python $want_py" >&2; exit 2
+  fi
+elif ! python=$(find_python); then
+  echo "[install] no Python $want_py found (looked for python$want_py on PATH, pyenv's versions/$want_py.*, uv python find)." >&2
+  echo "[install] install one: 'pyenv install $want_py', 'uv python install $want_py', or your OS's python$want_py" \
+       "package (with its venv module), or point PYTHON=/path/to/python$want_py at one" >&2
+  exit 2
+fi
+echo "[install] python: $python"
 
 accel=${GAUNTLET_ACCEL:-auto}
 case "$accel" in
@@ -16,14 +48,16 @@ case "$accel" in
   cpu | cuda) why="GAUNTLET_ACCEL=$accel" ;;
   *) echo "[install] GAUNTLET_ACCEL must be auto, cpu or cuda, not '$accel'" >&2; exit 2 ;;
 esac
-# torch goes in first and pinned to one build: an unpinned torch resolves to the newest CUDA wheel
-# and GBs of NVIDIA libraries (and, on cpu, would replace the CPU wheel this project's machines have).
+# torch goes in first and pinned to one release LeRobot accepts (lerobot 0.6.1: torch>=2.7,<2.12), so a
+# LeRobot replica's environment, a clone of this venv, keeps it and downloads no second torch. PyPI
+# publishes one Linux build of 2.11.0, against CUDA 13; it runs on the CPU too. In cuda mode JAX takes
+# the matching cuda13 extra: both then share one set of nvidia-* CUDA 13 wheels (NVIDIA driver >= 580).
+# One pip call, so they agree.
+torch_req="torch==2.11.0"
 if [ "$accel" = cuda ]; then
-  # PyPI's torch 2.14.1 is built against CUDA 13, so JAX takes the matching cuda13 extra: both then
-  # share one set of nvidia-* CUDA 13 wheels (NVIDIA driver >= 580). One pip call, so they agree.
-  accel_reqs=("torch==2.14.1" "jax[cuda13]")
+  accel_reqs=("$torch_req" "jax[cuda13]")
 else
-  accel_reqs=("torch==2.13.0")  # the CPU wheel here; JAX stays the plain (CPU) jax from pyproject.toml
+  accel_reqs=("$torch_req")  # JAX stays the plain (CPU) jax from pyproject.toml
 fi
 plan=${GAUNTLET_INSTALL_PLAN:-0}
 [ "$plan" = 0 ] && plan=""
@@ -35,8 +69,11 @@ pip_install() {  # every install goes through here, so a plan lists exactly what
 }
 stamp=.venv/.gauntlet-installed
 if [ -z "$plan" ]; then
-  if [ ! -x .venv/bin/python ]; then
-    "${PYTHON:-python3}" -m venv .venv
+  if [ -x .venv/bin/python ] && [ "$(py_version .venv/bin/python)" != "$want_py" ]; then
+    echo "[install] .venv is Python $(py_version .venv/bin/python || echo '?'), not $want_py: recreating it"
+    "$python" -m venv --clear .venv
+  elif [ ! -x .venv/bin/python ]; then
+    "$python" -m venv .venv
   fi
   # The mode is part of the stamp: switching GAUNTLET_ACCEL reinstalls.
   want=$({ echo "accel=$accel"; cat pyproject.toml scripts/install.sh; } | sha256sum | cut -d' ' -f1)
