@@ -15,6 +15,7 @@ from gauntlet.policies.registry import (
     PolicyRef,
     ServingOptions,
     check_checkpoint,
+    check_in_replica_env,
     plugin_env_vars,
     policy_family,
     runtime_env_for,
@@ -88,11 +89,15 @@ def build_app(policies: list[PolicyServing], api_key: str | None = None,
     environment here, because this runs wherever Serve builds the app. `ws_policy`: the WebSocket
     Origin rule, session cap and idle timeout (default: same-origin only, 256 sessions, 300 s).
     """
+    import ray
     from ray import serve
 
     from gauntlet.deployments.ingress import Gateway, PolicyIngress
     from gauntlet.deployments.policy_deployment import PolicyReplica
 
+    if ray.is_initialized():  # (Serve's build task, or a driver about to serve.run)
+        for p in policies:  # a checkpoint a replica's own environment cannot load is refused here
+            check_in_replica_env(p.ref, p.runtime_env)
     names = [p.ref.name for p in policies]
     if len(set(names)) != len(names):
         raise ValueError(f"each policy may be served once; got {names}")
@@ -230,7 +235,7 @@ def specs_from_names(policies: list[str], *, replicas: int = 1, max_batch_size: 
         specs.append(PolicyServing(ref=ref, replicas=replicas, max_batch_size=max_batch_size,
                                    batch_wait_timeout_s=batch_wait_timeout_s, num_gpus=num_gpus, max_queued=max_queued,
                                    policy_kwargs=kwargs, adapters_dir=adapters_dir if family.serves_adapters else None,
-                                   runtime_env=runtime_env_for(ref.name)))
+                                   runtime_env=runtime_env_for(ref.name, ref.release)))
     return specs
 
 

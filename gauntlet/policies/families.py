@@ -6,6 +6,7 @@ families, parse `--policy`) imports no framework.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from gauntlet.policies.base import Policy
@@ -56,12 +57,13 @@ def build_lerobot(checkpoint: str | None, **kwargs: Any) -> Policy:
 def lerobot_preflight(ref: PolicyRef, **kwargs: Any) -> PolicyRef:
     """Reads the pretrained directory's config (no torch): a checkpoint whose features cannot serve
     Gauntlet's environment is refused naming the file and field (LeRobotDirError). The directory is
-    made absolute, because replicas run elsewhere."""
+    made absolute, because replicas run elsewhere. (Whether the chosen LeRobot release can parse the
+    config is the family's env_check, run in that release's environment.)"""
     from gauntlet.policies.lerobot.config import LeRobotAdapterConfig, read_pretrained
 
     if not ref.checkpoint:
         raise ValueError(LEROBOT_DIR_REQUIRED)
-    return PolicyRef(ref.name, read_pretrained(ref.checkpoint, LeRobotAdapterConfig(**kwargs)).path)
+    return replace(ref, checkpoint=read_pretrained(ref.checkpoint, LeRobotAdapterConfig(**kwargs)).path)
 
 
 def lerobot_serving_kwargs(ref: PolicyRef, options: ServingOptions) -> dict[str, Any]:
@@ -86,4 +88,5 @@ register_family(PolicyFamily(
 register_family(PolicyFamily(
     name="lerobot", summary="a LeRobot pretrained directory, =DIR; own runtime_env", factory=f"{_HERE}:build_lerobot",
     preflight=f"{_HERE}:lerobot_preflight", serving_kwargs=f"{_HERE}:lerobot_serving_kwargs",
-    runtime_env="gauntlet.policies.lerobot.environment:runtime_env"))
+    runtime_env="gauntlet.policies.lerobot.environment:runtime_env",
+    env_check="gauntlet.policies.lerobot.release_check:check_config"))

@@ -33,6 +33,8 @@ ABILITIES = {"warmup": WarmsUp, "adapters": ServesAdapters, "compile_count": Cou
 # A family name is a path segment (/v1/policies/NAME), a Serve deployment name and a results label;
 # `=` and `@` separate a name from its checkpoint and adapter on the command line.
 FAMILY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*")
+# `NAME@RELEASE`: a version as package indexes spell it (1.2.3, 0.4.4.post1, 2.0rc1).
+RELEASE = re.compile(r"[0-9][0-9A-Za-z.+!-]*")
 # The first words of `gauntlet eval --policy` targets that are not families.
 RESERVED_NAMES = frozenset({"deploy", "serve", "remote"})
 
@@ -59,9 +61,14 @@ class PolicyFamily:
     preflight: str | None = None
     # (ref: PolicyRef, options: ServingOptions) -> dict: constructor kwargs from the CLI's serving options.
     serving_kwargs: str | None = None
-    # () -> dict: the Ray runtime_env of its replicas when its libraries pin versions Gauntlet's stack
-    # does not have (LeRobot). None: Gauntlet's own environment.
+    # (release: str | None) -> dict: the Ray runtime_env of its replicas when its libraries pin versions
+    # Gauntlet's stack does not have (LeRobot); `release` is PolicyRef.release (None: the family's
+    # default release). None: Gauntlet's own environment.
     runtime_env: str | None = None
+    # (checkpoint: str) -> Any: run before its replicas are deployed, in a throwaway Ray task of their
+    # runtime_env, to refuse a checkpoint that environment cannot load with a clear ValueError (LeRobot:
+    # a config.json field the chosen release does not know). None: nothing to check there.
+    env_check: str | None = None
     # Whether `gauntlet eval` runs it in each rollout actor unless told to deploy it (`deploy=NAME`):
     # for policies that cost less than a round trip to a replica.
     local_by_default: bool = False
@@ -150,17 +157,40 @@ def families_help(pick: Callable[[PolicyFamily], bool] | None = None, *, summari
 
 @dataclass(frozen=True)
 class PolicyRef:
-    """A policy named on the command line: `vla`, `vla=ckpt/dir`, `scripted`."""
+    """A policy named on the command line: `vla`, `vla=ckpt/dir`, `scripted`, `lerobot@0.4.4=ckpt/dir`."""
 
     name: str  # family name
     checkpoint: str | None = None  # checkpoint directory, if any
+    # `NAME@RELEASE`: the release of the family's library its replicas run, handed to the family's
+    # runtime_env hook; only families with their own runtime_env take one. None: the family's default.
+    release: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> PolicyRef:
-        name, _, ckpt = text.partition("=")
-        name = name.strip()
-        policy_family(name)  # an unknown name is refused here, listing the known ones
-        return cls(name, ckpt.strip() or None)
+        head, _, ckpt = text.partition("=")
+        name, at, release = (part.strip() for part in head.partition("@"))
+        family = policy_family(name)  # an unknown name is refused here, listing the known ones
+        if at and not RELEASE.fullmatch(release):
+            raise ValueError(f"{text.strip()}: {release!r} is not a release (NAME@RELEASE, e.g. {name}@1.2.3)")
+        if at and family.runtime_env is None:
+            pinned = [f.name for f in families().values() if f.runtime_env]
+            raise ValueError(f"{text.strip()}: the {name} policy runs in Gauntlet's own environment, so no release "
+                             f"can be pinned; NAME@RELEASE is for {', '.join(pinned) or 'no family here'}")
+        return cls(name, ckpt.strip() or None, release or None)
+
+
+def split_adapter(text: str) -> tuple[str, str]:
+    """`NAME[@RELEASE][=CHECKPOINT][@ADAPTER_DIR]` -> (the policy text, the adapter directory or "").
+    An adapter follows the checkpoint; without a checkpoint, `NAME@X` names an adapter of a family
+    that serves adapters and a release of any other."""
+    head, eq, ckpt = text.partition("=")
+    if eq:
+        ckpt, _, adapter = ckpt.partition("@")
+        return f"{head}={ckpt}", adapter
+    name, _, after = head.partition("@")
+    if after and policy_family(name.strip()).serves_adapters:
+        return name, after
+    return head, ""
 
 
 def make_policy(name: str, checkpoint: str | None = None, **kwargs: Any) -> Policy:
@@ -180,7 +210,29 @@ def serving_kwargs(ref: PolicyRef, options: ServingOptions) -> dict[str, Any]:
     return dict(import_object(hook)(ref, options)) if hook else {}
 
 
-def runtime_env_for(name: str) -> dict[str, Any] | None:
-    """The Ray runtime_env a family's replicas need (None: Gauntlet's own environment)."""
+def _run_env_check(hook: str, checkpoint: str) -> Any:
+    return import_object(hook)(checkpoint)
+
+
+def check_in_replica_env(ref: PolicyRef, runtime_env: dict[str, Any] | None) -> None:
+    """The family's env_check (see PolicyFamily.env_check) on `ref`'s checkpoint, in a throwaway Ray
+    task of `runtime_env`; its ValueError is raised here as it was raised there. Needs a running Ray."""
+    import ray
+
+    hook = policy_family(ref.name).env_check
+    if not hook or not ref.checkpoint:
+        return
+    task = ray.remote(num_cpus=0, max_retries=0, runtime_env=runtime_env)(_run_env_check)
+    try:
+        ray.get(task.remote(hook, ref.checkpoint))
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, ValueError):
+            raise exc.cause from None  # the check's own error, not Ray's wrapper and its traceback
+        raise
+
+
+def runtime_env_for(name: str, release: str | None = None) -> dict[str, Any] | None:
+    """The Ray runtime_env a family's replicas need, running `release` of its library (None: its
+    default), or None: Gauntlet's own environment."""
     hook = policy_family(name).runtime_env
-    return import_object(hook)() if hook else None
+    return import_object(hook)(release) if hook else None

@@ -84,7 +84,7 @@ def edit_info() -> Callable[[Path, Callable[[dict[str, Any]], Any]], None]:
 def run_in_lerobot(ray_session, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Any]:
     """`run_in_lerobot(fn, *args)`: fn(*args) in a Ray task in the LeRobot replicas' own runtime_env
     (same install spec, so Ray builds it once per session and uv's cache makes later sessions fast),
-    offline, with HF caches in a temporary directory. LeRobot pins torch<2.11 and must never enter
+    offline, with HF caches in a temporary directory. LeRobot pins its own dependencies and must never enter
     Gauntlet's environment. `fn`'s module is shipped by value (Ray's workers cannot import tests)."""
     import sys
 

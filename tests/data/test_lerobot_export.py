@@ -1,9 +1,9 @@
 """`gauntlet data export-lerobot`: the LeRobot v3.0 layout read back with pyarrow/pandas alone, and
-(slow) with lerobot 0.4.4's own `LeRobotDataset`, offline.
+(slow) with LeRobot's own `LeRobotDataset` (the default release, 0.6.1), offline.
 
-LeRobot pins torch<2.11 and must never enter Gauntlet's environment, so the slow check runs in a Ray
-task on the test session's Ray with the runtime_env Gauntlet's LeRobot replicas use
-(gauntlet.policies.lerobot.environment: uv, lerobot==0.4.4, uv's cache on). Ray builds it once per
+LeRobot pins its own dependencies and must never enter Gauntlet's environment, so the slow check runs
+in a Ray task on the test session's Ray with the runtime_env Gauntlet's LeRobot replicas use
+(gauntlet.policies.lerobot.environment: uv, lerobot[dataset,diffusion]==0.6.1, uv's cache on). Ray builds it once per
 session and keys it by its install spec, so the import tests and the LeRobot policy tests reuse the
 same virtualenv rather than each building one (a subprocess venv per test module would download and
 install torch again), and the check exercises exactly the isolation production uses.
@@ -131,11 +131,15 @@ def test_data_files_roll_over_at_the_size_limit(make_dataset, tmp_path):
         assert (table.column("episode_index").to_numpy() == row["episode_index"]).sum() == row["length"]
 
 
-# ------------------------------------------------------------------- lerobot 0.4.4 itself (slow)
+# ---------------------------------------------------------------------- LeRobot itself (slow)
 def _load_with_lerobot(root: str, fps: int) -> dict[str, Any]:
     """Runs inside the lerobot environment: what LeRobotDataset makes of the export."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
-    from lerobot.datasets.utils import dataset_to_policy_features
+
+    try:  # lerobot >= 0.5 moved it; 0.4.x keeps it beside the dataset utilities
+        from lerobot.utils.feature_utils import dataset_to_policy_features
+    except ImportError:
+        from lerobot.datasets.utils import dataset_to_policy_features
 
     ds = LeRobotDataset("gauntlet/export-test", root=root)
     items = [ds[i] for i in range(len(ds))]

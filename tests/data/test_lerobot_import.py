@@ -1,6 +1,6 @@
 """`gauntlet data import-lerobot`: the round trip Gauntlet -> LeRobot -> Gauntlet, LIBERO-style
 feature names with a user mapping, bad input refused before any work, and (slow) a dataset written
-by lerobot 0.4.4's own `LeRobotDataset` writer, built in the same Ray runtime_env as the export tests
+by LeRobot's own `LeRobotDataset` writer (the default release), built in the same Ray runtime_env as the export tests
 (Ray caches it by its spec, so the session builds it once)."""
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ def test_bad_input_refused_before_any_work(tmp_path, capsys):
     assert cli(["data", "import-lerobot", str(video), "--out", out, "--no-images"]) == 0
 
 
-# -------------------------------------------------------- lerobot 0.4.4's own writer (slow)
+# ------------------------------------------------------------ LeRobot's own writer (slow)
 def _write_with_lerobot(root: str) -> dict[str, Any]:
     """Runs inside the lerobot environment: a small dataset recorded with LeRobot's own API."""
     import numpy as np

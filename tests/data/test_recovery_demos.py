@@ -142,7 +142,7 @@ def test_nominal_plus_recovery_merge_and_train(ray_session, recoveries: Path, tm
     assert BCRNNPolicy.load(out).metadata.name
 
 
-# ----------------------------------------------------------------- lerobot 0.4.4 itself (slow)
+# ---------------------------------------------------------------------- LeRobot itself (slow)
 def _lerobot_episode_tags(root: str) -> dict[str, Any]:
     """Runs inside the lerobot environment: the episode columns LeRobotDataset keeps."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset

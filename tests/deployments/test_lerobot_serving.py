@@ -1,6 +1,6 @@
 """LeRobot ACT and Diffusion on Gauntlet's batched replicas, in their own Ray runtime_env.
 
-One module-scoped start of the LeRobot environment (lerobot 0.4.4 and its torch, built by Ray's uv
+One module-scoped start of the LeRobot environment (the default release, lerobot 0.6.1, built by Ray's uv
 plugin on first use and reused by every replica and task of this Ray session): random policies are
 saved with `save_pretrained` inside it, served over HTTP and the openpi WebSocket, compared with
 LeRobot's own inference on the same inputs, and evaluated end to end with `gauntlet eval`.

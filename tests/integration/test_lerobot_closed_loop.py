@@ -3,7 +3,7 @@ trained for a few steps by LeRobot's own code on the CPU, saved in lerobot-train
 and evaluated on Gauntlet's scenes with `gauntlet eval --policy lerobot=<pretrained_model>`.
 
 It proves a LeRobot user can evaluate on Gauntlet's scenes what they trained with their own tools.
-LeRobot pins torch<2.11 and never enters Gauntlet's environment: training runs in a Ray task on the
+LeRobot pins its own dependencies and never enters Gauntlet's environment: training runs in a Ray task on the
 test session's Ray with the runtime_env Gauntlet's LeRobot replicas use (the same install spec, so Ray
 builds that virtualenv once per session for this module, the export tests and the serving tests).
 """

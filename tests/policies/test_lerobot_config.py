@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -18,7 +19,9 @@ from gauntlet.policies.lerobot.config import (
     LeRobotDirError,
     read_pretrained,
 )
-from gauntlet.policies.registry import PolicyRef, runtime_env_for
+from gauntlet.policies.lerobot.environment import PROTOBUF_COMPAT
+from gauntlet.policies.lerobot.release_check import unknown_fields
+from gauntlet.policies.registry import PolicyRef, runtime_env_for, split_adapter
 
 
 def _config(**changes) -> dict:
@@ -116,5 +119,49 @@ def test_serving_specs_refuse_before_deploying_and_carry_the_runtime_env(tmp_pat
     spec = specs_from_names(["lerobot=ok"])[0]
     assert spec.ref == PolicyRef("lerobot", str((tmp_path / "ok").resolve()))  # replicas run in another cwd
     assert spec.actor_options()["runtime_env"] == runtime_env_for("lerobot")
-    assert spec.runtime_env["uv"]["packages"][0] == "lerobot==0.4.4"
+    assert spec.runtime_env["uv"]["packages"] == ["lerobot[dataset,diffusion]==0.6.1"]
+    # `lerobot@RELEASE=DIR` pins another release; 0.4.x has no extras and needs the protobuf 6 pins.
+    pinned = specs_from_names(["lerobot@0.4.4=ok"])[0]
+    assert pinned.ref == PolicyRef("lerobot", str((tmp_path / "ok").resolve()), release="0.4.4")
+    assert pinned.runtime_env == runtime_env_for("lerobot", "0.4.4")
+    assert pinned.runtime_env["uv"]["packages"] == ["lerobot==0.4.4", *PROTOBUF_COMPAT]
     assert specs_from_names(["random"])[0].actor_options() == {"num_cpus": 1.0, "num_gpus": 0.0}
+
+
+def test_a_release_pin_is_refused_where_it_cannot_apply(tmp_path: Path) -> None:
+    _pretrained(tmp_path / "ok", _config())
+    with pytest.raises(ValueError, match="random policy runs in Gauntlet's own environment.*lerobot"):
+        PolicyRef.parse("random@1.0")
+    with pytest.raises(ValueError, match="'latest' is not a release"):
+        specs_from_names([f"lerobot@latest={tmp_path / 'ok'}"])
+    assert PolicyRef.parse("lerobot@0.4.4") == PolicyRef("lerobot", None, "0.4.4")
+
+
+@pytest.mark.parametrize(("text", "split"), [
+    ("vla=base/dir@adapters/d1", ("vla=base/dir", "adapters/d1")),
+    ("vla@adapters/d1", ("vla", "adapters/d1")),  # vla serves adapters: the `@` names one
+    ("lerobot@0.4.4=ckpt", ("lerobot@0.4.4=ckpt", "")),  # before `=`: the release
+    ("lerobot@0.4.4", ("lerobot@0.4.4", "")),  # lerobot serves no adapters: a release
+    ("lerobot=ckpt", ("lerobot=ckpt", "")),
+])
+def test_adapters_and_releases_are_told_apart(text: str, split: tuple[str, str]) -> None:
+    assert split_adapter(text) == split
+
+
+@dataclasses.dataclass
+class _Inner:
+    lr: float = 1e-4
+
+
+@dataclasses.dataclass
+class _Outer:
+    chunk_size: int = 10
+    optimizer: _Inner = dataclasses.field(default_factory=_Inner)
+    features: dict = dataclasses.field(default_factory=dict)
+
+
+def test_unknown_config_fields_are_named_with_their_path() -> None:
+    # The walk the release check runs over LeRobot's config class, on plain dataclasses.
+    assert unknown_fields(_Outer, {"chunk_size": 5, "optimizer": {"lr": 1.0}, "features": {"x": 1}}) == []
+    assert unknown_fields(_Outer, {"pretrained_revision": None, "optimizer": {"lr": 1.0, "betas": [0.9]}}) == [
+        "pretrained_revision", "optimizer.betas"]

@@ -148,12 +148,12 @@ def _local_target(text: str) -> PolicyTarget | None:
 
 
 def _deployed_target(cfg: EvalConfig, text: str, deploy: dict[str, PolicyServing]) -> PolicyTarget:
-    """`NAME[=CHECKPOINT][@ADAPTER_DIR]`: adds (or merges) its serving spec into `deploy`."""
+    """`NAME[@RELEASE][=CHECKPOINT][@ADAPTER_DIR]`: adds (or merges) its serving spec into `deploy`."""
     from gauntlet.deployments.app import specs_from_names
-    from gauntlet.policies.registry import families, policy_family
+    from gauntlet.policies.registry import families, policy_family, split_adapter
 
-    base_text, _, adapter_path = text.partition("@")
     try:
+        base_text, adapter_path = split_adapter(text)
         spec = specs_from_names([base_text], replicas=cfg.replicas, max_batch_size=cfg.max_batch_size,
                                 batch_wait_timeout_s=cfg.batch_wait_timeout_s, vla_size=cfg.vla_size)[0]
     except ValueError as exc:

@@ -1,4 +1,4 @@
-"""LeRobot policies (lerobot 0.4.x: ACT, Diffusion, pi0, pi0.5, SmolVLA) on Gauntlet's batched replicas.
+"""LeRobot policies (lerobot 0.6.1 by default, 0.4.4 on request: ACT, Diffusion, pi0, pi0.5, SmolVLA) on Gauntlet's batched replicas.
 
 config.py reads a pretrained directory with JSON alone (Gauntlet's process, pre-flight checks);
 policy.py and random_policy.py (random checkpoints for the serving benchmark and the tests, and

@@ -39,7 +39,7 @@ LEROBOT_IMAGES_PREFIX = IMAGE_FEATURE_PREFIX
 LEROBOT_ACTION = ACTION_FEATURE
 LEROBOT_TASK = "task"
 
-# Policy types of lerobot 0.4.x this adapter knows how to call in one batch (see policy.py).
+# Policy types of lerobot (0.4.4, 0.6.1) this adapter knows how to call in one batch (see policy.py).
 SUPPORTED_TYPES = ("act", "diffusion", "pi0", "pi05", "smolvla")
 # Types whose preprocessor tokenizes the `task` string: they need the prompt on every request.
 LANGUAGE_TYPES = ("pi0", "pi05", "smolvla")
@@ -52,6 +52,11 @@ class LeRobotDirError(ValueError):
         super().__init__(f"{path}: {field_name}: {problem}")
         self.path = str(path)
         self.field = field_name
+        self.problem = problem
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Raised in Ray tasks and replicas: it must unpickle with its three arguments.
+        return (type(self), (self.path, self.field, self.problem))
 
 
 @dataclass(frozen=True)

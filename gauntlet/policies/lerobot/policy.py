@@ -32,6 +32,7 @@ from gauntlet.policies.lerobot.config import (
     read_pretrained,
 )
 from gauntlet.policies.lerobot.environment import TORCH_THREADS_ENV
+from gauntlet.policies.lerobot.release_check import check_config
 
 
 def to_lerobot(batch: dict[str, Any], spec: PretrainedSpec, adapter: LeRobotAdapterConfig) -> dict[str, Any]:
@@ -60,6 +61,7 @@ class LeRobotPolicy:
         torch.set_num_threads(int(os.environ.get(TORCH_THREADS_ENV, "1")))
         self.adapter = adapter or LeRobotAdapterConfig()
         self.spec = read_pretrained(path, self.adapter)  # refuses a misfit before loading weights
+        check_config(self.spec.path)  # and a config.json this LeRobot release cannot read, naming the field
         config = PreTrainedConfig.from_pretrained(self.spec.path, local_files_only=True)
         config.device = self.adapter.device
         self.model = get_policy_class(config.type).from_pretrained(self.spec.path, config=config,
