@@ -29,7 +29,9 @@ SMALL_OVERRIDES: dict[str, dict[str, Any]] = {
     "diffusion": {"n_obs_steps": 2, "horizon": 8, "n_action_steps": 4, "down_dims": (32, 64), "kernel_size": 3,
                   "diffusion_step_embed_dim": 32, "spatial_softmax_num_keypoints": 8, "n_groups": 8,
                   "noise_scheduler_type": "DDIM", "num_train_timesteps": 20, "num_inference_steps": 3,
-                  "pretrained_backbone_weights": None},
+                  # GroupNorm (0.4.x's default; 0.5+ defaults to BatchNorm, whose shape probe at batch 1
+                  # fails on a 32 px image's 1x1 feature map in training mode).
+                  "pretrained_backbone_weights": None, "use_group_norm": True},
 }
 
 
