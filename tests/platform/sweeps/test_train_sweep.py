@@ -108,7 +108,7 @@ def test_bad_sweep_flags_are_refused_before_anything_is_written(demos: Path, tmp
 @pytest.mark.slow
 def test_grid_stops_the_bad_trial_and_scores_the_survivors(ray_session, demos: Path, base: Path, tmp_path: Path,
                                                           generate_scenes) -> None:
-    scenes = generate_scenes(tmp_path / "scenes", variants="D0", error_types="drop_object", workers=1)
+    scenes = generate_scenes(tmp_path / "scenes", variants="D0", error_types="drop,grasp_slip", workers=1)
     out = tmp_path / "sweep"
     # lr 1e-9 learns nothing: at the first rung its val_loss trails the others' and ASHA stops it.
     assert cli(["sweep", "train", "--dataset", str(demos), "--out", str(out), f"--train={TRAIN} --base {base}",
@@ -135,7 +135,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(demos: Path, ba
     out = tmp_path / "sweep"
     args = [sys.executable, "-m", "gauntlet.platform.cli", "sweep", "train", "--dataset", str(demos), "--out",
             str(out), f"--train={TRAIN} --base {base} --steps 18", "--knobs", "learning_rate=0.01,0.003",
-            "--val-episodes", "2", "--num-cpus", "3", "--grace-period", "100"]  # no rung: ASHA stops nothing
+            "--val-episodes", "2", "--num-cpus", "3", "--grace-period", "18"]  # one rung, at 18 reports: never reached, ASHA stops nothing
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own embedded Ray
     first = out / "trials" / "t000" / "train"
     proc = subprocess.Popen(args, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
