@@ -87,6 +87,22 @@ def test_preflight_refuses_what_the_split_cannot_honour(demos: Path, base: Path,
         TrainConfig(**common, recovery_fraction=1.5)
 
 
+def test_loader_holds_out_the_tail_and_weights_by_tag(demos: Path) -> None:
+    from gauntlet.data.loader import DatasetLoader, LoaderConfig, LoaderError
+
+    common = {"batch_size": 4, "chunk_len": 2, "cameras": (), "val_episodes": 2, "num_workers": 1,
+              "prefetch_depth": 1, "decode_workers": 1}
+    with DatasetLoader(demos, LoaderConfig(**common)) as train, \
+            DatasetLoader(demos, LoaderConfig(**common, held_out=True)) as held:
+        assert len(held.episodes) == 2
+        assert set(train.episodes.tolist()).isdisjoint(held.episodes.tolist())
+        assert {int(e) for b in held for e in b["episode_index"]} <= set(held.episodes.tolist())
+    with pytest.raises(LoaderError, match="recovery episodes"):
+        DatasetLoader(demos, LoaderConfig(**common, recovery_fraction=0.5))  # the demos are all nominal
+    with DatasetLoader(demos, LoaderConfig(**common, recovery_fraction=0.0, epochs=1)) as nominal:
+        assert not any(b["recovery"].any() for b in nominal)
+
+
 def test_bad_sweep_flags_are_refused_before_anything_is_written(demos: Path, tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "sweep"
