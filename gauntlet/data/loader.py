@@ -104,6 +104,22 @@ class LoaderConfig:
                 raise LoaderError(f"cameras: unknown camera {cam!r}; known: {sorted(CAMERA_KEYS)}")
 
 
+def _drawn_episodes(ds: Dataset, cfg: LoaderConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """(the episodes drawn from: the split less or only its held-out tail; with a recovery fraction each
+    of their frames' draw probability, its episode's weight over its length, else None)."""
+    split = ds.split(cfg.split) if cfg.split else np.arange(ds.num_episodes, dtype=np.int64)
+    try:
+        trained, held = split_holdout(split, cfg.val_episodes)
+        episodes = held if cfg.held_out else trained
+        if cfg.recovery_fraction is None:
+            return episodes, None
+        lengths = ds.lengths[episodes]
+        tags = ds.episodes["recovery"].to_numpy(dtype=bool)[episodes]
+        return episodes, np.repeat(recovery_weights(lengths, tags, cfg.recovery_fraction) / lengths, lengths)
+    except SamplingError as exc:
+        raise LoaderError(str(exc)) from None
+
+
 class DatasetLoader:
     """Iterate with `for batch in loader` (or `iter_batches()`); `close()` or use `with`."""
 
@@ -111,15 +127,7 @@ class DatasetLoader:
         self.ds = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
         self.config = cfg = config or LoaderConfig()
         ds = self.ds
-        split = ds.split(cfg.split) if cfg.split else np.arange(ds.num_episodes, dtype=np.int64)
-        try:
-            trained, held = split_holdout(split, cfg.val_episodes)
-            self.episodes = held if cfg.held_out else trained
-            weights = recovery_weights(ds.lengths[self.episodes],
-                                       ds.episodes["recovery"].to_numpy(dtype=bool)[self.episodes],
-                                       cfg.recovery_fraction)
-        except SamplingError as exc:
-            raise LoaderError(str(exc)) from None
+        self.episodes, self._frame_p = _drawn_episodes(ds, cfg)
         # Cameras: what was asked for, or everything the dataset has.
         if cfg.cameras is None:
             self.cameras = list(ds.cameras)
@@ -158,8 +166,6 @@ class DatasetLoader:
         self._row_frame = np.arange(self.num_frames, dtype=np.int64) - np.repeat(local_starts, lengths)
         self._prompts = np.asarray(prompts, dtype=str)  # (episodes,) fixed-width unicode
         self._recovery = ds.episodes["recovery"].to_numpy(dtype=bool)[self.episodes]  # (episodes,)
-        # --recovery-fraction: each frame's draw probability (its episode's weight over its length)
-        self._frame_p = None if cfg.recovery_fraction is None else np.repeat(weights / lengths, lengths)
         self._cache = EpisodeImageCache(ds, self.cameras, self.cache_cap_bytes) if self.cameras else None
         if self.batches_per_epoch == 0:
             raise LoaderError(

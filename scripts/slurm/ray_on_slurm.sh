@@ -5,12 +5,12 @@
 #                   -- gauntlet eval --scenes DB --policy bc_rnn=CKPT --out RUN
 #
 # Each `--` starts one command; the commands run in order as Ray jobs (`ray job submit`, the log streamed
-# here), in the directory this script was started from; the first that fails ends the script with its
-# status. Run it on the allocation's first node (what `sbatch` does with gauntlet.sbatch): that node is
+# here), in the directory this script was started from; the first that fails ends the script (status
+# 1). Run it on the allocation's first node (what `sbatch` does with gauntlet.sbatch): that node is
 # the head (GCS, dashboard, and a worker raylet with its share of the work), every other node runs a
 # worker raylet started with `srun`.
 #
-# Token auth is on: a fresh token per job, in a 0600 file in a 0700 job directory on the shared
+# Token auth is on: a fresh token per job directory, in a 0600 file in a 0700 job directory on the shared
 # filesystem (the nodes read it through RAY_AUTH_TOKEN_PATH, which srun passes on with the rest of the
 # environment). Ray's listeners bind each node's routable address, not 127.0.0.1: the nodes talk to each
 # other over the network, so loopback would cut them off. The dashboard (job submission) stays on the
@@ -61,9 +61,12 @@ fi
 
 JOB_DIR=${GAUNTLET_RAY_JOB_DIR:-${SLURM_SUBMIT_DIR:-$PWD}/.gauntlet-ray/${SLURM_JOB_ID:-$$}}
 (umask 077 && mkdir -p "$JOB_DIR")
+chmod 700 "$JOB_DIR"  # an existing directory too: the token file inside must stay private
 export RAY_AUTH_MODE=token
 export RAY_AUTH_TOKEN_PATH="$JOB_DIR/auth_token"
-unset RAY_AUTH_TOKEN RAY_ADDRESS
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (what an embedded Gauntlet Ray sets for its children) would make
+# Ray refuse worker nodes; the token comes from the file above, and no outer cluster is joined.
+unset RAY_AUTH_TOKEN RAY_ADDRESS RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
 "$PYTHON" -c 'import sys; from pathlib import Path; from gauntlet.runtime.ray_session import ensure_private_token
 ensure_private_token(Path(sys.argv[1]), "slurm")' "$RAY_AUTH_TOKEN_PATH"
 

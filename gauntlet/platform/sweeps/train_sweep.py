@@ -25,6 +25,7 @@ and Tune's records; prints the trials table and the best configuration.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import shlex
@@ -58,6 +59,7 @@ TUNE_NAME = "train"  # the Tune experiment under OUT/tune (what --resume restore
 TRIALS_DIR = "trials"  # OUT/trials/tNNN: each trial's `gauntlet train --out`
 METRIC = "val_loss"  # what ASHA compares (lower is better)
 SEARCHES = ("grid", "random")
+TRIAL_CPUS = 0.1  # the trial's own process only waits on Ray Train; its workers reserve their CPUs
 _TRIAL_DIED = "ERROR (the trial's process died)"
 
 # TrainConfig fields a sweep may vary, with their smallest sensible value.
@@ -198,24 +200,37 @@ def _prepare(config: SweepTrainConfig) -> Prepared:
             raise SweepTrainInputError(f"--knobs {describe_point(values)}: {exc}") from None
         points.append(TrialPoint(index, values, cfg))
     max_reports = max(p.train.steps for p in points)  # a report holds at least one step
+    if config.grace_period > max_reports:
+        raise SweepTrainInputError(f"--grace-period {config.grace_period}: no trial reports that often "
+                                   f"(at most {max_reports} steps)")
     return Prepared(knobs, points, max_reports)
 
 
 def _ray_cpus(config: SweepTrainConfig, prepared: Prepared) -> int:
     one = max(math.ceil(p.train.workers * p.train.cpus_per_worker) for p in prepared.points)
-    return config.num_cpus or max(os.cpu_count() or 1, one * config.concurrent + config.eval_actors + 1)
+    return config.num_cpus or max(os.cpu_count() or 1, math.ceil((one + TRIAL_CPUS) * config.concurrent)
+                                  + config.eval_actors + 1)
 
 
 def train_trial(config: dict[str, Any]) -> None:
     """The Tune trainable: one `gauntlet train` run, resumed from its checkpoint when it has one (a trial
-    restarted by `--resume`); Ray Train's reports reach Tune through TuneReportCallback."""
+    restarted by `--resume`); Ray Train's reports reach Tune through TuneReportCallback. A run that
+    already finished is reported, not retrained."""
     import shutil
 
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from gauntlet.platform.train.driver import run_train
 
-    cfg = TrainConfig(**config["train"])
+    cfg = TrainConfig(**config["point"]["train"])
+    summary = cfg.train_dir / "summary.json"
+    if summary.is_file():
+        # Trained to the end before a killed driver recorded it: report the run's last numbers, train nothing.
+        from ray import tune
+
+        last = json.loads(summary.read_text())["metrics"]
+        tune.report({k: v for k, v in last.items() if k != "steps"})
+        return
     started = (cfg.train_dir / "run.json").is_file()
     if started and not (cfg.train_dir / RAY_RUN_NAME).is_dir():
         shutil.rmtree(cfg.train_dir)  # stopped before Ray Train wrote anything: start over
@@ -227,8 +242,8 @@ def _tuner(config: SweepTrainConfig, prepared: Prepared, tracker: Tracker) -> An
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    trainable = tune.with_resources(train_trial, {"cpu": 0})  # the trial's workers reserve the CPUs
-    progress = trial_progress(SWEEP, len(prepared.points), lambda c: describe_point(c.get("knobs", {})),
+    trainable = tune.with_resources(train_trial, {"cpu": TRIAL_CPUS})
+    progress = trial_progress(SWEEP, len(prepared.points), lambda c: describe_point(c["point"]["knobs"]),
                               outcome, _TRIAL_DIED, tracker=tracker, metrics=(METRIC, "step"))
     tune_dir = Path(config.out).resolve() / "tune" / TUNE_NAME
     if config.resume:

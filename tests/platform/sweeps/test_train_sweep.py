@@ -87,6 +87,22 @@ def test_preflight_refuses_what_the_split_cannot_honour(demos: Path, base: Path,
         TrainConfig(**common, recovery_fraction=1.5)
 
 
+def test_loader_holds_out_the_tail_and_weights_by_tag(demos: Path) -> None:
+    from gauntlet.data.loader import DatasetLoader, LoaderConfig, LoaderError
+
+    common = {"batch_size": 4, "chunk_len": 2, "cameras": (), "val_episodes": 2, "num_workers": 1,
+              "prefetch_depth": 1, "decode_workers": 1}
+    with DatasetLoader(demos, LoaderConfig(**common)) as train, \
+            DatasetLoader(demos, LoaderConfig(**common, held_out=True)) as held:
+        assert len(held.episodes) == 2
+        assert set(train.episodes.tolist()).isdisjoint(held.episodes.tolist())
+        assert {int(e) for b in held for e in b["episode_index"]} <= set(held.episodes.tolist())
+    with pytest.raises(LoaderError, match="recovery episodes"):
+        DatasetLoader(demos, LoaderConfig(**common, recovery_fraction=0.5))  # the demos are all nominal
+    with DatasetLoader(demos, LoaderConfig(**common, recovery_fraction=0.0, epochs=1)) as nominal:
+        assert not any(b["recovery"].any() for b in nominal)
+
+
 def test_bad_sweep_flags_are_refused_before_anything_is_written(demos: Path, tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "sweep"
@@ -108,7 +124,7 @@ def test_bad_sweep_flags_are_refused_before_anything_is_written(demos: Path, tmp
 @pytest.mark.slow
 def test_grid_stops_the_bad_trial_and_scores_the_survivors(ray_session, demos: Path, base: Path, tmp_path: Path,
                                                           generate_scenes) -> None:
-    scenes = generate_scenes(tmp_path / "scenes", variants="D0", error_types="drop_object", workers=1)
+    scenes = generate_scenes(tmp_path / "scenes", variants="D0", error_types="drop,grasp_slip", workers=1)
     out = tmp_path / "sweep"
     # lr 1e-9 learns nothing: at the first rung its val_loss trails the others' and ASHA stops it.
     assert cli(["sweep", "train", "--dataset", str(demos), "--out", str(out), f"--train={TRAIN} --base {base}",
@@ -135,7 +151,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(demos: Path, ba
     out = tmp_path / "sweep"
     args = [sys.executable, "-m", "gauntlet.platform.cli", "sweep", "train", "--dataset", str(demos), "--out",
             str(out), f"--train={TRAIN} --base {base} --steps 18", "--knobs", "learning_rate=0.01,0.003",
-            "--val-episodes", "2", "--num-cpus", "3", "--grace-period", "100"]  # no rung: ASHA stops nothing
+            "--val-episodes", "2", "--num-cpus", "3", "--grace-period", "18"]  # one rung, at 18 reports: never reached, ASHA stops nothing
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own embedded Ray
     first = out / "trials" / "t000" / "train"
     proc = subprocess.Popen(args, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
