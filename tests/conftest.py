@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -30,11 +31,15 @@ def ray_session(tmp_path_factory: pytest.TempPathFactory):
 
     env = worker_runtime_env()  # what every entry point's workers get (loopback gRPC, limits, MUJOCO_GL)
     env["env_vars"]["OMP_NUM_THREADS"] = "1"
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:
         os.environ.setdefault(AUTH_TOKEN_PATH_ENV, str(tmp_path_factory.mktemp("ray_auth") / "auth_token"))
         init_local_ray("tests", num_cpus=TEST_RAY_CPUS, runtime_env=env, log_to_driver=False)
+    session_dir = Path(ray._private.worker._global_node.get_session_dir_path())
     yield ray
     ray.shutdown()
+    if started:  # the LeRobot environments' venv clones (7-12 GB each), which Ray leaves behind
+        shutil.rmtree(session_dir / "runtime_resources", ignore_errors=True)
 
 
 def _free_ports(n: int) -> list[int]:

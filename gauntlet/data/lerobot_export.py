@@ -1,6 +1,6 @@
 """`gauntlet data export-lerobot DS --out DIR`: a Gauntlet dataset as a LeRobot v3.0 dataset.
 
-The result is what `LeRobotDataset(repo_id, root=DIR)` of lerobot 0.4.x loads offline (layout in
+The result is what `LeRobotDataset(repo_id, root=DIR)` of lerobot 0.4.4 and 0.6.1 loads offline (layout in
 gauntlet.data.lerobot_format): the state, action and camera features under Gauntlet's own column
 names (which are LeRobot's: `observation.state`, `action`, `observation.images.<camera>`), tasks
 from the episodes' prompts, per-episode and dataset statistics, and each episode's tags (`recovery`,
@@ -60,7 +60,7 @@ TAG = "data export-lerobot"
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """Exports a Gauntlet dataset as a LeRobot v3.0 dataset (lerobot 0.4.x's LeRobotDataset loads it)."""
+    """Exports a Gauntlet dataset as a LeRobot v3.0 dataset (the LeRobotDataset of lerobot 0.4.4 and 0.6.1 loads it)."""
 
     dataset: str = option(help="Gauntlet dataset directory to export", positional=True)
     out: str = option(help="LeRobot dataset directory to create (LeRobotDataset(repo_id, root=OUT))")

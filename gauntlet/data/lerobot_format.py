@@ -1,4 +1,4 @@
-"""LeRobot's dataset format (codebase v3.0, lerobot 0.4.x): the names, paths and statistics both
+"""LeRobot's dataset format (codebase v3.0: lerobot 0.4.x to 0.6.x): the names, paths and statistics both
 `gauntlet data export-lerobot` and `gauntlet data import-lerobot` use.
 
 Source: lerobot 0.4.4, `lerobot/datasets/utils.py` (DEFAULT_* paths, DEFAULT_FEATURES,
@@ -167,7 +167,7 @@ def read_info(root: Path) -> dict[str, Any]:
         hint = (" (convert it with lerobot's `python -m lerobot.datasets.v30.convert_dataset_v21_to_v30`)"
                 if isinstance(version, str) and version.startswith("v2") else "")
         raise DatasetError(path, f"field 'codebase_version' is {version!r}; supported: "
-                                 f"{', '.join(SUPPORTED_VERSIONS)} (lerobot 0.4.x){hint}")
+                                 f"{', '.join(SUPPORTED_VERSIONS)} (lerobot 0.4.x to 0.6.x){hint}")
     for key, kind in (("fps", (int, float)), ("features", dict), ("data_path", str),
                       ("total_episodes", int), ("total_frames", int)):
         if not isinstance(info.get(key), kind) or isinstance(info.get(key), bool):

@@ -1,6 +1,6 @@
 """`gauntlet data import-lerobot DIR --out DS`: a LeRobot v3.0 dataset as a Gauntlet dataset.
 
-Reads what lerobot 0.4.x writes (and what openpi's LIBERO training data uses): meta/info.json,
+Reads what lerobot 0.4.x to 0.6.x write (and what openpi's LIBERO training data uses): meta/info.json,
 meta/tasks.parquet, meta/episodes/*/*.parquet and data/*/*.parquet, with image features embedded as
 {bytes, path} structs. Which LeRobot feature becomes Gauntlet's state, action and each camera is a
 mapping the user can set (`--state-feature`, `--action-feature`, `--camera agentview=...`); the
@@ -62,7 +62,7 @@ _NUMERIC = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", 
 
 @dataclass(frozen=True)
 class ImportConfig:
-    """Imports a LeRobot v3.0 dataset (lerobot 0.4.x; openpi's LIBERO data) into a Gauntlet dataset."""
+    """Imports a LeRobot v3.0 dataset (lerobot 0.4.x to 0.6.x; openpi's LIBERO data) into a Gauntlet dataset."""
 
     source: str = option(help="LeRobot dataset directory (the `root` of LeRobotDataset)", positional=True)
     out: str = option(help="Gauntlet dataset directory to create")
