@@ -48,6 +48,7 @@ def check_config(path: str) -> str:
     class; returns the release that read it. Runs where LeRobot is importable."""
     from importlib.metadata import version
 
+    import lerobot.policies  # noqa: F401 - importing the package registers its policy config classes
     from lerobot.configs.policies import PreTrainedConfig
 
     running = version("lerobot")
