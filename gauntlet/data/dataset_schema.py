@@ -84,8 +84,17 @@ class EpisodeTags:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> EpisodeTags:
-        """The tags of an episode-table row (a pandas row or a dict with the tag columns)."""
-        return cls(**{k: type(d)(row[k]) for k, d in asdict(cls()).items()})
+        """The tags of an episode-table row (a pandas row or a dict with the tag columns); a missing
+        or null tag (a foreign file's None, NaN or <NA>) reads as its default: `bool(nan)` is True and
+        `str(nan)` is "nan", which would make an untagged episode a recovery one."""
+        return cls(**{k: d if is_na(row.get(k)) else type(d)(row[k]) for k, d in asdict(cls()).items()})
+
+
+def is_na(value: Any) -> bool:
+    """True for a missing scalar: None, NaN, pandas' NA/NaT (what a null Parquet cell reads as)."""
+    import pandas as pd
+
+    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
 
 
 EPISODE_TAG_DEFAULTS: dict[str, Any] = EpisodeTags().columns()
