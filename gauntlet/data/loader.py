@@ -222,11 +222,6 @@ class DatasetLoader:
         elapsed = self.elapsed_s
         return self.samples_yielded / elapsed if elapsed > 0 else 0.0
 
-    @property
-    def batches_per_second(self) -> float:
-        elapsed = self.elapsed_s
-        return self.batches_yielded / elapsed if elapsed > 0 else 0.0
-
     def counters(self) -> dict[str, float]:
         cache = self._cache
         return {
