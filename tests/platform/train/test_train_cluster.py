@@ -11,11 +11,11 @@ import socket
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_train import _cfg, write_demo_dataset
 
 from gauntlet.platform.train.driver import run_train
 
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def dataset(tmp_path_factory: pytest.TempPathFactory, write_demo_dataset: Callable[..., Path]) -> Path:
     return write_demo_dataset(tmp_path_factory.mktemp("cluster_train") / "ds")
 
 
@@ -49,10 +49,11 @@ def _attempts(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return attempts
 
 
-def test_jax_workers_hold_equal_parameters_after_every_step(ray_session, dataset: Path, tmp_path: Path) -> None:
+def test_jax_workers_hold_equal_parameters_after_every_step(ray_session, dataset: Path, tmp_path: Path,
+                                                            train_config: Callable[..., Any]) -> None:
     """The VLA on JaxTrainer, two workers: --param-digests shows different batches and equal weights."""
     out = tmp_path / "vla"
-    run_train(_cfg(dataset, out, mode="full", steps=3, workers=2, param_digests=True, checkpoint_every=3))
+    run_train(train_config(dataset, out, mode="full", steps=3, workers=2, param_digests=True, checkpoint_every=3))
     digests = [_jsonl(out / "train" / "workers" / f"rank{r}.digests.jsonl") for r in (0, 1)]
     assert [r["step"] for r in digests[0]] == [r["step"] for r in digests[1]] == [1, 2, 3]
     for a, b in zip(*digests, strict=True):
