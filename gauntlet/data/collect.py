@@ -55,8 +55,9 @@ class RecordingOptions:
     horizon: int = option(400, help="max control steps per episode (stops at the first success)")
     keep_failures: bool = option(False, help="keep episodes that did not succeed (success=False)")
     noise_std: float = option(0.0, help="std of Gaussian noise the expert adds to its actions")
-    valid_fraction: float = option(0.0, help="fraction of each task's episodes (the last ones) put in the "
-                                             "'valid' split; the rest go to 'train'")
+    valid_fraction: float = option(0.0, help="fraction put in the 'valid' split, the rest in 'train': the last "
+                                             "episodes of each task, or with --from-scenes the recoveries "
+                                             "from the last selected scenes (scene_id order)")
     overwrite: bool = option(False, help="replace an existing dataset at --out")
 
     def __post_init__(self) -> None:
