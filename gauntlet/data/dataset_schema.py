@@ -100,6 +100,23 @@ def is_na(value: Any) -> bool:
 EPISODE_TAG_DEFAULTS: dict[str, Any] = EpisodeTags().columns()
 
 
+def unite_env(envs: dict[str, dict[str, Any]], task: str, variant: str, meta: Mapping[str, Any]) -> str:
+    """Adds one env configuration to info.json's `envs` (what rebuilds the env an episode ran in);
+    returns its key. The key is always "task/variant", so demonstrations of one task's D0 and D1 (or
+    nominal demos and recoveries from another variant's scenes) sit side by side and merge. A second,
+    different configuration of the same task and variant (e.g. another camera size) is kept too, as
+    "task/variant#" + a digest of its metadata: every configuration a dataset's episodes ran in is listed."""
+    import hashlib
+    import json
+
+    key = f"{task}/{variant}"
+    if envs.setdefault(key, dict(meta)) == dict(meta):
+        return key
+    digest = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    envs.setdefault(f"{key}#{digest}", dict(meta))
+    return f"{key}#{digest}"
+
+
 class DatasetError(ValueError):
     """A dataset (or one file of it) is missing, malformed or unusable; names the file and field."""
 

@@ -26,6 +26,7 @@ from gauntlet.data.collect import (
     AlreadySolvedError,
     RecordingOptions,
     add_recorded,
+    check_object_state_width,
     env_metadata,
     record_from_here,
 )
@@ -94,6 +95,11 @@ def collect_recoveries(cfg: RecoveryConfig) -> Path:
     except GauntletEnvError as exc:
         raise DatasetError(cfg.from_scenes, str(exc)) from None
     scenes = frame[frame["compatible"]]
+    if cfg.object_state:  # before any recording, not in the writer minutes later
+        try:
+            check_object_state_width(scenes["task"], "--object-state (select one width with --tasks)")
+        except ValueError as exc:
+            raise DatasetError(cfg.from_scenes, str(exc)) from None
     print(f"[{TAG}] recoveries from {len(scenes)} scenes x {cfg.trials} trials of {db.root} "
           f"({len(frame) - len(scenes)} incompatible, cameras={'on' if cfg.cameras else 'off'}) -> {cfg.out}",
           flush=True)
@@ -141,9 +147,7 @@ class _Recording:
         try:
             meta = env_metadata(env)
             for scene in group.to_dict("records"):
-                task = str(scene["task"])
-                key = task if self.writer.envs.get(task, meta) == meta else f"{task}/{scene['variant']}"
-                self.writer.register_env(key, meta)
+                self.writer.register_env(str(scene["task"]), str(scene["variant"]), meta)
                 for trial in range(self.cfg.trials):
                     if not self.record(env, scene, trial):
                         break  # skipped: its other trials would be too
