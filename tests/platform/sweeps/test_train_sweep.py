@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gauntlet.data.sampling import SamplingError, recovery_weights, split_holdout
+from gauntlet.data.sampling import SamplingError, recovery_weights, stratified_stride
 from gauntlet.platform.cli import main as cli
 from gauntlet.platform.train.config import TrainConfig, TrainConfigError
 
@@ -55,12 +55,8 @@ def base(demos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_holdout_and_recovery_weights() -> None:
-    eps = np.arange(5)
-    train, held = split_holdout(eps, 2)
-    assert train.tolist() == [0, 1, 2] and held.tolist() == [3, 4]
-    assert split_holdout(eps, 0)[1].size == 0
-    with pytest.raises(SamplingError, match="val_episodes=5"):
-        split_holdout(eps, 5)
+    nominal = np.zeros(5, bool)  # held-out episodes: spread over the split (tests/data/test_sampling.py)
+    assert stratified_stride(nominal, 2).tolist() == [1, 3] and stratified_stride(nominal, 0).size == 0
     lengths, tags = np.array([10, 30, 20, 40]), np.array([False, False, True, True])
     assert np.allclose(recovery_weights(lengths, tags, None), lengths / 100)
     w = recovery_weights(lengths, tags, 0.25)
