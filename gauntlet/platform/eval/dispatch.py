@@ -326,8 +326,8 @@ class Dispatcher:
         print(f"[eval] no rollout actor is working after {waited:.0f} s {what}", flush=True)
 
     def run(self, pending: deque[WorkItem]) -> dict[str, int]:
-        """Runs every item (until `stop` says so); returns {"ran", "actors_replaced", "sink_errors",
-        "not_sent"}. Rows are written (also when this raises)."""
+        """Runs every item (until `stop` says so); returns {"ran", "actors_replaced"}, and for a watched run
+        also {"sink_errors", "not_sent"}. Rows are written (also when this raises)."""
         import ray
 
         self.pending = pending
@@ -360,5 +360,7 @@ class Dispatcher:
                     ray.kill(actor)
                 except Exception:  # noqa: BLE001 - never hide the error that got us here
                     pass
-        return {"ran": self.ran, "actors_replaced": self.replaced, "sink_errors": self.sink_errors,
-                "not_sent": self.not_sent}
+        outcome = {"ran": self.ran, "actors_replaced": self.replaced}
+        if self.sink is not None or self.stop is not None:  # a watched run (scenes harvest)
+            outcome.update(sink_errors=self.sink_errors, not_sent=self.not_sent)
+        return outcome
