@@ -93,9 +93,10 @@ def train_trial(config: dict[str, Any]) -> None:
     summary = cfg.train_dir / "summary.json"
     if summary.is_file():
         # Trained to the end before a killed driver recorded it: its reports again, training nothing.
-        if not history:
+        if not history:  # a run that recorded no reports (trained outside a sweep): its last one
             last = json.loads(summary.read_text())["metrics"]
             history = [{**{k: v for k, v in last.items() if k != "steps"}, REPORT: len(report_steps(cfg))}]
+            _write_reports(cfg.train_dir, history)
         _replay(history)
         return
     started = (cfg.train_dir / "run.json").is_file()
