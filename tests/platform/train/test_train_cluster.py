@@ -119,9 +119,12 @@ def _free_block(size: int) -> int:
 
 
 @pytest.mark.slow
-def test_slurm_launcher_runs_train_as_a_ray_job_on_two_raylets(dataset: Path, tmp_path: Path, free_ports) -> None:
+def test_slurm_launcher_runs_train_as_a_ray_job_on_two_raylets(dataset: Path, tmp_path: Path, free_ports,
+                                                                generate_scenes) -> None:
     """scripts/slurm/ray_on_slurm.sh with no Slurm: two raylets on this machine (GAUNTLET_SRUN=local), a
-    two-worker `gauntlet train` spread over them, then a probe job; Ray stopped when the script ends."""
+    two-worker `gauntlet train` spread over them, a small `gauntlet eval`, then a probe job; Ray stopped
+    when the script ends."""
+    scenes = generate_scenes(tmp_path / "scenes", variants="D0", error_types="drop", workers=1)
     gcs_port, dash_port = free_ports(2)
     job_dir, out = tmp_path / "job", tmp_path / "bc"
     env = _clean_env(tmp_path)
@@ -135,12 +138,18 @@ def test_slurm_launcher_runs_train_as_a_ray_job_on_two_raylets(dataset: Path, tm
              "--steps", "4", "--batch-size", "8", "--workers", "2", "--placement", "SPREAD", "--param-digests",
              "--checkpoint-every", "2", "--cpus-per-worker", "1", "--loader-workers", "1", "--decode-workers", "1",
              "--prefetch-depth", "2"]
+    run = tmp_path / "run"
+    evaluate = ["gauntlet", "eval", "--scenes", str(scenes), "--policy", "random", "--out", str(run), "--actors", "1",
+                "--horizon", "10"]
     probe = ["python", "tests/platform/train/scripts/cluster_probe.py", str(dash_port)]
-    proc = subprocess.run([str(ROOT / "scripts/slurm/ray_on_slurm.sh"), "--", *train, "--", *probe], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([str(ROOT / "scripts/slurm/ray_on_slurm.sh"), "--", *train, "--", *evaluate, "--", *probe],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     logs = "".join(p.read_text()[-2000:] for p in sorted(job_dir.glob("node*.log")))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + logs
     assert "[train] done: 4 steps" in proc.stdout, "the train job's log streams back"
+    from gauntlet.platform.report.load import load_results
+
+    assert len(load_results(run)) == 1, "the eval job ran its one scene"
     assert "2/2 nodes alive" in proc.stderr
 
     # Token auth on: a private token, and the job API refuses a request without it.
