@@ -30,7 +30,7 @@ PYTHON=${PYTHON:-.venv/bin/python}
 export MUJOCO_GL=${MUJOCO_GL:-egl}
 
 TASKS=${TASKS:-"lift square"}
-NOMINAL_DEMOS=${NOMINAL_DEMOS:-15}   # expert demos per task and variant (D0, D1)
+NOMINAL_DEMOS=${NOMINAL_DEMOS:-5}    # expert demos per task and variant (D0, D1)
 REC_PER_COMBO=${REC_PER_COMBO:-3}    # recovery-source scenes per task x variant x error type
 REC_TRIALS=${REC_TRIALS:-2}          # oracle recoveries recorded per source scene (noisy, distinct)
 REC_NOISE=${REC_NOISE:-0.05}         # the oracle's action noise for those recoveries
