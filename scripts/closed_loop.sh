@@ -131,6 +131,15 @@ for task in $TASKS; do
   stage "${task}_nominal_demos" "$GAUNTLET" data collect --task "$task" --variant D0,D1 \
     --episodes "$NOMINAL_DEMOS" --object-state --render-size "$RENDER_SIZE" --horizon 400 --seed "$DEMO_SEED" \
     --out "$T/nominal"
+  stage "${task}_heldout_check" "$PYTHON" - "$T/nominal" "$EVAL_SCENES" "$task" <<'EOF'
+import sys
+from gauntlet.data.dataset_reader import open_dataset
+from gauntlet.envs.scene_db import SceneDB
+demos, held = open_dataset(sys.argv[1]).episodes, SceneDB.open(sys.argv[2]).metadata()
+shared = set(demos["seed"].dropna().astype(int)) & set(held.loc[held["task"] == sys.argv[3], "seed"])
+print(f"{len(demos)} nominal demos; env seeds shared with held-out {sys.argv[3]} scenes: {len(shared)}")
+sys.exit(1 if shared else 0)
+EOF
   stage "${task}_recovery_demos" "$GAUNTLET" data collect --from-scenes "$REC_SCENES" --tasks "$task" \
     --object-state --trials "$REC_TRIALS" --noise-std "$REC_NOISE" --horizon 300 --out "$T/recovery"
   stage "${task}_merge" "$GAUNTLET" data merge "$T/nominal" "$T/recovery" --out "$T/mixed"
@@ -172,8 +181,8 @@ if [ "$SKIP_VLA" != 1 ]; then
   stage lerobot_import "$GAUNTLET" data import-lerobot "$V/lerobot" --out "$V/from_lerobot"
   stage lerobot_check "$PYTHON" - "$V/mixed" "$V/from_lerobot" <<'EOF'
 import sys
-import pandas as pd
-a, b = (pd.read_parquet(f"{p}/meta/episodes.parquet") for p in sys.argv[1:3])
+from gauntlet.data.dataset_reader import open_dataset
+a, b = (open_dataset(p).episodes for p in sys.argv[1:3])
 cols = ["recovery", "scene_id", "error_type", "origin"]
 same = len(a) == len(b) and a[cols].reset_index(drop=True).equals(b[cols].reset_index(drop=True))
 print(f"episodes out {len(a)}, back {len(b)}; recovery episodes {int(a['recovery'].sum())}; tags equal: {same}")
