@@ -171,13 +171,16 @@ def _lerobot_episode_tags(root: str) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_lerobot_dataset_class_keeps_the_tags(run_in_lerobot, recoveries: Path, tmp_path: Path) -> None:
-    out = export_lerobot(ExportConfig(dataset=str(recoveries), out=str(tmp_path / "lerobot")))
-    seen = run_in_lerobot(_lerobot_episode_tags, str(out))
-    source = open_dataset(recoveries)
-    assert seen["len"] == source.num_frames
-    for k in TAGS:
-        assert seen[k] == source.episodes[k].astype(object).tolist()
+def test_lerobot_dataset_class_keeps_the_tags(run_in_lerobot, recoveries: Path, stack_recoveries: Path,
+                                              tmp_path: Path) -> None:
+    """Every injector's recoveries (lift's, and stack's target_shift) load in LeRobot's own class."""
+    for name, dataset in (("lift", recoveries), ("stack", stack_recoveries)):
+        out = export_lerobot(ExportConfig(dataset=str(dataset), out=str(tmp_path / name)))
+        seen = run_in_lerobot(_lerobot_episode_tags, str(out))
+        source = open_dataset(dataset)
+        assert seen["len"] == source.num_frames
+        for k in TAGS:
+            assert seen[k] == source.episodes[k].astype(object).tolist()
 
 
 def test_stack_target_shift_recovery_loads_and_exports(stack_recoveries: Path, tmp_path: Path) -> None:
