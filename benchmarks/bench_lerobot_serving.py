@@ -102,7 +102,7 @@ def main() -> None:
     start_ray("bench_lerobot_serving", log_to_driver=False)  # RAY_ADDRESS, else embedded: loopback, token auth
     path = args.pretrained
     if path is None:
-        from gauntlet.policies.lerobot.random_policy import save_random_policy
+        from gauntlet.policies.lerobot.untrained_checkpoints import save_random_policy
 
         began = time.perf_counter()
         save = ray.remote(num_cpus=0, runtime_env=runtime_env_for("lerobot"))(save_random_policy)

@@ -9,6 +9,7 @@ from __future__ import annotations
 # The environment's vectors: the state it observes and the action it steps with.
 STATE_DIM = 8  # eef position (3) + eef axis-angle (3) + gripper finger joints (2)
 ACTION_DIM = 7  # OSC delta position (3) + delta axis-angle (3) + gripper (-1 open, +1 close)
+GRIPPER_INDEX = ACTION_DIM - 1  # the action's gripper entry
 
 # Observations (one request; a batch adds a leading dimension B).
 STATE_KEY = "observation/state"  # (8,) float32: eef position (3), eef axis-angle (3), gripper (2)

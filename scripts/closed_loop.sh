@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
-# The closed loop at small scale, on task `lift`:
-#   D0 expert demos -> full-train a base VLA -> D1 demos -> LoRA-fine-tune the base on them ->
-#   D1 error-recovery scenes -> evaluate base and base@adapter (plus the scripted oracle as a
-#   reference row) on those scenes -> report with Wilson intervals.
+# The closed loop: does recovery data improve recovery? For each task in TASKS (lift and a harder one):
+#   nominal expert demos (object state)            -> BC-RNN `nominal`
+#   recovery-source scenes (seed REC_SEED) -> the oracle recovering from them, recorded as demos;
+#   nominal + recovery demos (data merge)          -> BC-RNN `recovery` (same recipe, steps and batch)
+#   held-out scenes (seed EVAL_SEED: other scenes, other starts; error scenes and nominal ones)
+#   -> evaluate both on them -> `report compare RUN_recovery RUN_nominal`: McNemar's exact test and
+#   Newcombe's paired interval of the difference recovery - nominal (the gain), overall, per origin
+#   (injected = the held-out error scenes, nominal = the untouched starts) and per error type.
+# Then two small stages that only have to run end to end (no gain expected at their size):
+#   the VLA path: a camera dataset (nominal + recovery), a tiny VLA base, a LoRA adapter on it,
+#   evaluated on a few held-out scenes; the LeRobot path: the mixed dataset exported to LeRobot v3.0
+#   and imported back.
 #
 #   bash scripts/closed_loop.sh [OUT]        (default OUT: closed_loop_out; `make closed-loop`)
 #
-# Sized to run in about 15 minutes on a 2-core CPU host. Every knob below can be overridden from
-# the environment, e.g. `D0_EPISODES=60 BASE_STEPS=3000 bash scripts/closed_loop.sh big_out`.
-# Each stage's full output goes to OUT/logs/<stage>.log. A re-run replaces OUT's stage outputs.
+# Every knob below can be overridden from the environment, e.g. `STEPS=2000 bash scripts/closed_loop.sh`.
+# Both policies see the same number of training windows: STEPS optimizer steps of BATCH_SIZE each;
+# their datasets' frame counts are printed. Each stage's full output goes to OUT/logs/<stage>.log;
+# a re-run replaces OUT.
 set -euo pipefail
 
 caller_pwd=$PWD
@@ -17,42 +26,48 @@ cd "$(dirname "$0")/.."
 OUT=${1:-closed_loop_out}
 case "$OUT" in /*) ;; *) OUT="$caller_pwd/$OUT" ;; esac
 GAUNTLET=${GAUNTLET:-.venv/bin/gauntlet}
+PYTHON=${PYTHON:-.venv/bin/python}
 export MUJOCO_GL=${MUJOCO_GL:-egl}
 
-TASK=lift
-IMAGE_SIZE=${IMAGE_SIZE:-32}        # what the tiny VLA preset consumes
-# Cameras are rendered at RENDER_SIZE and resized (INTER_AREA) to IMAGE_SIZE, for demos and, at
-# eval, by rollout.filter_obs; scenes are generated with the same camera size, so training images
-# are exactly what the policy is sent at evaluation. 64 renders ~1.4x faster than 128 on a CPU.
-RENDER_SIZE=${RENDER_SIZE:-64}
-D0_EPISODES=${D0_EPISODES:-30}      # ~35 frames each, ~7 s each with two cameras on a busy 2-core host
-D1_EPISODES=${D1_EPISODES:-10}
-BASE_STEPS=${BASE_STEPS:-1500}      # full training of the tiny preset: ~12 steps/s on a CPU
-LORA_STEPS=${LORA_STEPS:-500}
+TASKS=${TASKS:-"lift square"}
+NOMINAL_DEMOS=${NOMINAL_DEMOS:-5}    # expert demos per task and variant (D0, D1)
+REC_PER_COMBO=${REC_PER_COMBO:-3}    # recovery-source scenes per task x variant x error type
+REC_TRIALS=${REC_TRIALS:-2}          # oracle recoveries recorded per source scene (noisy, distinct)
+REC_NOISE=${REC_NOISE:-0.05}         # the oracle's action noise for those recoveries
+EVAL_PER_COMBO=${EVAL_PER_COMBO:-3}  # held-out error scenes per task x variant x error type (8 types)
+EVAL_NOMINAL=${EVAL_NOMINAL:-10}     # held-out nominal scenes per task x variant
+STEPS=${STEPS:-1000}                 # BC-RNN optimizer steps, A and B alike
 BATCH_SIZE=${BATCH_SIZE:-32}
-PER_COMBO=${PER_COMBO:-2}           # scenes per lift error type (8 types) -> 16 D1 scenes
-TRIALS=${TRIALS:-1}
-HORIZON=${HORIZON:-100}             # the oracle recovers these scenes within ~40 steps
+HORIZON=${HORIZON:-250}              # evaluation steps per episode
+TRIALS=${TRIALS:-1}                  # the BC-RNN and the restored scenes are deterministic
 ACTORS=${ACTORS:-2}
-ADAPTER_NAME=lora_d1                # the report labels the adapter row vla@$ADAPTER_NAME
+WORKERS=${WORKERS:-2}                # scene-generation processes
+DEMO_SEED=${DEMO_SEED:-10000}        # nominal demos' first env seed
+REC_SEED=${REC_SEED:-1000}           # recovery-source scenes
+EVAL_SEED=${EVAL_SEED:-2000}         # held-out evaluation scenes
+VLA_TASK=${VLA_TASK:-lift}
+VLA_DEMOS=${VLA_DEMOS:-3}            # camera demos per variant for the VLA stage
+VLA_RECOVERIES=${VLA_RECOVERIES:-6}  # camera recoveries for the VLA stage
+VLA_STEPS=${VLA_STEPS:-60}           # base and LoRA steps each
+VLA_SCENES=${VLA_SCENES:-6}          # held-out scenes the VLA and its adapter are evaluated on
+IMAGE_SIZE=${IMAGE_SIZE:-32}         # what the tiny VLA preset consumes
+RENDER_SIZE=${RENDER_SIZE:-64}       # camera size of every env (scenes, demos): one env config, so data merges
+SKIP_VLA=${SKIP_VLA:-0}              # 1: leave out the VLA and LeRobot stages
 
-D0="$OUT/data/d0"
-D1="$OUT/data/d1"
-BASE="$OUT/base"
-ADAPTER="$OUT/adapters/$ADAPTER_NAME"  # its parent is the adapters directory Serve loads by name
-SCENES="$OUT/scenes"
-RUN="$OUT/run"
+REC_SCENES="$OUT/scenes_recovery_source"
+EVAL_SCENES="$OUT/scenes_heldout"
 LOGS="$OUT/logs"
 
 ts() { date '+%Y-%m-%d %H:%M:%S'; }
 say() { echo "[closed-loop $(ts)] $*"; }
+load() { cut -d' ' -f1-3 /proc/loadavg; }
 
 TIMINGS=()
 CURRENT=""
 trap 'rc=$?; if [ -n "$CURRENT" ]; then say "stage $CURRENT FAILED (exit $rc); full output: $LOGS/$CURRENT.log"; fi' EXIT
 
 # stage NAME CMD...: runs CMD, its output to the terminal (minus Ray Train's per-report metric dumps
-# and robosuite's import warnings) and, complete, to $LOGS/NAME.log; records the wall time.
+# and robosuite's import warnings) and, complete, to $LOGS/NAME.log; records wall time and load.
 stage() {
   local name=$1; shift
   CURRENT=$name
@@ -61,59 +76,141 @@ stage() {
   "$@" 2>&1 | tee "$LOGS/$name.log" \
     | { grep --line-buffered -vE 'Reporting training result|robosuite WARNING' || true; }
   local dt=$((SECONDS - t0))
-  TIMINGS+=("$(printf '%-14s %5ds' "$name" "$dt")")
+  TIMINGS+=("$(printf '%-24s %5ds   load after: %s' "$name" "$dt" "$(load)")")
   say "<<< $name done in ${dt}s"
   CURRENT=""
 }
 
-say "closed loop on $TASK -> $OUT (demos D0=$D0_EPISODES D1=$D1_EPISODES, cameras ${RENDER_SIZE}->${IMAGE_SIZE}px," \
-    "base $BASE_STEPS steps, LoRA $LORA_STEPS steps, $PER_COMBO scene(s) per error type, horizon $HORIZON)"
-rm -rf "$D0" "$D1" "$BASE" "$ADAPTER" "$SCENES" "$RUN" "$LOGS"
-mkdir -p "$OUT/data" "$LOGS"
+# frames DS: the dataset's frame count (meta/info.json).
+frames() { "$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1] + "/meta/info.json"))["total_frames"])' "$1"; }
+
+train_bc_rnn() {  # DATASET OUT: the one BC-RNN recipe both policies share
+  "$GAUNTLET" train --policy bc_rnn --mode full --dataset "$1" --out "$2" --steps "$STEPS" \
+    --batch-size "$BATCH_SIZE" --learning-rate 1e-3 --weight-decay 0 --seed 0 \
+    --checkpoint-every "$STEPS" --keep-checkpoints 1 --log-every $((STEPS / 4)) --report-every $((STEPS / 4))
+}
+
+eval_bc_rnn() {  # TASK CKPT RUN
+  "$GAUNTLET" eval --scenes "$EVAL_SCENES" --tasks "$1" --policy "bc_rnn=$2" --out "$3" \
+    --trials "$TRIALS" --actors "$ACTORS" --horizon "$HORIZON"
+}
+
+say "closed loop on $TASKS -> $OUT (load $(load))"
+say "nominal demos $NOMINAL_DEMOS per variant; recovery sources $REC_PER_COMBO per combo x $REC_TRIALS trials" \
+    "(seed $REC_SEED); held out $EVAL_PER_COMBO per combo + $EVAL_NOMINAL nominal per variant (seed $EVAL_SEED);" \
+    "BC-RNN $STEPS steps x batch $BATCH_SIZE; horizon $HORIZON"
+rm -rf "$OUT"
+mkdir -p "$OUT" "$LOGS"
 t_all=$SECONDS
+task_list=${TASKS// /,}
 
-# 1-2. Expert demonstrations: D0 for the base, D1 (fewer) for the adapter; normalisation stats.
-stage collect_d0 "$GAUNTLET" data collect --task "$TASK" --variant D0 --episodes "$D0_EPISODES" \
-  --cameras --image-size "$IMAGE_SIZE" --render-size "$RENDER_SIZE" --seed 0 --out "$D0"
-stage collect_d1 "$GAUNTLET" data collect --task "$TASK" --variant D1 --episodes "$D1_EPISODES" \
-  --cameras --image-size "$IMAGE_SIZE" --render-size "$RENDER_SIZE" --seed 10000 --out "$D1"
-stage stats_d0 "$GAUNTLET" data stats "$D0"
-stage stats_d1 "$GAUNTLET" data stats "$D1"
+# 1. Scenes. Recovery data comes from one database, evaluation from another built with another seed:
+#    no held-out scene (nor its start state) is ever a source of recovery data.
+stage scenes_recovery_source "$GAUNTLET" scenes generate --out "$REC_SCENES" --tasks "$task_list" \
+  --per-combo "$REC_PER_COMBO" --seed "$REC_SEED" --image-size "$RENDER_SIZE" --workers "$WORKERS"
+stage scenes_heldout "$GAUNTLET" scenes generate --out "$EVAL_SCENES" --tasks "$task_list" \
+  --per-combo "$EVAL_PER_COMBO" --seed "$EVAL_SEED" --image-size "$RENDER_SIZE" --workers "$WORKERS"
+stage scenes_heldout_nominal "$GAUNTLET" scenes generate --out "$EVAL_SCENES" --tasks "$task_list" \
+  --error-types none --nominal --per-combo "$EVAL_NOMINAL" --seed "$EVAL_SEED" --image-size "$RENDER_SIZE" \
+  --workers "$WORKERS"
+stage heldout_check "$PYTHON" - "$REC_SCENES" "$EVAL_SCENES" <<'EOF'
+import sys
+from gauntlet.envs.scene_db import SceneDB
+rec, held = (SceneDB.open(p).metadata() for p in sys.argv[1:3])
+shared = set(zip(rec["task"], rec["seed"])) & set(zip(held["task"], held["seed"]))
+print(f"recovery-source scenes {len(rec)}, held-out scenes {len(held)}; (task, env seed) in both: {len(shared)}")
+print(held.groupby(["task", "origin"]).size().to_string())
+sys.exit(1 if shared else 0)
+EOF
 
-# 3. Base: every parameter of a fresh tiny VLA, on D0 (cosine decay over the run).
-stage train_base "$GAUNTLET" train --dataset "$D0" --out "$BASE" --mode full --steps "$BASE_STEPS" \
-  --batch-size "$BATCH_SIZE" --decay-steps "$BASE_STEPS" --log-every 100 --report-every 100 \
-  --checkpoint-every "$BASE_STEPS"
+# 2-5. Per task: demos, recoveries, the two datasets, the two policies, their evaluations, the paired
+#      comparison.
+for task in $TASKS; do
+  T="$OUT/$task"
+  mkdir -p "$T"
+  stage "${task}_nominal_demos" "$GAUNTLET" data collect --task "$task" --variant D0,D1 \
+    --episodes "$NOMINAL_DEMOS" --object-state --render-size "$RENDER_SIZE" --horizon 400 --seed "$DEMO_SEED" \
+    --out "$T/nominal"
+  stage "${task}_heldout_check" "$PYTHON" - "$T/nominal" "$EVAL_SCENES" "$task" <<'EOF'
+import sys
+from gauntlet.data.dataset_reader import open_dataset
+from gauntlet.envs.scene_db import SceneDB
+demos, held = open_dataset(sys.argv[1]).episodes, SceneDB.open(sys.argv[2]).metadata()
+shared = set(demos["seed"].dropna().astype(int)) & set(held.loc[held["task"] == sys.argv[3], "seed"])
+print(f"{len(demos)} nominal demos; env seeds shared with held-out {sys.argv[3]} scenes: {len(shared)}")
+sys.exit(1 if shared else 0)
+EOF
+  stage "${task}_recovery_demos" "$GAUNTLET" data collect --from-scenes "$REC_SCENES" --tasks "$task" \
+    --object-state --trials "$REC_TRIALS" --noise-std "$REC_NOISE" --horizon 300 --out "$T/recovery"
+  stage "${task}_merge" "$GAUNTLET" data merge "$T/nominal" "$T/recovery" --out "$T/mixed"
+  stage "${task}_stats" bash -c "'$GAUNTLET' data stats '$T/nominal' && '$GAUNTLET' data stats '$T/mixed'"
+  say "$task: policy nominal trains on $(frames "$T/nominal") frames, policy recovery on" \
+      "$(frames "$T/mixed") (nominal + recovery); each sees $STEPS x $BATCH_SIZE = $((STEPS * BATCH_SIZE)) windows"
+  stage "${task}_train_nominal" train_bc_rnn "$T/nominal" "$T/bc_rnn_nominal"
+  stage "${task}_train_recovery" train_bc_rnn "$T/mixed" "$T/bc_rnn_recovery"
+  stage "${task}_eval_nominal" eval_bc_rnn "$task" "$T/bc_rnn_nominal" "$T/run_nominal"
+  stage "${task}_eval_recovery" eval_bc_rnn "$task" "$T/bc_rnn_recovery" "$T/run_recovery"
+  # RUN_A = recovery, RUN_B = nominal: the table's "A - B" is the gain of the recovery data.
+  stage "${task}_compare" "$GAUNTLET" report compare "$T/run_recovery" "$T/run_nominal" --out "$T/compare"
+done
 
-# 4. Adapter: LoRA on the frozen base, on D1.
-stage train_lora "$GAUNTLET" train --dataset "$D1" --out "$ADAPTER" --mode lora --base "$BASE" \
-  --steps "$LORA_STEPS" --batch-size "$BATCH_SIZE" --decay-steps "$LORA_STEPS" --log-every 100 \
-  --report-every 100 --checkpoint-every "$LORA_STEPS"
+# 6. The VLA path: camera demos (nominal + recovery), a tiny base, a LoRA adapter on the mixed data,
+#    both evaluated (the adapter multiplexed on the base's deployment) on a few held-out scenes.
+if [ "$SKIP_VLA" != 1 ]; then
+  V="$OUT/vla"
+  mkdir -p "$V/adapters"
+  stage vla_nominal_demos "$GAUNTLET" data collect --task "$VLA_TASK" --variant D0,D1 --episodes "$VLA_DEMOS" \
+    --cameras --image-size "$IMAGE_SIZE" --render-size "$RENDER_SIZE" --seed "$DEMO_SEED" --out "$V/nominal"
+  stage vla_recovery_demos "$GAUNTLET" data collect --from-scenes "$REC_SCENES" --tasks "$VLA_TASK" \
+    --cameras --image-size "$IMAGE_SIZE" --limit "$VLA_RECOVERIES" --horizon 300 --out "$V/recovery"
+  stage vla_merge "$GAUNTLET" data merge "$V/nominal" "$V/recovery" --out "$V/mixed"
+  stage vla_stats bash -c "'$GAUNTLET' data stats '$V/nominal' && '$GAUNTLET' data stats '$V/mixed'"
+  stage vla_train_base "$GAUNTLET" train --dataset "$V/nominal" --out "$V/base" --mode full --steps "$VLA_STEPS" \
+    --batch-size "$BATCH_SIZE" --checkpoint-every "$VLA_STEPS" --log-every $((VLA_STEPS / 2)) \
+    --report-every "$VLA_STEPS"
+  stage vla_train_lora "$GAUNTLET" train --dataset "$V/mixed" --out "$V/adapters/mixed" --mode lora \
+    --base "$V/base" --steps "$VLA_STEPS" --batch-size "$BATCH_SIZE" --checkpoint-every "$VLA_STEPS" \
+    --log-every $((VLA_STEPS / 2)) --report-every "$VLA_STEPS"
+  stage vla_eval "$GAUNTLET" eval --scenes "$EVAL_SCENES" --tasks "$VLA_TASK" --limit "$VLA_SCENES" \
+    --policy "vla=$V/base" --policy "vla=$V/base@$V/adapters/mixed" --out "$V/run" --actors "$ACTORS" \
+    --horizon 100
+  stage vla_report "$GAUNTLET" report "$V/run"
 
-# 5. D1 error-recovery scenes, cameras at the demos' render size.
-stage scenes "$GAUNTLET" scenes generate --out "$SCENES" --tasks "$TASK" --variants D1 \
-  --per-combo "$PER_COMBO" --image-size "$RENDER_SIZE" --workers 2
+  # 7. The LeRobot path: the mixed dataset (with its recovery tags) out to LeRobot v3.0 and back.
+  stage lerobot_export "$GAUNTLET" data export-lerobot "$V/mixed" --out "$V/lerobot"
+  stage lerobot_import "$GAUNTLET" data import-lerobot "$V/lerobot" --out "$V/from_lerobot"
+  stage lerobot_check "$PYTHON" - "$V/mixed" "$V/from_lerobot" <<'EOF'
+import sys
+from gauntlet.data.dataset_reader import open_dataset
+a, b = (open_dataset(p).episodes for p in sys.argv[1:3])
+cols = ["recovery", "scene_id", "error_type", "origin"]
+same = len(a) == len(b) and a[cols].reset_index(drop=True).equals(b[cols].reset_index(drop=True))
+print(f"episodes out {len(a)}, back {len(b)}; recovery episodes {int(a['recovery'].sum())}; tags equal: {same}")
+sys.exit(0 if same else 1)
+EOF
+fi
 
-# 6. Base and base@adapter on one Serve deployment (the adapter multiplexed), oracle as reference.
-stage eval "$GAUNTLET" eval --scenes "$SCENES" --policy scripted --policy "vla=$BASE" \
-  --policy "vla=$BASE@$ADAPTER" --out "$RUN" --trials "$TRIALS" --actors "$ACTORS" --horizon "$HORIZON"
-
-# 7. Report: tables, plots, one HTML page.
-stage report "$GAUNTLET" report "$RUN" --html
-
-say "done in $((SECONDS - t_all))s; report: $RUN/report/report.html"
+say "done in $((SECONDS - t_all))s (load $(load))"
 echo
 echo "stage timings:"
 printf '  %s\n' "${TIMINGS[@]}"
-echo
-echo "training loss (first step -> last step):"
-for d in "$BASE" "$ADAPTER"; do
-  "${PYTHON:-python3}" - "$d/train/summary.json" <<'EOF'
+for task in $TASKS; do
+  echo
+  echo "== $task: A = BC-RNN on nominal + recovery demos, B = the same recipe on nominal demos only =="
+  grep -E '^\[data merge\] .* frames \(' "$LOGS/${task}_merge.log" || true
+  for side in recovery nominal; do
+    "$PYTHON" - "$OUT/$task/bc_rnn_$side/train/summary.json" "$side" <<'EOF'
 import json, sys
 s = json.load(open(sys.argv[1]))
-print(f"  {s['mode']:<5} {s['steps']:>5} steps  {s['first_loss']:.4f} -> {s['final_loss']:.4f}  ({s['out']})")
+print(f"  {sys.argv[2]:<8} {s['steps']} steps, loss {s['first_loss']:.4f} -> {s['final_loss']:.4f}")
 EOF
+  done
+  # rows overall, per origin (injected = held-out error scenes, nominal) and the coverage line
+  awk '/^paired comparison/ {p = 1} p' "$LOGS/${task}_compare.log" | grep -E 'paired|policy A|^-|all +all|coverage'
 done
-echo
-# The report's per-policy block: from its header to the first blank line.
-awk '/^success rate per policy/ {p = 1} p && /^$/ {exit} p' "$LOGS/report.log"
+if [ "$SKIP_VLA" != 1 ]; then
+  echo
+  echo "== VLA path ($VLA_TASK, $VLA_SCENES held-out scenes; runs end to end, no gain expected at this size) =="
+  awk '/^success rate per policy/ {p = 1} p && /^$/ {exit} p' "$LOGS/vla_report.log"
+  tail -n 1 "$LOGS/lerobot_check.log"
+fi

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,9 @@ class RecordingOptions:
     horizon: int = option(400, help="max control steps per episode (stops at the first success)")
     keep_failures: bool = option(False, help="keep episodes that did not succeed (success=False)")
     noise_std: float = option(0.0, help="std of Gaussian noise the expert adds to its actions")
-    valid_fraction: float = option(0.0, help="fraction of each task's episodes (the last ones) put in the "
-                                             "'valid' split; the rest go to 'train'")
+    valid_fraction: float = option(0.0, help="fraction put in the 'valid' split, the rest in 'train': the last "
+                                             "episodes of each task, or with --from-scenes the recoveries "
+                                             "from the last selected scenes (scene_id order)")
     overwrite: bool = option(False, help="replace an existing dataset at --out")
 
     def __post_init__(self) -> None:
@@ -95,12 +97,12 @@ class CollectConfig(RecordingOptions):
 
         if not self.task_list or not self.variant:
             raise ValueError("task, variant: name at least one of each")
-        widths = {t: get_task(t).object_state_dim for t in self.task_list}
+        for t in self.task_list:
+            get_task(t)  # an unknown task is refused here, listing the known ones
         for v in self.variant:
             check_variant(v)
-        if self.object_state and len(set(widths.values())) > 1:
-            raise ValueError(f"object_state: the tasks' object states differ in width ({widths}); collect one "
-                             "width per dataset")
+        if self.object_state:
+            check_object_state_width(self.task_list, "object_state")
         require_at_least(self, 1, "episodes")
         if not 8 <= self.render_size <= 1024:
             raise ValueError(f"render_size must be in [8, 1024], got {self.render_size}")
@@ -130,6 +132,16 @@ class RecordedEpisode:
 
 class AlreadySolvedError(RuntimeError):
     """The task was solved in the state an episode was to start from: there is nothing to record."""
+
+
+def check_object_state_width(tasks: Iterable[str], flag: str) -> None:
+    """A dataset holds one object-state width: ValueError naming `flag` when these tasks' widths differ."""
+    from gauntlet.envs.tasks import get_task
+
+    widths = {t: get_task(t).object_state_dim for t in sorted(set(tasks))}
+    if len(set(widths.values())) > 1:
+        raise ValueError(f"{flag}: the tasks' object states differ in width ({widths}); record one width per "
+                         "dataset")
 
 
 def record_episode(env: Any, seed: int, horizon: int, cameras: bool, image_size: int,
@@ -206,7 +218,7 @@ def collect_demos(cfg: CollectConfig) -> Path:
     """Collects `cfg.episodes` episodes per task and variant into `cfg.out`; returns the dataset path.
 
     Raises DatasetError if a task yields too few episodes to keep within its attempts. info.json's
-    `envs` has one entry per task (per "task/variant" when several variants are collected).
+    `envs` has one entry per task and variant ("task/variant", see `unite_env`).
     """
     from gauntlet.envs.env import make_env
 
@@ -225,7 +237,7 @@ def collect_demos(cfg: CollectConfig) -> Path:
             for variant in cfg.variant:
                 env = make_env(task, variant, image_size=cfg.render_size)
                 try:
-                    writer.register_env(task if len(cfg.variant) == 1 else f"{task}/{variant}", env_metadata(env))
+                    writer.register_env(task, variant, env_metadata(env))
                     _collect_task(writer, env, task, variant, cfg, progress)
                 finally:
                     env.close()

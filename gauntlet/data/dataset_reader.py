@@ -81,8 +81,10 @@ class Dataset:
             frame = pq.read_table(path).to_pandas()
         except (pa.ArrowInvalid, OSError) as exc:
             raise DatasetError(path, f"corrupt Parquet table ({exc})") from None
-        for column, default in EPISODE_TAG_DEFAULTS.items():  # absent: every episode starts from a reset
-            if column not in frame.columns:
+        for column, default in EPISODE_TAG_DEFAULTS.items():  # absent or null: the episode starts from a reset
+            if column in frame.columns:
+                frame[column] = frame[column].astype(object).where(frame[column].notna(), default)
+            else:
                 frame[column] = default
         missing = [c for c in EPISODE_COLUMNS if c not in frame.columns]
         if missing:

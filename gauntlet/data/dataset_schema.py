@@ -84,11 +84,37 @@ class EpisodeTags:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> EpisodeTags:
-        """The tags of an episode-table row (a pandas row or a dict with the tag columns)."""
-        return cls(**{k: type(d)(row[k]) for k, d in asdict(cls()).items()})
+        """The tags of an episode-table row (a pandas row or a dict with the tag columns); a missing
+        or null tag (a foreign file's None, NaN or <NA>) reads as its default: `bool(nan)` is True and
+        `str(nan)` is "nan", which would make an untagged episode a recovery one."""
+        return cls(**{k: d if is_na(row.get(k)) else type(d)(row[k]) for k, d in asdict(cls()).items()})
+
+
+def is_na(value: Any) -> bool:
+    """True for a missing scalar: None, NaN, pandas' NA/NaT (what a null Parquet cell reads as)."""
+    import pandas as pd
+
+    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
 
 
 EPISODE_TAG_DEFAULTS: dict[str, Any] = EpisodeTags().columns()
+
+
+def unite_env(envs: dict[str, dict[str, Any]], task: str, variant: str, meta: Mapping[str, Any]) -> str:
+    """Adds one env configuration to info.json's `envs` (what rebuilds the env an episode ran in);
+    returns its key. The key is always "task/variant", so demonstrations of one task's D0 and D1 (or
+    nominal demos and recoveries from another variant's scenes) sit side by side and merge. A second,
+    different configuration of the same task and variant (e.g. another camera size) is kept too, as
+    "task/variant#" + a digest of its metadata: every configuration a dataset's episodes ran in is listed."""
+    import hashlib
+    import json
+
+    key = f"{task}/{variant}"
+    if envs.setdefault(key, dict(meta)) == dict(meta):
+        return key
+    digest = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    envs.setdefault(f"{key}#{digest}", dict(meta))
+    return f"{key}#{digest}"
 
 
 class DatasetError(ValueError):

@@ -38,6 +38,7 @@ from gauntlet.data.dataset_schema import (
     features,
     first_nonfinite,
     fixed_list,
+    unite_env,
 )
 from gauntlet.data.images import encode_png
 from gauntlet.keys import (
@@ -141,9 +142,10 @@ class DatasetWriter:
     def num_frames(self) -> int:
         return self._frames
 
-    def register_env(self, task: str, meta: Mapping[str, Any]) -> None:
-        """Env metadata for a task (env name, robot, controller/env_args); goes into info.json."""
-        self.envs[task] = dict(meta)
+    def register_env(self, task: str, variant: str, meta: Mapping[str, Any]) -> str:
+        """Env metadata (env name, robot, controller/env_args) of a task and variant's episodes; goes
+        into info.json's `envs` under the key `unite_env` returns."""
+        return unite_env(self.envs, task, variant, meta)
 
     # ------------------------------------------------------------------------------ episodes
     def add_episode(

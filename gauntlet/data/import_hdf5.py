@@ -208,14 +208,13 @@ def import_hdf5(cfg: ImportConfig) -> Path:
         source = {"kind": "hdf5", "file": str(file.resolve()), "file_bytes": file.stat().st_size,
                   "num_demos_in_file": len(f["data"]), "masks": {k: len(v) for k, v in masks.items()},
                   "flip_images": cfg.flip_images, "image_size": cfg.image_size or None}
-        envs = {task: {"env_name": env_args["env_name"], "robot": robot, "control_freq": fps,
-                       "env_args": env_args}}
         message = (f"[data import-hdf5] {file}: {len(demos)} demos of {env_args['env_name']} -> {cfg.out} "
                    f"(task={task}, variant={variant})")
         print(message, flush=True)
         progress = Progress(len(demos), "data import-hdf5", unit="demos")
-        with DatasetWriter(cfg.out, source=source, fps=fps, robot=robot, envs=envs,
-                           overwrite=cfg.overwrite) as writer:
+        with DatasetWriter(cfg.out, source=source, fps=fps, robot=robot, overwrite=cfg.overwrite) as writer:
+            writer.register_env(task, variant, {"env_name": env_args["env_name"], "robot": robot,
+                                                "control_freq": fps, "env_args": env_args})
             for demo in demos:
                 d = read_demo(f, file, demo, cfg.images)
                 try:

@@ -22,7 +22,7 @@ assemble batches; at most `prefetch_depth` batches are in flight or ready ahead 
 Sharding: every shard draws the same per-epoch permutation (seeded by `seed` and the epoch) and
 takes every `num_shards`-th frame of it, so shards are disjoint and together cover the split. With a
 recovery fraction the epoch is as many frames drawn with replacement by their weights (same seeding
-and sharding); `val_episodes` holds the split's last episodes out (`held_out` draws only them).
+and sharding); `val_episodes` holds episodes out (`held_out` draws only them; see data/sampling.py).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from gauntlet.data.dataset_reader import Dataset
 from gauntlet.data.dataset_schema import DatasetError
 from gauntlet.data.image_cache import EpisodeImageCache
 from gauntlet.data.images import decode_png, resize_image
-from gauntlet.data.sampling import SamplingError, recovery_weights, split_holdout
+from gauntlet.data.sampling import SamplingError, holdout, recovery_weights
 from gauntlet.keys import (
     ACTION_FEATURE,
     ACTION_IS_PAD_KEY,
@@ -85,7 +85,7 @@ class LoaderConfig:
                                                         "default: all the dataset has; none: pass an empty tuple")
     image_size: int = option(0, help="resize images to this square size (pixels; 0 = stored size)")
     epochs: int = option(1, help="passes over the data (0 = infinite)")
-    val_episodes: int = option(0, help="hold out the split's last N episodes (not drawn; see data/sampling.py)")
+    val_episodes: int = option(0, help="hold out N episodes (not drawn; which ones: data/sampling.py)")
     held_out: bool = option(False, help="draw the held-out episodes instead (validation batches)")
     recovery_fraction: float | None = option(None, help="share of draws from recovery-tagged episodes, the rest "
                                                         "from the others (frames drawn with replacement by "
@@ -105,11 +105,10 @@ class LoaderConfig:
 
 
 def _drawn_episodes(ds: Dataset, cfg: LoaderConfig) -> tuple[np.ndarray, np.ndarray | None]:
-    """(the episodes drawn from: the split less or only its held-out tail; with a recovery fraction each
-    of their frames' draw probability, its episode's weight over its length, else None)."""
-    split = ds.split(cfg.split) if cfg.split else np.arange(ds.num_episodes, dtype=np.int64)
+    """(the episodes drawn from: the split less its held-out episodes, or only those; with a recovery
+    fraction each of their frames' draw probability, its episode's weight over its length, else None)."""
     try:
-        trained, held = split_holdout(split, cfg.val_episodes)
+        trained, held = holdout(ds, cfg.split, cfg.val_episodes)
         episodes = held if cfg.held_out else trained
         if cfg.recovery_fraction is None:
             return episodes, None
@@ -221,11 +220,6 @@ class DatasetLoader:
     def samples_per_second(self) -> float:
         elapsed = self.elapsed_s
         return self.samples_yielded / elapsed if elapsed > 0 else 0.0
-
-    @property
-    def batches_per_second(self) -> float:
-        elapsed = self.elapsed_s
-        return self.batches_yielded / elapsed if elapsed > 0 else 0.0
 
     def counters(self) -> dict[str, float]:
         cache = self._cache

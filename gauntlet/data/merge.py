@@ -5,8 +5,10 @@ demonstrations (`data collect --from-scenes`): every episode keeps its frames, s
 (`recovery`, `scene_id`, `error_type`, `origin`), simulator states and object state; images are
 decoded and re-encoded as PNG (lossless: the pixels are the same). The parts must agree on what a
 frame is (fps, state and action widths and names; cameras and sizes, simulator states and object
-state width, which the writer checks episode by episode); their env metadata is united, and a task
-whose metadata differs between parts is refused. The printed summary (and `data stats`) states the
+state width, which the writer checks episode by episode). Their env metadata is united by task and
+variant (`unite_env`): D0 demonstrations merge with D1 ones, and a task and variant recorded in two
+configurations keeps both entries. A part written when a single variant's entry was keyed by the bare
+task name is read under its "task/variant" key. The printed summary (and `data stats`) states the
 frames of each part and how many are recovery frames. Run `gauntlet data stats` on the result.
 """
 
@@ -19,7 +21,7 @@ from typing import Any
 
 from gauntlet.data.commands import run_dataset_command
 from gauntlet.data.dataset_reader import Dataset, open_dataset
-from gauntlet.data.dataset_schema import IMAGE_FEATURES, DatasetError, EpisodeTags
+from gauntlet.data.dataset_schema import IMAGE_FEATURES, DatasetError, EpisodeTags, unite_env
 from gauntlet.data.dataset_writer import DatasetWriter
 from gauntlet.keys import ACTION_FEATURE, OBJECT_STATE_FEATURE, PROMPT_COLUMN, STATE_FEATURE
 from gauntlet.runtime.config_args import as_tuple, option, parse_config
@@ -44,7 +46,7 @@ class MergeConfig:
 
 
 def _check_parts(parts: list[Dataset]) -> dict[str, dict[str, Any]]:
-    """The parts' united env metadata. Raises DatasetError naming the part and field that disagree."""
+    """The parts' united env metadata. Raises DatasetError naming the part and frame field that disagree."""
     first = parts[0]
     envs: dict[str, dict[str, Any]] = {}
     for ds in parts:
@@ -57,11 +59,22 @@ def _check_parts(parts: list[Dataset]) -> dict[str, dict[str, Any]]:
             if names != want:
                 raise DatasetError(ds.info_path, f"features[{feature!r}].names {names} differ from "
                                                  f"{first.root}'s {want}")
-        for task, meta in ds.info.get("envs", {}).items():
-            if envs.setdefault(task, meta) != meta:
-                raise DatasetError(ds.info_path, f"envs[{task!r}] differs from an earlier part's (the same task "
-                                                 "from two env configurations cannot share one entry)")
+        for key, meta in ds.info.get("envs", {}).items():
+            unite_env(envs, *_task_variant(ds, key, meta), meta)
     return envs
+
+
+def _task_variant(ds: Dataset, key: str, meta: dict[str, Any]) -> tuple[str, str]:
+    """(task, variant) of one of a part's `envs` entries: from its "task/variant[#digest]" key, or for a
+    bare task key (older datasets) from its env_config, else the one variant its episodes of that task have."""
+    task, _, variant = key.partition("/")
+    if variant:
+        return task, variant.partition("#")[0]
+    variant = str(meta.get("env_config", {}).get("variant", ""))
+    if not variant:
+        seen = sorted(set(ds.episodes.loc[ds.episodes["task"] == task, "variant"].astype(str)))
+        variant = seen[0] if len(seen) == 1 else "/".join(seen) or "unknown"
+    return task, variant
 
 
 def merge_datasets(cfg: MergeConfig) -> Path:

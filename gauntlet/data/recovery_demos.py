@@ -17,7 +17,6 @@ the horizon (dropped unless --keep-failures) in `source.not_recovered`. Scenes o
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from gauntlet.data.collect import (
     AlreadySolvedError,
     RecordingOptions,
     add_recorded,
+    check_object_state_width,
     env_metadata,
     record_from_here,
 )
@@ -50,7 +50,7 @@ EXPERT = "gauntlet.envs.experts.ScriptedExpert"
 class RecoveryConfig(RecordingOptions):
     """Records the scripted oracle recovering from a scene database's scenes, as tagged demonstrations."""
 
-    from_scenes: str = option("", help="scene database whose scenes the oracle recovers from")
+    from_scenes: str = option("", help="scene database whose scenes the oracle recovers from", required=True)
     tasks: tuple[str, ...] = option((), help="only these tasks (default: every task in the database)",
                                     aliases=("--task",))
     error_types: tuple[str, ...] = option((), help="only these error types (default: every one)",
@@ -79,39 +79,27 @@ class RecoveryConfig(RecordingOptions):
                              "trials from one scene would be the same episode")
 
 
-def select_scenes(db: SceneDB, cfg: RecoveryConfig) -> pd.DataFrame:
-    """The selected scenes' metadata (scene_id order) with the eval pre-flight's `compatible` and
-    `incompatible_reason` columns. Raises DatasetError when the filters select nothing."""
-    from gauntlet.envs.scene_check import compatibility
-
-    frame = db.metadata()
-    for column, wanted in (("task", cfg.tasks), ("error_type", cfg.error_types), ("origin", cfg.origins)):
-        if wanted:
-            frame = frame[frame[column].isin(wanted)]
-    if frame.empty:
-        have = {c: sorted(set(db.metadata()[c])) for c in ("task", "error_type", "origin")}
-        raise DatasetError(db.root, f"--tasks/--error-types/--origins select no scenes (the database has {have})")
-    frame = frame.sort_values("scene_id")
-    if cfg.limit:
-        frame = frame.head(cfg.limit)
-    checked = compatibility(db)  # one env per distinct configuration, not per scene
-    return checked.set_index("scene_id").loc[frame["scene_id"]].reset_index()
-
-
 def collect_recoveries(cfg: RecoveryConfig) -> Path:
     """Records the oracle's recoveries from the selected scenes into `cfg.out`; returns the dataset path.
 
     Raises DatasetError if the database cannot be read or no recovery is kept.
     """
     from gauntlet.envs.env_errors import GauntletEnvError
+    from gauntlet.envs.scene_check import select_scenes
     from gauntlet.envs.scene_db import SceneDB
 
     try:
         db = SceneDB.open(cfg.from_scenes)
-        frame = select_scenes(db, cfg)
+        frame = select_scenes(db, {"--tasks": ("task", cfg.tasks), "--error-types": ("error_type", cfg.error_types),
+                                   "--origins": ("origin", cfg.origins)}, cfg.limit)
     except GauntletEnvError as exc:
         raise DatasetError(cfg.from_scenes, str(exc)) from None
     scenes = frame[frame["compatible"]]
+    if cfg.object_state:  # before any recording, not in the writer minutes later
+        try:
+            check_object_state_width(scenes["task"], "--object-state (select one width with --tasks)")
+        except ValueError as exc:
+            raise DatasetError(cfg.from_scenes, str(exc)) from None
     print(f"[{TAG}] recoveries from {len(scenes)} scenes x {cfg.trials} trials of {db.root} "
           f"({len(frame) - len(scenes)} incompatible, cameras={'on' if cfg.cameras else 'off'}) -> {cfg.out}",
           flush=True)
@@ -153,15 +141,13 @@ class _Recording:
 
     def record_group(self, config_json: str, group: pd.DataFrame) -> None:
         """Records the scenes sharing one env configuration in one env, built as theirs was."""
-        from gauntlet.envs.env import make_env
+        from gauntlet.envs.env import EnvConfig, GauntletEnv
 
-        env = make_env(**json.loads(config_json))
+        env = GauntletEnv(EnvConfig.from_json(config_json))
         try:
             meta = env_metadata(env)
             for scene in group.to_dict("records"):
-                task = str(scene["task"])
-                key = task if self.writer.envs.get(task, meta) == meta else f"{task}/{scene['variant']}"
-                self.writer.register_env(key, meta)
+                self.writer.register_env(str(scene["task"]), str(scene["variant"]), meta)
                 for trial in range(self.cfg.trials):
                     if not self.record(env, scene, trial):
                         break  # skipped: its other trials would be too

@@ -21,6 +21,7 @@ from gauntlet.policies.registry import (
     runtime_env_for,
     serving_kwargs,
 )
+from gauntlet.policies.vla.config import DEFAULT_PRESET
 
 # Serve names, defined once: whoever deploys and whoever looks a deployment up agree through these.
 APP_NAME = "gauntlet"  # the app `gauntlet serve` runs (what `--policy serve=NAME` targets, gRPC metadata)
@@ -221,7 +222,7 @@ def _last_error_line(serve_message: str) -> str:
 
 
 def specs_from_names(policies: list[str], *, replicas: int = 1, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-                     batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_S, vla_size: str = ServingOptions.preset,
+                     batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_S, vla_size: str = DEFAULT_PRESET,
                      adapters_dir: str | None = None, num_gpus: float = 0.0, max_queued: int = 0) -> list[PolicyServing]:
     """`NAME[=CHECKPOINT]` strings -> serving specs (shared by `gauntlet serve` and config files); each
     family's entry says what its replicas are built with (`policies/registry.PolicyFamily`)."""
@@ -296,7 +297,7 @@ def app_from_args(args: dict[str, Any]) -> Any:
         args.get("policies") or ["random"], replicas=int(args.get("replicas", 1)),
         max_batch_size=int(args.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)),
         batch_wait_timeout_s=float(args.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_S)),
-        vla_size=str(args.get("vla_size", ServingOptions.preset)), adapters_dir=args.get("adapters_dir"),
+        vla_size=str(args.get("vla_size", DEFAULT_PRESET)), adapters_dir=args.get("adapters_dir"),
         max_queued=int(args.get("max_queued", 0)),
     )
     ws_host = str(args.get("ws_host", "127.0.0.1"))

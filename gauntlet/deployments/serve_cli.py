@@ -20,7 +20,8 @@ from gauntlet.deployments.ws_guard import (
     INGRESS_OTHER_SLOTS,
     WebSocketPolicy,
 )
-from gauntlet.policies.registry import ServingOptions, families_help
+from gauntlet.policies.registry import families_help
+from gauntlet.policies.vla.config import DEFAULT_PRESET
 from gauntlet.runtime.config_args import option, parse_config, require_at_least, run_command
 
 
@@ -54,7 +55,7 @@ class ServeCLIConfig:
                                      f"{MIN_QUEUED})")
     replicas: int = option(1, help="replicas per policy")
     num_gpus: float = option(0.0, help="GPUs per replica")
-    vla_size: str = option(ServingOptions.preset, help="VLA preset when no checkpoint is given")
+    vla_size: str = option(DEFAULT_PRESET, help="VLA preset when no checkpoint is given")
     adapters_dir: str | None = option(None, help=lambda: "directory of LoRA adapters served by name (for "
                                       f"{families_help(lambda f: f.serves_adapters, summaries=False)})")
     api_key: str | None = option(None, help="require `Authorization: Api-Key KEY` on every protocol; visible in the "

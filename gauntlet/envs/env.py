@@ -9,9 +9,10 @@ vectors are cheap, images are rendered only by `observe(images=True)`.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,14 @@ from gauntlet.envs.rendering import configure_gl, egl_device_id
 from gauntlet.envs.rotations import quat_wxyz_to_xyzw, quat_xyzw_to_axis_angle
 from gauntlet.envs.sim_state import capture_state, restore_state
 from gauntlet.envs.tasks import TaskSpec, check_variant, get_task
-from gauntlet.keys import ACTION_DIM, OBJECT_STATE_KEY, PROMPT_KEY, ROBOSUITE_CAMERAS, STATE_KEY
+from gauntlet.keys import (
+    ACTION_DIM,
+    GRIPPER_INDEX,
+    OBJECT_STATE_KEY,
+    PROMPT_KEY,
+    ROBOSUITE_CAMERAS,
+    STATE_KEY,
+)
 from gauntlet.runtime.registry import UnknownNameError
 
 configure_gl()
@@ -70,6 +78,17 @@ class EnvConfig:
                 raise UnknownNameError("camera", cam, sorted(CAMERA_KEYS))
         if self.control_freq <= 0:
             raise ValueError(f"control_freq must be positive, got {self.control_freq}")
+
+    @classmethod
+    def from_json(cls, text: str) -> EnvConfig:
+        """The configuration a scene's `env_config` column records (`to_json`'s text)."""
+        fields = json.loads(text)
+        fields["cameras"] = tuple(fields.get("cameras", ()))
+        return cls(**fields)
+
+    def to_json(self) -> str:
+        """The text a scene records in its `env_config` column (keys sorted: equal configs, equal texts)."""
+        return json.dumps(asdict(self), sort_keys=True)
 
     @property
     def spec(self) -> TaskSpec:
@@ -203,7 +222,7 @@ class GauntletEnv:
             raise ValueError("action contains NaN or inf")
         a = np.clip(a, -1.0, 1.0)
         if self.disturbances.gripper_stall_steps > 0:
-            a[6] = self.disturbances.gripper_stall_command
+            a[GRIPPER_INDEX] = self.disturbances.gripper_stall_command
             self.disturbances.gripper_stall_steps -= 1
         if self._stepper is not None:
             self._stepper.step(a)

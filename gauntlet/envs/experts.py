@@ -23,7 +23,7 @@ import numpy as np
 
 from gauntlet.envs.rotations import mat_to_axis_angle, quat_wxyz_to_mat, wrap_angle
 from gauntlet.envs.tasks.scene import Q7_SAFE_RAD, is_grasped, wrist_q7
-from gauntlet.keys import ACTION_DIM
+from gauntlet.keys import ACTION_DIM, GRIPPER_INDEX
 
 if TYPE_CHECKING:
     from gauntlet.envs.env import GauntletEnv
@@ -213,7 +213,7 @@ class ScriptedExpert:
         action[2] = np.clip(cmd[2], -speed, speed) if phase != "transport" else np.clip(cmd[2], -1.0, 1.0)
         err = mat_to_axis_angle(down_rotation(target_yaw) @ rot.T)
         action[3:6] = _limit(self.rot_gain * err / ROT_SCALE_RAD, 1.0)
-        action[6] = grip
+        action[GRIPPER_INDEX] = grip
         if self.noise_std > 0:
             # Rotation noise is scaled down: one action unit turns 0.5 rad but moves only 5 cm,
             # and a wobbling wrist knocks objects far more than a wobbling position does.

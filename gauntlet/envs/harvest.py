@@ -26,6 +26,8 @@ from gauntlet.envs.injectors import NOMINAL
 from gauntlet.envs.online_detectors import DetectorConfig, OnlineDetectors
 from gauntlet.envs.scene_db import UNLABELLED
 from gauntlet.envs.trajectory import TrajectoryRecorder, signal_frame
+from gauntlet.keys import GRIPPER_INDEX
+from gauntlet.runtime.config_args import require_at_least
 
 if TYPE_CHECKING:
     from gauntlet.envs.env import GauntletEnv
@@ -47,11 +49,8 @@ class HarvestOptions:
     detectors: DetectorConfig = field(default_factory=DetectorConfig)  # the online detectors' thresholds
 
     def __post_init__(self) -> None:
-        for name in ("window", "recovery_horizon", "max_per_episode"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.after_steps < 0:
-            raise ValueError(f"after_steps must be >= 0, got {self.after_steps}")
+        require_at_least(self, 1, "window", "recovery_horizon", "max_per_episode")
+        require_at_least(self, 0, "after_steps")
 
     def start(self, scene: dict[str, Any]) -> HarvestWatch:
         """The watch over one episode that starts from `scene` (its metadata row)."""
@@ -79,7 +78,7 @@ class HarvestWatch:
         self.fingerprint = ""  # of the env the episode ran in
 
     def on_step(self, env: GauntletEnv, action: np.ndarray, step: int) -> None:
-        frame = signal_frame(env, float(action[6]))
+        frame = signal_frame(env, float(action[GRIPPER_INDEX]))
         self.frames.append(frame)
         fired = self.detectors.update(frame)
         if fired and len(self.captures) < self.options.max_per_episode:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gauntlet.envs.rotations import quat_mul_wxyz, yaw_quat_wxyz
-from gauntlet.keys import ACTION_DIM
+from gauntlet.keys import ACTION_DIM, GRIPPER_INDEX
 from gauntlet.runtime.registry import Registry, UnknownNameError
 
 if TYPE_CHECKING:
@@ -228,5 +228,5 @@ def apply_injection(env: GauntletEnv, error_type: str, rng: np.random.Generator,
 def hold_action(env: GauntletEnv) -> np.ndarray:
     """Zero motion, gripper keeps its current command: lets an injected error play out."""
     action = np.zeros(ACTION_DIM)
-    action[6] = current_gripper_command(env)
+    action[GRIPPER_INDEX] = current_gripper_command(env)
     return action

@@ -22,6 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
+from gauntlet.runtime.config_args import require_at_least
 from gauntlet.runtime.registry import Registry
 
 Frame = dict[str, np.ndarray]  # one step of trajectory.SIGNALS: signal name -> that step's value
@@ -44,9 +45,7 @@ class DetectorConfig:
     cooldown_steps: int = 20  # a detector that fired is quiet this many steps
 
     def __post_init__(self) -> None:
-        for name in ("no_progress_steps", "cooldown_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least(self, 1, "no_progress_steps", "cooldown_steps")
 
 
 class Detector(Protocol):

@@ -7,12 +7,16 @@ fingerprint matches the current env's and its array file is present.
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from gauntlet.envs.env import EnvConfig, GauntletEnv
 from gauntlet.envs.env_errors import GauntletEnvError
 from gauntlet.envs.scene_db import SceneDB, SceneDBError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def current_fingerprints(env_configs: list[str]) -> dict[str, str]:
@@ -20,18 +24,16 @@ def current_fingerprints(env_configs: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for cfg_json in env_configs:
         try:
-            cfg = json.loads(cfg_json)
-            cfg["cameras"] = tuple(cfg.get("cameras", ()))
-            env = GauntletEnv(EnvConfig(**cfg))
+            env = GauntletEnv(EnvConfig.from_json(cfg_json))
             out[cfg_json] = env.fingerprint
             env.close()
-        except (GauntletEnvError, TypeError, ValueError, json.JSONDecodeError) as exc:
+        except (GauntletEnvError, TypeError, ValueError) as exc:  # (JSONDecodeError is a ValueError)
             # An env the current code cannot build: every scene that needs it is incompatible.
             out[cfg_json] = f"error: {exc}"
     return out
 
 
-def compatibility(db: SceneDB) -> Any:
+def compatibility(db: SceneDB | SubsetDB) -> Any:
     """The metadata frame with `compatible` (bool) and `incompatible_reason` (str) columns added."""
     frame = db.metadata().copy()
     fps = current_fingerprints(sorted(frame["env_config"].unique()))
@@ -53,7 +55,47 @@ def compatibility(db: SceneDB) -> Any:
     return frame
 
 
-def _array_file_problem(db: SceneDB, scene_id: str) -> str:
+class SceneSelectionError(GauntletEnvError):
+    """A filter selects no scene of the database; the message names the flag and what the database holds."""
+
+
+def select_scenes(db: SceneDB, filters: Mapping[str, tuple[str, Iterable[str]]], limit: int = 0) -> pd.DataFrame:
+    """The scenes a command works on: those whose column holds one of the wanted values, for each
+    `flag -> (column, wanted)` of `filters` (an empty `wanted` keeps every value), in scene_id order,
+    the first `limit` (0 = all), with `compatibility`'s columns (only the envs they need are built).
+    Raises SceneSelectionError naming the flag whose values the database lacks, or when none is left."""
+    frame = db.metadata()
+    if frame.empty:
+        raise SceneSelectionError(f"{db.root}: the scene database is empty")
+    for flag, (column, wanted) in filters.items():
+        values = set(wanted)
+        if values and not values & set(frame[column]):
+            raise SceneSelectionError(f"{flag} {sorted(values)} select no scenes (the database has "
+                                      f"{sorted(set(db.metadata()[column]))})")
+        if values:
+            frame = frame[frame[column].isin(values)]
+    if frame.empty:
+        raise SceneSelectionError(f"{'/'.join(filters)} together select no scenes")
+    frame = frame.sort_values("scene_id")
+    return compatibility(SubsetDB(db, frame.head(limit) if limit else frame))
+
+
+class SubsetDB:
+    """A SceneDB view restricted to some rows (so pre-flight only builds the envs it needs)."""
+
+    def __init__(self, db: SceneDB, frame: pd.DataFrame):
+        self._db = db
+        self._frame = frame.reset_index(drop=True)
+        self.root = db.root
+
+    def metadata(self) -> pd.DataFrame:
+        return self._frame
+
+    def arrays_path(self, scene_id: str) -> Path:
+        return self._db.arrays_path(scene_id)
+
+
+def _array_file_problem(db: SceneDB | SubsetDB, scene_id: str) -> str:
     """Why the scene's array file cannot be read ("" when it is there): a scene id that is not a name
     makes that scene incompatible, never the whole pre-flight fail."""
     try:

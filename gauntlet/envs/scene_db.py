@@ -60,7 +60,7 @@ SCENE_COLUMNS: dict[str, str] = {
     "origin": "string",  # where the scene's state came from: one of ORIGINS
     # Provenance of a harvested scene (PROVENANCE_DEFAULTS for every other one):
     "policy_target": "string",  # the --policy TARGET whose rollout failed
-    "policy_digest": "string",  # its checkpoint's digest ("" when it has none)
+    "policy_digest": "string",  # its checkpoint's fingerprint, BASE@ADAPTER for an adapter ("" if none)
     "source_scene_id": "string",  # the scene that rollout started from
     "source_trial": "int64",  # its trial
     "source_step": "int64",  # the episode step at which a failure was detected
@@ -80,7 +80,9 @@ ORIGINS = (INJECTED, NOMINAL_ORIGIN, HARVESTED)
 UNLABELLED = "unlabelled"
 
 
-SCENE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}"  # what a scene id may be: a file name, never a path
+SCENE_ID_MAX_CHARS = 200  # the longest scene id (it names a file)
+# What a scene id may be: a file name, never a path.
+SCENE_ID_PATTERN = rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{SCENE_ID_MAX_CHARS - 1}}}"
 SCENE_ID_RE = re.compile(SCENE_ID_PATTERN)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,7 @@ from gauntlet.envs.experts import ScriptedExpert, make_expert
 from gauntlet.envs.injectors import NOMINAL, NOMINAL_CATEGORY, SPECS, apply_injection, hold_action
 from gauntlet.envs.scene_db import PROVENANCE_DEFAULTS, SCHEMA_VERSION, SceneRecord, default_origin
 from gauntlet.envs.trajectory import TrajectoryRecorder
+from gauntlet.keys import GRIPPER_INDEX
 
 
 @dataclass(frozen=True)
@@ -105,9 +106,9 @@ def _nominal_scene(job: SceneJob) -> SceneRecord:
     seed = job.seed(0)
     env.reset(seed)
     recorder = TrajectoryRecorder(window=1)
-    recorder.record(env, hold_action(env)[6])
+    recorder.record(env, hold_action(env)[GRIPPER_INDEX])
     recorder.mark_injection()
-    recorder.record(env, hold_action(env)[6])
+    recorder.record(env, hold_action(env)[GRIPPER_INDEX])
     state = env.get_state()
     traj = recorder.arrays()
     labels = {name: clf(traj) for name, clf in CLASSIFIERS.items()}
@@ -129,7 +130,7 @@ def _run_into_phase(env: GauntletEnv, expert: ScriptedExpert, recorder: Trajecto
             if steps_in_phase >= offset:
                 return True
         action = expert.act()
-        recorder.record(env, action[6])
+        recorder.record(env, action[GRIPPER_INDEX])
         env.step(action)
     return False
 
@@ -137,16 +138,16 @@ def _run_into_phase(env: GauntletEnv, expert: ScriptedExpert, recorder: Trajecto
 def _inject_and_settle(env: GauntletEnv, expert: ScriptedExpert, recorder: TrajectoryRecorder,
                        error_type: str, rng: np.random.Generator) -> dict[str, Any]:
     """Injects the error, then lets it play out for its settle steps; returns the injector's params."""
-    recorder.record(env, hold_action(env)[6])
+    recorder.record(env, hold_action(env)[GRIPPER_INDEX])
     params = apply_injection(env, error_type, rng)
     recorder.mark_injection()
-    recorder.record(env, hold_action(env)[6])
+    recorder.record(env, hold_action(env)[GRIPPER_INDEX])
     # The policy keeps acting while the error plays out (its commands are recorded, and may
     # be overridden by e.g. a stalled gripper): the trajectory shows command vs execution.
     for _ in range(SPECS[error_type].settle_steps):
         action = expert.act()
         env.step(action)
-        recorder.record(env, action[6])
+        recorder.record(env, action[GRIPPER_INDEX])
     return params
 
 
@@ -176,7 +177,7 @@ def _scene_row(job: SceneJob, env: GauntletEnv, phase: str, params: dict[str, An
         "inject_step": int(inject_step),
         "settle_steps": int(spec.settle_steps) if spec else 0,
         "seed": int(seed),
-        "env_config": json.dumps(asdict(env.config), sort_keys=True),
+        "env_config": env.config.to_json(),
         "fingerprint": env.fingerprint,
         "schema_version": SCHEMA_VERSION,
         "recoverable": recovery_steps >= 0,

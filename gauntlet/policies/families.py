@@ -41,8 +41,10 @@ def build_vla(checkpoint: str | None, **kwargs: Any) -> Policy:
 
 
 def vla_serving_kwargs(ref: PolicyRef, options: ServingOptions) -> dict[str, Any]:
-    """Without a checkpoint, the VLA is built from the preset `--vla-size` names."""
-    return {} if ref.checkpoint else {"config_name": options.preset}
+    """Without a checkpoint, the VLA is built from the preset `--vla-size` names (the VLA's default if none)."""
+    from gauntlet.policies.vla.config import DEFAULT_PRESET
+
+    return {} if ref.checkpoint else {"config_name": options.preset or DEFAULT_PRESET}
 
 
 def build_lerobot(checkpoint: str | None, **kwargs: Any) -> Policy:
@@ -78,10 +80,9 @@ register_family(PolicyFamily(
     local_by_default=True))
 register_family(PolicyFamily(
     name="scripted", summary="privileged scripted oracle", factory=f"{_HERE}:build_scripted",
-    local_by_default=True, episode_memory=True))
+    local_by_default=True))
 register_family(PolicyFamily(
-    name="bc_rnn", summary="recurrent behaviour cloning, torch", factory=f"{_HERE}:build_bc_rnn",
-    episode_memory=True))
+    name="bc_rnn", summary="recurrent behaviour cloning, torch", factory=f"{_HERE}:build_bc_rnn"))
 register_family(PolicyFamily(
     name="vla", summary="vision-language-action model, JAX; LoRA adapters", factory=f"{_HERE}:build_vla",
     serving_kwargs=f"{_HERE}:vla_serving_kwargs", abilities=frozenset({"warmup", "adapters", "compile_count"})))

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from gauntlet.policies.base import CountsCompiles, Policy, ServesAdapters, WarmsUp
-from gauntlet.policies.vla.config import DEFAULT_PRESET
 from gauntlet.runtime.registry import Registry, import_object
 
 PLUGINS_ENV = "GAUNTLET_POLICY_PLUGINS"  # comma-separated modules that register policy families
@@ -43,7 +42,8 @@ RESERVED_NAMES = frozenset({"deploy", "serve", "remote"})
 class ServingOptions:
     """The command-line serving options a family may turn into constructor kwargs."""
 
-    preset: str = DEFAULT_PRESET  # `--vla-size`: the model preset a family builds when no checkpoint is given
+    # `--vla-size`: the model preset a family builds when no checkpoint is given ("": the family's own default).
+    preset: str = ""
     num_gpus: float = 0.0  # GPUs per replica (a family may then place its model on the GPU)
 
 
@@ -72,8 +72,6 @@ class PolicyFamily:
     # Whether `gauntlet eval` runs it in each rollout actor unless told to deploy it (`deploy=NAME`):
     # for policies that cost less than a round trip to a replica.
     local_by_default: bool = False
-    # Whether its policies keep memory per episode_id (PolicyMetadata.episode_memory).
-    episode_memory: bool = False
     abilities: frozenset[str] = frozenset()  # names from ABILITIES its policies have
 
     def __post_init__(self) -> None:

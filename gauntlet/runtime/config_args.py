@@ -34,15 +34,18 @@ def option(
     choices: tuple[Any, ...] | None = None,
     default_factory: Any = dataclasses.MISSING,
     split_commas: bool = True,
+    required: bool = False,
 ) -> Any:
     """A dataclass field that documents itself on the command line.
 
     `help` may be a function, called when `--help` is built (text derived from a registry that
     plugins extend); `flag` overrides the derived `--field-name`; `aliases` keep old spellings working;
-    `positional` makes it a positional argument; `split_commas=False` keeps commas inside list items.
+    `positional` makes it a positional argument; `split_commas=False` keeps commas inside list items;
+    `required` makes the command line ask for a field whose dataclass default exists only because it
+    follows fields with defaults (its `__post_init__` refuses the default).
     """
     meta = {"help": help, "flag": flag, "aliases": aliases, "positional": positional, "choices": choices,
-            "split_commas": split_commas}
+            "split_commas": split_commas, "required": required}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -68,7 +71,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             continue
         meta = f.metadata or {}
         tp, is_seq = _base_type(hints[f.name])
-        has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        has_default = not meta.get("required") and (f.default is not dataclasses.MISSING
+                                                    or f.default_factory is not dataclasses.MISSING)
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None
         )
@@ -78,7 +82,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             help_text = f"{help_text} [list: {'a,b or ' if meta.get('split_commas', True) else ''}a b]"
             if meta.get("choices"):
                 help_text = f"{help_text} {{{','.join(map(str, meta['choices']))}}}"
-        if has_default and default not in (None, False, (), []):
+        if not has_default and not meta.get("positional"):
+            help_text = f"{help_text} (required)"
+        elif has_default and default not in (None, False, "", (), []) and "default:" not in help_text:
             shown = ",".join(map(str, default)) if is_seq else default
             help_text = f"{help_text} (default: {shown})"
         kwargs: dict[str, Any] = {"help": help_text, "dest": f.name}
@@ -94,7 +100,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             kwargs["type"] = str if is_seq else tp
             parser.add_argument(f.name, **kwargs)
             continue
-        names = [meta.get("flag") or "--" + f.name.replace("_", "-"), *meta.get("aliases", ())]
+        names = [flag_of(f), *meta.get("aliases", ())]
         if tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
             kwargs["default"] = bool(default)
@@ -113,7 +119,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
 def _list_items(field: dataclasses.Field, item_type: Any, texts: list[Any]) -> tuple[Any, ...]:
     """`["a,b", "c"]` -> `("a", "b", "c")`, each converted and checked against the field's choices."""
     meta = field.metadata or {}
-    flag = meta.get("flag") or "--" + field.name.replace("_", "-")
+    flag = flag_of(field)
     parts = [p for t in texts for p in (str(t).split(",") if meta.get("split_commas", True) else [str(t)])]
     items = []
     for text in (p.strip() for p in parts):
@@ -153,9 +159,25 @@ def parse_config(cls: type[T], argv: list[str] | None, prog: str, description: s
     ns = parser.parse_args(argv)
     try:
         return config_from_namespace(cls, ns)
-    except ValueError as exc:  # a __post_init__ check names the field
-        parser.error(str(exc))
+    except ValueError as exc:  # a __post_init__ check names the field: the user typed its flag
+        parser.error(name_the_flag(cls, str(exc)))
         raise  # unreachable: parser.error exits
+
+
+def flag_of(field: dataclasses.Field) -> str:
+    """The command-line flag of a config field: its `flag`, else `--field-name`."""
+    return (field.metadata or {}).get("flag") or "--" + field.name.replace("_", "-")
+
+
+def name_the_flag(cls: type, message: str) -> str:
+    """A config's error message that starts with a field's name (`trials must be >= 1`, `from_scenes: ...`)
+    with that name replaced by the field's flag, as the user wrote it on the command line."""
+    for f in sorted(dataclasses.fields(cls), key=lambda f: -len(f.name)):
+        if (f.metadata or {}).get("positional") or not message.startswith(f.name):
+            continue
+        if message[len(f.name): len(f.name) + 1] in (":", " ", "="):
+            return flag_of(f) + message[len(f.name):]
+    return message
 
 
 def as_tuple(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:

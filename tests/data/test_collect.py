@@ -36,8 +36,8 @@ def test_states_actions_and_sim_states_replay_the_episode(lift: Path, capsys: py
     eps = ds.episodes
     assert eps["success"].tolist() == [True, True] and eps["seed"].tolist() == [5, 6]
     assert eps["prompt"].tolist() == ["pick up the red cube"] * 2
-    assert ds.info["source"]["kind"] == "collect" and ds.info["envs"]["lift"]["env_name"] == "Lift"
-    controller = ds.info["envs"]["lift"]["env_args"]["env_kwargs"]["controller_configs"]
+    assert ds.info["source"]["kind"] == "collect" and ds.info["envs"]["lift/D0"]["env_name"] == "Lift"
+    controller = ds.info["envs"]["lift/D0"]["env_args"]["env_kwargs"]["controller_configs"]
     assert controller["body_parts"]["right"]["type"] == "OSC_POSE"
     env = make_env("lift", "D0", image_size=128)
     try:

@@ -81,8 +81,8 @@ def test_import_preserves_everything(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert ds.split("train").tolist() == [0, 2, 3] and ds.split("valid").tolist() == [1]
     assert ds.episodes["task"].tolist() == ["lift"] * 4 and ds.episodes["prompt"][0] == "pick up the red cube"
     assert ds.episodes["success"].all() and ds.episodes["seed"].isna().all()
-    assert ds.info["source"]["kind"] == "hdf5" and ds.info["envs"]["lift"]["env_name"] == "Lift"
-    assert ds.info["envs"]["lift"]["env_args"]["env_kwargs"]["controller_configs"] == {"type": "OSC_POSE"}
+    assert ds.info["source"]["kind"] == "hdf5" and ds.info["envs"]["lift/D0"]["env_name"] == "Lift"
+    assert ds.info["envs"]["lift/D0"]["env_args"]["env_kwargs"]["controller_configs"] == {"type": "OSC_POSE"}
     assert ds.cameras == ["agentview", "wrist"]
     for ep, name in enumerate(order):
         d = demos[name]

@@ -1,6 +1,7 @@
 """`gauntlet data collect --from-scenes DB`: the scripted oracle recovering from real scenes of every
-lift injector, recorded as tagged demonstrations that load in the trainer, merge with nominal
-demonstrations and export to LeRobot v3.0 (read with pyarrow, and (slow) with LeRobot's own class).
+injector (each lift one, and stack's `target_shift`), recorded as tagged demonstrations that load in
+the trainer, merge with nominal demonstrations of another variant and export to LeRobot v3.0 (read
+with pyarrow, and (slow) with LeRobot's own class).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from gauntlet.data.lerobot_export import ExportConfig, export_lerobot
 from gauntlet.data.lerobot_import import ImportConfig, import_lerobot
 from gauntlet.data.loader import make_loader
 from gauntlet.data.recovery_demos import RecoveryConfig
-from gauntlet.envs.env import make_env
+from gauntlet.envs.env import EnvConfig, GauntletEnv
 from gauntlet.envs.injectors import SPECS
 from gauntlet.envs.scene_db import SceneDB
 from gauntlet.platform.cli import main as cli
@@ -34,6 +35,24 @@ TAGS = ["recovery", "scene_id", "error_type", "origin"]
 def scenes(generate_scenes, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One lift D0 scene per injector."""
     return generate_scenes(tmp_path_factory.mktemp("recovery") / "db", variants="D0", error_types="all", workers=1)
+
+
+@pytest.fixture(scope="module")
+def mixed_scenes(scenes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The lift scenes plus a stack D1 `target_shift` scene (the injector only stack has), in one database."""
+    db = tmp_path_factory.mktemp("recovery") / "mixed"
+    shutil.copytree(scenes, db)
+    assert cli(["scenes", "generate", "--out", str(db), "--tasks", "stack", "--variants", "D1", "--error-types",
+                "target_shift", "--workers", "1", "--no-validate"]) == 0
+    return db
+
+
+@pytest.fixture(scope="module")
+def stack_recoveries(mixed_scenes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("recovery") / "stack"
+    assert cli(["data", "collect", "--from-scenes", str(mixed_scenes), "--tasks", "stack", "--out", str(out),
+                "--horizon", "500", "--object-state"]) == 0
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +76,7 @@ def test_every_injectors_scene_is_recovered_from_its_exact_state(scenes: Path, r
         state = db.load_state(scene_id)
         for key, value in state.items():  # the recorded start state is the scene's, bit for bit
             np.testing.assert_array_equal(got[f"init/{key}"], value)
-        env = make_env(**json.loads(db.row(scene_id)["env_config"]))
+        env = GauntletEnv(EnvConfig.from_json(db.row(scene_id)["env_config"]))
         try:
             db.restore(env, scene_id)
             np.testing.assert_array_equal(got["sim_states"][0], env.sim.get_state().flatten())
@@ -152,10 +171,72 @@ def _lerobot_episode_tags(root: str) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_lerobot_dataset_class_keeps_the_tags(run_in_lerobot, recoveries: Path, tmp_path: Path) -> None:
-    out = export_lerobot(ExportConfig(dataset=str(recoveries), out=str(tmp_path / "lerobot")))
-    seen = run_in_lerobot(_lerobot_episode_tags, str(out))
-    source = open_dataset(recoveries)
-    assert seen["len"] == source.num_frames
-    for k in TAGS:
-        assert seen[k] == source.episodes[k].astype(object).tolist()
+def test_lerobot_dataset_class_keeps_the_tags(run_in_lerobot, recoveries: Path, stack_recoveries: Path,
+                                              tmp_path: Path) -> None:
+    """Every injector's recoveries (lift's, and stack's target_shift) load in LeRobot's own class."""
+    for name, dataset in (("lift", recoveries), ("stack", stack_recoveries)):
+        out = export_lerobot(ExportConfig(dataset=str(dataset), out=str(tmp_path / name)))
+        seen = run_in_lerobot(_lerobot_episode_tags, str(out))
+        source = open_dataset(dataset)
+        assert seen["len"] == source.num_frames
+        for k in TAGS:
+            assert seen[k] == source.episodes[k].astype(object).tolist()
+
+
+def test_stack_target_shift_recovery_loads_and_exports(stack_recoveries: Path, tmp_path: Path) -> None:
+    from gauntlet.envs.tasks import get_task
+
+    ds = validate(stack_recoveries, expected_action_dim=7, expected_state_dim=8, split="train")
+    assert ds.episodes[["task", "variant", "error_type", "origin"]].values.tolist() == \
+        [["stack", "D1", "target_shift", "injected"]]
+    assert ds.episodes["recovery"].tolist() == [True] and ds.episodes["success"].all()
+    assert list(ds.info["envs"]) == ["stack/D1"]
+    with make_loader(stack_recoveries, batch_size=4, chunk_len=4) as loader:
+        batch = next(iter(loader))
+    assert batch["recovery"].all()
+    width = ds.load_columns(["observation.object_state"])["observation.object_state"].shape[1]
+    assert width == get_task("stack").object_state_dim
+    out = export_lerobot(ExportConfig(dataset=str(stack_recoveries), out=str(tmp_path / "lerobot")))
+    back = open_dataset(import_lerobot(ImportConfig(source=str(out), out=str(tmp_path / "back"))))
+    assert back.episodes[TAGS].astype(object).values.tolist() == ds.episodes[TAGS].astype(object).values.tolist()
+
+
+def test_object_state_of_two_widths_is_refused_before_recording(mixed_scenes: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "rec"
+    assert cli(["data", "collect", "--from-scenes", str(mixed_scenes), "--out", str(out), "--object-state"]) == 1
+    err = capsys.readouterr()
+    assert "--object-state (select one width with --tasks): the tasks' object states differ" in err.err
+    assert "recoveries from" not in err.out and not out.exists()  # refused before the first recording
+
+
+def test_d0_recoveries_merge_with_d1_demos_and_older_datasets(recoveries: Path, tmp_path: Path) -> None:
+    """Env metadata is keyed task/variant, so D0 recoveries and D1 demos of one task merge; a part keyed
+    by the bare task (older datasets) is read under its task/variant key."""
+    nominal = tmp_path / "nominal"
+    assert cli(["data", "collect", "--task", "lift", "--variant", "D1", "--episodes", "1", "--horizon", "300",
+                "--object-state", "--out", str(nominal)]) == 0
+    assert list(open_dataset(nominal).info["envs"]) == ["lift/D1"]
+    mixed = tmp_path / "mixed"
+    assert cli(["data", "merge", str(nominal), str(recoveries), "--out", str(mixed)]) == 0
+    envs = open_dataset(mixed).info["envs"]
+    assert sorted(envs) == ["lift/D0", "lift/D1"]
+    assert envs["lift/D1"] == open_dataset(nominal).info["envs"]["lift/D1"]
+    assert envs["lift/D0"]["env_config"]["variant"] == "D0"
+    info_path = nominal / "meta" / "info.json"
+    info = json.loads(info_path.read_text())
+    info["envs"] = {"lift": info["envs"]["lift/D1"]}  # how a single-variant collect keyed it before
+    info_path.write_text(json.dumps(info))
+    assert cli(["data", "merge", str(nominal), str(recoveries), "--out", str(tmp_path / "again")]) == 0
+    assert open_dataset(tmp_path / "again").info["envs"] == envs
+
+
+def test_unite_env_keeps_every_configuration() -> None:
+    from gauntlet.data.dataset_schema import unite_env
+
+    envs: dict[str, dict[str, Any]] = {}
+    assert unite_env(envs, "lift", "D0", {"image_size": 64}) == "lift/D0"
+    assert unite_env(envs, "lift", "D0", {"image_size": 64}) == "lift/D0"  # the same configuration: one entry
+    other = unite_env(envs, "lift", "D0", {"image_size": 128})
+    assert other.startswith("lift/D0#") and envs[other] == {"image_size": 128} and len(envs) == 2
+    assert unite_env(envs, "lift", "D0", {"image_size": 128}) == other and len(envs) == 2

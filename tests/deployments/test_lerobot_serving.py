@@ -45,7 +45,7 @@ def lerobot_env(ray_session):
     """(LeRobot's reference inference as a task in the LeRobot env, ray)."""
     import ray
 
-    from gauntlet.policies.lerobot.random_policy import reference_actions
+    from gauntlet.policies.lerobot.untrained_checkpoints import reference_actions
 
     return ray.remote(num_cpus=0.5, runtime_env=runtime_env_for("lerobot"))(reference_actions), ray
 
@@ -54,7 +54,7 @@ def lerobot_env(ray_session):
 def pretrained(lerobot_env, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     import ray
 
-    from gauntlet.policies.lerobot.random_policy import save_random_policy
+    from gauntlet.policies.lerobot.untrained_checkpoints import save_random_policy
 
     save = ray.remote(num_cpus=0.5, runtime_env=runtime_env_for("lerobot"))(save_random_policy)
     root = tmp_path_factory.mktemp("lerobot")

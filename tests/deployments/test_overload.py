@@ -213,4 +213,4 @@ def test_the_queue_bound_is_a_serve_flag_checked_before_anything_starts(capsys: 
     assert [s.max_queued for s in serving_specs(cfg)] == [16]
     with pytest.raises(SystemExit):
         parse_config(ServeCLIConfig, ["--policy", "random", "--max-batch-size", "8", "--max-queued", "3"], "p", "d")
-    assert "max_queued must be 0 (the default) or >= max_batch_size (8), got 3" in capsys.readouterr().err
+    assert "--max-queued must be 0 (the default) or >= max_batch_size (8), got 3" in capsys.readouterr().err

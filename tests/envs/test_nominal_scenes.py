@@ -47,13 +47,12 @@ def test_nominal_rows_are_start_states_the_expert_solves(db_path: Path) -> None:
 def test_nominal_state_is_the_seeded_reset_and_restores_exactly(db_path: Path) -> None:
     db = SceneDB.open(db_path)
     for _, row in _nominal_rows(db).iterrows():
-        cfg = json.loads(row["env_config"])
-        cfg["cameras"] = tuple(cfg["cameras"])
-        fresh = GauntletEnv(EnvConfig(**cfg))
+        cfg = EnvConfig.from_json(row["env_config"])
+        fresh = GauntletEnv(cfg)
         fresh.reset(int(row["seed"]))
         saved = db.load_state(row["scene_id"])
         reset_state = fresh.get_state()
-        env = GauntletEnv(EnvConfig(**cfg))
+        env = GauntletEnv(cfg)
         env.reset(12345)
         db.restore(env, row["scene_id"])
         restored = env.get_state()

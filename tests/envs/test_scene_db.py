@@ -54,9 +54,7 @@ def test_round_trip_restores_the_exact_captured_state(db_path: Path) -> None:
     meta = db.metadata()
     envs: dict[str, GauntletEnv] = {}
     for _, row in meta.iterrows():
-        cfg = json.loads(row["env_config"])
-        cfg["cameras"] = tuple(cfg["cameras"])
-        env = envs.setdefault(row["env_config"], GauntletEnv(EnvConfig(**cfg)))
+        env = envs.setdefault(row["env_config"], GauntletEnv(EnvConfig.from_json(row["env_config"])))
         env.reset(12345)
         db.restore(env, row["scene_id"])
         saved = db.load_state(row["scene_id"])
@@ -179,8 +177,10 @@ def test_a_scene_id_that_is_a_path_reads_nothing_outside_the_database(db_path: P
     assert db.load_state(first)  # real ids still load
     frame = db.metadata()
     frame.loc[0, "scene_id"] = "../outside"  # as a database someone else wrote could hold it
-    from gauntlet.envs.scene_check import compatibility
-    from gauntlet.platform.eval.scenes import SubsetDB  # the eval's pre-flight view: given rows, real files
+    from gauntlet.envs.scene_check import (
+        SubsetDB,  # the pre-flight view: given rows, real files
+        compatibility,
+    )
 
     checked = compatibility(SubsetDB(db, frame))
     assert not checked.loc[0, "compatible"] and "not a name" in checked.loc[0, "incompatible_reason"]

@@ -26,7 +26,7 @@ TRAIN_STEPS = 8
 BATCH_SIZE = 8
 SCENE_LIMIT = 2
 REPO_ID = "gauntlet/closed-loop"  # LeRobot needs a repo_id; with root= and offline it is only a label
-# ACT's architecture at CPU-test sizes (gauntlet.policies.lerobot.random_policy's cut-down shapes), with the
+# ACT's architecture at CPU-test sizes (gauntlet.policies.lerobot.untrained_checkpoints's cut-down shapes), with the
 # chunk lerobot-train would use for a 10-step plan. The learning rate is raised from ACT's 1e-5 so that
 # a handful of steps measurably moves the loss.
 ACT_OVERRIDES: dict[str, Any] = {"n_action_steps": 10, "optimizer_lr": 1e-3, "optimizer_lr_backbone": 1e-3}
@@ -57,7 +57,7 @@ def _train_act_with_lerobot(root: str, out_dir: str, steps: int, batch_size: int
     from lerobot.policies.act.configuration_act import ACTConfig
     from lerobot.policies.factory import make_policy, make_pre_post_processors
 
-    from gauntlet.policies.lerobot.random_policy import SMALL_OVERRIDES
+    from gauntlet.policies.lerobot.untrained_checkpoints import SMALL_OVERRIDES
 
     torch.manual_seed(0)
     meta = LeRobotDatasetMetadata(REPO_ID, root=root)

@@ -146,13 +146,25 @@ def test_listing_families_imports_no_framework() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_the_generic_registry_imports_no_family_code() -> None:
+    """The VLA's preset default belongs to the VLA family's hook, not to the registry every family imports."""
+    from gauntlet.policies.registry import PolicyRef, ServingOptions, serving_kwargs
+    from gauntlet.policies.vla.config import DEFAULT_PRESET
+
+    code = ("import sys; import gauntlet.policies.registry; "
+            "print(sorted(m for m in sys.modules if m.startswith('gauntlet.policies.vla')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
+    assert serving_kwargs(PolicyRef("vla"), ServingOptions()) == {"config_name": DEFAULT_PRESET}
+    assert serving_kwargs(PolicyRef("vla"), ServingOptions(preset="small")) == {"config_name": "small"}
+
+
 @pytest.mark.parametrize("name, kwargs", [("random", {}), ("scripted", {}), ("bc_rnn", {"hidden_size": 32}),
                                           ("vla", {"config_name": "tiny", "depth": 1, "expert_depth": 1})])
-def test_declared_abilities_and_memory_match_what_the_policies_are(name: str, kwargs: dict) -> None:
+def test_declared_abilities_match_what_the_policies_are(name: str, kwargs: dict) -> None:
     policy = make_policy(name, **kwargs)
     family = policy_family(name)
     assert {a for a, protocol in ABILITIES.items() if isinstance(policy, protocol)} == family.abilities
-    assert policy.metadata.episode_memory == family.episode_memory
     if name == "vla":
         assert family.abilities == {"warmup", "adapters", "compile_count"} and family.serves_adapters
         assert policy.compile_count == 0

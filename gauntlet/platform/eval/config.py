@@ -8,7 +8,8 @@ from typing import Any
 
 from gauntlet.deployments.batcher import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_BATCH_SIZE
 from gauntlet.keys import ACTION_DIM
-from gauntlet.policies.registry import ServingOptions, families_help
+from gauntlet.policies.registry import families_help
+from gauntlet.policies.vla.config import DEFAULT_PRESET
 from gauntlet.runtime.config_args import as_tuple, option, require_at_least
 from gauntlet.runtime.tracking import REPORT_TO, REPORT_TO_HELP
 
@@ -87,7 +88,7 @@ class EvalConfig:
     max_batch_size: int = option(DEFAULT_MAX_BATCH_SIZE, help="Serve batch size for deployed policies")
     batch_wait_timeout_s: float = option(DEFAULT_BATCH_WAIT_S, help="Serve batch wait for deployed policies")
     replicas: int = option(1, help="Serve replicas per deployed policy")
-    vla_size: str = option(ServingOptions.preset, help="VLA preset for `vla` without a checkpoint")
+    vla_size: str = option(DEFAULT_PRESET, help="VLA preset for `vla` without a checkpoint")
     actor_cpus: float = option(1.0, help="CPUs reserved per rollout actor")
     actor_gpus: float = option(0.0, help="GPU share per rollout actor (e.g. 0.125: eight actors per GPU); each "
                                          "actor renders on its GPU's EGL device, so the actors of a node spread "

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gauntlet.platform.eval.config import EvalConfig, EvalRunError
-from gauntlet.platform.eval.episode import OBSERVED_KEY, ObserverSpec, WorkItem
+from gauntlet.platform.eval.episode import WATCH_KEY, WatchSpec, WorkItem
 from gauntlet.platform.eval.results import (
     ACTOR_DIED,
     ACTOR_RAISED,
@@ -44,12 +44,14 @@ ERROR_CHARS = 300  # of an actor's error kept in a skip reason or a message (Ray
 
 
 @dataclass(frozen=True)
-class Observation:
-    """Every episode of a run watched: `spec` goes with each item to the actors (episode.ObserverSpec),
-    and `sink`, in the driver, receives each finished episode's item and its observer's result."""
+class EpisodeWatch:
+    """Every episode of a run watched: `spec` goes with each item to the actors (episode.WatchSpec),
+    and `sink`, in the driver, receives each finished episode's item and its watch's result."""
 
-    spec: ObserverSpec
+    spec: WatchSpec
     sink: Callable[[WorkItem, Any], None]
+    # Once it answers True, no further episode is sent (those in flight finish and are recorded).
+    enough: Callable[[], bool] | None = None
 
 
 def brief(exc: BaseException) -> str:
@@ -65,9 +67,12 @@ class Dispatcher:
 
     def __init__(self, cfg: EvalConfig, scenes: dict[str, dict[str, Any]], targets: list[PolicyTarget],
                  version: str, store: ResultsStore, status: StatusLine, replay: bool = False,
-                 sink: Callable[[WorkItem, Any], None] | None = None):
+                 sink: Callable[[WorkItem, Any], None] | None = None, stop: Callable[[], bool] | None = None):
         self.cfg = cfg
-        self.sink = sink  # receives each episode's observer result (Observation.sink)
+        self.sink = sink  # receives each episode's watch's result (EpisodeWatch.sink)
+        self.stop = stop  # once it says so, no further item is sent (EpisodeWatch.enough)
+        self.sink_errors = 0  # watch results the sink raised on
+        self.not_sent = 0  # items left unsent because `stop` said so
         self.replay = replay  # items re-run only for their videos: rows are not stored again
         self.scenes = scenes
         self.targets = targets
@@ -116,6 +121,9 @@ class Dispatcher:
         load = Counter(s for s, _ in self.in_flight.values())
         alone = {s for s, item in self.in_flight.values() if item.key in self.suspects}
         started = [slot for slot in self.actors if slot not in self.starting and slot not in alone]
+        if self.pending and self.stop is not None and self.stop():
+            self.not_sent += len(self.pending)
+            self.pending.clear()
         while self.pending and started:
             slot = min(started, key=lambda s: load[s])
             # An extra item only while there is more work than actors: a queued item cannot move to
@@ -251,15 +259,24 @@ class Dispatcher:
                 self._replace(slot, brief(exc))
                 continue
             self.in_flight.pop(ref)
-            video, observed = row.pop(VIDEO_KEY, None), row.pop(OBSERVED_KEY, None)
-            if observed is not None and self.sink is not None:
-                self.sink(item, observed)
+            video, watched = row.pop(VIDEO_KEY, None), row.pop(WATCH_KEY, None)
             if video is not None:
                 write_video(Path(self.cfg.out), row, video)
-            if self.replay:
-                continue  # a replay for its video: the episode's row is already stored
-            self.ran += 1
-            self._record(row)
+            if not self.replay:  # a replay for its video: the episode's row is already stored
+                self.ran += 1
+                self._record(row)
+            if watched is not None and self.sink is not None:
+                self._sink(item, watched)
+
+    def _sink(self, item: WorkItem, watched: Any) -> None:
+        """Hands an episode's watch result to the sink, after its row is recorded: a sink that raises
+        (a full disk under the harvested scenes) is reported and counted, never the end of the run."""
+        try:
+            self.sink(item, watched)
+        except Exception as exc:  # noqa: BLE001 - the run and its rows outlive the sink
+            self.sink_errors += 1
+            print(f"[eval] {item.scene_id} / {item.policy} / trial {item.trial}: the episode's watch result "
+                  f"was not taken ({brief(exc)})", flush=True)
 
     def _ping_busy(self, now: float) -> None:
         """Liveness: a node can vanish without its tasks failing promptly; a ping that stays
@@ -309,7 +326,8 @@ class Dispatcher:
         print(f"[eval] no rollout actor is working after {waited:.0f} s {what}", flush=True)
 
     def run(self, pending: deque[WorkItem]) -> dict[str, int]:
-        """Runs every item; returns {"ran", "actors_replaced"}. Rows are written (also when this raises)."""
+        """Runs every item (until `stop` says so); returns {"ran", "actors_replaced"}, and for a watched run
+        also {"sink_errors", "not_sent"}. Rows are written (also when this raises)."""
         import ray
 
         self.pending = pending
@@ -342,4 +360,7 @@ class Dispatcher:
                     ray.kill(actor)
                 except Exception:  # noqa: BLE001 - never hide the error that got us here
                     pass
-        return {"ran": self.ran, "actors_replaced": self.replaced}
+        outcome = {"ran": self.ran, "actors_replaced": self.replaced}
+        if self.sink is not None or self.stop is not None:  # a watched run (scenes harvest)
+            outcome.update(sink_errors=self.sink_errors, not_sent=self.not_sent)
+        return outcome

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 from gauntlet.deployments.app import EVAL_APP, deployment_name
 from gauntlet.deployments.batcher import default_max_queued
 from gauntlet.platform.eval.config import EvalConfig, EvalConfigError, EvalRunError
-from gauntlet.platform.eval.dispatch import QUEUED_PER_ACTOR, Observation
+from gauntlet.platform.eval.dispatch import QUEUED_PER_ACTOR, EpisodeWatch
 from gauntlet.platform.eval.episode import WorkItem
 from gauntlet.platform.eval.results import DRIVER_WORKER, PERMANENT, ResultsStore, skipped_row
-from gauntlet.platform.eval.scenes import scene_records, select_scenes
+from gauntlet.platform.eval.scenes import run_scenes, scene_records
 from gauntlet.platform.eval.status import RUN_MANIFEST, StatusLine, policy_outcomes, write_serving_stats
 from gauntlet.platform.eval.targets import PolicyTarget, policy_targets, policy_tasks
 from gauntlet.platform.eval.video import mark_recorded
@@ -106,17 +106,17 @@ def plan_work(cfg: EvalConfig, scenes: dict[str, dict[str, Any]], targets: list[
     return plan
 
 
-def run_eval(cfg: EvalConfig, observe: Observation | None = None) -> dict[str, Any]:
+def run_eval(cfg: EvalConfig, watch: EpisodeWatch | None = None) -> dict[str, Any]:
     """The whole evaluation; returns a summary. Raises EvalConfigError before any work on bad input
     (or when another process holds the run directory), EvalRunError when the run cannot go on.
-    `observe`: watch every episode (e.g. `scenes harvest`); the rows are written as ever."""
-    _, frame = select_scenes(cfg)
+    `watch`: watch every episode (e.g. `scenes harvest`); the rows are written as ever."""
+    _, frame = run_scenes(cfg)
     targets, deploy = policy_targets(cfg)
     policy_tasks(cfg, targets)  # a bad --policy-tasks is refused before any work
     probe_remotes(targets, frame)
     lock = lock_run_dir(Path(cfg.out))
     try:
-        return _run(cfg, frame, targets, deploy, observe)
+        return _run(cfg, frame, targets, deploy, watch)
     finally:
         lock.release()
 
@@ -132,7 +132,7 @@ def lock_run_dir(run_dir: Path) -> DirLock:
 
 
 def _run(cfg: EvalConfig, frame: pd.DataFrame, targets: list[PolicyTarget],
-         deploy: list[PolicyServing], observe: Observation | None = None) -> dict[str, Any]:
+         deploy: list[PolicyServing], watch: EpisodeWatch | None = None) -> dict[str, Any]:
     """run_eval once the run directory is locked."""
     import ray
 
@@ -152,9 +152,9 @@ def _run(cfg: EvalConfig, frame: pd.DataFrame, targets: list[PolicyTarget],
         _deploy(deploy, cfg)
         from gauntlet.platform.eval.dispatch import Dispatcher
 
-        pending = deque(replace(item, observe=observe.spec) for item in plan.pending) if observe else plan.pending
+        pending = deque(replace(item, watch=watch.spec) for item in plan.pending) if watch else plan.pending
         outcome = Dispatcher(cfg, scenes, targets, version, store, status,
-                             sink=observe.sink if observe else None).run(pending)
+                             sink=watch.sink if watch else None, stop=watch.enough if watch else None).run(pending)
         _record_missing_outcomes(cfg, scenes, targets, version, store, status)
         summary.update(outcome, skipped=status.skipped, skipped_transient=status.transient,
                        success_rate=status.success_rate)

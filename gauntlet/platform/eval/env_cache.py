@@ -54,9 +54,7 @@ class EnvCache:
             del self._pool_of[id(old)]
             old.close()  # frees its renderer's GL context and buffers
             self.alive -= 1
-        cfg = json.loads(env_config_json)
-        cfg["cameras"] = tuple(cfg.get("cameras", ()))
-        env = GauntletEnv(EnvConfig(**cfg))
+        env = GauntletEnv(EnvConfig.from_json(env_config_json))
         self._pool_of[id(env)] = pool
         self.alive += 1
         self.built += 1

@@ -38,10 +38,10 @@ from gauntlet.platform.eval.request_rounds import RequestRounds
 from gauntlet.platform.eval.results import new_row, skipped_row
 from gauntlet.platform.eval.video import VIDEO_KEY, EpisodeRecorder, VideoOptions
 
-OBSERVED_KEY = "_observed"  # a finished row's entry for its observer's result (popped by the driver)
+WATCH_KEY = "_watch"  # a finished row's entry for its episode watch's result (popped by the driver)
 
 
-class StepObserver(Protocol):
+class StepWatch(Protocol):
     """Watches one episode (e.g. for failures to harvest): sees the env after every step."""
 
     def on_step(self, env: GauntletEnv, action: np.ndarray, step: int) -> None:  # step: 1-based
@@ -51,10 +51,10 @@ class StepObserver(Protocol):
         ...
 
 
-class ObserverSpec(Protocol):
+class WatchSpec(Protocol):
     """What a work item carries to the actor (plain, shippable): starts an episode's observer."""
 
-    def start(self, scene: dict[str, Any]) -> StepObserver:
+    def start(self, scene: dict[str, Any]) -> StepWatch:
         ...
 
 
@@ -109,7 +109,7 @@ class WorkItem:
     video: VideoOptions | None = None  # record this episode (not part of its identity)
     # Times the item was sent again after an actor died with it in flight (not part of its identity).
     attempt: int = 0
-    observe: ObserverSpec | None = None  # watch each step of the episode (not part of its identity)
+    watch: WatchSpec | None = None  # watch each step of the episode (not part of its identity)
 
     @property
     def key(self) -> tuple:
@@ -187,7 +187,7 @@ class Episode:
         self._started_at = time.perf_counter()
         self._recorder: EpisodeRecorder | None = None
         self.restarts = 0  # times started again because the policy lost its memory of the episode
-        self.observer: StepObserver | None = None  # item.observe's, for the current start
+        self.watcher: StepWatch | None = None  # item.watch's, for the current start
 
     @property
     def episode_id(self) -> str:
@@ -208,7 +208,7 @@ class Episode:
         """Restores the scene (and starts its video): at the start and at each restart."""
         assert self.env is not None
         self.db.restore(self.env, self.item.scene_id)
-        self.observer = self.item.observe.start(self.scene) if self.item.observe is not None else None
+        self.watcher = self.item.watch.start(self.scene) if self.item.watch is not None else None
         if self.item.video is not None:
             title = f"{self.item.policy} | {self.scene.get('task', '')} {self.scene.get('variant', '')}"
             self._recorder = EpisodeRecorder(self.env, self.item.video, title, self.scene.get("error_type", ""))
@@ -275,8 +275,8 @@ class Episode:
         action = self._chunk.pop(0)
         solved = self.env.step(action)
         self.row["steps"] = self.step_index
-        if self.observer is not None:
-            self.observer.on_step(self.env, action, self.step_index)
+        if self.watcher is not None:
+            self.watcher.on_step(self.env, action, self.step_index)
         if solved:
             self.row.update(success=True, recovery_step=self.step_index)
         if self._recorder is not None:
@@ -292,8 +292,8 @@ class Episode:
         if self._recorder is not None:
             self.row[VIDEO_KEY] = self._recorder.finish(bool(self.row["success"]), self.step_index)
             self._recorder = None
-        if self.observer is not None:
-            self.row[OBSERVED_KEY] = self.observer.finish(self.env)
+        if self.watcher is not None:
+            self.row[WATCH_KEY] = self.watcher.finish(self.env)
         self.row["wall_s"] = time.perf_counter() - self._started_at
         self.done = True
 

@@ -50,7 +50,8 @@ COVERAGE_COLUMNS = ["policy_a", "policy_b", "pairs", *(f"{c}_{side}" for side in
 
 
 class CompareConfigError(ValueError):
-    """The flags do not say which policies to compare (the message names the flag to give)."""
+    """Bad input: a run that cannot be read, or flags that do not say which policies to compare (the
+    message names the run or the flag)."""
 
 
 @dataclass(frozen=True)
@@ -155,10 +156,13 @@ def compare_table(pairs: pd.DataFrame, policy_a: str, policy_b: str, confidence:
 
 def build_comparison(config: CompareConfig) -> dict[str, Any]:
     """Every table of the comparison: {"tables": {"compare", "coverage", "pairs"}, "notes", ...}.
-    Raises ReportInputError (a run cannot be read, or nothing pairs) or CompareConfigError."""
+    Raises CompareConfigError (bad flags, or a run that cannot be read) or ReportInputError (nothing pairs)."""
     import pandas as pd
 
-    a, b = load_results(config.run_a), load_results(config.run_b)
+    try:  # a run that is missing or unreadable is bad input, like every other (exit 2)
+        a, b = load_results(config.run_a), load_results(config.run_b)
+    except ReportInputError as exc:
+        raise CompareConfigError(str(exc)) from None
     labels_a, labels_b = sorted(a["policy"].unique()), sorted(b["policy"].unique())
     compared, coverage, paired = [], [], []
     for policy_a, policy_b in policy_pairs(labels_a, labels_b, config.policy_a, config.policy_b):
@@ -230,9 +234,9 @@ def write_comparison(result: dict[str, Any], out: Path | str) -> dict[str, Path]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for name, frame in result["tables"].items():
+    for name, frame in result["tables"].items():  # each file whole or not at all, as the HTML
         paths[name] = out / f"{name}.csv"
-        frame.to_csv(paths[name], index=False)
+        atomic_write(paths[name], lambda tmp, frame=frame: frame.to_csv(tmp, index=False))
     paths["html"] = out / "compare.html"
     text = render_comparison_html(result)
     atomic_write(paths["html"], lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -157,43 +157,24 @@ def recovery_gap_display(gap: pd.DataFrame) -> pd.DataFrame:
 
 
 def classifier_tables(frame: pd.DataFrame, confidence: float = 0.95) -> dict[str, pd.DataFrame]:
-    """Agreement among the error classifiers and their accuracy vs the injected error type.
+    """Agreement among the error classifiers (every scene) and their accuracy vs the injected error type.
 
     Labels belong to the scene, not the episode, so each scene counts once (its first row), however
-    many policies and trials ran it; skipped scenes count too, since they were still labelled.
+    many policies and trials ran it; skipped scenes count too, since they were still labelled. A
+    harvested scene's error type is the classifiers' own majority label, so it has no true type to
+    score accuracy against; how far the classifiers agree on it still counts.
     """
     import pandas as pd
 
     scenes = frame.drop_duplicates(subset=["scene_id"], keep="first")
-    if "origin" in scenes.columns:  # a harvested scene's error type is the classifiers' own majority label
-        scenes = scenes[scenes["origin"] != HARVESTED]
-    labels = {
-        name: [None if (v is None or (isinstance(v, float) and math.isnan(v)) or v == "") else str(v)
-               for v in scenes[column].tolist()]
-        for name, column in LABEL_COLUMNS.items()
-    }
-    truth = scenes["error_type"].tolist()
     names = list(LABEL_COLUMNS)
-
-    matrix = [list(row) for row in zip(*(labels[n] for n in names), strict=True)]
-    complete = [row for row in matrix if all(v is not None for v in row)]
-    fleiss = fleiss_kappa_from_labels(complete)
-    agreement_rows = [{
-        "measure": "fleiss_kappa", "raters": ", ".join(names), "n_scenes": len(complete),
-        "percent_agreement": (sum(len(set(r)) == 1 for r in complete) / len(complete)) if complete else math.nan,
-        "kappa": fleiss, "strength": kappa_strength(fleiss),
-    }]
-    for a, b in itertools.combinations(names, 2):
-        pairs = [(x, y) for x, y in zip(labels[a], labels[b], strict=True) if x is not None and y is not None]
-        kappa = cohen_kappa([x for x, _ in pairs], [y for _, y in pairs])
-        agreement_rows.append({
-            "measure": "cohen_kappa", "raters": f"{a}, {b}", "n_scenes": len(pairs),
-            "percent_agreement": (sum(x == y for x, y in pairs) / len(pairs)) if pairs else math.nan,
-            "kappa": kappa, "strength": kappa_strength(kappa),
-        })
-
+    if "origin" in scenes.columns:
+        scenes_with_truth = scenes[scenes["origin"] != HARVESTED]
+    else:
+        scenes_with_truth = scenes
+    labels = _scene_labels(scenes_with_truth)
     by_type_rows = []
-    scene_types = scenes[["error_type", "category"]].reset_index(drop=True)
+    scene_types = scenes_with_truth[["error_type", "category"]].reset_index(drop=True)
     for (error_type, category), group in scene_types.groupby(["error_type", "category"], sort=True):
         row: dict[str, Any] = {"error_type": error_type, "category": category, "n_scenes": len(group)}
         for name in names:
@@ -202,12 +183,44 @@ def classifier_tables(frame: pd.DataFrame, confidence: float = 0.95) -> dict[str
         by_type_rows.append(row)
 
     return {
-        "classifier_agreement": pd.DataFrame(agreement_rows),
-        "classifier_accuracy": pd.DataFrame(_accuracy_rows(labels, truth, confidence)),
+        "classifier_agreement": pd.DataFrame(_agreement_rows(_scene_labels(scenes))),
+        "classifier_accuracy": pd.DataFrame(_accuracy_rows(labels, scenes_with_truth["error_type"].tolist(),
+                                                           confidence)),
         "classifier_accuracy_by_error_type": pd.DataFrame(
             by_type_rows, columns=["error_type", "category", "n_scenes", *(f"accuracy_{n}" for n in names)]
         ),
     }
+
+
+def _scene_labels(scenes: pd.DataFrame) -> dict[str, list[str | None]]:
+    """Classifier name -> its label of each scene, in row order (None where it gave none)."""
+    return {
+        name: [None if (v is None or (isinstance(v, float) and math.isnan(v)) or v == "") else str(v)
+               for v in scenes[column].tolist()]
+        for name, column in LABEL_COLUMNS.items()
+    }
+
+
+def _agreement_rows(labels: dict[str, list[str | None]]) -> list[dict[str, Any]]:
+    """Fleiss' kappa over all classifiers (scenes every one labelled), Cohen's kappa per pair."""
+    names = list(labels)
+    matrix = [list(row) for row in zip(*(labels[n] for n in names), strict=True)]
+    complete = [row for row in matrix if all(v is not None for v in row)]
+    fleiss = fleiss_kappa_from_labels(complete)
+    rows = [{
+        "measure": "fleiss_kappa", "raters": ", ".join(names), "n_scenes": len(complete),
+        "percent_agreement": (sum(len(set(r)) == 1 for r in complete) / len(complete)) if complete else math.nan,
+        "kappa": fleiss, "strength": kappa_strength(fleiss),
+    }]
+    for a, b in itertools.combinations(names, 2):
+        pairs = [(x, y) for x, y in zip(labels[a], labels[b], strict=True) if x is not None and y is not None]
+        kappa = cohen_kappa([x for x, _ in pairs], [y for _, y in pairs])
+        rows.append({
+            "measure": "cohen_kappa", "raters": f"{a}, {b}", "n_scenes": len(pairs),
+            "percent_agreement": (sum(x == y for x, y in pairs) / len(pairs)) if pairs else math.nan,
+            "kappa": kappa, "strength": kappa_strength(kappa),
+        })
+    return rows
 
 
 def _accuracy_rows(labels: dict[str, list[str | None]], truth: list[str], confidence: float) -> list[dict[str, Any]]:

@@ -65,7 +65,7 @@ from gauntlet.platform.sweeps.throughput_trials import (
     loader_api,
 )
 from gauntlet.platform.sweeps.tune_progress import sweep_log, trial_progress
-from gauntlet.policies.registry import ServingOptions
+from gauntlet.policies.vla.config import DEFAULT_PRESET
 from gauntlet.runtime.config_args import option
 from gauntlet.runtime.tracking import REPORT_TO, REPORT_TO_HELP, Tracker
 
@@ -169,7 +169,7 @@ class SweepThroughputConfig:
     # scenes used (in id order)
     limit: int = option(0, help="eval: at most this many scenes (0 = all)")
     # VLA preset when the policy is `vla` without a checkpoint
-    vla_size: str = option(ServingOptions.preset, help="eval: VLA preset for `vla` without a checkpoint")
+    vla_size: str = option(DEFAULT_PRESET, help="eval: VLA preset for `vla` without a checkpoint")
     # CPUs reserved per rollout actor
     actor_cpus: float = option(1.0, help="eval: CPUs reserved per rollout actor")
     # where each trial's knobs and measurements and the final tables are tracked

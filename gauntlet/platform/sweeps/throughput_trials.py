@@ -31,7 +31,7 @@ from gauntlet.deployments.app import EVAL_APP
 from gauntlet.keys import ACTION_FEATURE, ACTIONS_KEY
 from gauntlet.platform.eval.status import EvalStatus, StatusError, read_serving_stats
 from gauntlet.platform.sweeps.ram_floor import MB, RamFloorExceeded, RamFloorWatcher, breach_row, kill_tree
-from gauntlet.policies.registry import ServingOptions
+from gauntlet.policies.vla.config import DEFAULT_PRESET
 
 STATUS_OK = "ok"
 STATUS_RAM_FLOOR = "ram_floor"
@@ -200,7 +200,7 @@ class EvalTarget:
     eval_trials: int = 1  # trials per scene
     horizon: int = 60  # steps per episode
     limit: int = 0  # at most this many scenes (0 = all)
-    vla_size: str = ServingOptions.preset  # VLA preset for `vla` without a checkpoint
+    vla_size: str = DEFAULT_PRESET  # VLA preset for `vla` without a checkpoint
     actor_cpus: float = 1.0  # CPUs reserved per rollout actor
     timeout_s: float = 900.0  # a run longer than this is stopped and reported as an error
     metric: str = "episodes_per_min"  # what the sweep maximises

@@ -5,15 +5,18 @@ Each trial is one `gauntlet train` run (`run_train`: Ray Train with checkpoints 
 so a killed worker resumes from the trial's latest checkpoint) inside a Tune function trainable; Ray
 Train's reports reach Tune through `TuneReportCallback`. Every trial holds out `--val-episodes` of the
 dataset and reports their loss (`val_loss`) with every report; ASHA stops trials whose validation loss
-trails at a rung (one rung per report, the first after `--grace-period` reports). Trials that were not
+trails at a rung (rungs at `--grace-period` x `--reduction-factor`^k reports, before a trial's last
+report: stopping it there would save nothing). Trials that were not
 stopped are evaluated on `--eval-scenes` (the `gauntlet eval` machinery, one run per checkpoint) and
 compared with the base, episode by episode (`gauntlet report compare`'s pairing: McNemar's exact test
 and Newcombe's paired interval). The base is `--base`, else the trials' training `--base`, else the
 first grid point's trial.
 
-A killed sweep driver continues with `--resume` (Tune's `Tuner.restore` of OUT/tune/train): finished
-trials keep their results, an interrupted one continues its Ray Train run from its checkpoint, and
-evaluation runs already written continue with `gauntlet eval --resume`.
+A killed sweep driver continues with `--resume` and the same flags (OUT/config.json; a flag that
+differs is refused by name): a fresh Tuner runs the same points under OUT/tune/train-resumeN (Tune's
+own saved state is never loaded: it is pickled). A finished trial replays its recorded reports and
+trains nothing, an interrupted one replays them and continues its Ray Train run from its checkpoint
+(`train_sweep_trial`), and evaluation runs already written continue with `gauntlet eval --resume`.
 
 Writes to --out: trials/tNNN/ (each trial's checkpoint), eval/ (evaluation runs), trials.csv, summary.json
 and Tune's records; prints the trials table and the best configuration.
@@ -24,6 +27,7 @@ and Tune's records; prints the trials table and the best configuration.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -46,16 +50,20 @@ from gauntlet.platform.sweeps.train_sweep_report import (
     score_survivors,
     trial_rows,
 )
+from gauntlet.platform.sweeps.train_sweep_trial import REPORT, train_trial
 from gauntlet.platform.sweeps.tune_progress import sweep_log, trial_progress
-from gauntlet.platform.train.config import RAY_RUN_NAME, TrainConfig, TrainConfigError
-from gauntlet.runtime.config_args import option, parse_config
+from gauntlet.platform.train.config import TrainConfig, TrainConfigError
+from gauntlet.platform.train.reporting import report_steps
+from gauntlet.runtime.config_args import add_config_arguments, config_from_namespace, option, require_at_least
+from gauntlet.runtime.manifests import ManifestError, read_json
+from gauntlet.runtime.run_identity import differing_fields
 from gauntlet.runtime.tracking import REPORT_TO, REPORT_TO_HELP
 
 if TYPE_CHECKING:
     from gauntlet.runtime.tracking import Tracker
 
 SWEEP = "train"
-TUNE_NAME = "train"  # the Tune experiment under OUT/tune (what --resume restores)
+TUNE_NAME = "train"  # the Tune experiment under OUT/tune; a resumed sweep's are train-resume1, 2, ...
 TRIALS_DIR = "trials"  # OUT/trials/tNNN: each trial's `gauntlet train --out`
 METRIC = "val_loss"  # what ASHA compares (lower is better)
 SEARCHES = ("grid", "random")
@@ -75,6 +83,8 @@ KNOB_SPECS: dict[str, KnobSpec] = {s.name: s for s in (
 )}
 # Flags of `gauntlet train` a trial's --train may not set: the sweep owns them.
 SWEEP_OWNED = ("dataset", "out", "resume", "val_episodes")
+# Flags a resumed sweep may change: how it runs, not what it measures.
+RESUME_FREE = ("resume", "num_cpus", "concurrent", "report_to")
 
 
 class SweepTrainInputError(ValueError):
@@ -85,7 +95,7 @@ class SweepTrainInputError(ValueError):
 class SweepTrainConfig:
     """Flags of `gauntlet sweep train`."""
 
-    # the dataset every trial trains on (its last --val-episodes episodes held out)
+    # the dataset every trial trains on (--val-episodes of its episodes held out: data/sampling.py)
     dataset: str = option(help="dataset directory (as for gauntlet train --dataset)")
     # output directory: trials, evaluation runs, tables, Tune's records
     out: str = option(help="output directory (trials/, eval/, trials.csv, summary.json, tune/)")
@@ -103,10 +113,14 @@ class SweepTrainConfig:
     # random search: the generator's seed
     seed: int = option(0, help="random search: seed of the draws")
     # held-out episodes of every trial: their loss is what ASHA compares
-    val_episodes: int = option(2, help="the dataset's last N episodes are held out; their loss (val_loss) is "
+    val_episodes: int = option(2, help="N of the dataset's episodes are held out (its valid split's, else an even "
+                                       "stride of the trained split, recovery and nominal in proportion); "
+                                       "their loss (val_loss) is "
                                        "reported with every report and is what ASHA compares")
-    # ASHA: reports before a trial can be stopped
-    grace_period: int = option(1, help="ASHA: reports a trial makes before it can be stopped")
+    # ASHA: reports before a trial can be stopped (the first rung)
+    grace_period: int = option(1, help="ASHA: reports a trial makes before it can be stopped (a report every "
+                                       "--report-every steps and at every checkpoint; a trial is never stopped "
+                                       "at its last report, so the trials' report count means no stopping)")
     # ASHA: 1/this of the trials at a rung go on
     reduction_factor: float = option(2.0, help="ASHA: the top 1/this of the trials at each rung continue")
     # trials training at once
@@ -126,19 +140,18 @@ class SweepTrainConfig:
     # evaluation: rollout actors
     eval_actors: int = option(1, help="evaluation rollout actors")
     # continue a killed sweep
-    resume: bool = option(False, help="continue the sweep in --out (Tune's Tuner.restore): finished trials "
-                                      "are kept, interrupted ones continue from their checkpoints")
+    resume: bool = option(False, help="continue the sweep in --out, given the same flags: finished trials are "
+                                      "kept, interrupted ones continue from their checkpoints")
     # CPUs of an embedded local Ray (0 = this machine's, at least what one trial places)
     num_cpus: int = option(0, help="CPUs of an embedded local Ray (0 = enough for --concurrent trials)")
     # where the trials and tables are tracked
-    report_to: str = option("none", help=REPORT_TO_HELP + "; each trial's config and val_loss, the trials table",
+    report_to: str = option("none", help=REPORT_TO_HELP.replace("RUN/", "OUT/") + "; each trial's config and "
+                                         "val_loss, the trials table",
                             choices=REPORT_TO)
 
     def __post_init__(self) -> None:
-        for name in ("samples", "val_episodes", "grace_period", "concurrent", "eval_trials", "eval_horizon",
-                     "eval_actors"):
-            if getattr(self, name) < 1:
-                raise SweepTrainInputError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(self, name)}")
+        require_at_least(self, 1, "samples", "val_episodes", "grace_period", "concurrent", "eval_trials",
+                         "eval_horizon", "eval_actors", error=SweepTrainInputError, as_flags=True)
         if self.reduction_factor <= 1:
             raise SweepTrainInputError(f"--reduction-factor: must be > 1, got {self.reduction_factor}")
 
@@ -149,7 +162,7 @@ class Prepared:
 
     knobs: Knobs  # candidate values per knob
     points: list[TrialPoint]  # the configurations, in trial order
-    max_reports: int  # the most reports any trial makes (ASHA's max_t)
+    max_reports: int  # the most reports any trial makes
 
 
 def points_of(config: SweepTrainConfig, knobs: Knobs) -> list[dict[str, Any]]:
@@ -163,6 +176,14 @@ def points_of(config: SweepTrainConfig, knobs: Knobs) -> list[dict[str, Any]]:
     return [combos[i] for i in picked]
 
 
+class _TrainFlags(argparse.ArgumentParser):
+    """`gauntlet train`'s parser for --train's string: a bad flag is an input error naming --train
+    (argparse would print a usage of its own and exit)."""
+
+    def error(self, message: str) -> Any:
+        raise SweepTrainInputError(f"--train: {message}")
+
+
 def train_config(config: SweepTrainConfig, knobs: dict[str, Any], index: int) -> TrainConfig:
     """Trial `index`'s `gauntlet train` config: --train's flags, the knobs, the sweep-owned fields."""
     out = Path(config.out).resolve() / TRIALS_DIR / f"t{index:03d}"
@@ -170,39 +191,99 @@ def train_config(config: SweepTrainConfig, knobs: dict[str, Any], index: int) ->
             "--val-episodes", str(config.val_episodes)]
     for name, value in knobs.items():
         argv += [f"--{name.replace('_', '-')}", repr(value)]
-    cfg = parse_config(TrainConfig, argv, prog="gauntlet sweep train --train", description="")
+    parser = _TrainFlags(prog="gauntlet sweep train --train", add_help=False)
+    add_config_arguments(parser, TrainConfig)
+    cfg = config_from_namespace(TrainConfig, parser.parse_args(argv))
     # Trials run with the Tune trial's directory as their working directory: paths must be absolute.
     return dataclasses.replace(cfg, base=str(Path(cfg.base).resolve()) if cfg.base else "")
 
 
-def _prepare(config: SweepTrainConfig) -> Prepared:
+def _checked(config: SweepTrainConfig, knobs: dict[str, Any], index: int) -> TrainConfig | str:
+    """The trial's checked config, or why it is refused (the pre-flight's message)."""
     from gauntlet.platform.train.preflight import preflight
 
+    try:
+        cfg = train_config(config, knobs, index)
+        preflight(cfg)  # every configuration's inputs checked before the first trial starts
+    except (TrainConfigError, ValueError) as exc:
+        if isinstance(exc, SweepTrainInputError):
+            raise
+        return str(exc)
+    return cfg
+
+
+def _check_resume(config: SweepTrainConfig) -> None:
+    """--resume continues a sweep only with the flags it was started with (OUT/config.json)."""
+    tune_dir = Path(config.out) / "tune" / TUNE_NAME
+    if not config.resume:
+        if tune_dir.exists():
+            raise SweepTrainInputError(f"--out {config.out}: already holds a sweep; pass --resume to continue it")
+        return
+    if not tune_dir.is_dir():
+        raise SweepTrainInputError(f"--resume: {config.out} holds no sweep to continue")
+    try:
+        started = read_json(Path(config.out) / "config.json", "sweep config")
+    except ManifestError as exc:
+        raise SweepTrainInputError(f"--resume: {exc}") from None
+    now = json.loads(json.dumps(dataclasses.asdict(config)))
+    keep = {k: v for k, v in started.items() if k not in RESUME_FREE} if isinstance(started, dict) else {}
+    diff = differing_fields(keep, {k: v for k, v in now.items() if k not in RESUME_FREE})
+    if diff:
+        flags = ", ".join(f"--{d.replace('_', '-')}" for d in diff)
+        raise SweepTrainInputError(f"--resume: {config.out} was started with other flags (differs in: {flags}); "
+                                   "resume it with the same flags or choose another --out")
+
+
+def _check_held_out(config: SweepTrainConfig) -> None:
+    """--eval-scenes must be scenes the training data never started a recovery episode from."""
+    from gauntlet.data.dataset_reader import open_dataset
+    from gauntlet.data.dataset_schema import DatasetError
+    from gauntlet.envs.scene_db import SceneDB, SceneDBError
+
+    try:
+        meta = SceneDB.open(config.eval_scenes).metadata()
+    except SceneDBError as exc:
+        raise SweepTrainInputError(f"--eval-scenes: {exc}") from None
+    evaluated = set(meta["scene_id"].dropna()) | set(meta.get("source_scene_id", meta["scene_id"]).dropna())
+    try:
+        trained = {s for s in open_dataset(config.dataset).episodes["scene_id"] if s}
+    except DatasetError as exc:
+        raise SweepTrainInputError(f"--dataset: {exc}") from None
+    shared = sorted(evaluated & trained)
+    if shared:
+        raise SweepTrainInputError(f"--eval-scenes {config.eval_scenes}: {len(shared)} of its scenes start "
+                                   f"episodes of --dataset {config.dataset} (e.g. {', '.join(shared[:3])}); "
+                                   "evaluate on scenes held out from the training data")
+
+
+def _prepare(config: SweepTrainConfig) -> Prepared:
     given = {a.lstrip("-").split("=")[0].replace("-", "_") for a in shlex.split(config.train) if a.startswith("--")}
     owned = sorted(given & set(SWEEP_OWNED))
     if owned:
         raise SweepTrainInputError(f"--train: {', '.join('--' + o.replace('_', '-') for o in owned)} "
                                    "is set by the sweep itself")
-    tune_dir = Path(config.out) / "tune" / TUNE_NAME
-    if config.resume and not tune_dir.is_dir():
-        raise SweepTrainInputError(f"--resume: {config.out} holds no sweep to continue")
-    if not config.resume and tune_dir.exists():
-        raise SweepTrainInputError(f"--out {config.out}: already holds a sweep; pass --resume to continue it")
-    if config.eval_scenes and not Path(config.eval_scenes).is_dir():
-        raise SweepTrainInputError(f"--eval-scenes {config.eval_scenes}: no such scene database")
+    _check_resume(config)
+    if not Path(config.dataset).is_dir():
+        raise SweepTrainInputError(f"--dataset {config.dataset}: no such dataset directory")
+    if config.eval_scenes:
+        _check_held_out(config)
     knobs = parse_knobs(config.knobs, KNOB_SPECS)
+    unswept = _checked(config, {}, 0)  # --train's own error, if it has one, is not a knob's
     points = []
     for index, values in enumerate(points_of(config, knobs)):
-        try:
-            cfg = train_config(config, values, index)
-            preflight(cfg)  # every configuration's inputs checked before the first trial starts
-        except (TrainConfigError, SystemExit) as exc:
-            raise SweepTrainInputError(f"--knobs {describe_point(values)}: {exc}") from None
+        cfg = _checked(config, values, index)
+        if isinstance(cfg, str):
+            where = "--train" if cfg == unswept else f"--knobs {describe_point(values)}"
+            raise SweepTrainInputError(f"{where}: {cfg}")
         points.append(TrialPoint(index, values, cfg))
-    max_reports = max(p.train.steps for p in points)  # a report holds at least one step
+    reports = {p.index: len(report_steps(p.train)) for p in points}
+    max_reports = max(reports.values())
     if config.grace_period > max_reports:
-        raise SweepTrainInputError(f"--grace-period {config.grace_period}: no trial reports that often "
-                                   f"(at most {max_reports} steps)")
+        longest = points[max(reports, key=reports.get)].train
+        raise SweepTrainInputError(
+            f"--grace-period {config.grace_period}: no trial reports that often (at most {max_reports} reports: "
+            f"--steps {longest.steps}, a report every --report-every {longest.report_every} steps and at every "
+            f"--checkpoint-every {longest.checkpoint_every})")
     return Prepared(knobs, points, max_reports)
 
 
@@ -212,51 +293,38 @@ def _ray_cpus(config: SweepTrainConfig, prepared: Prepared) -> int:
                                   + config.eval_actors + 1)
 
 
-def train_trial(config: dict[str, Any]) -> None:
-    """The Tune trainable: one `gauntlet train` run, resumed from its checkpoint when it has one (a trial
-    restarted by `--resume`); Ray Train's reports reach Tune through TuneReportCallback. A run that
-    already finished is reported, not retrained."""
-    import shutil
+def experiment_name(config: SweepTrainConfig) -> str:
+    """OUT/tune/NAME of this run of the sweep: TUNE_NAME, then train-resume1, 2, ... for each --resume."""
+    if not config.resume:
+        return TUNE_NAME
+    tune_dir = Path(config.out) / "tune"
+    return next(n for n in (f"{TUNE_NAME}-resume{k}" for k in range(1, 10**6)) if not (tune_dir / n).exists())
 
-    from ray.tune.integration.ray_train import TuneReportCallback
 
-    from gauntlet.platform.train.driver import run_train
+def _scheduler(config: SweepTrainConfig, prepared: Prepared) -> Any:
+    """ASHA with rungs before the trials' last report (a stop there saves nothing and would cut the
+    trial's artifact short); None, no stopping, when the grace period is the trials' report count."""
+    from ray.tune.schedulers import ASHAScheduler
 
-    cfg = TrainConfig(**config["point"]["train"])
-    summary = cfg.train_dir / "summary.json"
-    if summary.is_file():
-        # Trained to the end before a killed driver recorded it: report the run's last numbers, train nothing.
-        from ray import tune
-
-        last = json.loads(summary.read_text())["metrics"]
-        tune.report({k: v for k, v in last.items() if k != "steps"})
-        return
-    started = (cfg.train_dir / "run.json").is_file()
-    if started and not (cfg.train_dir / RAY_RUN_NAME).is_dir():
-        shutil.rmtree(cfg.train_dir)  # stopped before Ray Train wrote anything: start over
-        started = False
-    run_train(dataclasses.replace(cfg, resume=started), callbacks=[TuneReportCallback()])
+    if config.grace_period >= prepared.max_reports:
+        return None
+    return ASHAScheduler(time_attr=REPORT, max_t=prepared.max_reports - 1, grace_period=config.grace_period,
+                         reduction_factor=config.reduction_factor, stop_last_trials=False)
 
 
 def _tuner(config: SweepTrainConfig, prepared: Prepared, tracker: Tracker) -> Any:
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     trainable = tune.with_resources(train_trial, {"cpu": TRIAL_CPUS})
     progress = trial_progress(SWEEP, len(prepared.points), lambda c: describe_point(c["point"]["knobs"]),
                               outcome, _TRIAL_DIED, tracker=tracker, metrics=(METRIC, "step"))
-    tune_dir = Path(config.out).resolve() / "tune" / TUNE_NAME
-    if config.resume:
-        return tune.Tuner.restore(str(tune_dir), trainable, resume_unfinished=True, resume_errored=True)
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=prepared.max_reports,
-                              grace_period=config.grace_period, reduction_factor=config.reduction_factor)
     space = [{"index": p.index, "knobs": p.knobs, "train": dataclasses.asdict(p.train)} for p in prepared.points]
     return tune.Tuner(
         trainable,
         param_space={"point": tune.grid_search(space)},
-        tune_config=tune.TuneConfig(metric=METRIC, mode="min", scheduler=scheduler,
+        tune_config=tune.TuneConfig(metric=METRIC, mode="min", scheduler=_scheduler(config, prepared),
                                     max_concurrent_trials=config.concurrent),
-        run_config=tune_run_config(TUNE_NAME, Path(config.out), progress),
+        run_config=tune_run_config(experiment_name(config), Path(config.out), progress),
     )
 
 

@@ -2,7 +2,8 @@
 their paired gain over the base, the trials table (trials.csv, printed) and summary.json.
 
 A trial is `completed` when its training ran every step (it wrote its artifact), `stopped` when ASHA
-stopped it before, `error` when its process failed. Only completed trials have a checkpoint to evaluate.
+stopped it before, `error` when its process failed. Only completed trials have a checkpoint to evaluate;
+an evaluation that fails is that trial's `error`, and the other trials are still scored.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gauntlet.platform.sweeps.train_sweep_trial import read_reports
 from gauntlet.runtime.atomic_files import atomic_write
 from gauntlet.runtime.manifests import write_json
 
@@ -48,23 +50,30 @@ def outcome(result: dict[str, Any]) -> str:
     return f"val_loss {result['val_loss']:.4f} at step {result.get('step', '?')}"
 
 
+def error_line(error: BaseException | str) -> str:
+    """The last line of an error's text (a remote error's text ends with its cause)."""
+    lines = str(error).strip().splitlines()
+    return lines[-1] if lines else type(error).__name__
+
+
 def trial_rows(grid: Any, points: list[TrialPoint]) -> list[dict[str, Any]]:
-    """One row per trial of Tune's result grid: knobs, status, reports, last and best val_loss, checkpoint."""
+    """One row per trial of Tune's result grid: knobs, status, reports, last and best val_loss, checkpoint.
+    The numbers are the trial's recorded reports (a resumed sweep's Tune saw only the reports since)."""
     by_index = {p.index: p for p in points}
     rows = []
     for result in grid:
         point = by_index[int(result.config["point"]["index"])]
-        metrics = result.metrics or {}
-        history = result.metrics_dataframe
-        losses = history["val_loss"].dropna() if history is not None and "val_loss" in history else []
+        history = read_reports(point.train.train_dir)
+        last = history[-1] if history else {}
+        losses = [float(r["val_loss"]) for r in history if r.get("val_loss") is not None]
         done = (point.train.train_dir / "summary.json").is_file()
         status = ERROR if result.error is not None else COMPLETED if done else STOPPED
         rows.append({"trial": f"t{point.index:03d}", **point.knobs, "status": status,
-                     "reports": int(metrics.get("training_iteration", 0)), "step": int(metrics.get("step", 0)),
-                     "val_loss": metrics.get("val_loss", math.nan),
-                     "best_val_loss": float(min(losses)) if len(losses) else math.nan,
+                     "reports": len(history), "step": int(last.get("step", 0)),
+                     "val_loss": last.get("val_loss", math.nan),
+                     "best_val_loss": min(losses) if losses else math.nan,
                      "checkpoint": str(Path(point.train.out)) if done else "",
-                     "error": str(result.error).strip().splitlines()[-1] if result.error is not None else ""})
+                     "error": error_line(result.error) if result.error is not None else ""})
     return sorted(rows, key=lambda r: r["trial"])
 
 
@@ -103,33 +112,47 @@ def _base_target(config: SweepTrainConfig, points: list[TrialPoint], rows: list[
     return eval_target(point.train, row["checkpoint"]), f"trial {row['trial']} ({describe_point(point.knobs)})"
 
 
+def _score(config: SweepTrainConfig, target: str, name: str) -> pd.DataFrame:
+    from gauntlet.platform.report.load import load_results
+
+    return load_results(_evaluate(config, target, name))
+
+
 def score_survivors(config: SweepTrainConfig, points: list[TrialPoint],
                     rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Evaluates the base and every completed trial; adds GAIN_COLUMNS to their rows (gain = trial's
-    success - base's, paired by episode). Returns {"base": what the base is, "base_success", "base_run"}."""
+    success - base's, paired by episode). A failed evaluation is its row's `error` (the base's: every
+    row's). Returns {"base": what the base is, "base_success", "base_run"[, "error"]}."""
     from gauntlet.platform.report.compare import pair_rows, paired_stats
-    from gauntlet.platform.report.load import load_results
 
-    if not any(r["status"] == COMPLETED for r in rows):
+    done = [r for r in rows if r["status"] == COMPLETED]
+    if not done:
         return None
     base_target, base_name = _base_target(config, points, rows)
-    base_run = _evaluate(config, base_target, BASE_RUN)
-    base = load_results(base_run)
-    for row in rows:
-        if row["status"] != COMPLETED:
-            continue
+    scored = {"base": base_name, "base_run": str(Path(config.out).resolve() / EVAL_DIR / BASE_RUN),
+              "base_success": math.nan}
+    # One run's failure, whatever raised it (its inputs, its rollouts, Serve refusing to deploy the
+    # checkpoint), is its row's error: the other trials' scores and the tables are kept.
+    try:
+        base = _score(config, base_target, BASE_RUN)
+    except Exception as exc:  # noqa: BLE001 - recorded, as above
+        for row in done:
+            row["error"] = f"evaluation of the base failed: {error_line(exc)}"
+        return {**scored, "error": error_line(exc)}
+    for row in done:
         point = points[int(row["trial"][1:])]
-        run = _evaluate(config, eval_target(point.train, row["checkpoint"]), row["trial"])
-        mine = load_results(run)
-        pairs, _ = pair_rows(mine, base)
-        stats = paired_stats(pairs)
+        try:
+            mine = _score(config, eval_target(point.train, row["checkpoint"]), row["trial"])
+        except Exception as exc:  # noqa: BLE001 - recorded, as above
+            row["error"] = f"evaluation failed: {error_line(exc)}"
+            continue
+        stats = paired_stats(pair_rows(mine, base)[0])
         ran = mine[~mine["skipped"]]
         row.update(success=float(ran["success"].mean()) if len(ran) else math.nan, episodes=len(ran),
                    gain=stats["diff"], gain_ci_low=stats["diff_ci_low"], gain_ci_high=stats["diff_ci_high"],
                    mcnemar_p=stats["mcnemar_p"])
     ran = base[~base["skipped"]]
-    return {"base": base_name, "base_run": str(base_run),
-            "base_success": float(ran["success"].mean()) if len(ran) else math.nan}
+    return {**scored, "base_success": float(ran["success"].mean()) if len(ran) else math.nan}
 
 
 def _best(table: pd.DataFrame, scored: bool) -> dict[str, Any] | None:
@@ -157,7 +180,8 @@ def finish_table(config: SweepTrainConfig, table: pd.DataFrame, knobs: list[str]
     lines = [f"{counts.get(COMPLETED, 0)} completed, {counts.get(STOPPED, 0)} stopped by ASHA, "
              f"{counts.get(ERROR, 0)} failed; table in {(out / 'trials.csv').resolve()}"]
     if scored:
-        lines.append(f"base: {scored['base']}, success {scored['base_success']:.3f}")
+        lines.append(f"base: {scored['base']}, " + (f"evaluation failed: {scored['error']}" if "error" in scored
+                                                    else f"success {scored['base_success']:.3f}"))
     if best:
         line = f"best: {describe_point({k: best[k] for k in knobs})} ({best['trial']}), val_loss {best['val_loss']:.4f}"
         if scored:

@@ -14,7 +14,6 @@ from gauntlet.runtime.tracking import REPORT_TO, REPORT_TO_HELP
 
 TRAIN_DIR = "train"  # run state inside --out
 RAY_RUN_NAME = "ray_train"  # Ray Train's run name under TRAIN_DIR (what --resume finds)
-RECOVERY_FRACTION_OFF = -1.0  # --recovery-fraction's "off": batches drawn without regard to episode tags
 
 
 class TrainConfigError(ValueError):
@@ -65,12 +64,14 @@ class TrainConfig:
                                         "worker, ~2 s with two on a 2-core host), so per-step reports would "
                                         "dominate a step that takes milliseconds")
     split: str = option("train", help="dataset split to train on")
-    val_episodes: int = option(0, help="hold out the split's last N episodes: never trained on, their loss is "
-                                       "reported as val_loss with every report (0 = none)")
-    recovery_fraction: float = option(RECOVERY_FRACTION_OFF, help="share of each batch drawn from recovery-tagged episodes "
-                                                 "(`data collect --from-scenes`), the rest from the others: 0 "
-                                                 "trains on nominal demonstrations only, 1 on recovery only "
-                                                 "(-1 = off: every frame equally likely)")
+    val_episodes: int = option(0, help="hold out N episodes, never trained on; their loss is reported as "
+                                       "val_loss with every report (0 = none). From the dataset's valid split "
+                                       "when it has one, else from --split; picked at an even stride, recovery "
+                                       "and nominal episodes in proportion (gauntlet/data/sampling.py)")
+    recovery_fraction: float | None = option(None, help="share of each batch drawn from recovery-tagged episodes "
+                                                        "(`data collect --from-scenes`), the rest from the others: "
+                                                        "0 trains on nominal demonstrations only, 1 on recovery "
+                                                        "only (default: off, every frame equally likely)")
     device_memory_gb: float = option(0.0, help="plan for devices of this size (0 = detect: the accelerator, "
                                                "else host RAM shared by the workers)")
     use_gpu: bool = option(False, help="one GPU per worker (JAX on CUDA)")
@@ -97,8 +98,8 @@ class TrainConfig:
                          error=TrainConfigError, as_flags=True)
         require_at_least(self, 0, "warmup_steps", "decay_steps", "max_failures", "lora_rank", "weight_decay",
                          "val_episodes", error=TrainConfigError, as_flags=True)
-        if self.recovery_fraction != RECOVERY_FRACTION_OFF and not 0.0 <= self.recovery_fraction <= 1.0:
-            raise TrainConfigError(f"--recovery-fraction: must be in [0, 1] (or {RECOVERY_FRACTION_OFF:g}: off), "
+        if self.recovery_fraction is not None and not 0.0 <= self.recovery_fraction <= 1.0:
+            raise TrainConfigError(f"--recovery-fraction: must be in [0, 1] (leave it out: off), "
                                    f"got {self.recovery_fraction}")
         if self.learning_rate <= 0:
             raise TrainConfigError(f"--learning-rate: must be positive, got {self.learning_rate}")
@@ -110,11 +111,6 @@ class TrainConfig:
     @property
     def batch_per_worker(self) -> int:
         return self.batch_size // self.workers
-
-    @property
-    def recovery_share(self) -> float | None:
-        """--recovery-fraction as the samplers take it: None when off."""
-        return None if self.recovery_fraction == RECOVERY_FRACTION_OFF else self.recovery_fraction
 
     @property
     def train_dir(self) -> Path:

@@ -59,7 +59,7 @@ def preflight(cfg: TrainConfig, *, workers_per_node: int | None = None) -> Prefl
         "base_fingerprint": base_fp, "mode": plan.mode, "batch_size": cfg.batch_size, "seed": cfg.seed,
         # what --val-episodes and --recovery-fraction change, named only when set (older runs lack them)
         **({"val_episodes": cfg.val_episodes} if cfg.val_episodes else {}),
-        **({"recovery_fraction": cfg.recovery_fraction} if cfg.recovery_share is not None else {}),
+        **({"recovery_fraction": cfg.recovery_fraction} if cfg.recovery_fraction is not None else {}),
         "model": config.architecture_dict(), **plan.identity,
     }
     return Preflight(config.to_dict(), base_fp, plan.mode, plan.plan, str(ds.stats_path), frames, identity)

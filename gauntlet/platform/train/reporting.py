@@ -48,6 +48,24 @@ def rewrite_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def checkpoint_due(cfg: TrainConfig, step: int) -> bool:
+    """Whether 0-based `step` ends with a checkpoint (every --checkpoint-every steps, and the last)."""
+    return (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps
+
+
+def report_steps(cfg: TrainConfig) -> list[int]:
+    """The 1-based steps after which a run reports to Ray Train: every --report-every steps since the
+    last report, and every checkpoint. A restart resumes from a checkpoint, which is a report, so an
+    interrupted run reports at the same steps as an uninterrupted one."""
+    steps, unreported = [], 0
+    for step in range(cfg.steps):
+        unreported += 1
+        if checkpoint_due(cfg, step) or unreported >= cfg.report_every:
+            steps.append(step + 1)
+            unreported = 0
+    return steps
+
+
 class StepReporter:
     """Records, logs and reports the steps of one worker (see the module docstring)."""
 
@@ -101,7 +119,7 @@ class StepReporter:
         (e.g. the validation loss) is called only when a report is made; its numbers join the report."""
         import ray.train
 
-        due = (step + 1) % self.cfg.checkpoint_every == 0 or step + 1 == self.total
+        due = checkpoint_due(self.cfg, step)
         if not due and len(self.unreported) < self.cfg.report_every:
             return
         # Top-level keys: the latest step; "steps": every step since the last report, so Ray Train

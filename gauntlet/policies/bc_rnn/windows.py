@@ -35,18 +35,24 @@ class SequenceSampler:
     sample(n, rng) -> {obs key: (n, seq_len, dim) the held observation of each step,
     "actions": (n, seq_len, D), "action_is_pad": (n, seq_len) True past the episode's end}; the
     policy's `prepare_train_batch` normalises it into LSTM inputs.
+
+    `episode_weights` (one per episode, e.g. `gauntlet train --recovery-fraction`'s) are the episodes'
+    draw probabilities, normalised here; None draws every step equally likely as a window start.
     """
 
     def __init__(self, episodes: Sequence[Mapping[str, np.ndarray]], config: BCRNNConfig,
-                 rng: np.random.Generator):
+                 rng: np.random.Generator, episode_weights: Sequence[float] | np.ndarray | None = None):
         self.config = config
         self.rng = rng  # used when `sample` is given none
+        if episode_weights is not None and len(episode_weights) != len(episodes):
+            raise ValueError(f"episode_weights: {len(episode_weights)} weights for {len(episodes)} episodes")
         obs_parts: dict[str, list[np.ndarray]] = {k: [] for k in config.obs_keys}
-        act_parts, lengths = [], []
-        for ep in episodes:
+        act_parts, lengths, kept = [], [], []
+        for i, ep in enumerate(episodes):
             obs, actions = _episode_arrays(ep, config.obs_keys)
             if actions.shape[0] == 0:
                 continue
+            kept.append(i)
             for key, o in zip(config.obs_keys, obs, strict=True):
                 obs_parts[key].append(o)
             act_parts.append(actions)
@@ -57,14 +63,17 @@ class SequenceSampler:
         self.actions = np.concatenate(act_parts)  # (N, D)
         self.lengths = np.asarray(lengths)  # (E,)
         self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])  # (E,) offset of each episode
-        self.step_weights = self.lengths / self.lengths.sum()  # every step equally likely as a window start
+        weights = self.lengths if episode_weights is None else np.asarray(episode_weights, dtype=np.float64)[kept]
+        if not (np.all(np.isfinite(weights)) and np.all(weights >= 0) and weights.sum() > 0):
+            raise ValueError("episode_weights: must be finite, non-negative and not all zero")
+        self.episode_p = weights / weights.sum()  # (E,) each episode's draw probability
         h = config.chunk_len
         self._offsets = np.arange(config.seq_len)  # (L,)
         self._held = (self._offsets // h) * h  # (L,) the step whose observation each step sees
 
     def sample(self, n: int, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
         rng = rng if rng is not None else self.rng
-        ep = rng.choice(len(self.lengths), size=n, p=self.step_weights)  # (n,)
+        ep = rng.choice(len(self.lengths), size=n, p=self.episode_p)  # (n,)
         t0 = (rng.random(n) * self.lengths[ep]).astype(np.int64)  # (n,) window start in [0, T)
         last = self.lengths[ep, None] - 1  # (n, 1)
         steps = t0[:, None] + self._offsets[None]  # (n, L)

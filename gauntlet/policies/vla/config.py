@@ -96,10 +96,6 @@ class VLAConfig(ModelConfig):
     def vocab_size(self) -> int:
         return VOCAB_SIZE
 
-    @property
-    def lora_scale(self) -> float:
-        return self.lora_alpha / self.lora_rank if self.lora_rank else 0.0
-
 
 # The preset a fresh VLA is built from when nothing names one (CLI flags, training, serving).
 DEFAULT_PRESET = "tiny"

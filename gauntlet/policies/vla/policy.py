@@ -216,10 +216,6 @@ class VLAPolicy:
             self._adapters.pop(name, None)
             self.metadata = self._make_metadata()
 
-    def merged_params(self, adapter: str) -> Tree:
-        """Base params with the adapter folded in (export as a plain base checkpoint)."""
-        return lora_lib.merge(self._params, self._get_adapter(adapter).params, self.config.lora_alpha)
-
     def with_adapter(self, name: str | None) -> VLAAdapterView:
         """A Policy that serves this base with one adapter (None = the base)."""
         if name is not None:

@@ -38,9 +38,7 @@ def harvested(ray_session, tmp_path_factory: pytest.TempPathFactory, generate_sc
 
 
 def _env(row: dict) -> GauntletEnv:
-    cfg = json.loads(row["env_config"])
-    cfg["cameras"] = tuple(cfg.get("cameras", ()))
-    return GauntletEnv(EnvConfig(**cfg))
+    return GauntletEnv(EnvConfig.from_json(row["env_config"]))
 
 
 def test_harvested_scenes_restore_bit_exactly_with_labels_and_provenance(harvested) -> None:
@@ -160,3 +158,97 @@ def test_a_database_without_provenance_columns_reads_with_their_defaults(harvest
     meta = SceneDB.open(old).metadata()
     for column, default in PROVENANCE_DEFAULTS.items():
         assert (meta[column] == default).all()
+
+
+def test_a_harvest_refuses_an_into_another_harvest_holds(harvested, tmp_path: Path, capsys) -> None:
+    from gauntlet.runtime.atomic_files import DirLock
+
+    src, into, _ = harvested
+    copy = tmp_path / "into"
+    shutil.copytree(into, copy)
+    with DirLock(copy):
+        assert cli(["scenes", "harvest", "--scenes", str(src), "--into", str(copy), "--run", str(tmp_path / "r"),
+                    *HARVEST]) == 2
+    err = capsys.readouterr().err
+    assert "--into" in err and "another harvest" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_digest_names_the_base_and_the_adapter(tmp_path: Path) -> None:
+    """Provenance from eval's own parse of the TARGET: BASE@ADAPTER records both checkpoints' fingerprints."""
+    import jax
+
+    from gauntlet.platform.eval.config import EvalConfig
+    from gauntlet.platform.eval.harvest import checkpoint_digest
+    from gauntlet.platform.eval.targets import policy_targets
+    from gauntlet.policies.checkpoints import read_manifest
+    from gauntlet.policies.vla.policy import VLAPolicy
+
+    base = VLAPolicy.create("tiny", seed=1)
+    base.save(tmp_path / "base")
+    base.add_adapter("d1", jax.tree_util.tree_map(np.asarray, base.init_adapter(0)))
+    base.save_adapter("d1", tmp_path / "adapters" / "d1")
+    fingerprint = {name: read_manifest(tmp_path / name)["fingerprint"] for name in ("base", "adapters/d1")}
+    digests = {}
+    for target in (f"vla={tmp_path / 'base'}", f"vla={tmp_path / 'base'}@{tmp_path / 'adapters' / 'd1'}",
+                   f"deploy=vla={tmp_path / 'base'}", "random", "serve=vla", "remote=ws://127.0.0.1:1"):
+        targets, deploy = policy_targets(EvalConfig(scenes=str(tmp_path), policy=(target,), out=str(tmp_path / "r")))
+        digests[target] = checkpoint_digest(targets[0], deploy)
+    assert list(digests.values()) == [fingerprint["base"], f"{fingerprint['base']}@{fingerprint['adapters/d1']}",
+                                      fingerprint["base"], "", "", ""]
+    assert fingerprint["base"] != fingerprint["adapters/d1"]
+
+
+def test_long_source_ids_are_capped_and_a_stopped_harvest_resumes(harvested, tmp_path: Path, capsys) -> None:
+    """A source id near the 200-character limit gives a harvested id within it (SceneDB.add would
+    refuse a longer one); --max-scenes stops sending episodes, and --resume runs the rest."""
+    from gauntlet.envs.scene_db import SCENE_ID_MAX_CHARS, SCENE_ID_RE
+    from gauntlet.platform.eval.results import ResultsStore
+
+    src, into, _ = harvested
+    source = SceneDB.open(into).metadata()["source_scene_id"].iloc[0]  # a scene the random policy fails on
+    long_db = tmp_path / "long"
+    shutil.copytree(src, long_db)
+    meta = pd.read_parquet(long_db / "scenes.parquet")
+    meta = meta[meta["scene_id"] == source]
+    long_id = "x" * 150 + source
+    meta["scene_id"] = long_id
+    meta.to_parquet(long_db / "scenes.parquet")
+    (long_db / "arrays" / f"{source}.npz").rename(long_db / "arrays" / f"{long_id}.npz")
+    out, run = tmp_path / "into", tmp_path / "run"
+    args = ["scenes", "harvest", "--scenes", str(long_db), "--into", str(out), "--run", str(run), *HARVEST,
+            "--trials", "4"]
+    capsys.readouterr()
+    assert cli([*args, "--max-scenes", "1"]) == 0
+    summary = json.loads(capsys.readouterr().out.split("[harvest] finished: ")[1])
+    assert summary["harvested"] == 1 and summary["not_run"] >= 1 and summary["sink_errors"] == 0
+    assert len(ResultsStore(run).read()) == 4 - summary["not_run"]
+    assert cli(args) == 2  # the run is there: finish it with --resume
+    assert cli([*args, "--resume"]) == 0
+    assert len(ResultsStore(run).read()) == 4
+    rows = SceneDB.open(out).metadata()
+    assert len(rows) >= 1 and (rows["source_scene_id"] == long_id).all()
+    for scene_id in rows["scene_id"]:
+        assert len(scene_id) <= SCENE_ID_MAX_CHARS and SCENE_ID_RE.fullmatch(scene_id)
+    assert rows["scene_id"].is_unique
+
+
+def test_a_sink_that_raises_costs_no_row(harvested, tmp_path: Path) -> None:
+    """The episode's row is recorded before its watch result goes to the sink; a sink error is counted."""
+    from gauntlet.envs.harvest import HarvestOptions
+    from gauntlet.platform.eval.config import EvalConfig
+    from gauntlet.platform.eval.dispatch import EpisodeWatch
+    from gauntlet.platform.eval.driver import run_eval
+    from gauntlet.platform.eval.results import ResultsStore
+
+    src, _, _ = harvested
+
+    def full_disk(item, payloads) -> None:
+        raise OSError(28, "No space left on device")
+
+    run = tmp_path / "run"
+    summary = run_eval(EvalConfig(scenes=str(src), policy=("random",), out=str(run), actors=1, horizon=20),
+                       EpisodeWatch(spec=HarvestOptions(), sink=full_disk))
+    rows = ResultsStore(run).read()
+    assert len(rows) == len(SceneDB.open(src)) == summary["ran"] and not rows["skipped"].any()
+    assert summary["sink_errors"] == len(rows)

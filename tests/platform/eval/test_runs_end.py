@@ -34,7 +34,7 @@ from gauntlet.platform.eval.results import (
     new_row,
     skipped_row,
 )
-from gauntlet.platform.eval.scenes import scene_records, select_scenes
+from gauntlet.platform.eval.scenes import run_scenes, scene_records
 from gauntlet.platform.eval.status import EvalStatus, StatusLine
 from gauntlet.platform.eval.targets import policy_targets
 from gauntlet.runtime.config_args import parse_config
@@ -240,7 +240,7 @@ def test_an_item_whose_run_raises_is_skipped_and_its_actor_keeps_working(
     run = tmp_path / "run"
     cfg = _cfg(scenes=scene_db, policy="random", out=run, trials=1, actors=1, envs_per_actor=2, horizon=30,
                write_every=1)
-    scenes = scene_records(select_scenes(cfg)[1])
+    scenes = scene_records(run_scenes(cfg)[1])
     order = sorted(scenes)
     targets, _ = policy_targets(cfg)
     dispatcher = _ActorsWithoutOneScene(cfg, scenes, targets, "v", ResultsStore(run), StatusLine(run, 4, 0))
@@ -264,7 +264,7 @@ def test_resume_runs_transient_skips_again_and_keeps_permanent_ones(ray_session,
     run = tmp_path / "run"
     cfg = _cfg(scenes=scene_db, policy="random", out=run, trials=1, actors=1, horizon=30, resume=True)
     prepare_run_dir(cfg)  # RUN/run.json as a first invocation writes it
-    scenes = scene_records(select_scenes(cfg)[1])
+    scenes = scene_records(run_scenes(cfg)[1])
     a, b, c, d = sorted(scenes)
     item = {s: WorkItem(cfg.effective_run_id, s, "random", 0, 30) for s in scenes}
     store = ResultsStore(run)

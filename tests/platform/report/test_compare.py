@@ -164,8 +164,30 @@ def test_policy_choice_per_label_and_ambiguity_names_the_flag(tmp_path: Path, ca
     coverage = pd.read_csv(out / "coverage.csv")
     assert coverage[["policy_a", "policy_b", "pairs"]].values.tolist() == [["base", "base", 12], ["other", "other", 12]]
     capsys.readouterr()
-    assert cli(["report", "compare", str(tmp_path / "missing"), str(run_b)]) == 1
+    assert cli(["report", "compare", str(tmp_path / "missing"), str(run_b)]) == 2  # bad input, as every other
     assert str(tmp_path / "missing") in capsys.readouterr().err
+
+
+def test_the_tables_are_written_whole_or_not_at_all(tmp_path: Path):
+    """A write that fails part-way (here a value that cannot be formatted) leaves the previous CSV as it was."""
+    from gauntlet.platform.report.compare import CompareConfig, build_comparison, write_comparison
+
+    run_a, run_b = _write_runs(tmp_path)
+    out = tmp_path / "cmp"
+    result = build_comparison(CompareConfig(run_a=str(run_a), run_b=str(run_b)))
+    write_comparison(result, out)
+    before = (out / "pairs.csv").read_bytes()
+
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError("disk full")
+
+    pairs = result["tables"]["pairs"].astype({"scene_id": object})
+    pairs.loc[len(pairs) - 1, "scene_id"] = Unprintable()
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_comparison({**result, "tables": {**result["tables"], "pairs": pairs}}, out)
+    assert (out / "pairs.csv").read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == ["compare.csv", "compare.html", "coverage.csv", "pairs.csv"]
 
 
 def test_runs_with_no_common_episode_are_an_error_with_the_counts(tmp_path: Path, capsys):

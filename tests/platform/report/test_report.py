@@ -244,3 +244,26 @@ def test_degenerate_labels_and_single_error_type_do_not_raise(tmp_path, recwarn)
     assert math.isnan(sep["p_value"]) and "at least 2" in sep["note"]
     assert any("run.json" in n for n in built["notes"]) and any("undefined" in n for n in built["notes"])
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_harvested_scenes_count_in_agreement_but_not_in_accuracy() -> None:
+    """A harvested scene's error type is the classifiers' majority, so it has no truth to score accuracy
+    against; how far the classifiers agree on it is still measured."""
+    from gauntlet.envs.scene_db import HARVESTED, INJECTED
+    from gauntlet.platform.report.tables import LABEL_COLUMNS, classifier_tables
+
+    def scene(scene_id: str, origin: str, error_type: str, labels: tuple[str, str, str]) -> dict[str, Any]:
+        return {"scene_id": scene_id, "origin": origin, "error_type": error_type, "category": "natural",
+                **dict(zip(LABEL_COLUMNS.values(), labels, strict=True))}
+
+    frame = pd.DataFrame([scene("i0", INJECTED, "drop", ("drop", "drop", "drop")),
+                          scene("i1", INJECTED, "drop", ("drop", "grasp_slip", "drop")),
+                          scene("h0", HARVESTED, "drop", ("drop", "drop", "drop")),
+                          scene("h1", HARVESTED, "drop", ("drop", "drop", "none")),
+                          scene("h2", HARVESTED, "object_push", ("object_push", "object_push", "drop"))])
+    tables = classifier_tables(frame)
+    agreement = tables["classifier_agreement"].set_index("measure")
+    assert agreement.loc["fleiss_kappa", "n_scenes"] == 5
+    assert agreement.loc["fleiss_kappa", "percent_agreement"] == pytest.approx(2 / 5)
+    assert (tables["classifier_accuracy"]["n_scenes"] == 2).all()
+    assert tables["classifier_accuracy_by_error_type"]["n_scenes"].tolist() == [2]

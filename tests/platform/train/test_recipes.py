@@ -79,3 +79,79 @@ def test_bc_rnn_trains_on_the_inputs_it_is_served() -> None:
     np.testing.assert_allclose(x["inputs"][:, :4], served, rtol=1e-6)
     loss = policy.train_loss(policy.model, {k: torch.from_numpy(v) for k, v in x.items()})
     assert loss.ndim == 0 and torch.isfinite(loss)
+
+
+def _tagged_dataset(root, recovery: list[bool], splits: list[str] | None = None):
+    """A small real dataset (8-wide state, 7-wide action, 6 frames an episode) with these recovery tags
+    and splits, and its statistics."""
+    from gauntlet.data.dataset_schema import EpisodeTags
+    from gauntlet.data.dataset_writer import DatasetWriter
+    from gauntlet.data.stats import StatsConfig, write_stats
+
+    rng = np.random.default_rng(0)
+    with DatasetWriter(root, source={"kind": "test"}) as writer:
+        for ep, rec in enumerate(recovery):
+            writer.add_episode(rng.normal(size=(6, 8)).astype(np.float32), rng.normal(size=(6, 7)).astype(np.float32),
+                               task="lift", variant="D0", prompt="p", success=True,
+                               split=splits[ep] if splits else "train", tags=EpisodeTags(recovery=rec))
+    write_stats(StatsConfig(dataset=str(root)), progress=False)
+    return root
+
+
+def test_held_out_episodes_come_from_the_valid_split_else_a_stratified_stride(tmp_path) -> None:
+    from gauntlet.data.dataset_reader import open_dataset
+    from gauntlet.platform.train.config import TrainConfig, TrainConfigError
+    from gauntlet.platform.train.recipes import training_episodes
+
+    merged = _tagged_dataset(tmp_path / "merged", [False] * 6 + [True] * 2)  # nominal, then recovery (merge)
+    cfg = TrainConfig(dataset=str(merged), out=str(tmp_path / "o"), policy="bc_rnn", val_episodes=4)
+    trained, held = training_episodes(cfg, open_dataset(merged))
+    assert held.tolist() == [1, 3, 5, 7] and trained.tolist() == [0, 2, 4, 6]  # not the all-recovery tail
+    split = ["train", "valid"] * 4
+    valid = _tagged_dataset(tmp_path / "valid", [False] * 6 + [True] * 2, splits=split)
+    cfg = TrainConfig(dataset=str(valid), out=str(tmp_path / "o"), policy="bc_rnn", val_episodes=2)
+    trained, held = training_episodes(cfg, open_dataset(valid))
+    assert trained.tolist() == [0, 2, 4, 6] and held.tolist() == [3, 7]  # the valid split's, one of each kind
+    with pytest.raises(TrainConfigError, match="--val-episodes: val_episodes=5 is more than the 4 episodes"):
+        training_episodes(TrainConfig(dataset=str(valid), out="o", policy="bc_rnn", val_episodes=5),
+                          open_dataset(valid))
+
+
+def test_preflight_checks_every_workers_share_under_a_recovery_fraction(tmp_path) -> None:
+    from gauntlet.data.dataset_reader import open_dataset
+    from gauntlet.platform.train.config import TrainConfig, TrainConfigError
+    from gauntlet.platform.train.preflight import preflight
+    from gauntlet.platform.train.recipes import worker_episodes
+
+    common = {"out": str(tmp_path / "o"), "policy": "bc_rnn", "mode": "full", "batch_size": 4, "workers": 2,
+              "recovery_fraction": 0.5}
+    one = _tagged_dataset(tmp_path / "one", [False] * 5 + [True])  # the whole set holds both kinds
+    with pytest.raises(TrainConfigError, match=r"--recovery-fraction: .* hold none \(worker 1's share of "
+                                               r"--workers 2: 3 of the 6"):
+        preflight(TrainConfig(dataset=str(one), **common))
+    two = _tagged_dataset(tmp_path / "two", [False] * 4 + [True] * 2)  # every 2nd episode: rank 1 all nominal
+    pre = preflight(TrainConfig(dataset=str(two), **common))
+    assert pre.identity["recovery_fraction"] == 0.5
+    ds, cfg = open_dataset(two), TrainConfig(dataset=str(two), **common)
+    shares = [worker_episodes(cfg, ds, rank, 2) for rank in range(2)]
+    assert sorted(np.concatenate([s for s, _ in shares]).tolist()) == list(range(6))
+    for share, weights in shares:
+        tags = ds.episodes["recovery"].to_numpy(dtype=bool)[share]
+        assert np.isclose(weights[tags].sum(), 0.5) and np.isclose(weights.sum(), 1.0)
+    assert "recovery_fraction" not in preflight(TrainConfig(dataset=str(two), **{**common, "recovery_fraction": None})
+                                                ).identity
+
+
+def test_sequence_sampler_draws_episodes_by_the_weights_it_is_built_with() -> None:
+    from gauntlet.policies.bc_rnn import BCRNNConfig
+    from gauntlet.policies.bc_rnn.windows import SequenceSampler
+
+    config = BCRNNConfig(obs_keys=(STATE_KEY,), obs_dims=(8,), chunk_len=2, seq_len=4)
+    episodes = [{STATE_KEY: np.full((n, 8), i, np.float32), ACTIONS_KEY: np.zeros((n, 7))}
+                for i, n in enumerate((3, 9, 6))]
+    drawn = SequenceSampler(episodes, config, np.random.default_rng(0), episode_weights=[0.0, 0.0, 2.0]).sample(50)
+    assert (drawn[STATE_KEY] == 2).all()  # only the one weighted episode
+    by_length = SequenceSampler(episodes, config, np.random.default_rng(0))
+    assert np.allclose(by_length.episode_p, [3 / 18, 9 / 18, 6 / 18])
+    with pytest.raises(ValueError, match="episode_weights: 2 weights for 3 episodes"):
+        SequenceSampler(episodes, config, np.random.default_rng(0), episode_weights=[1.0, 1.0])

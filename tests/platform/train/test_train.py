@@ -8,14 +8,13 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from gauntlet.data.dataset_format import DatasetWriter
-from gauntlet.data.stats import main as stats_main
 from gauntlet.platform.train import memory_plan as mp
 from gauntlet.platform.train.driver import (
     TrainConfig,
@@ -25,43 +24,15 @@ from gauntlet.platform.train.driver import (
     registered_checkpoint_steps,
     run_train,
 )
+from gauntlet.policies.vla.config import get_config
 
-IMAGE_SIZE = 32  # the tiny VLA's image size
-
-
-def write_demo_dataset(root: Path, *, episodes: int = 4, length: int = 24, action_dim: int = 7, seed: int = 0,
-                       nan_at: tuple[int, int] | None = None, stats: bool = True) -> Path:
-    """A small dataset whose actions are a fixed function of the state (learnable), with images."""
-    rng = np.random.default_rng(seed)
-    w = rng.normal(size=(8, action_dim)).astype(np.float32) * 0.5
-    names = None if action_dim == 7 else [f"a{i}" for i in range(action_dim)]
-    with DatasetWriter(root, source={"kind": "test"}, action_dim=action_dim, action_names=names) as writer:
-        for ep in range(episodes):
-            states = rng.normal(size=(length, 8)).astype(np.float32)
-            actions = np.tanh(states @ w).astype(np.float32)
-            images = {cam: rng.integers(0, 256, size=(length, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-                      for cam in ("agentview", "wrist")}
-            writer.add_episode(states, actions, task="lift", variant="D0", prompt="pick up the red cube",
-                               success=True, images=images, split="train", seed=ep)
-    if nan_at is not None:
-        # The writer refuses NaN; a dataset from elsewhere may still hold one on disk.
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        path = root / "data" / "chunk-000" / f"episode_{nan_at[0]:06d}.parquet"
-        table = pq.read_table(path)
-        col = table.column("observation.state").to_pylist()
-        col[nan_at[1]][2] = float("nan")
-        idx = table.schema.get_field_index("observation.state")
-        table = table.set_column(idx, table.schema.field(idx), pa.array(col, type=table.schema.field(idx).type))
-        pq.write_table(table, path)
-    if stats:
-        assert stats_main([str(root)]) == 0
-    return root
+IMAGE_SIZE = get_config("tiny").image_size  # the tiny VLA's (conftest's datasets are written at it)
+MakeConfig = Callable[..., TrainConfig]  # the train_config fixture
+MakeDataset = Callable[..., Path]  # the write_demo_dataset fixture
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def dataset(tmp_path_factory: pytest.TempPathFactory, write_demo_dataset: MakeDataset) -> Path:
     return write_demo_dataset(tmp_path_factory.mktemp("train") / "ds")
 
 
@@ -74,13 +45,6 @@ def base_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _cfg(dataset: Path, out: Path, **kw: Any) -> TrainConfig:
-    base = dict(dataset=str(dataset), out=str(out), batch_size=8, steps=4, checkpoint_every=2, log_every=1,
-                warmup_steps=2, cpus_per_worker=0.5, loader_workers=1, decode_workers=1, prefetch_depth=2)
-    base.update(kw)
-    return TrainConfig(**base)
-
-
 def _losses(out: Path) -> list[float]:
     rows = [json.loads(line) for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, len(rows) + 1)), "every step once, in order"
@@ -91,7 +55,8 @@ def _losses(out: Path) -> list[float]:
 
 
 def test_planner_refuses_full_with_numbers_and_the_lora_command(dataset: Path, base_ckpt: Path, tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+                                                                capsys: pytest.CaptureFixture[str],
+                                                                train_config: MakeConfig) -> None:
     from gauntlet.policies.vla.config import get_config
 
     config = get_config("tiny")
@@ -110,52 +75,54 @@ def test_planner_refuses_full_with_numbers_and_the_lora_command(dataset: Path, b
     assert "--mode lora" in err
     assert not (tmp_path / "x").exists(), "refused before anything was written"
     # auto picks LoRA on the same device; full fits a bigger one.
-    cfg = _cfg(dataset, tmp_path / "y", base=str(base_ckpt), mode="auto", device_memory_gb=device_gb)
+    cfg = train_config(dataset, tmp_path / "y", base=str(base_ckpt), mode="auto", device_memory_gb=device_gb)
     assert preflight(cfg).mode == "lora"
-    assert preflight(_cfg(dataset, tmp_path / "z", base=str(base_ckpt), mode="auto", device_memory_gb=64)).mode == "full"
+    assert preflight(train_config(dataset, tmp_path / "z", base=str(base_ckpt), mode="auto", device_memory_gb=64)).mode == "full"
 
 
-def test_bad_inputs_are_refused_before_the_first_step(dataset: Path, base_ckpt: Path, tmp_path: Path) -> None:
+def test_bad_inputs_are_refused_before_the_first_step(dataset: Path, base_ckpt: Path, tmp_path: Path,
+                                                      train_config: MakeConfig, write_demo_dataset: MakeDataset) -> None:
     from gauntlet.policies.vla.policy import VLAPolicy
 
     six = write_demo_dataset(tmp_path / "six", action_dim=6)
     with pytest.raises(TrainConfigError, match="action_dim is 6"):
-        preflight(_cfg(six, tmp_path / "o1", base=str(base_ckpt)))
+        preflight(train_config(six, tmp_path / "o1", base=str(base_ckpt)))
     nan = write_demo_dataset(tmp_path / "nan", nan_at=(1, 5), stats=False)
     with pytest.raises(TrainConfigError, match="(?i)nan"):
-        preflight(_cfg(nan, tmp_path / "o2", base=str(base_ckpt)))
+        preflight(train_config(nan, tmp_path / "o2", base=str(base_ckpt)))
     nostats = write_demo_dataset(tmp_path / "nostats", stats=False)
     with pytest.raises(TrainConfigError, match="gauntlet data stats"):
-        preflight(_cfg(nostats, tmp_path / "o3", base=str(base_ckpt)))
+        preflight(train_config(nostats, tmp_path / "o3", base=str(base_ckpt)))
     with pytest.raises(TrainConfigError, match="split"):
-        preflight(_cfg(dataset, tmp_path / "o4", base=str(base_ckpt), split="valid"))
+        preflight(train_config(dataset, tmp_path / "o4", base=str(base_ckpt), split="valid"))
     with pytest.raises(TrainConfigError, match="--base"):
-        preflight(_cfg(dataset, tmp_path / "o5", mode="lora"))  # LoRA needs a base
+        preflight(train_config(dataset, tmp_path / "o5", mode="lora"))  # LoRA needs a base
     # An adapter given as --base, and a checkpoint of another model (different action head).
     base = VLAPolicy.load(base_ckpt)
     base.add_adapter("a", base.init_adapter(0))
     base.save_adapter("a", tmp_path / "adapter")
     with pytest.raises(TrainConfigError, match="adapter checkpoint"):
-        preflight(_cfg(dataset, tmp_path / "o6", base=str(tmp_path / "adapter")))
+        preflight(train_config(dataset, tmp_path / "o6", base=str(tmp_path / "adapter")))
     VLAPolicy.create("tiny", action_dim=6).save(tmp_path / "six_base")
     with pytest.raises(TrainConfigError, match="action_dim"):
-        preflight(_cfg(dataset, tmp_path / "o7", base=str(tmp_path / "six_base")))
+        preflight(train_config(dataset, tmp_path / "o7", base=str(tmp_path / "six_base")))
 
 
 # ------------------------------------------------------------------------------ training runs
 
 
-def test_resume_continues_the_same_loss_trajectory(ray_session, dataset: Path, tmp_path: Path) -> None:
-    whole = run_train(_cfg(dataset, tmp_path / "whole", mode="full", steps=4))
+def test_resume_continues_the_same_loss_trajectory(ray_session, dataset: Path, tmp_path: Path,
+                                                   train_config: MakeConfig) -> None:
+    whole = run_train(train_config(dataset, tmp_path / "whole", mode="full", steps=4))
     assert whole["steps"] == 4
     first = tmp_path / "split"
-    run_train(_cfg(dataset, first, mode="full", steps=2))
+    run_train(train_config(dataset, first, mode="full", steps=2))
     assert len(_losses(first)) == 2
     with pytest.raises(TrainConfigError, match="already holds a training run"):
-        run_train(_cfg(dataset, first, mode="full", steps=4))
+        run_train(train_config(dataset, first, mode="full", steps=4))
     with pytest.raises(TrainConfigError, match="differs in: .*seed"):
-        run_train(_cfg(dataset, first, mode="full", steps=4, resume=True, seed=1))
-    resumed = run_train(_cfg(dataset, first, mode="full", steps=4, resume=True))
+        run_train(train_config(dataset, first, mode="full", steps=4, resume=True, seed=1))
+    resumed = run_train(train_config(dataset, first, mode="full", steps=4, resume=True))
     assert resumed["steps"] == 4
     np.testing.assert_allclose(_losses(first), _losses(tmp_path / "whole"), rtol=1e-5)
     rows = [json.loads(line) for line in (first / "train" / "metrics.jsonl").read_text().splitlines()]
@@ -171,9 +138,10 @@ def test_resume_continues_the_same_loss_trajectory(ray_session, dataset: Path, t
     assert policy.norm_stats.allclose(NormStats.load(dataset / "meta" / "stats.json"))
 
 
-def test_killed_worker_recovers_from_the_latest_checkpoint(ray_session, dataset: Path, tmp_path: Path) -> None:
+def test_killed_worker_recovers_from_the_latest_checkpoint(ray_session, dataset: Path, tmp_path: Path,
+                                                           train_config: MakeConfig) -> None:
     out = tmp_path / "killed"
-    cfg = _cfg(dataset, out, mode="full", steps=30, workers=2, checkpoint_every=3, report_every=3)
+    cfg = train_config(dataset, out, mode="full", steps=30, workers=2, checkpoint_every=3, report_every=3)
     result: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: result.update(run_train(cfg)), daemon=True)
     thread.start()
@@ -204,7 +172,8 @@ def test_killed_worker_recovers_from_the_latest_checkpoint(ray_session, dataset:
     assert len(ckpts) <= cfg.keep_checkpoints, ckpts  # keep K, orphans of the killed attempt removed
 
 
-def test_lora_adapter_is_served_and_answers(ray_session, dataset: Path, base_ckpt: Path, tmp_path: Path) -> None:
+def test_lora_adapter_is_served_and_answers(ray_session, dataset: Path, base_ckpt: Path, tmp_path: Path,
+                                            train_config: MakeConfig) -> None:
     import httpx
     from ray import serve
 
@@ -213,7 +182,7 @@ def test_lora_adapter_is_served_and_answers(ray_session, dataset: Path, base_ckp
     from gauntlet.policies.vla.policy import VLAPolicy
 
     adapters = tmp_path / "adapters"
-    summary = run_train(_cfg(dataset, adapters / "d1", base=str(base_ckpt), mode="lora", steps=4,
+    summary = run_train(train_config(dataset, adapters / "d1", base=str(base_ckpt), mode="lora", steps=4,
                              learning_rate=1e-2))
     assert summary["mode"] == "lora"
     assert summary["plan"]["lora"]["trainable_params"] < summary["plan"]["full"]["trainable_params"]
@@ -246,14 +215,15 @@ def test_lora_adapter_is_served_and_answers(ray_session, dataset: Path, base_ckp
         serve.shutdown()
 
 
-def test_torch_policy_trains_on_torch_trainer_with_two_workers(ray_session, dataset: Path, tmp_path: Path) -> None:
+def test_torch_policy_trains_on_torch_trainer_with_two_workers(ray_session, dataset: Path, tmp_path: Path,
+                                                               train_config: MakeConfig) -> None:
     """`--policy bc_rnn`: TorchTrainer + DDP over two workers; the artifact is a BC-RNN checkpoint."""
     from gauntlet.policies.bc_rnn.policy import BCRNNPolicy
 
     with pytest.raises(TrainConfigError, match="bc_rnn has no adapters"):
-        preflight(_cfg(dataset, tmp_path / "x", policy="bc_rnn", mode="lora"))
+        preflight(train_config(dataset, tmp_path / "x", policy="bc_rnn", mode="lora"))
     out = tmp_path / "bc"
-    summary = run_train(_cfg(dataset, out, policy="bc_rnn", mode="auto", steps=6, workers=2, checkpoint_every=3,
+    summary = run_train(train_config(dataset, out, policy="bc_rnn", mode="auto", steps=6, workers=2, checkpoint_every=3,
                              report_every=3))
     assert summary["mode"] == "full" and summary["steps"] == 6
     assert len(_losses(out)) == 6
@@ -265,12 +235,12 @@ def test_torch_policy_trains_on_torch_trainer_with_two_workers(ray_session, data
 
 
 def test_report_to_tensorboard_logs_every_step_once_from_the_driver(ray_session, dataset: Path,
-                                                                     tmp_path: Path) -> None:
+                                                                     tmp_path: Path, train_config: MakeConfig) -> None:
     """Two workers, reports batched every 2 steps: the driver writes each step once, in one event file."""
     from gauntlet.runtime.tracking import read_tensorboard
 
     out = tmp_path / "tracked"
-    summary = run_train(_cfg(dataset, out, policy="bc_rnn", mode="full", steps=5, workers=2, checkpoint_every=5,
+    summary = run_train(train_config(dataset, out, policy="bc_rnn", mode="full", steps=5, workers=2, checkpoint_every=5,
                              report_every=2, report_to="tensorboard"))
     assert summary["steps"] == 5
     logdir = out / "train" / "tensorboard"

@@ -11,11 +11,11 @@ import socket
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_train import _cfg, write_demo_dataset
 
 from gauntlet.platform.train.driver import run_train
 
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def dataset(tmp_path_factory: pytest.TempPathFactory, write_demo_dataset: Callable[..., Path]) -> Path:
     return write_demo_dataset(tmp_path_factory.mktemp("cluster_train") / "ds")
 
 
@@ -49,10 +49,11 @@ def _attempts(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return attempts
 
 
-def test_jax_workers_hold_equal_parameters_after_every_step(ray_session, dataset: Path, tmp_path: Path) -> None:
+def test_jax_workers_hold_equal_parameters_after_every_step(ray_session, dataset: Path, tmp_path: Path,
+                                                            train_config: Callable[..., Any]) -> None:
     """The VLA on JaxTrainer, two workers: --param-digests shows different batches and equal weights."""
     out = tmp_path / "vla"
-    run_train(_cfg(dataset, out, mode="full", steps=3, workers=2, param_digests=True, checkpoint_every=3))
+    run_train(train_config(dataset, out, mode="full", steps=3, workers=2, param_digests=True, checkpoint_every=3))
     digests = [_jsonl(out / "train" / "workers" / f"rank{r}.digests.jsonl") for r in (0, 1)]
     assert [r["step"] for r in digests[0]] == [r["step"] for r in digests[1]] == [1, 2, 3]
     for a, b in zip(*digests, strict=True):
@@ -118,9 +119,12 @@ def _free_block(size: int) -> int:
 
 
 @pytest.mark.slow
-def test_slurm_launcher_runs_train_as_a_ray_job_on_two_raylets(dataset: Path, tmp_path: Path, free_ports) -> None:
+def test_slurm_launcher_runs_train_as_a_ray_job_on_two_raylets(dataset: Path, tmp_path: Path, free_ports,
+                                                                generate_scenes) -> None:
     """scripts/slurm/ray_on_slurm.sh with no Slurm: two raylets on this machine (GAUNTLET_SRUN=local), a
-    two-worker `gauntlet train` spread over them, then a probe job; Ray stopped when the script ends."""
+    two-worker `gauntlet train` spread over them, a small `gauntlet eval`, then a probe job; Ray stopped
+    when the script ends."""
+    scenes = generate_scenes(tmp_path / "scenes", variants="D0", error_types="drop", workers=1)
     gcs_port, dash_port = free_ports(2)
     job_dir, out = tmp_path / "job", tmp_path / "bc"
     env = _clean_env(tmp_path)
@@ -134,12 +138,18 @@ def test_slurm_launcher_runs_train_as_a_ray_job_on_two_raylets(dataset: Path, tm
              "--steps", "4", "--batch-size", "8", "--workers", "2", "--placement", "SPREAD", "--param-digests",
              "--checkpoint-every", "2", "--cpus-per-worker", "1", "--loader-workers", "1", "--decode-workers", "1",
              "--prefetch-depth", "2"]
+    run = tmp_path / "run"
+    evaluate = ["gauntlet", "eval", "--scenes", str(scenes), "--policy", "random", "--out", str(run), "--actors", "1",
+                "--horizon", "10"]
     probe = ["python", "tests/platform/train/scripts/cluster_probe.py", str(dash_port)]
-    proc = subprocess.run([str(ROOT / "scripts/slurm/ray_on_slurm.sh"), "--", *train, "--", *probe], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([str(ROOT / "scripts/slurm/ray_on_slurm.sh"), "--", *train, "--", *evaluate, "--", *probe],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     logs = "".join(p.read_text()[-2000:] for p in sorted(job_dir.glob("node*.log")))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + logs
     assert "[train] done: 4 steps" in proc.stdout, "the train job's log streams back"
+    from gauntlet.platform.report.load import load_results
+
+    assert len(load_results(run)) == 1, "the eval job ran its one scene"
     assert "2/2 nodes alive" in proc.stderr
 
     # Token auth on: a private token, and the job API refuses a request without it.

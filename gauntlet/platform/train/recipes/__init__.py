@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 
 VAL_BATCHES = 4  # held-out batches (of at most --batch-size samples) whose mean loss is val_loss
-VAL_SEED = 7  # with --seed: the generator of the held-out batches, apart from every training step's
+VAL_SEED = 7  # offsets --seed for the held-out batches' generator (validation_seed), apart from every step's
 
 
 @dataclass(frozen=True)
@@ -122,13 +122,19 @@ class TrainRecipe(Protocol):
         ...
 
 
+def validation_seed(cfg: TrainConfig) -> int:
+    """The seed of the held-out batches' generator (every recipe's): --seed offset by VAL_SEED."""
+    return cfg.seed + VAL_SEED
+
+
 def training_episodes(cfg: TrainConfig, dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """(episodes trained on, episodes held out by --val-episodes) of the split; TrainConfigError names the flag."""
-    from gauntlet.data.sampling import SamplingError, split_holdout
+    """(episodes trained on, episodes held out by --val-episodes: see gauntlet.data.sampling) of the
+    split; TrainConfigError names the flag."""
+    from gauntlet.data.sampling import SamplingError, holdout
     from gauntlet.platform.train.config import TrainConfigError
 
     try:
-        return split_holdout(dataset.split(cfg.split), cfg.val_episodes)
+        return holdout(dataset, cfg.split, cfg.val_episodes)
     except SamplingError as exc:
         raise TrainConfigError(f"--val-episodes: {exc}") from None
 
@@ -140,9 +146,26 @@ def episode_weights(cfg: TrainConfig, dataset: Dataset, episodes: np.ndarray) ->
 
     tags = dataset.episodes["recovery"].to_numpy(dtype=bool)[episodes]  # rows are in episode order
     try:
-        return recovery_weights(dataset.lengths[episodes], tags, cfg.recovery_share)
+        return recovery_weights(dataset.lengths[episodes], tags, cfg.recovery_fraction)
     except SamplingError as exc:
         raise TrainConfigError(f"--recovery-fraction: {exc}") from None
+
+
+def worker_episodes(cfg: TrainConfig, dataset: Dataset, rank: int, world: int) -> tuple[np.ndarray, np.ndarray]:
+    """(worker `rank`'s share of the trained episodes, their draw probabilities) for a family whose
+    workers draw from episodes of their own (recovery and nominal ones dealt separately:
+    gauntlet.data.sampling.deal). TrainConfigError, naming --recovery-fraction and --workers, when
+    the share cannot honour the fraction (fewer recovery or nominal episodes than workers)."""
+    from gauntlet.data.sampling import deal
+    from gauntlet.platform.train.config import TrainConfigError
+
+    trained = training_episodes(cfg, dataset)[0]
+    mine = deal(trained, dataset.episodes["recovery"].to_numpy(dtype=bool)[trained], rank, world)
+    try:
+        return mine, episode_weights(cfg, dataset, mine)
+    except TrainConfigError as exc:
+        raise TrainConfigError(f"{exc} (worker {rank}'s share of --workers {world}: {len(mine)} of the "
+                               f"{len(trained)} trained episodes; each worker needs episodes of both kinds)") from None
 
 
 def get_recipe(name: str) -> TrainRecipe:

@@ -29,13 +29,13 @@ from gauntlet.keys import (
 from gauntlet.platform.train.config import TrainConfig, TrainConfigError
 from gauntlet.platform.train.recipes import (
     VAL_BATCHES,
-    VAL_SEED,
     BatchSource,
     DatasetNeeds,
     TrainPlan,
     WorkerContext,
-    episode_weights,
     training_episodes,
+    validation_seed,
+    worker_episodes,
 )
 from gauntlet.policies.bc_rnn.config import BCRNNConfig
 
@@ -61,8 +61,10 @@ def dataset_observations(dataset: str) -> dict[str, int]:
     return {STATE_KEY: STATE_DIM}
 
 
-def _sampler(ds: Dataset, episodes: np.ndarray, policy: BCRNNPolicy) -> SequenceSampler:
-    """Training windows over these episodes of the dataset, with the observations the policy reads."""
+def _sampler(ds: Dataset, episodes: np.ndarray, policy: BCRNNPolicy,
+             weights: np.ndarray | None = None) -> SequenceSampler:
+    """Training windows over these episodes of the dataset, with the observations the policy reads,
+    drawing episodes by `weights` (None: in proportion to their lengths)."""
     from gauntlet.policies.bc_rnn.windows import SequenceSampler
 
     keys = (*policy.config.obs_keys, ACTIONS_KEY)
@@ -70,7 +72,7 @@ def _sampler(ds: Dataset, episodes: np.ndarray, policy: BCRNNPolicy) -> Sequence
     bounds = np.cumsum(ds.lengths[episodes])[:-1]
     per_key = {k: np.split(cols[DATASET_COLUMNS[k]], bounds) for k in keys}
     return SequenceSampler([{k: per_key[k][i] for k in keys} for i in range(len(episodes))], policy.config,
-                           np.random.default_rng(0))
+                           np.random.default_rng(0), episode_weights=weights)
 
 
 @dataclass(frozen=True)
@@ -107,13 +109,16 @@ class BCRNNRecipe:
         return DatasetNeeds(config.action_dim, config.obs_dims[0])
 
     def plan(self, cfg: TrainConfig, config: BCRNNConfig, dataset: Dataset, workers_per_node: int) -> TrainPlan:
-        """Always full; no memory plan (a small torch model). Each worker needs episodes of its own."""
+        """Always full; no memory plan (a small torch model). Each worker needs episodes of its own, and
+        under --recovery-fraction of the kinds it draws from (checked here for every rank's share)."""
         from gauntlet.policies.bc_rnn.model import param_shapes
 
         episodes = len(training_episodes(cfg, dataset)[0])
         if episodes < cfg.workers:
             raise TrainConfigError(f"--workers {cfg.workers}: split {cfg.split!r} has only {episodes} episodes "
                                    "to share out" + (" after --val-episodes" if cfg.val_episodes else ""))
+        for rank in range(cfg.workers):
+            worker_episodes(cfg, dataset, rank, cfg.workers)
         count = int(sum(np.prod(s) for s in param_shapes(config).values()))
         plan = {"requested_mode": cfg.mode, "mode": "full", "batch_per_device": cfg.batch_per_worker,
                 "device_bytes": 0, "device_source": "not planned (small torch model)", "full": None,
@@ -132,17 +137,15 @@ class BCRNNRecipe:
     @contextmanager
     def open_batches(self, cfg: TrainConfig, pre: Preflight, policy: BCRNNPolicy, worker: WorkerContext,
                      start_step: int) -> Iterator[BatchSource]:
-        """Windows over this worker's disjoint share of the split's episodes (every world-th one);
-        the step's generator draws them, so a resumed run repeats the uninterrupted one."""
+        """Windows over this worker's disjoint share of the split's episodes (`worker_episodes`), drawn
+        by their --recovery-fraction weights; the step's generator draws them, so a resumed run repeats
+        the uninterrupted one."""
         from gauntlet.data.dataset_format import Dataset
 
         del start_step  # windows depend on the step's generator only
         ds = Dataset(pre.identity["dataset"])
-        mine = training_episodes(cfg, ds)[0][worker.rank::worker.world]
-        sampler = _sampler(ds, mine, policy)
-        weights = episode_weights(cfg, ds, mine)
-        # --recovery-fraction: the sampler draws episodes by these weights (length-proportional when off).
-        sampler.step_weights = weights / weights.sum()
+        mine, weights = worker_episodes(cfg, ds, worker.rank, worker.world)
+        sampler = _sampler(ds, mine, policy, weights)
         yield lambda rng: sampler.sample(cfg.batch_per_worker, rng)
 
     def validation_batches(self, cfg: TrainConfig, pre: Preflight, policy: BCRNNPolicy,
@@ -151,7 +154,7 @@ class BCRNNRecipe:
         from gauntlet.data.dataset_format import Dataset
 
         sampler = _sampler(Dataset(pre.identity["dataset"]), episodes, policy)
-        rng = np.random.default_rng([cfg.seed, VAL_SEED])
+        rng = np.random.default_rng(validation_seed(cfg))
         return [sampler.sample(cfg.batch_size, rng) for _ in range(VAL_BATCHES)]
 
     def write_artifact(self, cfg: TrainConfig, pre: Preflight, state_dir: Path, dest: Path) -> list[dict[str, Any]]:

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 from gauntlet.platform.train.config import TrainConfig, TrainConfigError
 from gauntlet.platform.train.recipes import (
     VAL_BATCHES,
-    VAL_SEED,
     BatchSource,
     DatasetNeeds,
     TrainPlan,
     WorkerContext,
+    validation_seed,
 )
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ class VLARecipe:
             num_workers=cfg.loader_workers, prefetch_depth=cfg.prefetch_depth, decode_workers=cfg.decode_workers,
             memory_budget_mb=cfg.loader_memory_mb, split=cfg.split, shard_index=worker.rank,
             num_shards=worker.world, image_size=policy.config.image_size, epochs=0, val_episodes=cfg.val_episodes,
-            recovery_fraction=cfg.recovery_share,
+            recovery_fraction=cfg.recovery_fraction,
         )
         with DatasetLoader(pre.identity["dataset"], loader_cfg) as loader:
             per_epoch = loader.batches_per_epoch
@@ -132,7 +132,7 @@ class VLARecipe:
 
         frames = int(Dataset(pre.identity["dataset"]).lengths[episodes].sum())
         loader_cfg = LoaderConfig(
-            batch_size=min(cfg.batch_size, frames), chunk_len=policy.config.chunk_len, seed=cfg.seed + VAL_SEED,
+            batch_size=min(cfg.batch_size, frames), chunk_len=policy.config.chunk_len, seed=validation_seed(cfg),
             num_workers=1, prefetch_depth=1, decode_workers=1, memory_budget_mb=cfg.loader_memory_mb,
             split=cfg.split, image_size=policy.config.image_size, val_episodes=cfg.val_episodes, held_out=True,
         )
