@@ -32,7 +32,7 @@ SETUP_S = 1800  # a first build of an environment downloads torch
 
 
 def _saved(ray, release: str | None, out: Path) -> str:
-    from gauntlet.policies.lerobot.random_policy import save_random_policy
+    from gauntlet.policies.lerobot.untrained_checkpoints import save_random_policy
 
     save = ray.remote(num_cpus=0.5, runtime_env=runtime_env_for("lerobot", release))(save_random_policy)
     return ray.get(save.remote("act", str(out), image_size=IMAGE), timeout=SETUP_S)
@@ -74,7 +74,7 @@ def test_each_release_writes_what_the_other_may_not_read(checkpoints: dict[str, 
 def test_a_pinned_release_serves_its_own_checkpoint(ray_session, checkpoints: dict[str, str]) -> None:
     from ray import serve
 
-    from gauntlet.policies.lerobot.random_policy import reference_actions
+    from gauntlet.policies.lerobot.untrained_checkpoints import reference_actions
 
     serve.shutdown()  # other modules' Serve instances listen on other ports
     spec = specs_from_names([f"lerobot@{OLD}={checkpoints['old']}"], max_batch_size=4)[0]
