@@ -138,7 +138,7 @@ def run(config: BenchConfig) -> int:
          EDGE_WEIGHTS_TARGET, e_diff),
     ]
     print(f"\n{'claim':<20} {'fast path':<36} {'baseline':<20} {'fast ms':>9} {'base ms':>10} {'ratio':>8} "
-          f"{'target':>7} {'max |diff|':>11}")
+          f"{'target':>7} {'max |diff|':>11}", flush=True)
     for name, fast, base, t_fast, t_base, target, diff in rows:
         ratio = t_base / t_fast
         verdict = "ok" if ratio >= target else "BELOW"

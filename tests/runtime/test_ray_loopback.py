@@ -88,7 +88,7 @@ def _stop(tree: ServeTree) -> None:
 
 @pytest.fixture(scope="module")
 def serve_tree(tmp_path_factory: pytest.TempPathFactory, free_ports) -> Iterator[ServeTree]:
-    """A real `gauntlet serve` with its own embedded Ray, a private HOME and none of this session's Ray
+    """A real `gauntlet serve` with its own embedded Ray, a private HOME and none of the test process's Ray
     settings (no RAY_ADDRESS, no token or auth mode, no loopback switch): what a user's shell gives it."""
     from ray._private.ray_constants import ENABLE_RAY_CLUSTERS_ENV_VAR
 

@@ -150,7 +150,7 @@ def _replica_pid(process_tag: str) -> Callable[[Path], int | None]:
     """The first of the test Ray's processes whose command line holds `process_tag`."""
 
     def find(run: Path) -> int | None:
-        ours = psutil.Process().children(recursive=True)  # this session's Ray only, never another cluster's
+        ours = psutil.Process().children(recursive=True)  # this test process's Ray only, never another cluster's
         return next((p.pid for p in ours if process_tag in " ".join(_cmdline(p))), None)
 
     return find

@@ -153,7 +153,7 @@ def _holds_open(pid: int, path: str) -> bool:
 
 
 def _kill_every_reader(path: Path, stop: threading.Event) -> tuple[threading.Thread, list[int]]:
-    """SIGKILLs every process of this session's Ray seen holding `path` open, until `stop`: only a
+    """SIGKILLs every process of this test process's Ray seen holding `path` open, until `stop`: only a
     rollout actor restoring that scene opens it. Every pass looks at every process, so an actor
     started a moment ago is seen on its first restore however slow the machine is."""
     killed: list[int] = []
@@ -161,7 +161,7 @@ def _kill_every_reader(path: Path, stop: threading.Event) -> tuple[threading.Thr
     def killer() -> None:
         me = psutil.Process()
         while not stop.is_set():
-            for proc in me.children(recursive=True):  # this session's Ray only, never this process
+            for proc in me.children(recursive=True):  # this test process's Ray only, never this process
                 if proc.pid not in killed and _holds_open(proc.pid, str(path)):
                     os.kill(proc.pid, signal.SIGKILL)
                     killed.append(proc.pid)

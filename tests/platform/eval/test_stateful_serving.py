@@ -154,7 +154,7 @@ def _kill_when(ready: Callable[[], object], process_tag: str, timeout_s: float,
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not killed:
             if ready():
-                for proc in psutil.Process().children(recursive=True):  # this session's Ray only
+                for proc in psutil.Process().children(recursive=True):  # this test process's Ray only
                     try:
                         if process_tag in " ".join(proc.cmdline()):
                             os.kill(proc.pid, signal.SIGKILL)

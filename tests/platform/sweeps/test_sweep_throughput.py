@@ -301,7 +301,10 @@ def test_an_eval_trial_over_the_floor_is_stopped_and_cleaned_up(tmp_path: Path, 
     assert rc == 1  # nothing to recommend
     trials = pd.read_parquet(out / "trials.parquet")
     assert list(trials["status"]) == ["ram_floor"] and "RAM floor" in trials["reason"].iloc[0]
-    assert 300 < trials["tree_growth_mb"].iloc[0] < 1500 and np.isnan(trials["episodes_per_min"].iloc[0])
+    # The budget is on the host's available memory: on a shared machine other processes can take part
+    # of the 336 MB drop that stops the trial, so the evaluation's own tree is asserted to have taken
+    # a large share of it (beside a second test suite on this 2-core machine it took 262-273 MB).
+    assert 150 < trials["tree_growth_mb"].iloc[0] < 1500 and np.isnan(trials["episodes_per_min"].iloc[0])
     report = json.loads((out / "report.json").read_text())
     assert report["recommended"] is None
     run_dir = str(Path(report["eval_runs_dir"]) / "trial-000")
