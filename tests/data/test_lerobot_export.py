@@ -3,7 +3,7 @@
 
 LeRobot pins its own dependencies and must never enter Gauntlet's environment, so the slow check runs
 in a Ray task on the test session's Ray with the runtime_env Gauntlet's LeRobot replicas use
-(gauntlet.policies.lerobot.environment: uv, lerobot[dataset,diffusion]==0.6.1, uv's cache on). Ray builds it once per
+(gauntlet.policies.lerobot.environment: uv, lerobot[dataset,diffusion,pi,smolvla]==0.6.1, uv's cache on). Ray builds it once per
 session and keys it by its install spec, so the import tests and the LeRobot policy tests reuse the
 same virtualenv rather than each building one (a subprocess venv per test module would download and
 install torch again), and the check exercises exactly the isolation production uses.

@@ -119,7 +119,7 @@ def test_serving_specs_refuse_before_deploying_and_carry_the_runtime_env(tmp_pat
     spec = specs_from_names(["lerobot=ok"])[0]
     assert spec.ref == PolicyRef("lerobot", str((tmp_path / "ok").resolve()))  # replicas run in another cwd
     assert spec.actor_options()["runtime_env"] == runtime_env_for("lerobot")
-    assert spec.runtime_env["uv"]["packages"] == ["lerobot[dataset,diffusion]==0.6.1"]
+    assert spec.runtime_env["uv"]["packages"] == ["lerobot[dataset,diffusion,pi,smolvla]==0.6.1"]
     # `lerobot@RELEASE=DIR` pins another release; 0.4.x has no extras and needs the protobuf 6 pins.
     pinned = specs_from_names(["lerobot@0.4.4=ok"])[0]
     assert pinned.ref == PolicyRef("lerobot", str((tmp_path / "ok").resolve()), release="0.4.4")

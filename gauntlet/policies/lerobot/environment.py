@@ -27,9 +27,11 @@ UV_OPTIONS_ENV = "GAUNTLET_LEROBOT_UV_OPTIONS"  # extra `uv pip install` options
 # Threads per replica for torch: replicas share cores with rollout actors; one batched call per
 # batch is the parallelism that matters.
 TORCH_THREADS_ENV = "GAUNTLET_LEROBOT_TORCH_THREADS"
-# From 0.5 on, LeRobotDataset (Gauntlet's export is checked with it) and Diffusion's `diffusers` are
-# extras; 0.4.x installs both with the package and has no such extras.
-EXTRAS_SINCE = ((0, 5), "[dataset,diffusion]")
+# From 0.5 on, LeRobotDataset (Gauntlet's export is checked with it), Diffusion's `diffusers` and the
+# language families' `transformers` (pi0, pi0.5, SmolVLA) are extras; one environment holds them all so
+# that `lerobot=DIR` serves any family. 0.4.x installs the first two with the package and has no
+# installable `[pi]`.
+EXTRAS_SINCE = ((0, 5), "[dataset,diffusion,pi,smolvla]")
 
 # lerobot 0.4.x's dependencies (wandb) cap protobuf below 7, and uv downgrades the clone's protobuf to
 # 6.x; Ray Serve imports grpc_reflection in every replica, and the grpcio-reflection Gauntlet's venv has
