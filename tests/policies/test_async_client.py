@@ -22,6 +22,7 @@ from gauntlet.policies.async_client import (
     AGGREGATE_FUNCTIONS,
     AsyncChunkClient,
     AsyncClientConfig,
+    AsyncClientError,
     AsyncClientTimeout,
     ChunkRecord,
 )
@@ -50,6 +51,7 @@ class ChunkServer:
         self.received: list[tuple[int, str | None]] = []  # (step, episode_id) per observation
         self.gated = False
         self.fail_at: set[int] = set()
+        self.replies: dict[int, Any] = {}  # step -> the reply sent instead of its chunk
         self._gate = threading.Semaphore(0)
         self._meta = {"name": "chunks", "action_dim": 2, "chunk_len": CHUNK, "episode_memory": episode_memory}
         self.server = serve(self._session, "127.0.0.1", 0, compression=None)
@@ -69,7 +71,8 @@ class ChunkServer:
                 ws.close(1011)
                 return
             values = 100.0 * step + np.arange(CHUNK, dtype=np.float32)  # (H,)
-            ws.send(msgpack_numpy.packb({ACTIONS_KEY: np.stack([values, -values], axis=1)}))  # (H, 2)
+            reply = self.replies.get(step, {ACTIONS_KEY: np.stack([values, -values], axis=1)})  # (H, 2)
+            ws.send(msgpack_numpy.packb(reply))
 
     def release(self) -> None:
         self._gate.release()
@@ -160,6 +163,22 @@ def test_a_server_error_surfaces_on_the_next_call_and_the_client_goes_on(chunk_s
         assert first(client.next_action(obs_at(3))) == 3
         assert first(client.next_action(obs_at(4))) == 301
     assert [step for step, _ in server.received] == [0, 2, 3]
+
+
+@pytest.mark.parametrize(("reply", "message"), [
+    ({ACTIONS_KEY: np.zeros((CHUNK, 3), np.float32)}, r"actions: expected a chunk of shape \(H >= 1, 2\), got \[4, 3\]"),
+    ({ACTIONS_KEY: np.full((CHUNK, 2), np.nan, np.float32)}, "actions: not all finite"),
+    ({"chunk": [1, 2]}, "the policy's answer has no 'actions'"),
+])
+def test_a_malformed_answer_is_refused_naming_the_field(chunk_server, reply: dict, message: str) -> None:
+    server = chunk_server()
+    server.replies = {2: reply}
+    with AsyncChunkClient(RemotePolicy(server.url, timeout_s=WAIT_S), AsyncClientConfig()) as client:
+        assert [first(client.next_action(obs_at(t))) for t in (0, 1, 2)] == [0, 1, 2]  # asks at step 2
+        settle(client)
+        with pytest.raises(AsyncClientError, match=message):
+            client.next_action(obs_at(3))
+        assert first(client.next_action(obs_at(3))) == 3  # and asks again
 
 
 def test_an_empty_queue_waits_at_most_the_timeout_naming_the_field(chunk_server) -> None:
