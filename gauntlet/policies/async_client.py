@@ -116,7 +116,7 @@ class AsyncChunkClient:
         self._on_chunk = on_chunk
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gauntlet-async-chunks")
         # The chunk length the threshold is a fraction of: the longest chunk received (as LeRobot's
-        # client), the declared one until then.
+        # client), until then the declared one, capped by actions_per_chunk.
         declared = int(policy.metadata.chunk_len or 0)
         self._chunk_len = max(1, min(declared or config.actions_per_chunk, config.actions_per_chunk or declared))
         self._in_flight: tuple[Future, int] | None = None  # (the request, the step it was sent at)
@@ -243,8 +243,9 @@ class AsyncChunkClient:
             self._on_chunk(ChunkRecord(self._episode_id, sent, self._step, chunk))
 
     def close(self) -> None:
-        """Stops the worker after the request in flight (if any); a RemotePolicy's connection, which
-        lives on the worker thread, is closed there."""
+        """Stops the worker after the request in flight (if any; the interpreter's exit waits for it,
+        at most the RemotePolicy's `timeout_s`); a RemotePolicy's connection, which lives on the
+        worker thread, is closed there."""
         closer = getattr(self.policy, "close", None)
         if callable(closer):
             self._pool.submit(closer)
