@@ -95,7 +95,9 @@ def test_metadata_is_derived_from_the_lerobot_config(served) -> None:
         "observation/wrist_image": {"shape": [IMAGE, IMAGE, 3], "dtype": "uint8"},
     }
     diffusion = httpx.get(f"{BASE}/diffusion/v1/policies/lerobot/metadata").json()
-    assert (diffusion["extra"]["lerobot_type"], diffusion["chunk_len"]) == ("diffusion", 4)
+    # n_obs_steps 2: an observation history per episode, so one action per request (episode_state.py)
+    assert (diffusion["extra"]["lerobot_type"], diffusion["chunk_len"], diffusion["episode_memory"]) == (
+        "diffusion", 1, True)
 
 
 @pytest.mark.parametrize("kind", ["act", "diffusion"])
@@ -107,7 +109,8 @@ def test_concurrent_clients_are_batched_and_match_lerobot_inference(served, lero
     answers = _post_all(f"{BASE}{prefix}/v1/policies/lerobot/infer", observations)
     assert [r.status_code for r in answers] == [200] * 24
     actions = np.stack([msgpack_numpy.unpackb(r.content)["actions"] for r in answers])
-    assert actions.shape == (24, 5 if kind == "act" else 4, 7) and actions.dtype == np.float32
+    # Diffusion's requests carry no episode id: each is an episode's first step, answered with its action.
+    assert actions.shape == (24, 5 if kind == "act" else 1, 7) and actions.dtype == np.float32
     stats = served[kind].get_stats.remote().result()
     assert stats["max_batch_size_seen"] > 1  # requests of different clients shared one LeRobot call
     # LeRobot's own path (select_action on one policy instance, the whole set as one batch) on the same

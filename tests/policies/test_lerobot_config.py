@@ -65,6 +65,23 @@ def test_metadata_is_derived_from_the_saved_config(tmp_path: Path) -> None:
     assert "prompt" in language.metadata(LeRobotAdapterConfig()).observation_spec
 
 
+@pytest.mark.parametrize(("cfg", "stateful"), [
+    (_config(), False),
+    (_config(temporal_ensemble_coeff=0.01, n_action_steps=1), True),  # ACT's temporal ensemble
+    (_config(type="diffusion", n_obs_steps=2, n_action_steps=4), True),  # an observation history
+    (_config(type="diffusion", n_obs_steps=1, n_action_steps=4), False),
+    (_config(type="pi0", n_action_steps=50), False),  # its select_action keeps only the action queue
+])
+def test_policies_with_select_action_state_keep_it_per_episode(tmp_path: Path, cfg: dict, stateful: bool) -> None:
+    # A stateful policy takes one request per env step (its history takes every observation) and
+    # keeps the episode on its replica; the others answer n_action_steps actions per request.
+    meta = read_pretrained(_pretrained(tmp_path / "p", cfg)).metadata(LeRobotAdapterConfig(max_episodes=7))
+    assert (meta.chunk_len, meta.episode_memory) == ((1, True) if stateful else (cfg["n_action_steps"], False))
+    assert meta.extra.get("max_episodes") == (7 if stateful else None)
+    with pytest.raises(ValueError, match="max_episodes"):
+        LeRobotAdapterConfig(max_episodes=0)
+
+
 def test_camera_names_are_configurable(tmp_path: Path) -> None:
     cfg = _config()
     cfg["input_features"] = {"observation.state": {"type": "STATE", "shape": [8]},

@@ -72,11 +72,16 @@ class LeRobotAdapterConfig:
     # Diffusion/flow policies draw noise: each request's chunk uses noise from this seed, so a
     # request's answer does not depend on which batch it joined (and equals a one-by-one call).
     noise_seed: int = 0
+    # Episodes whose select_action state (observation history, action queue, ACT's ensemble) a
+    # replica of a stateful policy keeps (episode_state.py), least recently asked evicted first: well
+    # above the episodes one replica serves at once (rollout actors x their envs). Diffusion's history
+    # is n_obs_steps normalised frames per camera (2 x 2 x 84 px x float32: 0.3 MB an episode).
+    max_episodes: int = 256
 
     def __post_init__(self) -> None:
         if not self.cameras:
             raise ValueError("cameras: map at least one LeRobot camera name to a wire key")
-        require_at_least(self, 1, "state_dim", "action_dim")
+        require_at_least(self, 1, "state_dim", "action_dim", "max_episodes")
 
 
 @dataclass(frozen=True)
@@ -87,8 +92,11 @@ class PretrainedSpec:
     policy_type: str  # "act", "diffusion", ...
     state_dim: int  # observation.state shape[0]
     action_dim: int  # action shape[0]
-    chunk_len: int  # actions per request: the policy's n_action_steps
+    chunk_len: int  # actions per request: n_action_steps, or 1 with episode_state (one request per env step)
     n_obs_steps: int  # observation history length the model takes (1 for most types)
+    # Whether select_action keeps per-episode state beyond the action queue, so that a chunk per request
+    # cannot reproduce it: Diffusion's observation history (n_obs_steps > 1), ACT's temporal ensemble.
+    episode_state: bool
     cameras: dict[str, tuple[int, int, int]]  # LeRobot camera name -> (C, H, W)
     uses_language: bool  # whether `task` (Gauntlet's prompt) is an input
 
@@ -102,9 +110,10 @@ class PretrainedSpec:
         return PolicyMetadata(
             name="lerobot", version=version or f"{self.policy_type}:{Path(self.path).name}",
             action_dim=self.action_dim, chunk_len=self.chunk_len, observation_spec=spec,
-            needs_images=bool(self.cameras),
+            needs_images=bool(self.cameras), episode_memory=self.episode_state,
             extra={"lerobot_type": self.policy_type, "pretrained_dir": self.path,
-                   "cameras": {cam: adapter.cameras[cam] for cam in self.cameras}},
+                   "cameras": {cam: adapter.cameras[cam] for cam in self.cameras},
+                   **({"max_episodes": adapter.max_episodes} if self.episode_state else {})},
         )
 
 
@@ -137,6 +146,15 @@ def _chunk_len(cfg: dict[str, Any], cfg_path: Path) -> int:
     if not isinstance(steps, int) or steps < 1:
         raise LeRobotDirError(cfg_path, "n_action_steps", f"expected a positive integer, got {steps!r}")
     return steps
+
+
+def _episode_state(cfg: dict[str, Any], policy_type: str) -> bool:
+    """Whether select_action carries state from one env step to the next that a fresh policy per
+    chunk would lose (read from LeRobot 0.4.4/0.6.1's modeling_act.py and modeling_diffusion.py; the
+    pi family's and SmolVLA's select_action keep only the action queue, which a chunk reproduces)."""
+    if policy_type == "diffusion":
+        return int(cfg.get("n_obs_steps", 1) or 1) > 1
+    return policy_type == "act" and cfg.get("temporal_ensemble_coeff") is not None
 
 
 def read_pretrained(path: str | Path, adapter: LeRobotAdapterConfig | None = None) -> PretrainedSpec:
@@ -176,8 +194,10 @@ def read_pretrained(path: str | Path, adapter: LeRobotAdapterConfig | None = Non
         if len(shape) != 3 or shape[0] != 3:
             raise LeRobotDirError(cfg_path, f"input_features.{name}.shape", f"{list(shape)} is not (3, H, W)")
         cameras[cam] = (shape[0], shape[1], shape[2])
+    episode_state = _episode_state(cfg, policy_type)
+    chunk_len = _chunk_len(cfg, cfg_path)  # checked either way: select_action reads it
     return PretrainedSpec(
         path=str(root.resolve()), policy_type=policy_type, state_dim=adapter.state_dim, action_dim=adapter.action_dim,
-        chunk_len=_chunk_len(cfg, cfg_path), n_obs_steps=int(cfg.get("n_obs_steps", 1) or 1), cameras=cameras,
-        uses_language=policy_type in LANGUAGE_TYPES,
+        chunk_len=1 if episode_state else chunk_len, n_obs_steps=int(cfg.get("n_obs_steps", 1) or 1),
+        episode_state=episode_state, cameras=cameras, uses_language=policy_type in LANGUAGE_TYPES,
     )

@@ -9,9 +9,12 @@ never in Gauntlet's own process. Per batch:
     one batched model call  --policy_postprocessor (unnormalise, to CPU)-->  (B, H, D) NumPy
 
 LeRobot's `select_action` keeps an action queue per policy *instance* (one episode at a time); a
-batched replica serves many episodes, so the adapter calls the chunk-level entry point
-(`predict_action_chunk`) on a freshly reset policy for every batch and returns `n_action_steps`
+batched replica serves many episodes. Where that queue is all the state (ACT without temporal
+ensembling, Diffusion with n_obs_steps 1, pi0/pi0.5/SmolVLA), the adapter calls the chunk-level entry
+point (`predict_action_chunk`) on a freshly reset policy for every batch and returns `n_action_steps`
 actions per request, the part of the chunk `select_action` would execute before asking again.
+Policies whose `select_action` keeps more (spec.episode_state: Diffusion's observation history, ACT's
+temporal ensemble) keep it per `episode_id` and answer one action per env step (episode_state.py).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from gauntlet.keys import ACTIONS_KEY, PROMPT_KEY, STATE_KEY
+from gauntlet.keys import ACTIONS_KEY, EPISODE_CALLS_KEY, PROMPT_KEY, STATE_KEY
 from gauntlet.policies.base import PolicyMetadata
 from gauntlet.policies.lerobot.config import (
     LEROBOT_IMAGES_PREFIX,
@@ -32,6 +35,7 @@ from gauntlet.policies.lerobot.config import (
     read_pretrained,
 )
 from gauntlet.policies.lerobot.environment import TORCH_THREADS_ENV
+from gauntlet.policies.lerobot.episode_state import EpisodeStepper, episode_ids
 from gauntlet.policies.lerobot.release_check import check_config
 
 
@@ -72,14 +76,28 @@ class LeRobotPolicy:
             config, pretrained_path=self.spec.path, preprocessor_overrides=device_override)
         self.config = config
         self.metadata: PolicyMetadata = self.spec.metadata(self.adapter)
+        # select_action's state per episode, for the policies that keep more than an action queue.
+        self.episodes = EpisodeStepper(self.model, self.adapter.max_episodes, self.noise) \
+            if self.spec.episode_state else None
 
     def reset(self) -> None:
-        """Nothing per episode: every batch starts from a reset LeRobot policy (see module doc)."""
+        """Forgets every episode's state (a stateless policy holds none: each batch starts from a reset
+        LeRobot policy)."""
+        if self.episodes is not None:
+            self.episodes.reset()
 
     def infer(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Wire batch (B leading) -> {"actions": (B, chunk_len, D) float32}; a stateful policy also
+        answers {"episode_calls": (B,) int64} and takes an optional `episode_id` (B,) str column."""
         import torch
 
         raw = to_lerobot(batch, self.spec, self.adapter)
+        if self.episodes is not None:
+            ids = episode_ids(batch, len(raw[LEROBOT_TASK]))  # before any work: a bad column fails alone
+            with torch.inference_mode():
+                actions, calls = self.episodes.step(self.preprocess(raw), ids, self.postprocess)  # (B, D)
+            return {ACTIONS_KEY: actions[:, None].detach().to("cpu", torch.float32).numpy(),  # (B, 1, D)
+                    EPISODE_CALLS_KEY: np.asarray(calls, np.int64)}
         with torch.inference_mode():
             model_in = self.preprocess(raw)
             chunk = self._predict_chunk(model_in, len(raw[LEROBOT_TASK]))
