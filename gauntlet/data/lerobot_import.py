@@ -2,7 +2,7 @@
 
 Reads what lerobot 0.4.x to 0.6.x write (and what openpi's LIBERO training data uses): meta/info.json,
 meta/tasks.parquet, meta/episodes/*/*.parquet and data/*/*.parquet, with image features embedded as
-{bytes, path} structs. Which LeRobot feature becomes Gauntlet's state, action and each camera is a
+{bytes, path} structs, and video features from videos/*/*/*.mp4 (decoded with PyAV: lerobot_video). Which LeRobot feature becomes Gauntlet's state, action and each camera is a
 mapping the user can set (`--state-feature`, `--action-feature`, `--camera agentview=...`); the
 defaults find Gauntlet's own names and LIBERO's (`observation.images.image`, `...wrist_image`).
 
@@ -45,6 +45,13 @@ from gauntlet.data.lerobot_format import (
     TASKS_PATH,
     feature_names,
     read_info,
+)
+from gauntlet.data.lerobot_video import (
+    VideoSpan,
+    check_video_file,
+    decode_episode,
+    episode_span,
+    span_columns,
 )
 from gauntlet.keys import ACTION_FEATURE, PROMPT_COLUMN, STATE_FEATURE, image_feature
 from gauntlet.runtime.config_args import option, parse_config, require_at_least
@@ -101,6 +108,7 @@ class _Plan:
     cameras: dict[str, str]  # Gauntlet camera -> LeRobot feature
     episodes: Any  # pandas DataFrame of meta/episodes, sorted by episode_index
     tasks: dict[int, str]  # task_index -> task string
+    videos: dict[int, dict[str, VideoSpan]]  # episode_index -> LeRobot video feature -> where its frames lie
     extra: Any  # Gauntlet's own episode table when the dataset is a Gauntlet export, else None
     has_sim: bool
 
@@ -126,10 +134,7 @@ def _cameras(cfg: ImportConfig, info: dict[str, Any], path: Path) -> dict[str, s
         if name not in feats:
             raise DatasetError(path, f"features: no {name!r} for --camera {cam}={name} (image features: "
                                      f"{sorted(k for k, f in feats.items() if f['dtype'] in ('image', 'video'))})")
-        if feats[name]["dtype"] == "video":
-            raise DatasetError(path, f"features[{name!r}]: dtype 'video' is not imported yet (only 'image' "
-                                     "features); pass --no-images or map --camera to an image feature")
-        if feats[name]["dtype"] != "image":
+        if feats[name]["dtype"] not in ("image", "video"):
             raise DatasetError(path, f"features[{name!r}]: dtype {feats[name]['dtype']!r} is not an image")
     return chosen
 
@@ -171,6 +176,25 @@ def _tasks(root: Path) -> dict[int, str]:
     return {int(i): str(t) for i, t in zip(frame["task_index"], names, strict=True)}
 
 
+def _video_spans(root: Path, info: dict[str, Any], episodes: Any, keys: list[str]) -> dict[int, dict[str, VideoSpan]]:
+    """Each planned episode's span in each video feature's files, every file opened and checked."""
+    if keys and not isinstance(info.get("video_path"), str):
+        raise DatasetError(root / INFO_PATH, f"field 'video_path' is missing but {keys} are video features")
+    for key in keys:
+        absent = [c for c in span_columns(key) if c not in episodes.columns]
+        if absent:
+            raise DatasetError(root / EPISODES_DIR, f"missing column(s) {absent}: the episodes' places in {key!r}'s videos")
+    spans = {int(row["episode_index"]): {key: episode_span(root, info, row, key) for key in keys}
+             for _, row in episodes.iterrows()} if keys else {}
+    by_file: dict[Path, list[tuple[int, VideoSpan]]] = {}
+    for ep, per_key in spans.items():
+        for span in per_key.values():
+            by_file.setdefault(span.path, []).append((ep, span))
+    for path, placed in sorted(by_file.items()):
+        check_video_file(path, placed)
+    return spans
+
+
 def plan(cfg: ImportConfig) -> _Plan:
     """Every check that needs no frames: version, features, mapping, the files the episodes name."""
     root = Path(cfg.source)
@@ -186,17 +210,19 @@ def plan(cfg: ImportConfig) -> _Plan:
         if not path.is_file():
             raise DatasetError(path, f"missing: {EPISODES_DIR} places episodes in it (data/chunk_index={chunk}, "
                                      f"data/file_index={file})")
+    videos = _video_spans(root, info, episodes, [f for f in cameras.values() if info["features"][f]["dtype"] == "video"])
     extra = None
     if (root / EXTRA_EPISODES_PATH).is_file():
         extra = _read_parquet(root / EXTRA_EPISODES_PATH, "Gauntlet's episode table").to_pandas()
     has_sim = extra is not None and (root / EXTRA_INFO_PATH).is_file() and (root / "sim").is_dir()
-    return _Plan(root, info, cameras, episodes, _tasks(root), extra, has_sim)
+    return _Plan(root, info, cameras, episodes, _tasks(root), videos, extra, has_sim)
 
 
 def _file_episodes(p: _Plan, cfg: ImportConfig) -> Iterator[tuple[int, dict[str, Any]]]:
     """(episode_index, {column: rows}) for every planned episode, one data file read at a time."""
+    embedded = [name for name in p.cameras.values() if p.info["features"][name]["dtype"] != "video"]
     columns = [cfg.state_feature, cfg.action_feature, "episode_index", "frame_index", "task_index",
-               *p.cameras.values()]
+               *(["timestamp"] if p.videos else []), *embedded]
     groups = p.episodes.groupby(["data/chunk_index", "data/file_index"], sort=True)
     for (chunk, file), eps in groups:
         path = p.root / p.info["data_path"].format(chunk_index=int(chunk), file_index=int(file))
@@ -218,6 +244,10 @@ def _file_episodes(p: _Plan, cfg: ImportConfig) -> Iterator[tuple[int, dict[str,
 def _images(p: _Plan, cfg: ImportConfig, ep: int, rows: dict[str, Any]) -> dict[str, np.ndarray]:
     out = {}
     for cam, name in p.cameras.items():
+        if name in p.videos.get(ep, {}):
+            decoded = decode_episode(p.videos[ep][name], column_to_numpy(rows["timestamp"]).reshape(-1), ep)
+            out[cam] = np.stack([resize_image(img, cfg.image_size) for img in decoded]) if cfg.image_size else decoded
+            continue
         frames = []
         for i, cell in enumerate(rows[name].to_pylist()):
             data = cell.get("bytes") if isinstance(cell, dict) else cell

@@ -82,8 +82,9 @@ def edit_info() -> Callable[[Path, Callable[[dict[str, Any]], Any]], None]:
 
 @pytest.fixture(scope="session")
 def run_in_lerobot(ray_session, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Any]:
-    """`run_in_lerobot(fn, *args)`: fn(*args) in a Ray task in the LeRobot replicas' own runtime_env
-    (same install spec, so Ray builds it once per session and uv's cache makes later sessions fast),
+    """`run_in_lerobot(fn, *args, release=None)`: fn(*args) in a Ray task in the LeRobot replicas' own
+    runtime_env for `release` (None: the default one; same install spec, so Ray builds each once per
+    session and uv's cache makes later sessions fast),
     offline, with HF caches in a temporary directory. LeRobot pins its own dependencies and must never enter
     Gauntlet's environment. `fn`'s module is shipped by value (Ray's workers cannot import tests)."""
     import sys
@@ -93,14 +94,14 @@ def run_in_lerobot(ray_session, tmp_path_factory: pytest.TempPathFactory) -> Cal
     from gauntlet.policies.lerobot.environment import runtime_env
 
     tmp = tmp_path_factory.mktemp("lerobot_env")
-    env = runtime_env()
-    env["env_vars"] = {**env["env_vars"], "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                       "HF_HOME": str(tmp / "hf_home"), "HF_DATASETS_CACHE": str(tmp / "hf_datasets"),
-                       # The session's Serve gRPC bind hook imports ray.serve, which the LeRobot venv's
-                       # protobuf breaks; these tasks start no Serve proxy, so they skip the hook.
-                       WORKER_PROCESS_SETUP_HOOK_ENV_VAR: ""}
 
-    def run(fn: Callable[..., Any], *args: Any) -> Any:
+    def run(fn: Callable[..., Any], *args: Any, release: str | None = None) -> Any:
+        env, caches = runtime_env(release), tmp / (release or "default")  # one HF cache per release
+        env["env_vars"] = {**env["env_vars"], "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                           "HF_HOME": str(caches / "hf_home"), "HF_DATASETS_CACHE": str(caches / "hf_datasets"),
+                           # The session's Serve gRPC bind hook imports ray.serve, which the LeRobot venv's
+                           # protobuf breaks; these tasks start no Serve proxy, so they skip the hook.
+                           WORKER_PROCESS_SETUP_HOOK_ENV_VAR: ""}
         ray_session.cloudpickle.register_pickle_by_value(sys.modules[fn.__module__])
         task = ray_session.remote(fn).options(runtime_env=env, num_cpus=1)
         return ray_session.get(task.remote(*args), timeout=LEROBOT_TASK_TIMEOUT_S)
