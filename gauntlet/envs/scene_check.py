@@ -18,6 +18,11 @@ from gauntlet.envs.scene_db import SceneDB, SceneDBError
 if TYPE_CHECKING:
     import pandas as pd
 
+# The list fields that select scenes (`gauntlet eval --tasks ...`, `gymnasium.make("gauntlet/Scenes-v0",
+# tasks=...)`) -> the scene metadata column each one filters.
+SCENE_FILTERS: dict[str, str] = {"tasks": "task", "variants": "variant", "error_types": "error_type",
+                                 "categories": "category"}
+
 
 def current_fingerprints(env_configs: list[str]) -> dict[str, str]:
     """{env_config JSON: fingerprint of that env under the current code, or 'error: ...'}."""

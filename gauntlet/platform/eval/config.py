@@ -7,15 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from gauntlet.deployments.batcher import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_BATCH_SIZE
+from gauntlet.envs.scene_check import SCENE_FILTERS  # the EvalConfig fields that select scenes
 from gauntlet.keys import ACTION_DIM
 from gauntlet.policies.registry import families_help
 from gauntlet.policies.vla.config import DEFAULT_PRESET
 from gauntlet.runtime.config_args import as_tuple, option, require_at_least
 from gauntlet.runtime.tracking import REPORT_TO, REPORT_TO_HELP
-
-# EvalConfig fields that select scenes -> the scene metadata column each one filters
-SCENE_FILTERS: dict[str, str] = {"tasks": "task", "variants": "variant", "error_types": "error_type",
-                                 "categories": "category"}
 
 
 class EvalConfigError(ValueError):
