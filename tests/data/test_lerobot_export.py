@@ -1,5 +1,6 @@
 """`gauntlet data export-lerobot`: the LeRobot v3.0 layout read back with pyarrow/pandas alone, and
-(slow) with LeRobot's own `LeRobotDataset` (the default release, 0.6.1), offline.
+(slow) with LeRobot's own `LeRobotDataset`, offline, in both releases Gauntlet hosts (the default,
+0.6.1, and 0.4.4: `lerobot@0.4.4`).
 
 LeRobot pins its own dependencies and must never enter Gauntlet's environment, so the slow check runs
 in a Ray task on the test session's Ray with the runtime_env Gauntlet's LeRobot replicas use
@@ -25,6 +26,7 @@ from gauntlet.data.images import decode_png
 from gauntlet.data.lerobot_export import ExportConfig, export_lerobot
 from gauntlet.data.lerobot_format import CODEBASE_VERSION, DEFAULT_FEATURES
 from gauntlet.platform.cli import main as cli
+from gauntlet.policies.lerobot.environment import LEROBOT_VERSION
 
 LENGTHS = [5, 3, 7]
 IMAGE_SIZE = 16
@@ -134,6 +136,8 @@ def test_data_files_roll_over_at_the_size_limit(make_dataset, tmp_path):
 # ---------------------------------------------------------------------- LeRobot itself (slow)
 def _load_with_lerobot(root: str, fps: int) -> dict[str, Any]:
     """Runs inside the lerobot environment: what LeRobotDataset makes of the export."""
+    from importlib.metadata import version
+
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     try:  # lerobot >= 0.5 moved it; 0.4.x keeps it beside the dataset utilities
@@ -148,7 +152,7 @@ def _load_with_lerobot(root: str, fps: int) -> dict[str, Any]:
     last = chunked[len(chunked) - 1]  # an ACT-style action chunk, padded past the episode's end
     policy = dataset_to_policy_features(ds.meta.features)
     return {
-        "len": len(ds), "num_episodes": ds.num_episodes, "fps": ds.fps,
+        "release": version("lerobot"), "len": len(ds), "num_episodes": ds.num_episodes, "fps": ds.fps,
         "features": {k: list(v["shape"]) for k, v in ds.features.items()},
         "policy_features": {k: [v.type.name, list(v.shape)] for k, v in policy.items()},
         "camera_keys": list(ds.meta.camera_keys),
@@ -181,18 +185,19 @@ def _source(root: Path) -> dict[str, Any]:
     return written
 
 
-@pytest.fixture(scope="module")
-def lerobot_view(run_in_lerobot, tmp_path_factory):
-    """One lerobot-environment task per module: everything LeRobotDataset sees of one export."""
+@pytest.fixture(scope="module", params=[LEROBOT_VERSION, "0.4.4"])
+def lerobot_view(request, run_in_lerobot, tmp_path_factory):
+    """One lerobot-environment task per release: everything that release's LeRobotDataset sees of one export."""
     tmp = tmp_path_factory.mktemp("lerobot_export")
     written = _source(tmp / "gauntlet")
     out = export_lerobot(ExportConfig(dataset=str(tmp / "gauntlet"), out=str(tmp / "lerobot")))
-    return written, run_in_lerobot(_load_with_lerobot, str(out), 20)
+    return request.param, written, run_in_lerobot(_load_with_lerobot, str(out), 20, release=request.param)
 
 
 @pytest.mark.slow
 def test_lerobot_dataset_loads_the_export_offline(lerobot_view):
-    written, seen = lerobot_view
+    release, written, seen = lerobot_view
+    assert seen["release"] == release
     n = sum(LENGTHS)
     assert (seen["len"], seen["num_episodes"], seen["fps"]) == (n, len(LENGTHS), 20)
     assert seen["features"]["observation.state"] == [8] and seen["features"]["action"] == [7]
