@@ -233,6 +233,7 @@ def test_bad_video_refused_naming_the_file(tmp_path, capsys):
     # a span whose frames are not where the data's timestamps say: the decoder finds no frame there
     _edit_episodes(root, **{span: [0.0, 0.35, 0.0], f"videos/{VIDEO_KEY}/to_timestamp": [0.3, 0.6, 0.4]})
     _refused(capsys, [str(root), "--out", out], "file-000.mp4", "episode 1 frame 0", "from_timestamp=0.35")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["libero"]  # episode 0 was written, then discarded
     _edit_episodes(root, **{span: [0.0, 0.3, 0.0]})
     (videos / "file-001.mp4").write_bytes(b"not a video")
     _refused(capsys, [str(root), "--out", out], "file-001.mp4", "cannot be read as video")
