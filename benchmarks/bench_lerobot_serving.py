@@ -1,21 +1,28 @@
-"""A LeRobot policy on Gauntlet's batched replica vs the same policy one request at a time, one run.
+"""A LeRobot policy on Gauntlet's batched replica vs the same policy one request at a time, per family.
 
-Both rows serve the same saved LeRobot policy (a randomly initialised ACT or Diffusion by default, or
---pretrained DIR) in the same LeRobot runtime_env, on the same replica code:
+Both rows serve the same saved LeRobot policy (randomly initialised ACT, Diffusion, SmolVLA, pi0 or
+pi0.5 at the small sizes of untrained_checkpoints.py / vla_checkpoints.py, or --pretrained DIR) in the
+same LeRobot runtime_env, on the same replica code:
 (a) one-at-a-time: max_batch_size 1, so every request is its own LeRobot call (what LeRobot's policy
     server and openpi's server do);
 (b) batched: max_batch_size C, so concurrent requests share one `predict_action_chunk` call.
 C concurrent clients send observations through DeploymentHandles (the path rollout actors use) for
---seconds each. Prints requests/s, p50/p99 latency, mean batch size per row and the ratio (b)/(a).
+--seconds each (every client finishes the request it has in flight). Prints requests/s, p50/p99
+latency, mean batch size per row and the ratio (b)/(a) per family.
 
-    .venv/bin/python benchmarks/bench_lerobot_serving.py [--type act|diffusion] [--clients 16] [--seconds 20]
+    .venv/bin/python benchmarks/bench_lerobot_serving.py [--families act,diffusion,smolvla,pi0,pi05]
+        [--clients 16] [--seconds 20]
 
-The first run on a machine builds the LeRobot environment (see README: LeRobot policies).
+A pi0/pi0.5 is 4.0 B parameters whatever its settings (bfloat16, 8.9 GB on disk; LeRobot builds and
+loads it in float32 first: ~16-18 GB of RAM at that moment), so families run one after another and
+each checkpoint is deleted after its rows. The first run on a machine builds the LeRobot environment
+(see docs/lerobot.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import threading
 import time
@@ -85,37 +92,64 @@ def _serve_and_measure(path: str, max_batch_size: int, clients: int, seconds: fl
     return row
 
 
+FAMILIES = ("act", "diffusion", "smolvla", "pi0", "pi05")
+
+
+def _family_rows(ray, family: str, path: str | None, args: argparse.Namespace) -> dict:
+    """Builds `family` (unless `path`), measures both rows, deletes what it built."""
+    from gauntlet.policies.lerobot.untrained_checkpoints import save_random_policy
+
+    out = None
+    if path is None:
+        began = time.perf_counter()
+        out = tempfile.mkdtemp(prefix=f"bench-lerobot-{family}-")
+        # max_calls=1: the building process exits, so a pi0 is not held twice while the replica loads it.
+        save = ray.remote(num_cpus=0, max_calls=1, runtime_env=runtime_env_for("lerobot"))(save_random_policy)
+        path = ray.get(save.remote(family, out, image_size=args.image_size))
+        print(f"[{family}] random checkpoint saved in {time.perf_counter() - began:.0f}s", flush=True)
+    try:
+        serial = _serve_and_measure(path, 1, args.clients, args.seconds, args.replica_cpus)
+        print(f"[{family}] one-at-a-time: {serial['rps']:.2f} req/s", flush=True)
+        batched = _serve_and_measure(path, args.clients, args.clients, args.seconds, args.replica_cpus)
+        print(f"[{family}] batched: {batched['rps']:.2f} req/s", flush=True)
+        return {"one-at-a-time": serial, "batched": batched}
+    finally:
+        if out is not None:
+            shutil.rmtree(out, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--type", default="act", choices=("act", "diffusion"), help="random policy to build")
+    parser.add_argument("--families", default="act,diffusion",
+                        help=f"comma-separated random policies to build and measure, of {','.join(FAMILIES)}")
+    parser.add_argument("--type", default=None, choices=FAMILIES, help="one family (same as --families TYPE)")
     parser.add_argument("--pretrained", default=None, help="a LeRobot pretrained dir instead of a random one")
-    parser.add_argument("--image-size", type=int, default=64, help="camera size of the random policy (px)")
+    parser.add_argument("--image-size", type=int, default=64, help="camera size of the random policies (px)")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients C")
     parser.add_argument("--seconds", type=float, default=20.0, help="measurement time per row")
     parser.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs reserved per replica")
     args = parser.parse_args()
+    families = [args.type] if args.type else [f for f in args.families.split(",") if f]
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown:
+        parser.error(f"--families: unknown {unknown} (known: {','.join(FAMILIES)})")
 
     import ray
 
     from gauntlet.runtime.ray_session import start_ray
 
     start_ray("bench_lerobot_serving", log_to_driver=False)  # RAY_ADDRESS, else embedded: loopback, token auth
-    path = args.pretrained
-    if path is None:
-        from gauntlet.policies.lerobot.untrained_checkpoints import save_random_policy
-
-        began = time.perf_counter()
-        save = ray.remote(num_cpus=0, runtime_env=runtime_env_for("lerobot"))(save_random_policy)
-        path = ray.get(save.remote(args.type, tempfile.mkdtemp(prefix="bench-lerobot-"),
-                                   image_size=args.image_size))
-        print(f"LeRobot env ready + random {args.type} saved in {time.perf_counter() - began:.0f}s", flush=True)
-    serial = _serve_and_measure(path, 1, args.clients, args.seconds, args.replica_cpus)
-    batched = _serve_and_measure(path, args.clients, args.clients, args.seconds, args.replica_cpus)
-    print(f"\nLeRobot {args.pretrained or args.type}, C = {args.clients} concurrent clients, {args.seconds:.0f}s per row")
-    print(f"{'row':<16}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'mean batch':>12}")
-    for name, row in (("one-at-a-time", serial), ("batched", batched)):
-        print(f"{name:<16}{row['rps']:>10.1f}{row['p50']:>10.1f}{row['p99']:>10.1f}{row['mean_batch']:>12.2f}")
-    print(f"\nratio batched / one-at-a-time: {batched['rps'] / serial['rps']:.2f}x requests/s")
+    rows = {args.pretrained: _family_rows(ray, "pretrained", args.pretrained, args)} if args.pretrained else \
+        {family: _family_rows(ray, family, None, args) for family in families}
+    print(f"\nLeRobot serving, C = {args.clients} concurrent clients, {args.seconds:.0f}s per row, "
+          f"{args.image_size} px cameras")
+    print(f"{'policy':<12}{'row':<16}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'mean batch':>12}")
+    for family, pair in rows.items():
+        for name, row in pair.items():
+            print(f"{family:<12}{name:<16}{row['rps']:>10.2f}{row['p50']:>10.0f}{row['p99']:>10.0f}"
+                  f"{row['mean_batch']:>12.2f}")
+        print(f"{family:<12}ratio batched / one-at-a-time: {pair['batched']['rps'] / pair['one-at-a-time']['rps']:.2f}x "
+              "requests/s", flush=True)
 
 
 if __name__ == "__main__":

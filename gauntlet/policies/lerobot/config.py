@@ -43,6 +43,9 @@ LEROBOT_TASK = "task"
 SUPPORTED_TYPES = ("act", "diffusion", "pi0", "pi05", "smolvla")
 # Types whose preprocessor tokenizes the `task` string: they need the prompt on every request.
 LANGUAGE_TYPES = ("pi0", "pi05", "smolvla")
+# Flow-matching types: their predict_action_chunk takes the initial noise (`noise`, (B, chunk_size,
+# max_action_dim)), which the adapter draws per request from `noise_seed`.
+FLOW_TYPES = ("pi0", "pi05", "smolvla")
 
 
 class LeRobotDirError(ValueError):

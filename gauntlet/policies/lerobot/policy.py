@@ -27,6 +27,8 @@ import numpy as np
 from gauntlet.keys import ACTIONS_KEY, EPISODE_CALLS_KEY, PROMPT_KEY, STATE_KEY
 from gauntlet.policies.base import PolicyMetadata
 from gauntlet.policies.lerobot.config import (
+    FLOW_TYPES,
+    LEROBOT_ACTION,
     LEROBOT_IMAGES_PREFIX,
     LEROBOT_STATE,
     LEROBOT_TASK,
@@ -110,6 +112,8 @@ class LeRobotPolicy:
         self.model.reset()  # queues sized for another batch (or episode) must not leak in
         if self.spec.policy_type == "diffusion":
             return self._diffusion_chunk(batch, count)
+        if self.spec.policy_type in FLOW_TYPES:  # each request's flow starts from the same seeded noise
+            return self.model.predict_action_chunk(batch, noise=self.noise(count))
         return self.model.predict_action_chunk(batch)
 
     def _diffusion_chunk(self, batch: dict[str, Any], count: int) -> Any:
@@ -128,9 +132,19 @@ class LeRobotPolicy:
         return self.model.predict_action_chunk(batch, noise=self.noise(count))
 
     def noise(self, count: int) -> Any:
-        """(count, horizon, action_dim) initial diffusion noise, the same draw for every request."""
-        import torch
+        """(count, steps, dim) initial noise drawn from `noise_seed`: the same draw for every request."""
+        return initial_noise(self.config, count, self.adapter.noise_seed).to(self.adapter.device)
 
-        generator = torch.Generator().manual_seed(self.adapter.noise_seed)
-        one = torch.randn((self.config.horizon, self.spec.action_dim), generator=generator)
-        return one.expand(count, -1, -1).to(self.adapter.device).contiguous()
+
+def initial_noise(config: Any, count: int, seed: int) -> Any:
+    """The start of a LeRobot policy's denoising, one draw repeated for `count` requests: Diffusion's
+    (count, horizon, action_dim); the flow-matching families' (count, chunk_size, max_action_dim)
+    float32, the shape and dtype their own `sample_noise` draws (`noise` argument of predict_action_chunk)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    if config.type == "diffusion":
+        shape = (config.horizon, config.output_features[LEROBOT_ACTION].shape[0])
+    else:
+        shape = (config.chunk_size, config.max_action_dim)
+    return torch.randn(shape, generator=generator, dtype=torch.float32).expand(count, -1, -1).contiguous()

@@ -45,28 +45,43 @@ def _stats(dim: int, seed: int) -> dict[str, Any]:
     return {"mean": mean, "std": std, "min": mean - 2 * std, "max": mean + 2 * std}
 
 
+def random_features(image_size: int, cameras: tuple[str, ...], state_dim: int, action_dim: int,
+                    seed: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """LeRobot's (input_features, output_features, dataset_stats) for Gauntlet's state, cameras at
+    image_size px and action."""
+    import torch
+    from lerobot.configs.types import FeatureType, PolicyFeature
+
+    inputs = {STATE_FEATURE: PolicyFeature(type=FeatureType.STATE, shape=(state_dim,))}
+    for cam in cameras:
+        inputs[image_feature(cam)] = PolicyFeature(type=FeatureType.VISUAL, shape=(3, image_size, image_size))
+    outputs = {ACTION_FEATURE: PolicyFeature(type=FeatureType.ACTION, shape=(action_dim,))}
+    stats = {STATE_FEATURE: _stats(state_dim, seed + 1), ACTION_FEATURE: _stats(action_dim, seed + 2)}
+    for cam in cameras:
+        stats[image_feature(cam)] = {
+            "mean": torch.full((3, 1, 1), 0.45), "std": torch.full((3, 1, 1), 0.25),
+            "min": torch.zeros(3, 1, 1), "max": torch.ones(3, 1, 1)}
+    return inputs, outputs, stats
+
+
 def save_random_policy(policy_type: str, out_dir: str, *, image_size: int = 32,
                        cameras: tuple[str, ...] = ("agentview", "wrist"), state_dim: int = STATE_DIM,
                        action_dim: int = ACTION_DIM, seed: int = 0, **overrides: Any) -> str:
     """Builds a random `policy_type` policy for (state_dim,) state, `cameras` at image_size px and
     (action_dim,) actions, and saves it with its processors into out_dir. Returns out_dir."""
     import torch
-    from lerobot.configs.types import FeatureType, PolicyFeature
     from lerobot.policies.factory import get_policy_class, make_policy_config, make_pre_post_processors
 
+    from gauntlet.policies.lerobot.vla_checkpoints import VLA_TYPES, save_random_vla
+
+    if policy_type in VLA_TYPES:  # with a tokenizer (and VLM) written beside the weights
+        return save_random_vla(policy_type, out_dir, image_size=image_size, cameras=cameras, state_dim=state_dim,
+                               action_dim=action_dim, seed=seed, **overrides)["path"]
     torch.manual_seed(seed)
-    inputs = {STATE_FEATURE: PolicyFeature(type=FeatureType.STATE, shape=(state_dim,))}
-    for cam in cameras:
-        inputs[image_feature(cam)] = PolicyFeature(type=FeatureType.VISUAL, shape=(3, image_size, image_size))
-    outputs = {ACTION_FEATURE: PolicyFeature(type=FeatureType.ACTION, shape=(action_dim,))}
+    inputs, outputs, stats = random_features(image_size, cameras, state_dim, action_dim, seed)
     kwargs = {**SMALL_OVERRIDES.get(policy_type, {}), **overrides}
     config = make_policy_config(policy_type, input_features=inputs, output_features=outputs, device="cpu", **kwargs)
     policy = get_policy_class(policy_type)(config)
-    stats = {STATE_FEATURE: _stats(state_dim, seed + 1), ACTION_FEATURE: _stats(action_dim, seed + 2)}
-    for cam in cameras:
-        stats[image_feature(cam)] = {
-            "mean": torch.full((3, 1, 1), 0.45), "std": torch.full((3, 1, 1), 0.25),
-            "min": torch.zeros(3, 1, 1), "max": torch.ones(3, 1, 1)}
     pre, post = make_pre_post_processors(config, dataset_stats=stats)
     policy.save_pretrained(out_dir)
     pre.save_pretrained(out_dir)
