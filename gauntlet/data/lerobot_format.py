@@ -16,6 +16,8 @@ Source: lerobot 0.4.4, `lerobot/datasets/utils.py` (DEFAULT_* paths, DEFAULT_FEA
                                               origin; LeRobot keeps every non-stats column)
       data/chunk-000/file-000.parquet         one row per frame, many episodes per file; image
                                               features embedded as HF Image structs {bytes, path}
+      videos/<key>/chunk-000/file-000.mp4     video features (import only: lerobot_video), many
+                                              episodes per file, placed by meta/episodes' videos/<key>/*
 
 Gauntlet adds, in folders LeRobot never globs: `sim/` (its simulator states, unchanged) and
 `gauntlet/` (the source dataset's info.json and per-episode table, so a round trip loses nothing).
