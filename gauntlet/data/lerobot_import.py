@@ -51,6 +51,7 @@ from gauntlet.data.lerobot_video import (
     check_video_file,
     decode_episode,
     episode_span,
+    is_depth_map,
     span_columns,
 )
 from gauntlet.keys import ACTION_FEATURE, PROMPT_COLUMN, STATE_FEATURE, image_feature
@@ -136,6 +137,9 @@ def _cameras(cfg: ImportConfig, info: dict[str, Any], path: Path) -> dict[str, s
                                      f"{sorted(k for k, f in feats.items() if f['dtype'] in ('image', 'video'))})")
         if feats[name]["dtype"] not in ("image", "video"):
             raise DatasetError(path, f"features[{name!r}]: dtype {feats[name]['dtype']!r} is not an image")
+        if is_depth_map(feats[name]):
+            raise DatasetError(path, f"features[{name!r}]: a depth map, not an RGB camera; map --camera to "
+                                     "an RGB feature")
     return chosen
 
 

@@ -29,6 +29,12 @@ TIMESTAMP_TOLERANCE_S = 1e-4  # LeRobotDataset's default tolerance_s: a frame mu
 SPAN_FIELDS = ("chunk_index", "file_index", "from_timestamp", "to_timestamp")
 
 
+def is_depth_map(feature: Mapping[str, Any]) -> bool:
+    """A depth camera (one 12-bit channel; lerobot 0.6's `depth_keys`), not an RGB one."""
+    info, video_info = feature.get("info") or {}, feature.get("video_info") or {}
+    return bool(info.get("is_depth_map") or info.get("video.is_depth_map") or video_info.get("video.is_depth_map"))
+
+
 def span_columns(key: str) -> list[str]:
     """The meta/episodes columns that place one video feature's episode (LeRobot's names)."""
     return [f"videos/{key}/{field}" for field in SPAN_FIELDS]

@@ -242,6 +242,10 @@ def test_bad_video_refused_naming_the_file(tmp_path, capsys):
     frame = pd.read_parquet(root / "meta/episodes/chunk-000/file-000.parquet").drop(columns=[span])
     frame.to_parquet(root / "meta/episodes/chunk-000/file-000.parquet")
     _refused(capsys, [str(root), "--out", out], "meta/episodes", span)
+    info = json.loads((root / "meta/info.json").read_text())
+    info["features"][VIDEO_KEY]["info"] = {"is_depth_map": True}  # lerobot 0.6's depth cameras
+    (root / "meta/info.json").write_text(json.dumps(info))
+    _refused(capsys, [str(root), "--out", out], "meta/info.json", VIDEO_KEY, "depth map")
     assert not Path(out).exists()
     assert cli(["data", "import-lerobot", str(root), "--out", out, "--no-images"]) == 0
 
