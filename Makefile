@@ -11,7 +11,7 @@ test: install
 	MUJOCO_GL=egl .venv/bin/python -m pytest -q
 
 lint: install
-	.venv/bin/ruff check gauntlet tests benchmarks
+	.venv/bin/ruff check gauntlet tests benchmarks plugins
 
 bench: install
 	MUJOCO_GL=egl .venv/bin/python benchmarks/bench_env_steps.py

@@ -84,8 +84,9 @@ class GauntletScenesEnvConfig(EnvConfig):
 
     def create_envs(self, n_envs: int, use_async_envs: bool = False) -> dict[str, dict[int, gym.vector.VectorEnv]]:
         """{"gauntlet": {0: a vector env of n_envs sub-envs, each its shard of the scenes}}."""
+        # "module:id": a sub-env in its own process (AsyncVectorEnv) imports the module that registers the id.
         fns = [freeze_after_episode_end(partial(
-            gym.make, ENV_ID, disable_env_checker=self.disable_env_checker,
+            gym.make, f"{self.package_name}:{ENV_ID}", disable_env_checker=self.disable_env_checker,
             max_episode_steps=self.episode_length, **vars(self.scenes_config(i, n_envs))))
             for i in range(n_envs)]
         mode = gym.vector.AutoresetMode.SAME_STEP
