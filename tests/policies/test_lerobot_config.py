@@ -7,6 +7,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gauntlet.deployments.app import specs_from_names
@@ -20,8 +21,10 @@ from gauntlet.policies.lerobot.config import (
     read_pretrained,
 )
 from gauntlet.policies.lerobot.environment import PROTOBUF_COMPAT
+from gauntlet.policies.lerobot.episode_state import episode_ids
 from gauntlet.policies.lerobot.release_check import unknown_fields
 from gauntlet.policies.registry import PolicyRef, runtime_env_for, split_adapter
+from gauntlet.policies.validation import ObservationError
 
 
 def _config(**changes) -> dict:
@@ -80,6 +83,17 @@ def test_policies_with_select_action_state_keep_it_per_episode(tmp_path: Path, c
     assert meta.extra.get("max_episodes") == (7 if stateful else None)
     with pytest.raises(ValueError, match="max_episodes"):
         LeRobotAdapterConfig(max_episodes=0)
+
+
+def test_a_stateful_batch_names_each_row_episode_once() -> None:
+    # episode_state.py reads the ids before any state moves; rows without one are not kept.
+    assert episode_ids({"episode_id": np.array(["a", "", "b"])}, 3) == ["a", "", "b"]
+    assert episode_ids({}, 2) == ["", ""]
+    with pytest.raises(ObservationError, match="'a' appears more than once") as err:
+        episode_ids({"episode_id": np.array(["a", "b", "a"])}, 3)
+    assert err.value.field == "episode_id"
+    with pytest.raises(ObservationError, match="expected 3 ids"):
+        episode_ids({"episode_id": np.array(["a", "b"])}, 3)
 
 
 def test_camera_names_are_configurable(tmp_path: Path) -> None:
