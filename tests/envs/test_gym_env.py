@@ -69,6 +69,7 @@ def test_reset_restores_the_state_and_observation_eval_gives(db_path: Path) -> N
             assert env.observation_space.contains(obs)
             episode.close()
         assert env.unwrapped.task_description == "pick up the red cube"
+        assert env.unwrapped.metadata["render_fps"] == json.loads(scenes[scene_id]["env_config"])["control_freq"]
         assert env.render().shape == (SCENE_PX, SCENE_PX, 3)  # videos at the scenes' own size
     finally:
         env.close()

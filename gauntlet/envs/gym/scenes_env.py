@@ -133,6 +133,9 @@ class ScenesEnv(gym.Env):
             print(f"[gauntlet/Scenes-v0] {len(self.skipped_scenes)} of {len(frame)} selected scenes skipped "
                   f"(see skipped_scenes): {self.skipped_scenes[0]['reason']}", flush=True)
         self._check_cameras()
+        # Videos play at the scenes' control rate (LeRobot's evaluator reads render_fps).
+        control_freq = EnvConfig.from_json(self._scenes[0]["env_config"]).control_freq
+        self.metadata = {**type(self).metadata, "render_fps": control_freq}
         self.image_size = config.image_size or database_image_size(self.db)
         self.observation_space = self._observation_space()
         self.action_space = gym.spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
