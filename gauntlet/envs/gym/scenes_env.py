@@ -49,10 +49,10 @@ class ScenesEnvConfig:
     scenes: str  # scene database directory (`gauntlet scenes generate --out`)
     # Scene filters, as `gauntlet eval`'s flags of the same names (SCENE_FILTERS): "a,b" or a sequence;
     # empty keeps every value.
-    tasks: tuple[str, ...] = ()
-    variants: tuple[str, ...] = ()
-    error_types: tuple[str, ...] = ()
-    categories: tuple[str, ...] = ()
+    tasks: tuple[str, ...] = ()  # Gauntlet task names, e.g. "lift,stack"
+    variants: tuple[str, ...] = ()  # placement variants, e.g. "D0"
+    error_types: tuple[str, ...] = ()  # injected error types, e.g. "drop,object_push" ("none": nominal)
+    categories: tuple[str, ...] = ()  # error categories, e.g. "impulse"
     limit: int = 0  # only the first `limit` selected scenes (scene_id order); 0 = all
     # Side (px) of the observation images, resized as eval resizes them for a policy trained at that
     # size; 0 = the size the database's scenes are rendered at (they must all share one).
