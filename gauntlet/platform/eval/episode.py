@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -264,6 +265,8 @@ class Episode:
         # openpi's clients execute only the first `replan_steps` actions, then ask again.
         self._chunk = list(np.asarray(actions, dtype=np.float64))[: self.policy.replan_steps or None]
         self.row["replan_steps"] = self.row["replan_steps"] or len(self._chunk)
+        if not self.row["first_action"] and self._chunk:
+            self.row["first_action"] = json.dumps([float(a) for a in self._chunk[0]])
 
     def step(self) -> None:
         """One env step with the chunk's next action.

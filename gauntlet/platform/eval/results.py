@@ -88,6 +88,9 @@ class EpisodeResult:
                                     "replaced); the row's outcome is the run that was not interrupted", 0)
     replan_steps: int = _column("actions executed from each returned chunk before asking again (--replan-steps K, "
                                 "or the chunk length when the whole chunk is executed); 0 if none came", 0)
+    first_action: str = _column("the first action the policy sent, as a JSON list of floats (the same checkpoint on "
+                                "the same scene gives the same first action in any evaluator that maps "
+                                "observations the same way); empty if none came", "")
     latency_ms_mean: float = _column("mean policy request latency", float("nan"))
     latency_ms_p50: float = _column("median policy request latency", float("nan"))
     latency_ms_max: float = _column("slowest policy request", float("nan"))
