@@ -43,7 +43,9 @@ VLA_TYPES = (*PI_TYPES, "smolvla")
 # The words the tests' and benchmark's prompts use; any other word is <unk> (a real tokenizer is a
 # researcher's, loaded the same way).
 WORDS = ("lift", "the", "cube", "pick", "up", "place", "stack", "open", "drawer", "red", "green", "blue",
-         "on", "in", "a", "to", "and", "block", "can", "square", "nut", "peg", "door", "push", "move")
+         "on", "in", "a", "to", "and", "block", "can", "square", "nut", "peg", "door", "push", "move",
+         # pi0.5 writes the state into its prompt: "Task: ..., State: 12 200 ...;\nAction: " (256 bins).
+         "Task", "State", "Action", ":", ",", ";", *(str(i) for i in range(256)))
 SPECIAL = ("<pad>", "<unk>", "<bos>", "<eos>")
 # SmolVLM's processor and LeRobot's SmolVLA read these named tokens from the tokenizer.
 SMOLVLM_TOKENS = {"fake_image_token": "<fake_token_around_image>", "image_token": "<image>",
@@ -55,7 +57,7 @@ VLA_OVERRIDES: dict[str, dict[str, Any]] = {
     "pi0": {"dtype": "bfloat16", "chunk_size": 8, "n_action_steps": 4, "num_inference_steps": 2,
             "image_resolution": (56, 56), "tokenizer_max_length": 12},
     "pi05": {"dtype": "bfloat16", "chunk_size": 8, "n_action_steps": 4, "num_inference_steps": 2,
-             "image_resolution": (56, 56), "tokenizer_max_length": 16},
+             "image_resolution": (56, 56), "tokenizer_max_length": 32},
     # The tiny VLM below: 2 text layers; its vision tower takes 32 px images in 8 px patches.
     "smolvla": {"chunk_size": 8, "n_action_steps": 4, "num_steps": 3, "resize_imgs_with_padding": (32, 32),
                 "num_vlm_layers": 2, "self_attn_every_n_layers": 2, "tokenizer_max_length": 12,
