@@ -195,6 +195,38 @@ def in_process_stats(batch_size: int, latencies: list[float]) -> dict:
             "mean_inference_ms": float(np.mean(latencies)) if latencies else 0.0, "mean_queue_wait_ms": 0.0}
 
 
+# ----------------------------------------------------------------------------------- CPU time
+
+
+def serve_pids() -> dict[str, list[int]]:
+    """This run's Serve replica and proxy processes (Ray titles its workers `ray::<actor class>`); only
+    this process's descendants, so another Ray on the machine is never counted."""
+    import psutil
+
+    out: dict[str, list[int]] = {"replica": [], "proxy": []}
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            title = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        if title.startswith("ray::ServeReplica:"):
+            out["replica"].append(proc.pid)
+        elif title.startswith("ray::ProxyActor"):
+            out["proxy"].append(proc.pid)
+    return out
+
+
+def cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds the processes have used so far (every thread)."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        times = psutil.Process(pid).cpu_times()
+        total += times.user + times.system
+    return total
+
+
 # ----------------------------------------------------------------------------- the serving rows
 
 
@@ -230,17 +262,23 @@ def serving_rows(args: argparse.Namespace, policy: Any, obs: dict, clients: list
         seconds = args.seconds / args.rounds
         acc = {(label, c): _Acc() for c in clients for label in drivers}
         elapsed = dict.fromkeys(acc, 0.0)
+        cpu = {key: np.zeros(3) for key in acc}  # CPU s: (this process: clients; the server; Serve's proxy)
+        ray_pids = serve_pids()
+        server_pids = {"vla-eval": [peer.pid], "serial": [serial.pid], "in-process": []}
         for _ in range(args.rounds):
             for c in clients:
                 for label, run in drivers.items():
                     handle.reset_stats.remote().result()
                     serial_ms.clear()
                     replies.clear()
+                    pids = server_pids.get(label, ray_pids["replica"])
+                    before = np.array([time.process_time(), cpu_s(pids), cpu_s(ray_pids["proxy"])])
                     start = time.perf_counter()
                     count, lat = asyncio.run(run(c, seconds))
                     # Connect to last reply: the requests in flight at the deadline (up to a p99 latency
                     # at C = 64) are answered after it, so dividing by `seconds` would overstate the rate.
                     elapsed[(label, c)] += time.perf_counter() - start
+                    cpu[(label, c)] += np.array([time.process_time(), cpu_s(pids), cpu_s(ray_pids["proxy"])]) - before
                     if label == "vla-eval":
                         stats = vla_eval_stats(replies) if replies else None
                     elif label == "in-process":
@@ -255,7 +293,12 @@ def serving_rows(args: argparse.Namespace, policy: Any, obs: dict, clients: list
         serial.terminate()
         peer.terminate()
         serve.delete(APP_NAME)
-    return [acc[key].row(*key, elapsed[key]) for key in acc]
+    rows = []
+    for key in acc:
+        rows.append(acc[key].row(*key, elapsed[key]))
+        answered = max(acc[key].count, 1)
+        rows[-1]["cpu_ms"] = cpu[key] * 1e3 / answered  # per request: clients, server, proxy
+    return rows
 
 
 def print_serving(args: argparse.Namespace, rows: list[dict]) -> None:
@@ -263,14 +306,19 @@ def print_serving(args: argparse.Namespace, rows: list[dict]) -> None:
           f"max_batch_size={args.max_batch_size} wait={args.batch_wait_s * 1e3:.0f} ms (both batched servers) "
           f"seconds/row={args.seconds} rounds={args.rounds}", flush=True)
     print(f"{'server':<10}{'C':>4}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'batch':>7}{'infer ms':>10}"
-          f"{'x vla-eval':>11}{'x serial':>10}{'of in-proc':>11}  commonest batch sizes")
+          f"{'x vla-eval':>11}{'x serial':>10}{'of in-proc':>11}  {'CPU ms/req: cli/srv/proxy':<26}"
+          "commonest batch sizes")
     pick = {(r["server"], r["clients"]): r for r in rows}
     for r in sorted(rows, key=lambda r: (r["clients"], SERVERS.index(r["server"]))):
         peer, serial, alone = (pick[(s, r["clients"])]["req_s"] for s in ("vla-eval", "serial", "in-process"))
         print(f"{r['server']:<10}{r['clients']:>4}{r['req_s']:>9.1f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
               f"{r['mean_batch']:>7.2f}{r['infer_ms']:>10.1f}{r['req_s'] / max(peer, 1e-9):>10.2f}x"
-              f"{r['req_s'] / max(serial, 1e-9):>9.2f}x{r['req_s'] / max(alone, 1e-9):>10.0%}  {r['sizes']}")
-    print("(in-process: p50/p99 are ms per batch; its req/s counts observations)", flush=True)
+              f"{r['req_s'] / max(serial, 1e-9):>9.2f}x{r['req_s'] / max(alone, 1e-9):>10.0%}  "
+              f"{'/'.join(f'{v:.1f}' for v in r['cpu_ms']):<26}{r['sizes']}")
+    print("(in-process: p50/p99 are ms per batch; its req/s counts observations. CPU ms/req: user + system CPU "
+          "per answered request of this process (clients; the in-process model), the server's process(es) (the "
+          "replica for Gauntlet's rows) and Serve's proxy, every thread counted; idle servers use almost none)",
+          flush=True)
 
 
 def print_targets(rows: list[dict]) -> None:
@@ -284,7 +332,7 @@ def print_targets(rows: list[dict]) -> None:
         ratio = mine["req_s"] / peer["req_s"]
         ok = ratio >= goal
         text = f"{server} (replica's own port) " if server == "direct" else "gauntlet (WebSocket via Serve's proxy) "
-        text += f">= {goal}x vla-eval at C={c}: {ratio:.2f}x"
+        text += f">= {goal}x vla-eval at C={c}: {ratio:.3f}x"
         if c == 64:
             ok = ok and mine["p99_ms"] <= peer["p99_ms"]
             text += f", p99 {mine['p99_ms']:.1f} vs {peer['p99_ms']:.1f} ms (no worse)"
@@ -314,7 +362,7 @@ def main() -> None:
     parser.add_argument("--policy", default="vla")
     parser.add_argument("--vla-size", default="small")
     parser.add_argument("--clients", default="1,16,64")
-    parser.add_argument("--seconds", type=float, default=6.0, help="measurement time per serving row")
+    parser.add_argument("--seconds", type=float, default=9.0, help="measurement time per serving row")
     parser.add_argument("--rounds", type=int, default=3, help="turns the rows take (each runs seconds/rounds)")
     parser.add_argument("--warmup-s", type=float, default=1.0, help="each server's warm-up at C=4")
     parser.add_argument("--max-batch-size", type=int, default=16, help="both batched servers")
@@ -327,7 +375,7 @@ def main() -> None:
         evals.add_eval_args(parser)
     args = parser.parse_args()
     if args.quick:
-        args.seconds, args.rounds, args.warmup_s = 2.0, 2, 0.5
+        args.seconds, args.rounds, args.warmup_s = 4.0, 2, 0.5
     clients = [int(c) for c in args.clients.split(",")]
     if not args.skip_serving:
         run_serving(args, clients)
