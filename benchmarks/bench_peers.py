@@ -15,8 +15,8 @@ mean batch (batch-weighted: requests / batches), each server's own inference ms 
 against vla-eval, the serial server and the in-process row. The in-process row is the model's `infer` in
 this process, no network, at B = min(C, --max-batch-size) (B = 16 at C = 64), taking its turn with the
 others: what the cores allow at that C.
-Eval rows (`lerobot-eval` vs `gauntlet eval`) come from benchmarks/peers_eval.py (--skip-eval leaves them out).
-Last, the issue's serving targets, met or missed, from this run.
+The issue's serving targets follow, met or missed, from this run. Last, the eval rows (`lerobot-eval` vs
+`gauntlet eval`, from benchmarks/peers_eval.py; --skip-eval leaves them out).
 
     .venv/bin/python benchmarks/bench_peers.py [--quick] [--vla-size small] [--clients 1,16,64] [--skip-eval]
 """
@@ -357,8 +357,12 @@ def eval_module() -> Any | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     conflict_handler="resolve")  # peers_eval may declare --quick too
-    parser.add_argument("--quick", action="store_true", help="every row briefly: a few minutes in all")
+                                     conflict_handler="resolve")  # peers_eval declares --quick too: one flag
+    evals = eval_module()
+    if evals is not None:
+        evals.add_eval_args(parser)
+    parser.add_argument("--quick", action="store_true",
+                        help="every row briefly (serving: 2 s turns; eval: peers_eval's quick): a few minutes in all")
     parser.add_argument("--policy", default="vla")
     parser.add_argument("--vla-size", default="small")
     parser.add_argument("--clients", default="1,16,64")
@@ -370,9 +374,6 @@ def main() -> None:
                         help="both batched servers: vla-eval's max_wait_time, the replica's batch_wait_timeout_s")
     parser.add_argument("--skip-serving", action="store_true")
     parser.add_argument("--skip-eval", action="store_true", help="leave out the lerobot-eval vs gauntlet eval rows")
-    evals = eval_module()
-    if evals is not None:
-        evals.add_eval_args(parser)
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.rounds, args.warmup_s = 4.0, 2, 0.5
