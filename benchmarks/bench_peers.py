@@ -95,8 +95,11 @@ def start_vla_eval(policy_name: str, kwargs: dict, max_batch_size: int, max_wait
     proc = ctx.Process(target=vla_eval_server, daemon=True,
                        args=(policy_name, kwargs, VLA_EVAL_PORT, max_batch_size, max_wait_time, ready))
     proc.start()
-    if not ready.wait(300):
-        raise RuntimeError("vla-eval's server did not start")
+    deadline = time.monotonic() + 300
+    while not ready.wait(1.0):
+        if not proc.is_alive() or time.monotonic() > deadline:
+            proc.terminate()
+            raise RuntimeError(f"vla-eval's server did not start (exit code {proc.exitcode}; its error is above)")
     return proc
 
 
@@ -231,8 +234,7 @@ def cpu_s(pids: list[int]) -> float:
 
 
 def serving_rows(args: argparse.Namespace, policy: Any, obs: dict, clients: list[int]) -> list[dict]:
-    """Every (server, C) row, in `--rounds` turns of seconds/rounds each, the rows taking turns (every
-    server stays up, idle when not driven)."""
+    """Every (server, C) row: every server up at once (idle when not driven), then the turns."""
     from ray import serve
 
     from gauntlet.deployments.app import APP_NAME, PolicyServing, build_app, deployment_name
@@ -259,45 +261,58 @@ def serving_rows(args: argparse.Namespace, policy: Any, obs: dict, clients: list
     try:
         for run in drivers.values():
             asyncio.run(run(4, args.warmup_s))  # connections, routing tables, the first batches
-        seconds = args.seconds / args.rounds
-        acc = {(label, c): _Acc() for c in clients for label in drivers}
-        elapsed = dict.fromkeys(acc, 0.0)
-        cpu = {key: np.zeros(3) for key in acc}  # CPU s: (this process: clients; the server; Serve's proxy)
         ray_pids = serve_pids()
-        server_pids = {"vla-eval": [peer.pid], "serial": [serial.pid], "in-process": []}
-        for _ in range(args.rounds):
-            for c in clients:
-                for label, run in drivers.items():
-                    handle.reset_stats.remote().result()
-                    serial_ms.clear()
-                    replies.clear()
-                    pids = server_pids.get(label, ray_pids["replica"])
-                    before = np.array([time.process_time(), cpu_s(pids), cpu_s(ray_pids["proxy"])])
-                    start = time.perf_counter()
-                    count, lat = asyncio.run(run(c, seconds))
-                    # Connect to last reply: the requests in flight at the deadline (up to a p99 latency
-                    # at C = 64) are answered after it, so dividing by `seconds` would overstate the rate.
-                    elapsed[(label, c)] += time.perf_counter() - start
-                    cpu[(label, c)] += np.array([time.process_time(), cpu_s(pids), cpu_s(ray_pids["proxy"])]) - before
-                    if label == "vla-eval":
-                        stats = vla_eval_stats(replies) if replies else None
-                    elif label == "in-process":
-                        stats = in_process_stats(min(c, args.max_batch_size), lat)
-                    else:
-                        stats = None if label == "serial" else handle.get_stats.remote().result()
-                    acc[(label, c)].add(count, lat, stats)
-                    if label == "serial":
-                        acc[(label, c)].infer_ms_sum += sum(serial_ms)
-                        acc[(label, c)].serial_batches += len(serial_ms)
+        pids = {label: ray_pids["replica"] for label in drivers}
+        pids.update({"vla-eval": [peer.pid], "serial": [serial.pid], "in-process": []})
+        pids["proxy"] = ray_pids["proxy"]
+
+        def stats(label: str, c: int, lat: list[float]) -> dict | None:
+            """The turn's batching record, in the replica's stats shape (`_Acc.add`); serial: None."""
+            if label == "vla-eval":
+                return vla_eval_stats(replies) if replies else None
+            if label == "in-process":
+                return in_process_stats(min(c, args.max_batch_size), lat)
+            return None if label == "serial" else handle.get_stats.remote().result()
+
+        def reset() -> None:
+            handle.reset_stats.remote().result()
+            serial_ms.clear()
+            replies.clear()
+
+        rows = take_turns(args, drivers, clients, pids, reset, stats, serial_ms)
     finally:
         serial.terminate()
         peer.terminate()
         serve.delete(APP_NAME)
+    return rows
+
+
+def take_turns(args: argparse.Namespace, drivers: dict[str, Any], clients: list[int], pids: dict[str, list[int]],
+               reset: Any, stats: Any, serial_ms: list[float]) -> list[dict]:
+    """`--rounds` rounds; in each, every (server, C) row runs seconds/rounds, so a neighbour's load lands
+    on all alike. `pids`: each server's processes, and Serve's proxy under "proxy"."""
+    acc = {(label, c): _Acc() for c in clients for label in drivers}
+    elapsed = dict.fromkeys(acc, 0.0)
+    cpu = {key: np.zeros(3) for key in acc}  # CPU s: (this process: clients; the server; Serve's proxy)
+    for _ in range(args.rounds):
+        for c in clients:
+            for label, run in drivers.items():
+                reset()
+                before = np.array([time.process_time(), cpu_s(pids[label]), cpu_s(pids["proxy"])])
+                start = time.perf_counter()
+                count, lat = asyncio.run(run(c, args.seconds / args.rounds))
+                # Connect to last reply: the requests in flight at the deadline (up to a p99 latency at
+                # C = 64) are answered after it, so dividing by the turn's seconds would overstate the rate.
+                elapsed[(label, c)] += time.perf_counter() - start
+                cpu[(label, c)] += np.array([time.process_time(), cpu_s(pids[label]), cpu_s(pids["proxy"])]) - before
+                acc[(label, c)].add(count, lat, stats(label, c, lat))
+                if label == "serial":
+                    acc[(label, c)].infer_ms_sum += sum(serial_ms)
+                    acc[(label, c)].serial_batches += len(serial_ms)
     rows = []
     for key in acc:
         rows.append(acc[key].row(*key, elapsed[key]))
-        answered = max(acc[key].count, 1)
-        rows[-1]["cpu_ms"] = cpu[key] * 1e3 / answered  # per request: clients, server, proxy
+        rows[-1]["cpu_ms"] = cpu[key] * 1e3 / max(acc[key].count, 1)  # per request: clients, server, proxy
     return rows
 
 
@@ -389,6 +404,11 @@ def main() -> None:
 
 
 def run_serving(args: argparse.Namespace, clients: list[int]) -> None:
+    try:
+        import vla_eval  # noqa: F401  (the peer: fail here, before minutes of start-up)
+    except ModuleNotFoundError:
+        raise SystemExit("bench_peers needs vla-eval (the dev extra): scripts/install.sh, or "
+                         ".venv/bin/pip install 'vla-eval==0.8.0'") from None
     import ray
     from ray import serve
     from ray.serve.config import HTTPOptions, gRPCOptions
