@@ -89,7 +89,7 @@ def _lerobot_task(fn: Any, tmp: Path) -> Any:
                        "HF_HOME": str(tmp / "hf_home"), "HF_HUB_OFFLINE": "1"}
     if fn.__module__.split(".")[0] != "gauntlet":  # workers cannot import benchmarks/: send it by value
         ray.cloudpickle.register_pickle_by_value(sys.modules[fn.__module__])
-    return ray.remote(fn).options(runtime_env=env, num_cpus=1)
+    return ray.remote(fn).options(runtime_env=env, num_cpus=1, max_retries=0)
 
 
 def _success_by_type(error_types: list[str], successes: list[bool]) -> dict[str, tuple[int, int, float, float]]:

@@ -103,7 +103,7 @@ def run_in_lerobot(ray_session, tmp_path_factory: pytest.TempPathFactory) -> Cal
                            # protobuf breaks; these tasks start no Serve proxy, so they skip the hook.
                            WORKER_PROCESS_SETUP_HOOK_ENV_VAR: ""}
         ray_session.cloudpickle.register_pickle_by_value(sys.modules[fn.__module__])
-        task = ray_session.remote(fn).options(runtime_env=env, num_cpus=1)
+        task = ray_session.remote(fn).options(runtime_env=env, num_cpus=1, max_retries=0)
         return ray_session.get(task.remote(*args), timeout=LEROBOT_TASK_TIMEOUT_S)
 
     return run

@@ -40,7 +40,7 @@ def pretrained(ray_session, tmp_path_factory: pytest.TempPathFactory) -> dict[st
 
     from gauntlet.policies.lerobot.untrained_checkpoints import save_random_policy
 
-    save = ray.remote(num_cpus=0.5, runtime_env=runtime_env_for("lerobot"))(save_random_policy)
+    save = ray.remote(num_cpus=0.5, max_retries=0, runtime_env=runtime_env_for("lerobot"))(save_random_policy)
     root = tmp_path_factory.mktemp("lerobot_state")
     refs = {"diffusion": save.remote("diffusion", str(root / "diffusion"), image_size=IMAGE),
             "act": save.remote("act", str(root / "act"), image_size=IMAGE, **ACT_ENSEMBLE)}
@@ -113,7 +113,7 @@ def test_interleaved_episodes_match_lerobots_select_action_loop(served, pretrain
     assert (meta["chunk_len"], meta["episode_memory"]) == (1, True)
     run = _run_interleaved(served[kind], starts, steps, tag=f"{kind}-match")
     assert run["calls"] == [list(range(1, steps + 1))] * len(starts)
-    loop = ray.remote(num_cpus=0.5, runtime_env=runtime_env_for("lerobot"))(select_action_loop)
+    loop = ray.remote(num_cpus=0.5, max_retries=0, runtime_env=runtime_env_for("lerobot"))(select_action_loop)
     reference = ray.get(loop.remote(pretrained[kind], run["obs"]), timeout=600)
     for i, expected in enumerate(reference):
         np.testing.assert_allclose(np.stack(run["actions"][i]), expected, rtol=1e-4, atol=1e-4,

@@ -34,7 +34,7 @@ SETUP_S = 1800  # a first build of an environment downloads torch
 def _saved(ray, release: str | None, out: Path) -> str:
     from gauntlet.policies.lerobot.untrained_checkpoints import save_random_policy
 
-    save = ray.remote(num_cpus=0.5, runtime_env=runtime_env_for("lerobot", release))(save_random_policy)
+    save = ray.remote(num_cpus=0.5, max_retries=0, runtime_env=runtime_env_for("lerobot", release))(save_random_policy)
     return ray.get(save.remote("act", str(out), image_size=IMAGE), timeout=SETUP_S)
 
 

@@ -47,7 +47,7 @@ def lerobot_env(ray_session):
 
     from gauntlet.policies.lerobot.untrained_checkpoints import reference_actions
 
-    return ray.remote(num_cpus=0.5, runtime_env=runtime_env_for("lerobot"))(reference_actions), ray
+    return ray.remote(num_cpus=0.5, max_retries=0, runtime_env=runtime_env_for("lerobot"))(reference_actions), ray
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def pretrained(lerobot_env, tmp_path_factory: pytest.TempPathFactory) -> dict[st
 
     from gauntlet.policies.lerobot.untrained_checkpoints import save_random_policy
 
-    save = ray.remote(num_cpus=0.5, runtime_env=runtime_env_for("lerobot"))(save_random_policy)
+    save = ray.remote(num_cpus=0.5, max_retries=0, runtime_env=runtime_env_for("lerobot"))(save_random_policy)
     root = tmp_path_factory.mktemp("lerobot")
     refs = {kind: save.remote(kind, str(root / kind), image_size=IMAGE) for kind in ("act", "diffusion")}
     return {kind: ray.get(ref, timeout=1800) for kind, ref in refs.items()}

@@ -91,7 +91,7 @@ def lerobot_task(ray_session, tmp_path_factory: pytest.TempPathFactory) -> Calla
     def remote(fn: Callable[..., Any]) -> Any:
         if fn.__module__.split(".")[0] != "gauntlet":  # workers cannot import the tests: send it by value
             ray_session.cloudpickle.register_pickle_by_value(sys.modules[fn.__module__])
-        return ray_session.remote(fn).options(runtime_env=env, num_cpus=1)
+        return ray_session.remote(fn).options(runtime_env=env, num_cpus=1, max_retries=0)
 
     return remote
 
