@@ -139,3 +139,22 @@ def _validate_state_dict(key: str, value: Any) -> dict[str, np.ndarray]:
     if total > MAX_STATE_ELEMENTS:
         raise ObservationError(key, f"{total} values exceed the limit of {MAX_STATE_ELEMENTS}")
     return out
+
+
+def episode_ids(batch: Any, count: int) -> list[str]:
+    """A batch's (count,) episode ids ("" for a row without one; all "" without the column), or
+    ObservationError on a malformed column or an id twice in one batch (one request per episode and
+    step). A policy with per-episode memory keys it by these."""
+    if EPISODE_ID_KEY not in batch:
+        return [""] * count
+    ids = np.asarray(batch[EPISODE_ID_KEY])
+    if ids.ndim == 0 and count == 1:
+        ids = ids.reshape(1)
+    if ids.shape != (count,):
+        raise ObservationError(EPISODE_ID_KEY, f"expected {count} ids, got shape {list(ids.shape)}")
+    out = [str(x) for x in ids.tolist()]
+    named = [x for x in out if x]
+    if len(set(named)) != len(named):
+        dup = next(x for x in named if named.count(x) > 1)
+        raise ObservationError(EPISODE_ID_KEY, f"{dup!r} appears more than once in one batch")
+    return out

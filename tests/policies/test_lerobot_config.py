@@ -21,10 +21,9 @@ from gauntlet.policies.lerobot.config import (
     read_pretrained,
 )
 from gauntlet.policies.lerobot.environment import PROTOBUF_COMPAT
-from gauntlet.policies.lerobot.episode_state import episode_ids
 from gauntlet.policies.lerobot.release_check import unknown_fields
 from gauntlet.policies.registry import PolicyRef, runtime_env_for, split_adapter
-from gauntlet.policies.validation import ObservationError
+from gauntlet.policies.validation import ObservationError, episode_ids
 
 
 def _config(**changes) -> dict:

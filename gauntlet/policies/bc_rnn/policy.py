@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from gauntlet.data.normalization import FieldStats, NormStats, NormStatsError
-from gauntlet.keys import ACTION_IS_PAD_KEY, ACTIONS_KEY, EPISODE_CALLS_KEY, EPISODE_ID_KEY
+from gauntlet.keys import ACTION_IS_PAD_KEY, ACTIONS_KEY, EPISODE_CALLS_KEY
 from gauntlet.policies.base import FieldSpec, PolicyMetadata, masked_chunk_mse
 from gauntlet.policies.bc_rnn.config import BCRNNConfig, config_for_task
 from gauntlet.policies.bc_rnn.model import BCRNN, build_model, param_shapes, state_dict_numpy
@@ -47,7 +47,7 @@ from gauntlet.policies.checkpoints import (
     load_model_checkpoint,
     save_checkpoint,
 )
-from gauntlet.policies.validation import ObservationError
+from gauntlet.policies.validation import ObservationError, episode_ids
 
 MODEL_NAME = "bc_rnn"
 
@@ -158,25 +158,10 @@ class BCRNNPolicy:
             parts.append(self.norm_stats.normalize(key, arr, c.norm_mode))
         return np.concatenate(parts, axis=1).astype(np.float32)
 
-    def _episode_ids(self, batch: Mapping[str, Any], b: int) -> list[str] | None:
-        if EPISODE_ID_KEY not in batch:
-            return None
-        ids = np.asarray(batch[EPISODE_ID_KEY])
-        if ids.ndim == 0 and b == 1:
-            ids = ids.reshape(1)
-        if ids.shape != (b,):
-            raise ObservationError(EPISODE_ID_KEY, f"expected {b} ids, got shape {list(ids.shape)}")
-        out = [str(x) for x in ids.tolist()]
-        named = [x for x in out if x]
-        if len(set(named)) != len(named):
-            dup = next(x for x in named if named.count(x) > 1)
-            raise ObservationError(EPISODE_ID_KEY, f"{dup!r} appears more than once in one batch")
-        return out
-
-    def _gather(self, ids: list[str] | None, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _gather(self, ids: list[str], b: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(h, c), each (num_layers, B, hidden): stored state for known ids, zeros otherwise."""
         h, c = self.model.zero_state(b)
-        for i, eid in enumerate(ids or []):
+        for i, eid in enumerate(ids):
             mem = self._episodes.get(eid) if eid else None
             if mem is not None and mem.calls < self.config.calls_per_memory:
                 h[:, i], c[:, i] = mem.h, mem.c
@@ -202,16 +187,14 @@ class BCRNNPolicy:
         c = self.config
         obs = self.normalize_observations(batch)  # (B, obs_dim)
         b = obs.shape[0]
-        ids = self._episode_ids(batch, b)
+        ids = episode_ids(batch, b)  # all "" without the column: nothing is kept
         if b == 0:
             return {ACTIONS_KEY: np.zeros((0, c.chunk_len, c.action_dim), np.float32),
                     EPISODE_CALLS_KEY: np.zeros(0, np.int64)}
-        seen = [0] * b
         with self._lock, torch.inference_mode():
             state = self._gather(ids, b)
             normed, (h, cell) = self.model.chunk(torch.from_numpy(obs), state)  # (B, H, D)
-            if ids is not None:
-                seen = self._scatter(ids, h, cell)
+            seen = self._scatter(ids, h, cell)
         actions = self.norm_stats.unnormalize(ACTIONS_KEY, normed.numpy(), c.norm_mode)
         if c.action_clip:
             actions = np.clip(actions, -c.action_clip, c.action_clip)

@@ -30,11 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from gauntlet.keys import EPISODE_ID_KEY
-from gauntlet.policies.validation import ObservationError
-
 
 @dataclass
 class _Episode:
@@ -51,22 +46,6 @@ class _Episode:
     def copy(self) -> _Episode:
         """A copy a batch may advance without touching this one (tensors are replaced, never written)."""
         return _Episode({k: deque(q, maxlen=q.maxlen) for k, q in self.queues.items()}, self.ensemble, self.calls)
-
-
-def episode_ids(batch: dict[str, Any], count: int) -> list[str]:
-    """The batch's (count,) episode ids ("" for a row without one); ObservationError on a malformed
-    column or an id twice in one batch (one request per episode and step)."""
-    if EPISODE_ID_KEY not in batch:
-        return [""] * count
-    ids = np.asarray(batch[EPISODE_ID_KEY])
-    if ids.shape != (count,):
-        raise ObservationError(EPISODE_ID_KEY, f"expected {count} ids, got shape {list(ids.shape)}")
-    out = [str(x) for x in ids.tolist()]
-    named = [x for x in out if x]
-    if len(set(named)) != len(named):
-        dup = next(x for x in named if named.count(x) > 1)
-        raise ObservationError(EPISODE_ID_KEY, f"{dup!r} appears more than once in one batch")
-    return out
 
 
 class EpisodeStepper:

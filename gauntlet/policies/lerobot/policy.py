@@ -37,8 +37,9 @@ from gauntlet.policies.lerobot.config import (
     read_pretrained,
 )
 from gauntlet.policies.lerobot.environment import TORCH_THREADS_ENV
-from gauntlet.policies.lerobot.episode_state import EpisodeStepper, episode_ids
+from gauntlet.policies.lerobot.episode_state import EpisodeStepper
 from gauntlet.policies.lerobot.release_check import check_config
+from gauntlet.policies.validation import episode_ids
 
 
 def to_lerobot(batch: dict[str, Any], spec: PretrainedSpec, adapter: LeRobotAdapterConfig) -> dict[str, Any]:
