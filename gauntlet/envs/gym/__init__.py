@@ -22,7 +22,7 @@ DEFAULT_MAX_EPISODE_STEPS = 300
 # Observation keys, as LeRobot's gym envs name them (lerobot.envs.utils.preprocess_observation).
 STATE_OBS = "agent_pos"  # (8,) float32: keys.STATE_KEY's vector
 PIXELS_OBS = "pixels"  # {dataset camera name: (H, W, 3) uint8}
-ACTION_OBS = "action"  # the name LeRobot's env configs give the action in `features`
+ACTION_OBS = ACTION_FEATURE  # the name LeRobot's env configs give the action in `features`
 
 # Gym observation key (a camera as "pixels/<cam>") -> LeRobot feature name, for an EnvConfig's features_map.
 LEROBOT_FEATURES_MAP: dict[str, str] = {

@@ -82,11 +82,15 @@ def test_data_parallel_training_across_nodes_survives_losing_a_node(dataset: Pat
 
     ranks = [_attempts(_jsonl(train / "workers" / f"rank{r}.digests.jsonl")) for r in (0, 1)]
     assert [len(a) for a in ranks] == [2, 2], "each rank ran in two processes: before and after the node loss"
-    for rank0, rank1 in zip(*ranks, strict=True):  # the two ranks of one worker group
+    for group, (rank0, rank1) in enumerate(zip(*ranks, strict=True)):  # the two ranks of one worker group
         # One worker per node, on two nodes: the worker group really spans nodes.
         assert rank0[0]["node_id"] != rank1[0]["node_id"]
-        assert [r["step"] for r in rank0] == [r["step"] for r in rank1]
-        for a, b in zip(rank0, rank1, strict=True):
+        steps0, steps1 = [r["step"] for r in rank0], [r["step"] for r in rank1]
+        # The node can go between a step's gradient all-reduce and its digest line: in the interrupted
+        # group one rank may have written one step more than the other, never a different one.
+        common = min(len(steps0), len(steps1))
+        assert steps0[:common] == steps1[:common] and len(steps0) - len(steps1) in ((-1, 0, 1) if group == 0 else (0,))
+        for a, b in zip(rank0[:common], rank1[:common], strict=True):
             # Different data on each rank, the same parameters after every step: gradients are synchronised.
             assert a["batch"] != b["batch"] and a["params"] == b["params"], a["step"]
     (first, second), (first1, second1) = ranks
