@@ -30,6 +30,7 @@ def _row(**values: Any) -> dict[str, Any]:
         "steps": 100, "recovery_step": -1, "inference_calls": 10, "episode_restarts": 0, "replan_steps": 10, "latency_ms_mean": 5.0, "latency_ms_p50": 4.0,
         "latency_ms_max": 9.0, "label_motion": "none", "label_grasp": "none", "label_command": "none",
         "origin": "injected", "scene_seed": 0, "policy_seed": 0, "horizon": 200, "wall_s": 1.0, "worker": "w0", "code_version": "0.1.0",
+        "first_action": "",
     }
     row.update(values)
     assert set(row) == set(RESULT_COLUMNS)
