@@ -149,6 +149,41 @@ def test_a_bad_request_fails_alone(served) -> None:
     assert "observation/image" in msgpack_numpy.unpackb(answers[7].content)["error"]
 
 
+def _rename_tensor(weights: Path, old: str, new: str) -> None:
+    """Renames one tensor in a safetensors file's JSON header (the data bytes stay as they are)."""
+    import json
+    import struct
+
+    raw = weights.read_bytes()
+    (size,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + size])
+    header[new] = header.pop(old)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    weights.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + size:])
+
+
+def test_weights_lerobot_leaves_random_are_refused_naming_the_tensor(pretrained, tmp_path: Path) -> None:
+    import shutil
+
+    import ray
+
+    from gauntlet.policies.lerobot.untrained_checkpoints import weights_problem
+
+    problem = ray.remote(num_cpus=0.5, max_retries=0, runtime_env=runtime_env_for("lerobot"))(weights_problem)
+    assert ray.get(problem.remote(pretrained["act"]), timeout=600) == ""
+    # What lerobot 0.6.1's pi0/pi0.5 loader returns when loading fails: the random initialisation.
+    fallback = ray.get(problem.remote(pretrained["act"], as_fallback=True), timeout=600)
+    assert "values differ from the file's" in fallback and "model.safetensors" in fallback
+    # A tensor the model has but the file lacks: LeRobot's strict=False load keeps it random.
+    broken = tmp_path / "act"
+    shutil.copytree(pretrained["act"], broken)
+    dropped = "model.action_head.weight"
+    _rename_tensor(broken / "model.safetensors", dropped, "model.action_head_renamed.weight")
+    partial = ray.get(problem.remote(str(broken)), timeout=600)
+    assert dropped in partial and "no weights in the file" in partial
+
+
 def test_gauntlet_eval_runs_a_lerobot_policy_end_to_end(served, pretrained: dict[str, str], tmp_path: Path) -> None:
     import pandas as pd
     from ray import serve

@@ -24,8 +24,6 @@ Policy protocol.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +45,7 @@ from gauntlet.policies.checkpoints import (
     load_model_checkpoint,
     save_checkpoint,
 )
+from gauntlet.policies.episode_store import EpisodeStore
 from gauntlet.policies.validation import ObservationError, episode_ids
 
 MODEL_NAME = "bc_rnn"
@@ -77,8 +76,7 @@ class BCRNNPolicy:
         self.norm_stats.check_dims(self._stat_dims())
         self._name = name
         self._version = version or "0"
-        self._episodes: OrderedDict[str, _EpisodeMemory] = OrderedDict()
-        self._lock = threading.Lock()  # one replica may be called from several threads
+        self._episodes: EpisodeStore[_EpisodeMemory] = EpisodeStore(config.max_episodes)
         self.metadata = self._make_metadata()
 
     # ---------------------------------------------------------------- construction
@@ -162,7 +160,7 @@ class BCRNNPolicy:
         """(h, c), each (num_layers, B, hidden): stored state for known ids, zeros otherwise."""
         h, c = self.model.zero_state(b)
         for i, eid in enumerate(ids):
-            mem = self._episodes.get(eid) if eid else None
+            mem = self._episodes.get(eid)
             if mem is not None and mem.calls < self.config.calls_per_memory:
                 h[:, i], c[:, i] = mem.h, mem.c
         return h, c
@@ -173,12 +171,10 @@ class BCRNNPolicy:
         for i, eid in enumerate(ids):
             if not eid:
                 continue
-            old = self._episodes.pop(eid, None)
+            old = self._episodes.get(eid)
             calls = 1 if old is None or old.calls >= self.config.calls_per_memory else old.calls + 1
             seen[i] = 1 if old is None else old.seen + 1
-            self._episodes[eid] = _EpisodeMemory(h[:, i].clone(), c[:, i].clone(), calls, seen[i])
-        while len(self._episodes) > self.config.max_episodes:
-            self._episodes.popitem(last=False)
+            self._episodes.put(eid, _EpisodeMemory(h[:, i].clone(), c[:, i].clone(), calls, seen[i]))
         return seen
 
     def infer(self, batch: Mapping[str, Any]) -> dict[str, Any]:
@@ -191,7 +187,7 @@ class BCRNNPolicy:
         if b == 0:
             return {ACTIONS_KEY: np.zeros((0, c.chunk_len, c.action_dim), np.float32),
                     EPISODE_CALLS_KEY: np.zeros(0, np.int64)}
-        with self._lock, torch.inference_mode():
+        with self._episodes.lock, torch.inference_mode():
             state = self._gather(ids, b)
             normed, (h, cell) = self.model.chunk(torch.from_numpy(obs), state)  # (B, H, D)
             seen = self._scatter(ids, h, cell)
@@ -202,13 +198,11 @@ class BCRNNPolicy:
 
     def reset(self) -> None:
         """Forgets every episode's hidden state."""
-        with self._lock:
-            self._episodes.clear()
+        self._episodes.reset()
 
     def end_episode(self, episode_id: str) -> None:
         """Forgets one episode's hidden state (frees its LRU slot early)."""
-        with self._lock:
-            self._episodes.pop(str(episode_id), None)
+        self._episodes.end_episode(episode_id)
 
     @property
     def num_episodes(self) -> int:

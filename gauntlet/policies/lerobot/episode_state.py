@@ -24,11 +24,12 @@ Runs where LeRobot is importable (a LeRobot replica), like policy.py.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from gauntlet.policies.episode_store import EpisodeStore
 
 
 @dataclass
@@ -54,17 +55,15 @@ class EpisodeStepper:
     def __init__(self, model: Any, max_episodes: int, noise: Callable[[int], Any]):
         self.model = model  # the LeRobot PreTrainedPolicy (ACT with a temporal ensembler, or Diffusion)
         self.config = model.config
-        self.max_episodes = max_episodes
         self.noise = noise  # count -> (count, horizon, D) initial diffusion noise, as the chunk path draws it
-        self._episodes: OrderedDict[str, _Episode] = OrderedDict()
-        self._lock = threading.Lock()  # a replica may call from several threads; a batch steps alone
+        self.store: EpisodeStore[_Episode] = EpisodeStore(max_episodes)  # `reset()` there forgets them all
 
     def step(self, model_in: dict[str, Any], ids: list[str], finish: Callable[[Any], Any]) -> tuple[Any, list[int]]:
         """One env step of every row: `model_in` is the preprocessed batch (B rows), `ids` its episode
         ids. Returns (finish((B, D) normalised actions), each row's episode calls: 0 without an id).
         `finish` (the postprocessor) runs before the state is stored, so a batch that fails anywhere
         leaves every episode as it was."""
-        with self._lock:
+        with self.store.lock:  # a batch steps alone
             episodes = [self._checkout(eid) for eid in ids]
             if self.config.type == "act":
                 actions = self._act_step(model_in, episodes)
@@ -73,23 +72,8 @@ class EpisodeStepper:
             out = finish(actions)
             return out, self._commit(ids, episodes)
 
-    def reset(self) -> None:
-        """Forgets every episode."""
-        with self._lock:
-            self._episodes.clear()
-
-    def end_episode(self, episode_id: str) -> None:
-        """Forgets one episode (frees its LRU slot early)."""
-        with self._lock:
-            self._episodes.pop(str(episode_id), None)
-
-    @property
-    def num_episodes(self) -> int:
-        """Episodes whose state is held."""
-        return len(self._episodes)
-
     def _checkout(self, episode_id: str) -> _Episode:
-        held = self._episodes.get(episode_id) if episode_id else None
+        held = self.store.get(episode_id)
         return held.copy() if held is not None else _Episode()
 
     def _commit(self, ids: list[str], episodes: list[_Episode]) -> list[int]:
@@ -99,10 +83,7 @@ class EpisodeStepper:
                 continue
             episode.calls += 1
             calls[i] = episode.calls
-            self._episodes.pop(eid, None)
-            self._episodes[eid] = episode
-        while len(self._episodes) > self.max_episodes:
-            self._episodes.popitem(last=False)
+            self.store.put(eid, episode)
         return calls
 
     def _act_step(self, model_in: dict[str, Any], episodes: list[_Episode]) -> Any:

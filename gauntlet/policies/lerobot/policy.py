@@ -39,6 +39,7 @@ from gauntlet.policies.lerobot.config import (
 from gauntlet.policies.lerobot.environment import TORCH_THREADS_ENV
 from gauntlet.policies.lerobot.episode_state import EpisodeStepper
 from gauntlet.policies.lerobot.release_check import check_config
+from gauntlet.policies.lerobot.weights_check import verify_loaded_weights
 from gauntlet.policies.validation import episode_ids
 
 
@@ -73,6 +74,7 @@ class LeRobotPolicy:
         config.device = self.adapter.device
         self.model = get_policy_class(config.type).from_pretrained(self.spec.path, config=config,
                                                                    local_files_only=True)
+        verify_loaded_weights(self.model, self.spec.path)  # LeRobot's loaders can leave weights random silently
         self.model.eval()
         device_override = {"device_processor": {"device": self.adapter.device}}
         self.preprocess, self.postprocess = make_pre_post_processors(
@@ -87,7 +89,7 @@ class LeRobotPolicy:
         """Forgets every episode's state (a stateless policy holds none: each batch starts from a reset
         LeRobot policy)."""
         if self.episodes is not None:
-            self.episodes.reset()
+            self.episodes.store.reset()
 
     def infer(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
         """Wire batch (B leading) -> {"actions": (B, chunk_len, D) float32}; a stateful policy also

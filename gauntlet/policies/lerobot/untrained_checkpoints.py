@@ -122,3 +122,25 @@ def reference_actions(path: str, batch: dict[str, Any], noise_seed: int = 0) -> 
             chunk = policy.predict_action_chunk(pre(dict(raw)))[:, : config.n_action_steps]
             out["chunk"] = post(chunk).numpy()
     return out
+
+
+def weights_problem(path: str, *, as_fallback: bool = False) -> str:
+    """The message of Gauntlet's weights check (weights_check.py), '' when it passes: on the replica's
+    own loading path (LeRobotPolicy) for `path`, or, with as_fallback, on a freshly initialised model of
+    `path`'s config, which is what lerobot 0.6.1's pi0/pi0.5 loader returns when it fails to load."""
+    from lerobot.configs.policies import PreTrainedConfig
+    from lerobot.policies.factory import get_policy_class
+
+    from gauntlet.policies.lerobot.config import LeRobotDirError
+    from gauntlet.policies.lerobot.policy import LeRobotPolicy
+    from gauntlet.policies.lerobot.weights_check import verify_loaded_weights
+
+    try:
+        if as_fallback:
+            config = PreTrainedConfig.from_pretrained(path, local_files_only=True)
+            verify_loaded_weights(get_policy_class(config.type)(config), path)
+        else:
+            LeRobotPolicy(path)
+    except LeRobotDirError as exc:
+        return str(exc)
+    return ""
