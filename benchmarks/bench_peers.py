@@ -292,7 +292,6 @@ def take_turns(args: argparse.Namespace, drivers: dict[str, Any], clients: list[
     """`--rounds` rounds; in each, every (server, C) row runs seconds/rounds, so a neighbour's load lands
     on all alike. `pids`: each server's processes, and Serve's proxy under "proxy"."""
     acc = {(label, c): _Acc() for c in clients for label in drivers}
-    elapsed = dict.fromkeys(acc, 0.0)
     cpu = {key: np.zeros(3) for key in acc}  # CPU s: (this process: clients; the server; Serve's proxy)
     for _ in range(args.rounds):
         for c in clients:
@@ -303,7 +302,7 @@ def take_turns(args: argparse.Namespace, drivers: dict[str, Any], clients: list[
                 count, lat = asyncio.run(run(c, args.seconds / args.rounds))
                 # Connect to last reply: the requests in flight at the deadline (up to a p99 latency at
                 # C = 64) are answered after it, so dividing by the turn's seconds would overstate the rate.
-                elapsed[(label, c)] += time.perf_counter() - start
+                acc[(label, c)].wall_s += time.perf_counter() - start
                 cpu[(label, c)] += np.array([time.process_time(), cpu_s(pids[label]), cpu_s(pids["proxy"])]) - before
                 acc[(label, c)].add(count, lat, stats(label, c, lat))
                 if label == "serial":
@@ -311,7 +310,7 @@ def take_turns(args: argparse.Namespace, drivers: dict[str, Any], clients: list[
                     acc[(label, c)].serial_batches += len(serial_ms)
     rows = []
     for key in acc:
-        rows.append(acc[key].row(*key, elapsed[key]))
+        rows.append(acc[key].row(*key))
         rows[-1]["cpu_ms"] = cpu[key] * 1e3 / max(acc[key].count, 1)  # per request: clients, server, proxy
     return rows
 

@@ -316,13 +316,15 @@ def model_rows(args: argparse.Namespace, obs: dict, clients: list[int]) -> list[
         for c in clients:
             for label, run in drivers.items():
                 handle.reset_stats.remote().result()
+                began = time.perf_counter()
                 count, lat = asyncio.run(run(c, seconds))
+                acc[(label, c)].wall_s += time.perf_counter() - began  # connect to last reply
                 acc[(label, c)].add(count, lat, None if label == "serial" else handle.get_stats.remote().result())
     serial.terminate()
     serve.delete(APP_NAME)
     for c, times in serial_infer_ms.items():
         acc[("serial", c)].infer_ms_sum, acc[("serial", c)].serial_batches = sum(times), len(times)
-    return [acc[key].row(*key, args.seconds) for key in acc]
+    return [acc[key].row(*key) for key in acc]
 
 
 class _Acc:
@@ -332,6 +334,7 @@ class _Acc:
         self.count, self.lat, self.sizes = 0, [], Counter()
         self.infer_ms_sum = self.queue_ms_sum = 0.0
         self.serial_batches = 0  # the serial server's requests (its batches of one)
+        self.wall_s = 0.0  # the turns' wall time: every client finishes the request in flight at the deadline
 
     def add(self, count: int, lat: list[float], stats: dict | None) -> None:
         self.count += count
@@ -342,9 +345,9 @@ class _Acc:
             served = sum(int(k) * v for k, v in stats["batch_sizes"].items())
             self.queue_ms_sum += stats["mean_queue_wait_ms"] * served
 
-    def row(self, label: str, clients: int, seconds: float) -> dict:
+    def row(self, label: str, clients: int) -> dict:
         batches, served = sum(self.sizes.values()), sum(k * v for k, v in self.sizes.items())
-        out = row(label, clients, self.count, self.lat, seconds, served / batches if batches else 1.0)
+        out = row(label, clients, self.count, self.lat, self.wall_s, served / batches if batches else 1.0)
         batches = batches or self.serial_batches
         out["infer_ms"] = self.infer_ms_sum / batches if batches else float("nan")
         out["queue_ms"] = self.queue_ms_sum / served if served else float("nan")
