@@ -348,8 +348,9 @@ def print_targets(rows: list[dict]) -> None:
         text = f"{server} (replica's own port) " if server == "direct" else "gauntlet (WebSocket via Serve's proxy) "
         text += f">= {goal}x vla-eval at C={c}: {ratio:.3f}x"
         if c == 64:
-            ok = ok and mine["p99_ms"] <= peer["p99_ms"]
-            text += f", p99 {mine['p99_ms']:.1f} vs {peer['p99_ms']:.1f} ms (no worse)"
+            no_worse = mine["p99_ms"] <= peer["p99_ms"]
+            ok = ok and no_worse
+            text += f", p99 {mine['p99_ms']:.1f} vs {peer['p99_ms']:.1f} ms ({'no worse' if no_worse else 'worse'})"
         lines.append(f"{text} ({'met' if ok else 'MISSED'})")
     if lines:
         print("\nserving targets:\n  " + "\n  ".join(lines), flush=True)
