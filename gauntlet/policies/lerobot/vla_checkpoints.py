@@ -14,8 +14,9 @@ code (`from_pretrained`, `PolicyProcessorPipeline.from_pretrained`) reads them a
 hub model. Sizes: SmolVLA's VLM can be made tiny (its config is data); pi0/pi0.5 cannot: 0.6.1
 hard-codes PaliGemma gemma_2b + a gemma_300m expert (4.0 B parameters, `paligemma_variant`
 "gemma_300m" fails in `embed_prefix`), so they are saved in bfloat16 (`dtype`; 8.9 GB with the vision
-tower LeRobot keeps in float32). LeRobot builds them in float32 before casting, so building or loading
-one peaks near 16-18 GB of RAM. Run where LeRobot is importable.
+tower LeRobot keeps in float32). Building one here peaks near 9 GB (its weights are drawn after the
+cast); LeRobot's loader reads the whole file beside the model, so loading one peaks near 18 GB. Run
+where LeRobot is importable.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ TOKENIZER_DIR = "tokenizer"
 VLM_DIR = "vlm"
 PI_TYPES = ("pi0", "pi05")
 VLA_TYPES = (*PI_TYPES, "smolvla")
+INIT_STD = 0.02  # the random pi family's weights (Gemma's and SigLIP's initializer_range)
 
 # The words the tests' and benchmark's prompts use; any other word is <unk> (a real tokenizer is a
 # researcher's, loaded the same way).
@@ -153,7 +155,7 @@ def save_random_vla(policy_type: str, out_dir: str, *, image_size: int = 32,
         kwargs.setdefault("vlm_model_name", write_tiny_smolvlm(out / VLM_DIR))
     tokenizer = write_tokenizer(out / TOKENIZER_DIR) if policy_type in PI_TYPES else None
     config = make_policy_config(policy_type, input_features=inputs, output_features=outputs, device="cpu", **kwargs)
-    policy = get_policy_class(policy_type)(config)  # pi0/pi0.5: built in float32, then cast (16 GB peak)
+    policy = _random_pi(config, seed) if policy_type in PI_TYPES else get_policy_class(policy_type)(config)
     policy.eval()
     if policy_type == "pi05":
         stats = {k: vla_quantile_stats(v) if k in (STATE_FEATURE, ACTION_FEATURE) else v for k, v in stats.items()}
@@ -169,6 +171,29 @@ def save_random_vla(policy_type: str, out_dir: str, *, image_size: int = 32,
     if reference_batch is not None:
         answer = vla_reference(policy, out_dir, reference_batch, noise_seed)
     return {"path": out_dir, "reference": answer}
+
+
+def _random_pi(config: Any, seed: int) -> Any:
+    """A pi0/pi0.5 with transformers' initialisation skipped and every parameter drawn here, in the dtype
+    LeRobot casts it to: 35 s and 9 GB on 2 cores, where LeRobot's own build initialises 4.0 B float32
+    parameters first (150 s, 17 GB). Uniform draws with the 0.02 standard deviation of Gemma's and
+    SigLIP's initialisers; LayerNorm scales 1 (Gemma's RMSNorm scales by 1 + weight, so small is right)."""
+    import torch
+    from lerobot.policies.factory import get_policy_class
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():
+        policy = get_policy_class(config.type)(config)
+    generator = torch.Generator().manual_seed(seed)
+    bound = INIT_STD * 3**0.5  # U(-b, b) has standard deviation b / sqrt(3)
+    with torch.no_grad():
+        for module in policy.modules():
+            for name, param in module.named_parameters(recurse=False):
+                if isinstance(module, torch.nn.LayerNorm):
+                    param.fill_(1.0 if name == "weight" else 0.0)
+                else:
+                    param.uniform_(-bound, bound, generator=generator)
+    return policy
 
 
 def raw_batch(config: Any, batch: dict[str, Any]) -> dict[str, Any]:
