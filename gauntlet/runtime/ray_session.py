@@ -40,6 +40,9 @@ AUTH_TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"  # a token file in place of the defa
 DEFAULT_TOKEN_FILE = Path(".ray") / "auth_token"  # under the home directory: Ray's default token file
 TOKEN_FILE_MODE = 0o600  # owner read/write only
 TOKEN_DIR_MODE = 0o700  # a directory this module creates for the token
+# Ray Train 2.60 replaces `print` in its workers with one that logs the line to the root logger and, since
+# Ray wraps a worker's sys.stdout, also prints it: every progress line reached the job log twice.
+TRAIN_PRINT_PATCH_ENV = "RAY_TRAIN_ENABLE_PRINT_PATCH"
 
 
 def worker_runtime_env(serve_host: str = "127.0.0.1") -> dict[str, Any]:
@@ -48,6 +51,7 @@ def worker_runtime_env(serve_host: str = "127.0.0.1") -> dict[str, Any]:
 
     env = runtime_env(serve_host)
     env["env_vars"]["MUJOCO_GL"] = os.environ.get("MUJOCO_GL", DEFAULT_MUJOCO_GL)
+    env["env_vars"][TRAIN_PRINT_PATCH_ENV] = "0"
     return env
 
 

@@ -161,6 +161,7 @@ def _fit(cfg: TrainConfig, pre: Preflight, trainer_kind: str, callbacks: list[An
         checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints), callbacks=callbacks or [],
     )
     trainer = backend_module(trainer_kind).ray_trainer(train_loop, loop_config, scaling, run_config, cfg)
+    drop_placement_group_cleaner(trainer)
     message = (f"[train] {pre.mode} fine-tuning on {cfg.workers} worker(s), {cfg.steps} steps, global batch "
                f"{cfg.batch_size}; run state in {cfg.train_dir}")
     print(message, flush=True)
@@ -172,6 +173,24 @@ def _fit(cfg: TrainConfig, pre: Preflight, trainer_kind: str, callbacks: list[An
     if result.checkpoint is None:
         raise TrainRunError("training finished without a checkpoint")
     return result
+
+
+def drop_placement_group_cleaner(trainer: Any) -> None:
+    """Leaves Ray Train 2.60's PlacementGroupCleaner out of the run. It polls the controller through the
+    State API, which needs a dashboard: Gauntlet's embedded Ray runs none, so every run ended in its
+    timeout and a traceback, and its address lookup falls back to the cluster `ray start` last recorded
+    on the machine, where the controller is unknown and so "dead": the cleaner would then remove this
+    run's placement group. The controller removes its placement group when the run ends, and Ray when
+    the job ends; the cleaner only covered a controller dying while its driver lives on."""
+    try:
+        from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+    except ImportError:  # another Ray layout: its defaults stay
+        return
+    defaults = getattr(trainer, "_create_default_callbacks", None)
+    if defaults is None:
+        return
+    trainer._create_default_callbacks = lambda: [callback for callback in defaults()
+                                                 if not isinstance(callback, PlacementGroupCleanerCallback)]
 
 
 def _registered_checkpoints(run_dir: Path) -> list[dict[str, Any]]:

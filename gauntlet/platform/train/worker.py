@@ -141,10 +141,22 @@ def validation(cfg: TrainConfig, pre: Preflight, recipe: TrainRecipe, policy: Tr
     return lambda: {"val_loss": float(np.mean([backend.eval_loss(b) for b in batches]))}
 
 
-def train_loop(loop_config: dict[str, Any]) -> None:
-    """The Ray Train entry point: loop_config = {"config", "preflight", "train_dir"} (plain data)."""
+def _quiet_ray_train_reports() -> None:
+    """Ray Train logs every report at INFO, its whole metrics dict (every step since the last report),
+    through "ray.train" and through a logger named by its context module's file path; the job log
+    should show Gauntlet's progress lines instead."""
     import logging
 
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: its report lines stay
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
+def train_loop(loop_config: dict[str, Any]) -> None:
+    """The Ray Train entry point: loop_config = {"config", "preflight", "train_dir"} (plain data)."""
     import ray.train
 
     from gauntlet.platform.train.config import TrainConfig
@@ -152,8 +164,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     from gauntlet.platform.train.recipes import get_recipe
     from gauntlet.platform.train.reporting import StepReporter
 
-    # Ray Train logs every report at INFO; the job log should show our progress lines instead.
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    _quiet_ray_train_reports()
     cfg, pre = TrainConfig(**loop_config["config"]), Preflight(**loop_config["preflight"])
     train_dir = Path(loop_config["train_dir"])
     ctx = ray.train.get_context()

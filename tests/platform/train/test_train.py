@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -251,3 +253,38 @@ def test_report_to_tensorboard_logs_every_step_once_from_the_driver(ray_session,
     np.testing.assert_allclose([v for _, v in logged["scalars"]["train/loss"]], _losses(out), rtol=1e-6)
     assert '"report_to": "tensorboard"' in logged["texts"]["config"][0]
     assert "final_loss" in logged["texts"]["train/summary"][0]
+
+
+@pytest.mark.slow
+def test_job_log_shows_each_progress_line_once_and_none_of_ray_trains_noise(ray_session, dataset: Path,
+                                                                           tmp_path: Path) -> None:
+    """`python -m gauntlet.platform.train` joining a running Ray, its workers' log streamed back as a job's
+    is: every progress line once (Ray Train's print patch doubled them), no per-report metrics dump, no
+    PlacementGroupCleaner (which needs a dashboard and timed out into a traceback)."""
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    args = [sys.executable, "-m", "gauntlet.platform.train", "--dataset", str(dataset), "--out", str(tmp_path / "o"),
+            "--mode", "full", "--steps", "4", "--log-every", "1", "--batch-size", "8", "--checkpoint-every", "2",
+            "--report-every", "2", "--cpus-per-worker", "0.5", "--loader-workers", "1", "--decode-workers", "1",
+            "--prefetch-depth", "2"]
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert [log.count(f"[train] step {step}/4 ") for step in range(1, 5)] == [1, 1, 1, 1], log[-3000:]
+    assert "Reporting training result" not in log and "PlacementGroupCleaner" not in log, log[-3000:]
+
+
+def test_ray_train_runs_without_its_placement_group_cleaner(ray_session) -> None:
+    """The trainer `gauntlet train` builds leaves the cleaner out of the callbacks Ray Train would add."""
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    from gauntlet.platform.train.driver import drop_placement_group_cleaner
+
+    def kinds(trainer: Any) -> set[type]:
+        return {type(callback) for callback in trainer._create_default_callbacks()}
+
+    trainer = TorchTrainer(lambda: None)
+    assert PlacementGroupCleanerCallback in kinds(trainer)  # Ray's default, which this Ray still has
+    drop_placement_group_cleaner(trainer)
+    remaining = kinds(trainer)
+    assert PlacementGroupCleanerCallback not in remaining and len(remaining) > 0
