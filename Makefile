@@ -1,5 +1,5 @@
 # The two set-up-and-go commands (see README): `make demo` and `make test`.
-.PHONY: install demo test test-pi lint bench
+.PHONY: install demo test lint bench
 
 install:
 	bash scripts/install.sh
@@ -9,11 +9,6 @@ demo: install
 
 test: install
 	MUJOCO_GL=egl .venv/bin/python -m pytest -q
-
-# pi0 and pi0.5 served batched, equal to LeRobot's inference and evaluated (19 GB free RAM, ~30 min on 2 cores).
-test-pi: install
-	GAUNTLET_TEST_PI_FAMILY=1 MUJOCO_GL=egl .venv/bin/python -m pytest -q \
-		"tests/deployments/test_lerobot_vla_families.py::test_vla_family_is_served_batched_equal_to_lerobot_and_evaluated"
 
 lint: install
 	.venv/bin/ruff check gauntlet tests benchmarks plugins

@@ -182,6 +182,11 @@ def test_weights_lerobot_leaves_random_are_refused_naming_the_tensor(pretrained,
     _rename_tensor(broken / "model.safetensors", dropped, "model.action_head_renamed.weight")
     partial = ray.get(problem.remote(str(broken)), timeout=600)
     assert dropped in partial and "no weights in the file" in partial
+    # The pi family's streamed load: a fresh model filled from the file holds every value of it, and
+    # a file tensor the model has no place for is refused by name.
+    assert ray.get(problem.remote(pretrained["act"], streamed=True), timeout=600) == ""
+    misplaced = ray.get(problem.remote(str(broken), streamed=True), timeout=600)
+    assert "model.action_head_renamed.weight" in misplaced and "no tensor of this name" in misplaced
 
 
 def test_gauntlet_eval_runs_a_lerobot_policy_end_to_end(served, pretrained: dict[str, str], tmp_path: Path) -> None:

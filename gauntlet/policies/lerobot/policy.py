@@ -40,7 +40,7 @@ from gauntlet.policies.lerobot.config import (
 from gauntlet.policies.lerobot.environment import TORCH_THREADS_ENV
 from gauntlet.policies.lerobot.episode_state import EpisodeStepper
 from gauntlet.policies.lerobot.release_check import check_config
-from gauntlet.policies.lerobot.weights_check import verify_loaded_weights
+from gauntlet.policies.lerobot.weights_check import stream_weights, verify_loaded_weights
 from gauntlet.policies.validation import episode_ids
 
 
@@ -65,7 +65,7 @@ class LeRobotPolicy:
     def __init__(self, path: str, adapter: LeRobotAdapterConfig | None = None):
         import torch
         from lerobot.configs.policies import PreTrainedConfig
-        from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+        from lerobot.policies.factory import make_pre_post_processors
 
         torch.set_num_threads(int(os.environ.get(TORCH_THREADS_ENV, "1")))
         self.adapter = adapter or LeRobotAdapterConfig()
@@ -73,9 +73,7 @@ class LeRobotPolicy:
         check_config(self.spec.path)  # and a config.json this LeRobot release cannot read, naming the field
         config = PreTrainedConfig.from_pretrained(self.spec.path, local_files_only=True)
         config.device = self.adapter.device
-        with initialisation_skipped(config.type):
-            self.model = get_policy_class(config.type).from_pretrained(self.spec.path, config=config,
-                                                                       local_files_only=True)
+        self.model = load_model(config, self.spec.path)
         verify_loaded_weights(self.model, self.spec.path)  # LeRobot's loaders can leave weights random silently
         self.model.eval()
         device_override = {"device_processor": {"device": self.adapter.device}}
@@ -139,6 +137,23 @@ class LeRobotPolicy:
     def noise(self, count: int) -> Any:
         """(count, steps, dim) initial noise drawn from `noise_seed`: the same draw for every request."""
         return initial_noise(self.config, count, self.adapter.noise_seed).to(self.adapter.device)
+
+
+def load_model(config: Any, path: str) -> Any:
+    """The LeRobot policy saved at `path`, built without its random initialisation where the file fills
+    every tensor (initialisation_skipped). pi0/pi0.5 (their classes carry openpi's key fix-ups) get
+    their weights streamed in (weights_check.stream_weights), exactly as their own `from_pretrained`
+    maps them but without holding the whole file in memory; every other type loads through LeRobot's
+    own `from_pretrained`."""
+    from lerobot.policies.factory import get_policy_class
+
+    policy_class = get_policy_class(config.type)
+    with initialisation_skipped(config.type):
+        if not hasattr(policy_class, "_fix_pytorch_state_dict_keys"):
+            return policy_class.from_pretrained(path, config=config, local_files_only=True)
+        model = policy_class(config)  # what their from_pretrained builds before reading the file
+    stream_weights(model, path)
+    return model
 
 
 def initialisation_skipped(policy_type: str) -> contextlib.AbstractContextManager:

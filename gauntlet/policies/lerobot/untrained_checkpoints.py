@@ -124,21 +124,25 @@ def reference_actions(path: str, batch: dict[str, Any], noise_seed: int = 0) -> 
     return out
 
 
-def weights_problem(path: str, *, as_fallback: bool = False) -> str:
+def weights_problem(path: str, *, as_fallback: bool = False, streamed: bool = False) -> str:
     """The message of Gauntlet's weights check (weights_check.py), '' when it passes: on the replica's
-    own loading path (LeRobotPolicy) for `path`, or, with as_fallback, on a freshly initialised model of
-    `path`'s config, which is what lerobot 0.6.1's pi0/pi0.5 loader returns when it fails to load."""
+    own loading path (LeRobotPolicy) for `path`; with as_fallback, on a freshly initialised model of
+    `path`'s config, which is what lerobot 0.6.1's pi0/pi0.5 loader returns when it fails to load; with
+    streamed, on such a model after `stream_weights` (the pi family's loading path) copied the file in."""
     from lerobot.configs.policies import PreTrainedConfig
     from lerobot.policies.factory import get_policy_class
 
     from gauntlet.policies.lerobot.config import LeRobotDirError
     from gauntlet.policies.lerobot.policy import LeRobotPolicy
-    from gauntlet.policies.lerobot.weights_check import verify_loaded_weights
+    from gauntlet.policies.lerobot.weights_check import stream_weights, verify_loaded_weights
 
     try:
-        if as_fallback:
+        if as_fallback or streamed:
             config = PreTrainedConfig.from_pretrained(path, local_files_only=True)
-            verify_loaded_weights(get_policy_class(config.type)(config), path)
+            model = get_policy_class(config.type)(config)
+            if streamed:
+                stream_weights(model, path)
+            verify_loaded_weights(model, path)
         else:
             LeRobotPolicy(path)
     except LeRobotDirError as exc:

@@ -1,9 +1,10 @@
-"""Proof that a loaded LeRobot policy holds its checkpoint's weights.
+"""A LeRobot policy's weights: streamed into the model where LeRobot's loader would read the whole
+file first, and proof that a loaded policy holds its checkpoint's weights.
 
 LeRobot's loaders can leave weights random without raising: lerobot 0.6.1's pi0/pi0.5
 `from_pretrained` catches any error while reading or loading `model.safetensors` and returns the
 randomly initialised model after a print, and the base class loads with `strict=False`, so a tensor
-the file lacks stays random behind a log line. Served, either policy answers well-shaped noise. This
+the file lacks stays random behind a log line. Served, either policy answers well-shaped noise. The
 check reads the file's tensors (safetensors: no pickle) and compares them with the model's, before
 the replica takes a request.
 """
@@ -66,3 +67,28 @@ def verify_loaded_weights(model: Any, pretrained_dir: str | Path) -> None:
                 raise LeRobotDirError(path, key, "the loaded model's values differ from the file's: LeRobot "
                                       "did not load this checkpoint's weights (its loader fell back to a "
                                       "random initialisation; see the replica's log for its message)")
+
+
+def stream_weights(model: Any, pretrained_dir: str | Path) -> None:
+    """Copies `pretrained_dir`'s tensors into `model` one at a time, mapped as pi0/pi0.5's own loader
+    maps them (its key fix-ups, the "model." prefix; the copy casts to the model's dtype). Their loader
+    reads the whole file before copying, so a 4.0 B pi0 peaked at 18 GB of RAM; streamed, the peak is
+    the model plus one tensor. A file tensor the model has no place for, or of another shape, is an
+    error naming it (LeRobot's loader printed it and served the random model)."""
+    import torch
+    from safetensors import safe_open
+
+    path = Path(pretrained_dir) / WEIGHTS_FILE
+    state = model.state_dict()  # tensors sharing the parameters' storage: copy_ fills the model
+    with safe_open(str(path), framework="pt", device="cpu") as weights, torch.no_grad():
+        for key in weights.keys():
+            names = [k for k in _model_keys(model, key) if k in state]
+            if not names:
+                raise LeRobotDirError(path, key, "the model has no tensor of this name (a checkpoint of another "
+                                      "configuration or release?)")
+            tensor = weights.get_tensor(key)
+            for name in names:
+                if state[name].shape != tensor.shape:
+                    raise LeRobotDirError(path, key, f"shape {tuple(tensor.shape)} where the model holds "
+                                          f"{tuple(state[name].shape)}")
+                state[name].copy_(tensor)
