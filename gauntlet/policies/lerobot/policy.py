@@ -158,8 +158,8 @@ def load_model(config: Any, path: str) -> Any:
 
 def initialisation_skipped(policy_type: str) -> contextlib.AbstractContextManager:
     """For the transformers-backed families, builds the model without its random initialisation before
-    LeRobot's loader fills it from the file: a 4.0 B pi0 then loads in 12-22 s instead of 140 s on 2
-    cores (benchmarks/measure_vla_load.py), every parameter and buffer equal to the default path's.
+    the file fills it: a 4.0 B pi0 loaded by LeRobot's own loader took 18 s instead of 148 s on 2 cores
+    (docs/benchmarks.md), every parameter and buffer equal to the default path's.
     Safe because nothing may stay unfilled: verify_loaded_weights refuses a model tensor the file does
     not fill. transformers < 5 (lerobot 0.4.x's environments) keeps the default path."""
     if policy_type not in FLOW_TYPES:
