@@ -14,8 +14,8 @@ latency, mean batch size per row and the ratio (b)/(a) per family.
         [--clients 16] [--seconds 20]
 
 A pi0/pi0.5 is 4.0 B parameters whatever its settings (bfloat16, 8.9 GB on disk, ~10 GB of RAM while
-built or loaded), so families run one after another and each checkpoint is deleted after its rows. The first run on a machine builds the LeRobot environment
-(see docs/lerobot.md).
+built or loaded), so families run one after another and each checkpoint is deleted after its rows.
+The first run on a machine builds the LeRobot environment (see docs/lerobot.md).
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ code (`from_pretrained`, `PolicyProcessorPipeline.from_pretrained`) reads them a
 hub model. Sizes: SmolVLA's VLM can be made tiny (its config is data); pi0/pi0.5 cannot: 0.6.1
 hard-codes PaliGemma gemma_2b + a gemma_300m expert (4.0 B parameters, `paligemma_variant`
 "gemma_300m" fails in `embed_prefix`), so they are saved in bfloat16 (`dtype`; 8.9 GB with the vision
-tower LeRobot keeps in float32). Building one here peaks near 9 GB (its weights are drawn after the
-cast); LeRobot's loader reads the whole file beside the model, so loading one peaks near 18 GB. Run
-where LeRobot is importable.
+tower LeRobot keeps in float32). Building one here peaks near 10 GB (its weights are drawn after the
+cast), as does a Gauntlet replica loading it (policy.load_model streams the file in). Run where
+LeRobot is importable.
 """
 
 from __future__ import annotations
@@ -175,14 +175,15 @@ def save_random_vla(policy_type: str, out_dir: str, *, image_size: int = 32,
 
 def _random_pi(config: Any, seed: int) -> Any:
     """A pi0/pi0.5 with transformers' initialisation skipped and every parameter drawn here, in the dtype
-    LeRobot casts it to: 35 s and 9 GB on 2 cores, where LeRobot's own build initialises 4.0 B float32
-    parameters first (150 s, 17 GB). Uniform draws with the 0.02 standard deviation of Gemma's and
+    LeRobot casts it to: 34 s and 9.3 GB on 2 cores, where LeRobot's own build initialises 4.0 B
+    float32 parameters first (150 s, 17 GB). Uniform draws with the 0.02 standard deviation of Gemma's and
     SigLIP's initialisers; LayerNorm scales 1 (Gemma's RMSNorm scales by 1 + weight, so small is right)."""
     import torch
     from lerobot.policies.factory import get_policy_class
-    from transformers.initialization import no_init_weights
 
-    with no_init_weights():
+    from gauntlet.policies.lerobot.policy import initialisation_skipped
+
+    with initialisation_skipped(config.type):
         policy = get_policy_class(config.type)(config)
     generator = torch.Generator().manual_seed(seed)
     bound = INIT_STD * 3**0.5  # U(-b, b) has standard deviation b / sqrt(3)
